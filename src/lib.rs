@@ -1,0 +1,18 @@
+//! modelpool: run a pool of local LLM workers and measure what the pool buys.
+//!
+//! This root crate holds what the worker, the coordinator and the bench client share: the generated gRPC
+//! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
+//! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
+//! ([`text`]), telemetry and the shutdown signal.
+
+pub mod error;
+pub mod memory;
+pub mod model_cache;
+pub mod proto;
+pub mod request;
+pub mod shutdown;
+pub mod telemetry;
+pub mod text;
+
+pub use error::PoolError;
+pub use request::{ChatMessage, Prompt, PredictRequest, Role, SamplingParams};

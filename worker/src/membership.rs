@@ -1,0 +1,114 @@
+//! Membership in a coordinator's pool: register, heartbeat with load and memory, register again when the
+//! coordinator no longer knows us (it restarted), announce draining at once, and deregister on the way out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelpool::memory::ProcessMemory;
+use modelpool::proto::coordinator_client::CoordinatorClient;
+use modelpool::proto::{self, ProtocolVersion, WorkerState as WireState};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::state::WorkerState;
+
+/// Each call to the coordinator gets this long; a coordinator that does not answer is treated as down.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Until the coordinator says otherwise.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Membership {
+    leave: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Membership {
+    pub fn start(coordinator: &str, state: Arc<WorkerState>) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(coordinator.to_string())?
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let (leave, left) = oneshot::channel();
+        let task = tokio::spawn(run(CoordinatorClient::new(channel), state, left));
+        Ok(Self { leave, task })
+    }
+
+    /// Deregisters and stops heartbeating. Call after draining.
+    pub async fn leave(self) {
+        let _ = self.leave.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn run(mut client: CoordinatorClient<Channel>, state: Arc<WorkerState>, mut leave: oneshot::Receiver<()>) {
+    let mut worker_id: Option<String> = None;
+    let mut interval = DEFAULT_INTERVAL;
+    let mut draining = state.watch_draining();
+    let mut warned_down = false;
+    loop {
+        match &worker_id {
+            None if !state.is_draining() => {
+                let request = proto::RegisterRequest { info: Some(state.info()), protocol_version: ProtocolVersion::ProtocolVersion1 as i32 };
+                match client.register(request).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        info!(worker_id = %response.worker_id, address = %state.address, "registered with the coordinator");
+                        interval = Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(50)));
+                        worker_id = Some(response.worker_id);
+                        warned_down = false;
+                        continue; // heartbeat at once, so that load and memory are current
+                    }
+                    Err(status) => {
+                        if !warned_down {
+                            warn!(code = ?status.code(), message = status.message(), "cannot register with the coordinator; retrying");
+                            warned_down = true;
+                        }
+                    }
+                }
+            }
+            None => {}
+            Some(id) => {
+                let request = heartbeat(id, &state);
+                match client.heartbeat(request).await {
+                    Ok(_) => warned_down = false,
+                    Err(status) if status.code() == Code::NotFound => {
+                        info!("the coordinator does not know this worker (it restarted?); registering again");
+                        worker_id = None;
+                        continue;
+                    }
+                    Err(status) => {
+                        if !warned_down {
+                            warn!(code = ?status.code(), message = status.message(), "heartbeat failed; coordinator down?");
+                            warned_down = true;
+                        }
+                        debug!(?status, "heartbeat failed");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            // Tell the coordinator about draining now, not at the next tick.
+            _ = draining.changed() => {}
+            _ = &mut leave => break,
+        }
+    }
+    if let Some(id) = worker_id {
+        match client.deregister(proto::DeregisterRequest { worker_id: id.clone() }).await {
+            Ok(_) => info!(worker_id = %id, "deregistered"),
+            Err(status) => warn!(worker_id = %id, message = status.message(), "deregister failed"),
+        }
+    }
+}
+
+fn heartbeat(worker_id: &str, state: &WorkerState) -> proto::HeartbeatRequest {
+    proto::HeartbeatRequest {
+        worker_id: worker_id.to_string(),
+        state: if state.is_draining() { WireState::Draining } else { WireState::Serving } as i32,
+        load: state.engine().map(|e| e.load().into()),
+        memory: Some(ProcessMemory::of_self().into()),
+    }
+}

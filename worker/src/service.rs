@@ -1,0 +1,108 @@
+//! The gRPC `Worker` service: validates a request, prepares it on a blocking thread, hands it to the
+//! engine and relays the engine's events back as a unary response or a stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use modelpool::proto::{self, worker_server::Worker};
+use modelpool::{PoolError, PredictRequest};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::engine::{Completion, Job, JobEvent};
+use crate::state::{InFlight, WorkerState};
+
+pub struct WorkerService {
+    state: Arc<WorkerState>,
+}
+
+impl WorkerService {
+    pub fn new(state: Arc<WorkerState>) -> Self {
+        Self { state }
+    }
+
+    /// Validates, prepares and queues a request; returns the receiver of its events.
+    async fn start(&self, request: proto::PredictRequest) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
+        let arrived = Instant::now();
+        let engine = self.state.engine_for_new_request()?;
+        let request = PredictRequest::try_from(request)?;
+        let prepare_engine = Arc::clone(&engine);
+        let (prompt, request) = tokio::task::spawn_blocking(move || {
+            let prompt = prepare_engine.prepare(&request);
+            (prompt, request)
+        })
+        .await
+        .map_err(|e| PoolError::Internal(format!("prepare task: {e}")))?;
+        let prompt = prompt?;
+        debug!(request_id = %request.request_id, prompt_tokens = prompt.tokens.len(), "queued");
+        let (events, rx) = mpsc::unbounded_channel();
+        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events })?;
+        Ok((rx, request.request_id))
+    }
+}
+
+fn response(request_id: String, completion: Completion) -> proto::PredictResponse {
+    proto::PredictResponse {
+        request_id,
+        text: completion.text,
+        prompt_tokens: completion.prompt_tokens,
+        completion_tokens: completion.completion_tokens,
+        finish_reason: completion.finish_reason as i32,
+        timings: Some(completion.timings),
+        worker_id: String::new(),
+        attempts: 1,
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::PredictChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
+        let _in_flight = self.state.track();
+        let (mut events, request_id) = self.start(request.into_inner()).await?;
+        while let Some(event) = events.recv().await {
+            match event {
+                JobEvent::Text(_) => {}
+                JobEvent::Done(completion) => return Ok(Response::new(response(request_id, completion))),
+                JobEvent::Failed(error) => return Err(error.to_status()),
+            }
+        }
+        Err(PoolError::Internal("the engine dropped the request".into()).to_status())
+    }
+
+    type PredictStreamStream = ChunkStream;
+
+    async fn predict_stream(
+        &self,
+        request: Request<proto::PredictRequest>,
+    ) -> Result<Response<Self::PredictStreamStream>, Status> {
+        let in_flight = self.state.track();
+        let (events, request_id) = self.start(request.into_inner()).await?;
+        let stream = futures::stream::unfold(
+            Some((events, request_id, in_flight)),
+            |state: Option<(mpsc::UnboundedReceiver<JobEvent>, String, InFlight)>| async move {
+                let (mut events, request_id, in_flight) = state?;
+                match events.recv().await {
+                    Some(JobEvent::Text(text)) => {
+                        Some((Ok(proto::PredictChunk { text, done: None }), Some((events, request_id, in_flight))))
+                    }
+                    Some(JobEvent::Done(completion)) => {
+                        let done = response(request_id, completion);
+                        Some((Ok(proto::PredictChunk { text: String::new(), done: Some(done) }), None))
+                    }
+                    Some(JobEvent::Failed(error)) => Some((Err(error.to_status()), None)),
+                    None => Some((Err(Status::internal("the engine dropped the request")), None)),
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn info(&self, _request: Request<proto::InfoRequest>) -> Result<Response<proto::WorkerInfo>, Status> {
+        Ok(Response::new(self.state.info()))
+    }
+}
