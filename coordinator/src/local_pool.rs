@@ -1,0 +1,152 @@
+//! Worker processes started on this machine: spawned with the right flags, waited for until they have
+//! registered, and stopped (SIGTERM, then SIGKILL) at the end, on error and on Ctrl-C. They are real
+//! processes, so tests can kill or freeze one.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use modelpool::proto::{ListWorkersRequest, WorkerState, coordinator_client::CoordinatorClient};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// How to start each worker of a local pool.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub binary: PathBuf,
+    pub model: PathBuf,
+    pub coordinator: String,
+    pub threads: u32,
+    pub slots: u32,
+    /// More flags, passed as they are.
+    pub extra_args: Vec<String>,
+}
+
+/// Finds the worker binary: the explicit path, else `worker` next to the running executable (or one
+/// directory up, where test executables in `deps/` find it).
+pub fn find_worker_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(path) = explicit {
+        return if path.is_file() { Ok(path.to_path_buf()) } else { Err(format!("worker binary {} does not exist", path.display())) };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let name = if cfg!(windows) { "worker.exe" } else { "worker" };
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no worker binary next to {}; build it with `cargo build --release -p worker` or pass --worker-bin",
+                exe.display()
+            )
+        })
+}
+
+pub struct WorkerProcess {
+    child: Child,
+    pub pid: u32,
+}
+
+impl WorkerProcess {
+    pub fn spawn(spec: &WorkerSpec) -> std::io::Result<Self> {
+        let mut command = Command::new(&spec.binary);
+        command
+            .arg("--port")
+            .arg("0")
+            .arg("--model")
+            .arg(&spec.model)
+            .arg("--coordinator")
+            .arg(&spec.coordinator)
+            .arg("--threads")
+            .arg(spec.threads.to_string())
+            .arg("--slots")
+            .arg(spec.slots.to_string())
+            .args(&spec.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+        unsafe {
+            // If this process dies without cleaning up, the kernel kills the workers too.
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        Ok(Self { child, pid })
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        unsafe {
+            libc::kill(self.pid as i32, signal);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`. Returns the exit status if known.
+    pub async fn stop(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                self.child.wait().await.ok()
+            }
+        }
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.wait().await.ok()
+    }
+}
+
+/// Several workers started together.
+pub struct LocalPool {
+    pub workers: Vec<WorkerProcess>,
+}
+
+impl LocalPool {
+    pub fn spawn(spec: &WorkerSpec, count: usize) -> std::io::Result<Self> {
+        let workers = (0..count).map(|_| WorkerProcess::spawn(spec)).collect::<std::io::Result<_>>()?;
+        Ok(Self { workers })
+    }
+
+    pub async fn stop(self, grace: Duration) {
+        futures::future::join_all(self.workers.into_iter().map(|w| w.stop(grace))).await;
+    }
+}
+
+/// Waits until `count` workers serve through the coordinator, failing early if one of ours exits.
+pub async fn wait_for_workers(
+    client: &mut CoordinatorClient<Channel>,
+    count: usize,
+    timeout: Duration,
+    pool: &mut LocalPool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(list) = client.list_workers(ListWorkersRequest {}).await {
+            let serving = list.into_inner().workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count();
+            if serving >= count {
+                return Ok(());
+            }
+        }
+        for worker in &mut pool.workers {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                return Err(format!("worker pid {} exited before registering ({status}); see its log above", worker.pid));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{count} workers did not register within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

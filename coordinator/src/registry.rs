@@ -1,0 +1,286 @@
+//! The pool's membership: which workers exist, what they serve, how loaded they are, and when they were
+//! last heard from. Plain data owned by the scheduler task; no locks, no I/O, so it is tested directly.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use modelpool::PoolError;
+use modelpool::proto::{self, WorkerState};
+
+/// One registered worker as the coordinator sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerEntry {
+    pub id: String,
+    pub info: proto::WorkerInfo,
+    pub state: WorkerState,
+    pub load: proto::WorkerLoad,
+    pub memory: proto::MemoryUsage,
+    pub last_seen: Instant,
+    /// Prompts sent to this worker that have not come back.
+    pub in_flight: u32,
+    /// A call to it just failed at the transport level; no new work until it heartbeats again.
+    pub suspect: bool,
+    pub completed: u64,
+    pub failed_attempts: u64,
+}
+
+impl WorkerEntry {
+    /// How many prompts it may hold at once: one per slot, so that waiting happens in the coordinator's
+    /// queue, where any worker that frees up can take the next prompt.
+    pub fn capacity(&self) -> u32 {
+        self.info.slots.max(1)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.state == WorkerState::Serving && !self.suspect
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.is_live() && self.in_flight < self.capacity()
+    }
+
+    pub fn status(&self, now: Instant) -> proto::WorkerStatus {
+        proto::WorkerStatus {
+            worker_id: self.id.clone(),
+            info: Some(self.info.clone()),
+            state: self.state as i32,
+            load: Some(self.load),
+            memory: Some(self.memory),
+            in_flight: self.in_flight,
+            last_heartbeat_age_ms: now.saturating_duration_since(self.last_seen).as_secs_f64() * 1000.0,
+            completed: self.completed,
+            failed_attempts: self.failed_attempts,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    workers: HashMap<String, WorkerEntry>,
+    next_id: u64,
+}
+
+impl Registry {
+    /// Adds a worker and returns its id. A worker that registers again from the same address (it
+    /// restarted, or the coordinator did) replaces its old entry. A worker serving a different model
+    /// from the rest of the pool is refused: results would silently depend on where a prompt went.
+    pub fn register(&mut self, info: proto::WorkerInfo, now: Instant) -> Result<String, PoolError> {
+        if info.address.is_empty() {
+            return Err(PoolError::invalid("info.address", "empty: the worker must say where it listens"));
+        }
+        if !(info.address.starts_with("http://") || info.address.starts_with("https://")) {
+            return Err(PoolError::invalid("info.address", format!("{:?} is not an http:// or https:// URL", info.address)));
+        }
+        if info.slots == 0 {
+            return Err(PoolError::invalid("info.slots", "0; a worker has at least one slot"));
+        }
+        if let Some(other) = self.workers.values().find(|w| w.info.address != info.address) {
+            if other.info.model_name != info.model_name || other.info.model_size_bytes != info.model_size_bytes {
+                return Err(PoolError::FailedPrecondition(format!(
+                    "info.model_name: worker serves {:?} ({} bytes) but the pool serves {:?} ({} bytes)",
+                    info.model_name, info.model_size_bytes, other.info.model_name, other.info.model_size_bytes
+                )));
+            }
+        }
+        self.workers.retain(|_, w| w.info.address != info.address);
+        self.next_id += 1;
+        let id = format!("w{}-{}", self.next_id, info.pid);
+        let entry = WorkerEntry {
+            id: id.clone(),
+            load: info.load.unwrap_or_default(),
+            memory: info.memory.unwrap_or_default(),
+            info,
+            state: WorkerState::Serving,
+            last_seen: now,
+            in_flight: 0,
+            suspect: false,
+            completed: 0,
+            failed_attempts: 0,
+        };
+        self.workers.insert(id.clone(), entry);
+        Ok(id)
+    }
+
+    pub fn heartbeat(&mut self, request: proto::HeartbeatRequest, now: Instant) -> Result<(), PoolError> {
+        let entry = self.workers.get_mut(&request.worker_id).ok_or_else(|| {
+            PoolError::NotFound(format!("worker_id {:?} is not registered; call Register", request.worker_id))
+        })?;
+        entry.last_seen = now;
+        entry.suspect = false;
+        entry.state = match WorkerState::try_from(request.state) {
+            Ok(WorkerState::Draining) => WorkerState::Draining,
+            _ => WorkerState::Serving,
+        };
+        if let Some(load) = request.load {
+            entry.load = load;
+        }
+        if let Some(memory) = request.memory {
+            entry.memory = memory;
+        }
+        Ok(())
+    }
+
+    pub fn deregister(&mut self, worker_id: &str) -> Result<WorkerEntry, PoolError> {
+        self.workers
+            .remove(worker_id)
+            .ok_or_else(|| PoolError::NotFound(format!("worker_id {worker_id:?} is not registered")))
+    }
+
+    /// Removes workers not heard from within `timeout`; returns their ids.
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
+        let dead: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| now.saturating_duration_since(w.last_seen) > timeout)
+            .map(|w| w.id.clone())
+            .collect();
+        for id in &dead {
+            self.workers.remove(id);
+        }
+        dead
+    }
+
+    pub fn get_mut(&mut self, worker_id: &str) -> Option<&mut WorkerEntry> {
+        self.workers.get_mut(worker_id)
+    }
+
+    pub fn get(&self, worker_id: &str) -> Option<&WorkerEntry> {
+        self.workers.get(worker_id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Workers that could take work now or soon (serving, not suspect).
+    pub fn live_count(&self) -> usize {
+        self.workers.values().filter(|w| w.is_live()).count()
+    }
+
+    /// The smallest per-slot context in the pool: the longest request every worker can take.
+    pub fn min_context_per_slot(&self) -> Option<u32> {
+        self.workers.values().map(|w| w.info.context_per_slot).filter(|&c| c > 0).min()
+    }
+
+    /// The least-loaded worker with a free slot, preferring workers this prompt has not failed on.
+    /// A worker already tried is used again only when every live worker has been tried.
+    pub fn pick(&self, tried: &[String]) -> Option<String> {
+        let least_loaded = |candidates: &mut dyn Iterator<Item = &WorkerEntry>| {
+            candidates
+                .min_by(|a, b| {
+                    let load_a = f64::from(a.in_flight) / f64::from(a.capacity());
+                    let load_b = f64::from(b.in_flight) / f64::from(b.capacity());
+                    load_a.total_cmp(&load_b).then(a.in_flight.cmp(&b.in_flight)).then(a.id.cmp(&b.id))
+                })
+                .map(|w| w.id.clone())
+        };
+        let fresh = least_loaded(&mut self.workers.values().filter(|w| w.has_room() && !tried.contains(&w.id)));
+        if fresh.is_some() {
+            return fresh;
+        }
+        let untried_live = self.workers.values().any(|w| w.is_live() && !tried.contains(&w.id));
+        if untried_live {
+            return None; // wait for an untried worker to free up
+        }
+        least_loaded(&mut self.workers.values().filter(|w| w.has_room()))
+    }
+
+    pub fn statuses(&self, now: Instant) -> Vec<proto::WorkerStatus> {
+        let mut statuses: Vec<_> = self.workers.values().map(|w| w.status(now)).collect();
+        statuses.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        statuses
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.workers.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(port: u16, slots: u32) -> proto::WorkerInfo {
+        proto::WorkerInfo {
+            address: format!("http://127.0.0.1:{port}"),
+            slots,
+            model_name: "m".into(),
+            model_size_bytes: 10,
+            context_per_slot: 512,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn picks_the_least_loaded_worker_with_room() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let a = registry.register(info(1, 1), now).unwrap();
+        let b = registry.register(info(2, 4), now).unwrap();
+        registry.get_mut(&a).unwrap().in_flight = 1;
+        assert_eq!(registry.pick(&[]), Some(b.clone()));
+        registry.get_mut(&b).unwrap().in_flight = 4;
+        assert_eq!(registry.pick(&[]), None, "both full");
+        registry.get_mut(&b).unwrap().in_flight = 1; // 1/4 loaded beats 1/1
+        registry.get_mut(&a).unwrap().in_flight = 0;
+        assert_eq!(registry.pick(&[]), Some(a.clone()), "0/1 beats 1/4");
+    }
+
+    #[test]
+    fn retries_prefer_untried_workers_and_reuse_only_when_all_were_tried() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let a = registry.register(info(1, 1), now).unwrap();
+        let b = registry.register(info(2, 1), now).unwrap();
+        assert_eq!(registry.pick(&[a.clone()]), Some(b.clone()));
+        registry.get_mut(&b).unwrap().in_flight = 1;
+        assert_eq!(registry.pick(&[a.clone()]), None, "b is busy but untried: wait for it");
+        assert_eq!(registry.pick(&[a.clone(), b.clone()]), Some(a));
+    }
+
+    #[test]
+    fn suspect_and_draining_workers_get_no_work_until_they_heartbeat_serving() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let a = registry.register(info(1, 1), now).unwrap();
+        registry.get_mut(&a).unwrap().suspect = true;
+        assert_eq!(registry.pick(&[]), None);
+        let beat = |state: WorkerState| proto::HeartbeatRequest { worker_id: a.clone(), state: state as i32, ..Default::default() };
+        registry.heartbeat(beat(WorkerState::Serving), now).unwrap();
+        assert_eq!(registry.pick(&[]), Some(a.clone()));
+        registry.heartbeat(beat(WorkerState::Draining), now).unwrap();
+        assert_eq!(registry.pick(&[]), None);
+    }
+
+    #[test]
+    fn silent_workers_expire_and_unknown_heartbeats_are_not_found() {
+        let start = Instant::now();
+        let mut registry = Registry::default();
+        let a = registry.register(info(1, 1), start).unwrap();
+        let b = registry.register(info(2, 1), start).unwrap();
+        let later = start + Duration::from_millis(1500);
+        registry
+            .heartbeat(proto::HeartbeatRequest { worker_id: b.clone(), state: WorkerState::Serving as i32, ..Default::default() }, later)
+            .unwrap();
+        assert_eq!(registry.expire(later, Duration::from_secs(1)), vec![a.clone()]);
+        let error = registry.heartbeat(proto::HeartbeatRequest { worker_id: a.clone(), ..Default::default() }, later).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::NotFound);
+        assert!(error.to_string().contains(&a));
+    }
+
+    #[test]
+    fn re_registering_an_address_replaces_it_and_other_models_are_refused() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let first = registry.register(info(1, 1), now).unwrap();
+        let second = registry.register(info(1, 1), now).unwrap();
+        assert_ne!(first, second);
+        assert!(registry.get(&first).is_none() && registry.get(&second).is_some());
+        let mut other = info(2, 1);
+        other.model_name = "another".into();
+        assert_eq!(registry.register(other, now).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        let mut nowhere = info(3, 1);
+        nowhere.address = String::new();
+        assert!(registry.register(nowhere, now).unwrap_err().to_string().contains("info.address"));
+    }
+}

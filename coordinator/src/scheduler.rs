@@ -1,0 +1,375 @@
+//! The scheduler: one task owns the registry and the queue of waiting prompts; everything else talks to
+//! it through commands. Workers pull work in effect: a prompt is sent to a worker only when that worker
+//! has a free slot, so a slow worker simply takes fewer prompts and never holds up a batch. A prompt whose
+//! attempt fails for a reason another worker might not share is put back at the head of the queue and
+//! tried elsewhere, a bounded number of times; every accepted prompt gets exactly one reply.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use modelpool::PoolError;
+use modelpool::proto::{self, worker_client::WorkerClient};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::registry::Registry;
+
+/// How the scheduler behaves; see the `serve` flags for what each means.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_queue: usize,
+    pub max_attempts: u32,
+    pub attempt_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            max_queue: 1024,
+            max_attempts: 3,
+            attempt_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+pub type Reply = oneshot::Sender<Result<proto::PredictResponse, PoolError>>;
+
+/// A prompt accepted by the coordinator, waiting or running.
+struct Job {
+    request: proto::PredictRequest,
+    reply: Reply,
+    attempts: u32,
+    tried: Vec<String>,
+    accepted: Instant,
+    last_error: Option<PoolError>,
+}
+
+enum Command {
+    Register { info: proto::WorkerInfo, reply: oneshot::Sender<Result<proto::RegisterResponse, PoolError>> },
+    Heartbeat { request: proto::HeartbeatRequest, reply: oneshot::Sender<Result<(), PoolError>> },
+    Deregister { worker_id: String, reply: oneshot::Sender<Result<(), PoolError>> },
+    List { reply: oneshot::Sender<Vec<proto::WorkerStatus>> },
+    /// Several prompts admitted together or not at all.
+    Submit { jobs: Vec<(proto::PredictRequest, u32, Reply)>, admitted: oneshot::Sender<Result<(), PoolError>> },
+    AttemptDone { worker_id: String, job: Job, dispatched: Instant, result: Result<proto::PredictResponse, tonic::Status> },
+}
+
+/// A handle to the scheduler task; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    commands: mpsc::Sender<Command>,
+}
+
+fn stopped() -> PoolError {
+    PoolError::Unavailable("the coordinator is shutting down".into())
+}
+
+impl Scheduler {
+    /// Starts the scheduler task; it stops when every handle is dropped.
+    pub fn start(config: SchedulerConfig) -> Self {
+        let (commands, inbox) = mpsc::channel(1024);
+        let actor = Actor {
+            config,
+            registry: Registry::default(),
+            channels: HashMap::new(),
+            queue: VecDeque::new(),
+            commands: commands.downgrade(),
+        };
+        tokio::spawn(actor.run(inbox));
+        Self { commands }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, PoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    pub async fn register(&self, info: proto::WorkerInfo) -> Result<proto::RegisterResponse, PoolError> {
+        self.ask(|reply| Command::Register { info, reply }).await?
+    }
+
+    pub async fn heartbeat(&self, request: proto::HeartbeatRequest) -> Result<(), PoolError> {
+        self.ask(|reply| Command::Heartbeat { request, reply }).await?
+    }
+
+    pub async fn deregister(&self, worker_id: String) -> Result<(), PoolError> {
+        self.ask(|reply| Command::Deregister { worker_id, reply }).await?
+    }
+
+    pub async fn workers(&self) -> Result<Vec<proto::WorkerStatus>, PoolError> {
+        self.ask(|reply| Command::List { reply }).await
+    }
+
+    /// Admits prompts (all or none) and returns one receiver per prompt, in order. `max_tokens` of each
+    /// is checked against the smallest context in the pool.
+    pub async fn submit(
+        &self,
+        requests: Vec<(proto::PredictRequest, u32)>,
+    ) -> Result<Vec<oneshot::Receiver<Result<proto::PredictResponse, PoolError>>>, PoolError> {
+        let mut jobs = Vec::with_capacity(requests.len());
+        let mut receivers = Vec::with_capacity(requests.len());
+        for (request, max_tokens) in requests {
+            let (reply, receiver) = oneshot::channel();
+            jobs.push((request, max_tokens, reply));
+            receivers.push(receiver);
+        }
+        self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
+        Ok(receivers)
+    }
+
+    /// Runs one prompt through the pool and waits for its result.
+    pub async fn predict(&self, request: proto::PredictRequest, max_tokens: u32) -> Result<proto::PredictResponse, PoolError> {
+        let receiver = self.submit(vec![(request, max_tokens)]).await?.pop().expect("one receiver per prompt");
+        receiver.await.map_err(|_| stopped())?
+    }
+}
+
+struct Actor {
+    config: SchedulerConfig,
+    registry: Registry,
+    /// One connection per worker, reused by every attempt sent to it.
+    channels: HashMap<String, Channel>,
+    queue: VecDeque<Job>,
+    /// For attempt tasks to report back; weak so that the task ends when all handles are gone.
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl Actor {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        let mut expiry = tokio::time::interval(self.config.heartbeat_timeout / 4);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                _ = expiry.tick() => self.expire(),
+            }
+            self.dispatch();
+        }
+        for job in self.queue.drain(..) {
+            let _ = job.reply.send(Err(stopped()));
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Register { info, reply } => {
+                let address = info.address.clone();
+                let result = self.registry.register(info, now).map(|worker_id| {
+                    info!(%worker_id, %address, "worker registered");
+                    self.channels.retain(|id, _| self.registry.get(id).is_some());
+                    self.channels.insert(worker_id.clone(), channel_for(&address));
+                    proto::RegisterResponse {
+                        worker_id,
+                        heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+                    }
+                });
+                let _ = reply.send(result);
+            }
+            Command::Heartbeat { request, reply } => {
+                let _ = reply.send(self.registry.heartbeat(request, now));
+            }
+            Command::Deregister { worker_id, reply } => {
+                self.channels.remove(&worker_id);
+                let result = self.registry.deregister(&worker_id).map(|entry| {
+                    info!(%worker_id, in_flight = entry.in_flight, "worker deregistered");
+                });
+                let _ = reply.send(result);
+                self.fail_queue_if_no_workers();
+            }
+            Command::List { reply } => {
+                let _ = reply.send(self.registry.statuses(now));
+            }
+            Command::Submit { jobs, admitted } => {
+                let _ = admitted.send(self.admit(jobs, now));
+            }
+            Command::AttemptDone { worker_id, job, dispatched, result } => self.attempt_done(worker_id, job, dispatched, result),
+        }
+    }
+
+    fn admit(&mut self, jobs: Vec<(proto::PredictRequest, u32, Reply)>, now: Instant) -> Result<(), PoolError> {
+        if self.registry.live_count() == 0 {
+            return Err(PoolError::Unavailable("no workers registered with the coordinator".into()));
+        }
+        if self.queue.len() + jobs.len() > self.config.max_queue {
+            return Err(PoolError::ResourceExhausted(format!(
+                "coordinator queue: {} waiting + {} new exceeds the limit of {}",
+                self.queue.len(),
+                jobs.len(),
+                self.config.max_queue
+            )));
+        }
+        if let Some(context) = self.registry.min_context_per_slot() {
+            if let Some((index, (_, max_tokens, _))) = jobs.iter().enumerate().find(|(_, (_, m, _))| *m >= context) {
+                let field = if jobs.len() == 1 { "sampling.max_tokens".to_string() } else { format!("requests[{index}].sampling.max_tokens") };
+                return Err(PoolError::invalid(
+                    field,
+                    format!("{max_tokens} does not fit the pool's context of {context} tokens per slot (prompt included)"),
+                ));
+            }
+        }
+        for (request, _, reply) in jobs {
+            self.queue.push_back(Job { request, reply, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
+        }
+        Ok(())
+    }
+
+    /// Hands queued prompts to workers with free slots, in queue order.
+    fn dispatch(&mut self) {
+        let mut index = 0;
+        while index < self.queue.len() {
+            if self.queue[index].reply.is_closed() {
+                // The caller gave up while the prompt waited; nobody is left to answer.
+                self.queue.remove(index);
+                continue;
+            }
+            let Some(worker_id) = self.registry.pick(&self.queue[index].tried) else {
+                if self.registry.pick(&[]).is_none() {
+                    return; // no worker has room for anyone
+                }
+                index += 1;
+                continue;
+            };
+            let mut job = self.queue.remove(index).expect("index in range");
+            let (Some(entry), Some(channel)) = (self.registry.get_mut(&worker_id), self.channels.get(&worker_id)) else {
+                self.queue.insert(index, job);
+                return;
+            };
+            entry.in_flight += 1;
+            job.attempts += 1;
+            job.tried.push(worker_id.clone());
+            let client = WorkerClient::new(channel.clone());
+            let Some(commands) = self.commands.upgrade() else { return };
+            tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, commands));
+        }
+    }
+
+    fn attempt_done(&mut self, worker_id: String, job: Job, dispatched: Instant, result: Result<proto::PredictResponse, tonic::Status>) {
+        let entry = self.registry.get_mut(&worker_id);
+        match result {
+            Ok(mut response) => {
+                if let Some(entry) = entry {
+                    entry.in_flight = entry.in_flight.saturating_sub(1);
+                    entry.completed += 1;
+                }
+                response.worker_id = worker_id;
+                response.attempts = job.attempts;
+                if let Some(t) = response.timings.as_mut() {
+                    t.coordinator_queue_ms = dispatched.saturating_duration_since(job.accepted).as_secs_f64() * 1000.0;
+                }
+                let _ = job.reply.send(Ok(response));
+            }
+            Err(status) => {
+                let worker_gone = matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+                if let Some(entry) = entry {
+                    entry.in_flight = entry.in_flight.saturating_sub(1);
+                    entry.failed_attempts += 1;
+                    // A transport failure means the worker may be dead: send it nothing until it heartbeats.
+                    if worker_gone && status.code() != Code::Cancelled {
+                        entry.suspect = true;
+                    }
+                }
+                self.retry_or_fail(job, &worker_id, status);
+            }
+        }
+    }
+
+    fn retry_or_fail(&mut self, mut job: Job, worker_id: &str, status: tonic::Status) {
+        let error = PoolError::from_status(&status);
+        let retryable = matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Internal
+        );
+        if job.reply.is_closed() {
+            return;
+        }
+        if !retryable {
+            let _ = job.reply.send(Err(error));
+            return;
+        }
+        if job.attempts >= self.config.max_attempts {
+            warn!(request_id = %job.request.request_id, attempts = job.attempts, %error, "prompt failed on every attempt");
+            let _ = job.reply.send(Err(PoolError::Unavailable(format!(
+                "prompt failed after {} attempts; last error: {error}",
+                job.attempts
+            ))));
+            return;
+        }
+        debug!(request_id = %job.request.request_id, %worker_id, %error, "attempt failed; requeueing");
+        job.last_error = Some(error);
+        if self.registry.live_count() == 0 && self.registry.is_empty() {
+            let _ = job.reply.send(Err(no_workers_left(job.last_error.as_ref())));
+            return;
+        }
+        self.queue.push_front(job);
+    }
+
+    fn expire(&mut self) {
+        let evicted = self.registry.expire(Instant::now(), self.config.heartbeat_timeout);
+        for worker_id in &evicted {
+            self.channels.remove(worker_id);
+            warn!(%worker_id, timeout_ms = self.config.heartbeat_timeout.as_millis() as u64, "worker missed its heartbeats; evicted");
+        }
+        if !evicted.is_empty() {
+            self.fail_queue_if_no_workers();
+        }
+    }
+
+    /// With no worker left at all, waiting prompts can only time out: fail them now with a clear reason.
+    fn fail_queue_if_no_workers(&mut self) {
+        if !self.registry.is_empty() {
+            return;
+        }
+        for job in self.queue.drain(..) {
+            let _ = job.reply.send(Err(no_workers_left(job.last_error.as_ref())));
+        }
+    }
+}
+
+fn no_workers_left(last_error: Option<&PoolError>) -> PoolError {
+    match last_error {
+        Some(e) => PoolError::Unavailable(format!("no workers left in the pool; last error: {e}")),
+        None => PoolError::Unavailable("no workers left in the pool".into()),
+    }
+}
+
+/// A lazily connecting channel to a worker. tonic multiplexes calls over one HTTP/2 connection per channel.
+fn channel_for(address: &str) -> Channel {
+    Endpoint::from_shared(address.to_string())
+        .expect("address validated at registration")
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// One try of one prompt on one worker. Ends early if the caller goes away, which cancels the call on
+/// the worker and frees its slot.
+async fn attempt(
+    mut client: WorkerClient<Channel>,
+    worker_id: String,
+    mut job: Job,
+    timeout: Duration,
+    commands: mpsc::Sender<Command>,
+) {
+    let dispatched = Instant::now();
+    let mut request = tonic::Request::new(job.request.clone());
+    request.set_timeout(timeout);
+    let result = tokio::select! {
+        result = tokio::time::timeout(timeout, client.predict(request)) => match result {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("worker {worker_id} did not answer within {timeout:?}"))),
+        },
+        () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
+    };
+    let _ = commands.send(Command::AttemptDone { worker_id, job, dispatched, result }).await;
+}

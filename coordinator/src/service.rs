@@ -1,0 +1,128 @@
+//! The gRPC `Coordinator` service: membership calls go to the scheduler as they are; prompts are
+//! validated here (the same rules as a worker's) before they are queued.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use modelpool::proto::{self, ProtocolVersion, coordinator_server::Coordinator};
+use modelpool::{PoolError, PredictRequest};
+use tonic::{Request, Response, Status};
+
+use crate::scheduler::Scheduler;
+
+pub struct CoordinatorService {
+    scheduler: Scheduler,
+    next_request: AtomicU64,
+}
+
+/// Most prompts in one PredictBatch.
+pub const MAX_BATCH: usize = 1024;
+
+impl CoordinatorService {
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler, next_request: AtomicU64::new(1) }
+    }
+
+    /// Validates a prompt and gives it an id if it has none. Returns the request and its max_tokens.
+    fn admit(&self, mut request: proto::PredictRequest, field: &str) -> Result<(proto::PredictRequest, u32), PoolError> {
+        let validated = PredictRequest::try_from(request.clone()).map_err(|e| prefix(e, field))?;
+        if request.request_id.is_empty() {
+            request.request_id = format!("r{}", self.next_request.fetch_add(1, Ordering::Relaxed));
+        }
+        Ok((request, validated.sampling.max_tokens))
+    }
+}
+
+/// Puts `requests[i].` in front of a field name, so a refusal inside a batch says which prompt.
+fn prefix(error: PoolError, field: &str) -> PoolError {
+    match error {
+        PoolError::InvalidArgument { field: inner, reason } if !field.is_empty() => {
+            PoolError::InvalidArgument { field: format!("{field}.{inner}"), reason }
+        }
+        other => other,
+    }
+}
+
+fn error_result(index: usize, error: &PoolError) -> proto::PredictResult {
+    proto::PredictResult {
+        index: index as u32,
+        outcome: Some(proto::predict_result::Outcome::Error(proto::PredictError {
+            code: error.code() as i32,
+            message: error.to_string(),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register(&self, request: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        if request.protocol_version != ProtocolVersion::ProtocolVersion1 as i32 {
+            return Err(PoolError::FailedPrecondition(format!(
+                "protocol_version {} is not supported; this coordinator speaks {}",
+                request.protocol_version,
+                ProtocolVersion::ProtocolVersion1 as i32
+            ))
+            .into());
+        }
+        let info = request.info.ok_or_else(|| PoolError::invalid("info", "missing"))?;
+        Ok(Response::new(self.scheduler.register(info).await?))
+    }
+
+    async fn heartbeat(&self, request: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        self.scheduler.heartbeat(request.into_inner()).await?;
+        Ok(Response::new(proto::HeartbeatResponse {}))
+    }
+
+    async fn deregister(&self, request: Request<proto::DeregisterRequest>) -> Result<Response<proto::DeregisterResponse>, Status> {
+        self.scheduler.deregister(request.into_inner().worker_id).await?;
+        Ok(Response::new(proto::DeregisterResponse {}))
+    }
+
+    async fn list_workers(&self, _request: Request<proto::ListWorkersRequest>) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        Ok(Response::new(proto::ListWorkersResponse { workers: self.scheduler.workers().await? }))
+    }
+
+    async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
+        let (request, max_tokens) = self.admit(request.into_inner(), "")?;
+        Ok(Response::new(self.scheduler.predict(request, max_tokens).await?))
+    }
+
+    async fn predict_batch(&self, request: Request<proto::PredictBatchRequest>) -> Result<Response<proto::PredictBatchResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.is_empty() {
+            return Err(PoolError::invalid("requests", "empty: give at least one prompt").into());
+        }
+        if requests.len() > MAX_BATCH {
+            return Err(PoolError::invalid("requests", format!("{} prompts, limit {MAX_BATCH}", requests.len())).into());
+        }
+        // A bad prompt gets its own error result; the valid ones still run.
+        let mut results: Vec<Option<proto::PredictResult>> = vec![None; requests.len()];
+        let mut valid = Vec::new();
+        let mut positions = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            match self.admit(request, &format!("requests[{index}]")) {
+                Ok(admitted) => {
+                    valid.push(admitted);
+                    positions.push(index);
+                }
+                Err(error) => results[index] = Some(error_result(index, &error)),
+            }
+        }
+        if !valid.is_empty() {
+            let receivers = self.scheduler.submit(valid).await?;
+            let answers = futures::future::join_all(receivers).await;
+            for (index, answer) in positions.into_iter().zip(answers) {
+                let answer = answer.unwrap_or_else(|_| Err(PoolError::Unavailable("the coordinator is shutting down".into())));
+                results[index] = Some(match answer {
+                    Ok(response) => proto::PredictResult {
+                        index: index as u32,
+                        outcome: Some(proto::predict_result::Outcome::Response(response)),
+                    },
+                    Err(error) => error_result(index, &error),
+                });
+            }
+        }
+        let results = results.into_iter().map(|r| r.expect("every prompt has a result")).collect();
+        Ok(Response::new(proto::PredictBatchResponse { results }))
+    }
+}
