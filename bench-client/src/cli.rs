@@ -1,0 +1,105 @@
+//! The `bench-client` command: scenarios against an already running coordinator and its workers (the
+//! multi-host path).
+
+use std::path::PathBuf;
+
+use modelpool::proto::{ListWorkersRequest, WorkerState};
+
+use crate::memory::MemorySampler;
+use crate::report::{Report, ScenarioRun};
+use crate::runner::run_closed_loop;
+use crate::workload;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One prompt at a time: the baseline.
+    Serial,
+    /// `--concurrency` prompts in flight at once.
+    Parallel,
+}
+
+/// Drive serial and parallel scenarios through a running coordinator and report throughput, latency
+/// and memory.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench-client", version)]
+pub struct Args {
+    /// The coordinator to send prompts to.
+    #[arg(long, env = "MODELPOOL_COORDINATOR", default_value = "http://127.0.0.1:50050")]
+    pub coordinator: String,
+    /// Scenarios to run, in order (comma-separated). A serial run is the baseline for speedup.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Parallel])]
+    pub scenario: Vec<Scenario>,
+    /// Prompts in flight in the parallel scenario. Default: the pool's total slots.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line); default: the built-in set.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Number of built-in prompts per scenario.
+    #[arg(long, default_value_t = 15)]
+    pub num_prompts: usize,
+    /// Tokens generated per prompt at most (JSONL lines may set their own).
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Print every prompt's generated text.
+    #[arg(long)]
+    pub show_outputs: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.num_prompts >= 1, "--num-prompts must be at least 1");
+    anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
+    let prompts = match &args.prompts {
+        Some(path) => workload::load_jsonl(path, args.max_tokens)?,
+        None => workload::builtin_workload(args.num_prompts, args.max_tokens),
+    };
+    let mut client = crate::connect(&args.coordinator)?;
+    let workers = client
+        .list_workers(ListWorkersRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot reach the coordinator at {}: {}", args.coordinator, s.message()))?
+        .into_inner()
+        .workers;
+    let serving: Vec<_> = workers.iter().filter(|w| w.state == WorkerState::Serving as i32).collect();
+    anyhow::ensure!(!serving.is_empty(), "the coordinator at {} has no serving workers", args.coordinator);
+    let total_slots: usize = serving.iter().map(|w| w.info.as_ref().map_or(1, |i| i.slots.max(1) as usize)).sum();
+    let info = serving[0].info.clone().unwrap_or_default();
+
+    let mut runs = Vec::new();
+    for scenario in &args.scenario {
+        let (name, concurrency) = match scenario {
+            Scenario::Serial => ("serial".to_string(), 1),
+            Scenario::Parallel => {
+                let c = args.concurrency.unwrap_or(total_slots);
+                (format!("parallel-c{c}"), c)
+            }
+        };
+        eprintln!("== {name}: {} prompts, {concurrency} in flight, {} workers", prompts.len(), serving.len());
+        let sampler = MemorySampler::start(client.clone());
+        let (records, wall_s) = run_closed_loop(client.clone(), &prompts, concurrency).await;
+        let memory = sampler.finish().await;
+        runs.push(ScenarioRun {
+            name,
+            workers: serving.len(),
+            slots_per_worker: info.slots,
+            threads_per_worker: info.threads,
+            concurrency,
+            wall_s,
+            records,
+            memory,
+        });
+    }
+    let report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, runs);
+    if args.show_outputs {
+        println!("{}", report.outputs());
+    }
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        println!("JSON report written to {}", path.display());
+    }
+    Ok(report)
+}

@@ -1,0 +1,130 @@
+//! End-to-end: a coordinator and real worker processes with the real model, over gRPC on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestPool, chat, fast_scheduler};
+use modelpool::proto::{self, predict_result::Outcome, worker_client::WorkerClient};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_comes_back_in_order_and_the_model_knows_paris() {
+    let pool = TestPool::start(2, fast_scheduler(), &[]).await;
+    let mut client = pool.client.clone();
+
+    let questions = ["What is the capital of France?", "Name a color.", "Say hello.", "What is 2+2?", "Name a fruit.", "Say goodbye."];
+    let requests: Vec<_> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let mut r = chat(q, 24);
+            r.request_id = format!("q{i}");
+            r
+        })
+        .collect();
+    let results = client.predict_batch(proto::PredictBatchRequest { requests }).await.unwrap().into_inner().results;
+    assert_eq!(results.len(), 6);
+    let mut workers_used = std::collections::BTreeSet::new();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.index as usize, i);
+        let Some(Outcome::Response(response)) = &result.outcome else { panic!("prompt {i} failed: {result:?}") };
+        assert_eq!(response.request_id, format!("q{i}"), "results are in input order");
+        assert!(response.completion_tokens > 0 && !response.text.is_empty());
+        workers_used.insert(response.worker_id.clone());
+    }
+    assert_eq!(workers_used.len(), 2, "the batch was shared between both workers");
+    let Some(Outcome::Response(first)) = &results[0].outcome else { unreachable!() };
+    assert!(first.text.contains("Paris"), "greedy answer: {:?}", first.text);
+
+    let single = client.predict(chat("What is the capital of France?", 24)).await.unwrap().into_inner();
+    assert!(single.text.contains("Paris"), "{:?}", single.text);
+    assert_eq!(single.text, first.text, "greedy output does not depend on the route");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_survives_a_worker_killed_mid_run_and_the_dead_worker_is_evicted() {
+    let scheduler = fast_scheduler();
+    let timeout = scheduler.heartbeat_timeout;
+    let pool = TestPool::start(2, scheduler, &[]).await;
+    let mut client = pool.client.clone();
+    let requests: Vec<_> = (0..8).map(|i| chat(&format!("Write a short story about the number {i}."), 48)).collect();
+    let batch = tokio::spawn(async move { client.predict_batch(proto::PredictBatchRequest { requests }).await });
+
+    // Kill a worker while it is generating, not before.
+    let victim = &pool.workers.workers[0];
+    let victim_id = loop {
+        let busy = pool.list().await.into_iter().find(|w| w.info.as_ref().is_some_and(|i| i.pid == victim.pid) && w.in_flight > 0);
+        if let Some(w) = busy {
+            break w.worker_id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    victim.signal(libc::SIGKILL);
+    let killed_at = Instant::now();
+
+    let results = batch.await.unwrap().unwrap().into_inner().results;
+    assert_eq!(results.len(), 8);
+    let mut retried = 0;
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.index as usize, i);
+        let Some(Outcome::Response(response)) = &result.outcome else { panic!("prompt {i} was lost: {result:?}") };
+        assert!(!response.text.is_empty());
+        if response.attempts > 1 {
+            retried += 1;
+            assert_ne!(response.worker_id, victim_id, "a retried prompt finished on the surviving worker");
+        }
+    }
+    assert!(retried >= 1, "the prompt in flight on the killed worker was retried");
+
+    // Eviction: gone within the heartbeat timeout (plus one expiry tick of slack).
+    loop {
+        if !pool.list().await.iter().any(|w| w.worker_id == victim_id) {
+            break;
+        }
+        assert!(killed_at.elapsed() < timeout + timeout / 2, "dead worker still registered after {:?}", killed_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pool.list().await.len(), 1);
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
+    let pool = TestPool::start(1, fast_scheduler(), &[]).await;
+    let worker_address = pool.list().await[0].info.as_ref().unwrap().address.clone();
+    let mut worker = WorkerClient::connect(worker_address).await.unwrap();
+    let mut coordinator = pool.client.clone();
+
+    let mut empty = chat("", 8);
+    empty.input = Some(proto::predict_request::Input::Prompt(Vec::new()));
+    let mut zero = chat("hi", 8);
+    zero.sampling.as_mut().unwrap().max_tokens = Some(0);
+    let mut huge = chat("hi", 8);
+    huge.sampling.as_mut().unwrap().max_tokens = Some(1_000_000);
+    let mut cold = chat("hi", 8);
+    cold.sampling.as_mut().unwrap().temperature = Some(-0.5);
+    let cases = [(empty, "prompt"), (zero, "sampling.max_tokens"), (huge, "sampling.max_tokens"), (cold, "sampling.temperature")];
+
+    for (request, field) in cases {
+        let from_worker = worker.predict(request.clone()).await.unwrap_err();
+        let from_coordinator = coordinator.predict(request).await.unwrap_err();
+        for (daemon, status) in [("worker", from_worker), ("coordinator", from_coordinator)] {
+            assert_eq!(status.code(), Code::InvalidArgument, "{daemon}: {status:?}");
+            assert!(status.message().contains(field), "{daemon} message {:?} names {field}", status.message());
+        }
+    }
+    // The worker checks prompt plus max_tokens against its context and says the numbers.
+    let long_prompt = "word ".repeat(1900);
+    let status = worker.predict(chat(&long_prompt, 500)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("2048"), "{}", status.message());
+    let status = coordinator.predict(chat(&long_prompt, 500)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "passed through, not retried: {status:?}");
+
+    // Nothing crashed: both still serve.
+    assert!(!coordinator.predict(chat("Say hi.", 4)).await.unwrap().into_inner().text.is_empty());
+    pool.shutdown().await;
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: the experiment on the default model. Sets up, builds the worker and the coordinator,
+# and runs `coordinator run-bench` with the arguments given (e.g. --sanity --show-outputs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release -p worker -p coordinator -p bench-client
+exec target/release/coordinator run-bench "$@"
