@@ -59,14 +59,23 @@ pub fn resolve_model(explicit: Option<&Path>) -> Result<PathBuf, ModelCacheError
 
 /// Returns the cached default model, fetching and verifying it first if it is not there.
 pub fn ensure_default_model() -> Result<PathBuf, ModelCacheError> {
+    // One fetch at a time in this process; other processes fetch into their own staging directories and
+    // the rename into place is atomic, so a race between processes only wastes a download.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let dir = cache_dir()?;
     let target = dir.join(DEFAULT_MODEL_FILE);
+    let is_cached = || std::fs::metadata(&target).map(|m| m.len() == DEFAULT_MODEL_SIZE).unwrap_or(false);
     // A file of the pinned size was verified when it was moved into place (only verified files are).
-    if std::fs::metadata(&target).map(|m| m.len() == DEFAULT_MODEL_SIZE).unwrap_or(false) {
+    if is_cached() {
+        return Ok(target);
+    }
+    let _one_fetch = FETCH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if is_cached() {
         return Ok(target);
     }
     std::fs::create_dir_all(&dir).map_err(|e| ModelCacheError::Io(format!("creating {}", dir.display()), e))?;
-    let staging = dir.join(format!("fetch-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let staging = dir.join(format!("fetch-{}-{nanos}", std::process::id()));
     let result = fetch_into(&staging, &target);
     let _ = std::fs::remove_dir_all(&staging);
     result.map(|()| target)
