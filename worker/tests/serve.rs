@@ -1,62 +1,16 @@
 //! A real worker (real model) served in this process on 127.0.0.1:0.
 
-use std::time::Duration;
+mod common;
 
-use modelpool::proto::{self, InfoRequest, worker_client::WorkerClient};
-use tokio::net::TcpListener;
-use tonic::transport::Channel;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-use worker::Config;
-
-async fn start_worker(config: Config) -> (Channel, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        worker::run(config, listener, async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("worker runs");
-    });
-    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
-    (channel, stop, handle)
-}
-
-async fn wait_serving(channel: &Channel) -> Vec<ServingStatus> {
-    let mut health = HealthClient::new(channel.clone());
-    let mut seen = Vec::new();
-    for _ in 0..600 {
-        let status = health
-            .check(HealthCheckRequest { service: worker::health_service_name().into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        if seen.last() != Some(&status) {
-            seen.push(status);
-        }
-        if status == ServingStatus::Serving {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("worker never became SERVING: {seen:?}");
-}
-
-fn chat(text: &str, max_tokens: u32) -> proto::PredictRequest {
-    proto::PredictRequest::from(&modelpool::PredictRequest::user(text, max_tokens))
-}
+use common::{TestWorker, chat, config};
+use modelpool::proto::{self, InfoRequest};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_what_unary_returns_and_reports_itself() {
-    let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
-    let config = Config { model: Some(model), threads: 1, threads_batch: 1, ..Config::default() };
-    let (channel, stop, handle) = start_worker(config).await;
-    let seen = wait_serving(&channel).await;
-    assert_eq!(seen.last(), Some(&ServingStatus::Serving));
-
-    let mut client = WorkerClient::new(channel.clone());
+    let worker = TestWorker::start(config(1).await).await;
+    assert_eq!(worker.health_seen.last(), Some(&ServingStatus::Serving));
+    let mut client = worker.client.clone();
     let prompt = "Write one sentence about the sea.";
     let unary = client.predict(chat(prompt, 40)).await.unwrap().into_inner();
     assert!(unary.completion_tokens > 0 && unary.completion_tokens <= 40);
@@ -97,6 +51,5 @@ async fn streams_what_unary_returns_and_reports_itself() {
     assert_eq!(response.text, full[..cut]);
     assert_eq!(response.finish_reason, proto::FinishReason::StopSequence as i32);
 
-    stop.send(()).unwrap();
-    handle.await.unwrap();
+    worker.stop().await;
 }

@@ -83,6 +83,7 @@ pub struct EngineLoad {
     pub queued: u32,
     pub served: u64,
     pub failed: u64,
+    pub cancelled: u64,
     pub kv_cells_used: u32,
 }
 
@@ -93,6 +94,7 @@ impl From<EngineLoad> for proto::WorkerLoad {
             queued: l.queued,
             served: l.served,
             failed: l.failed,
+            cancelled: l.cancelled,
             kv_cells_used: l.kv_cells_used,
         }
     }

@@ -85,6 +85,7 @@ impl<'m> BatchLoop<'m> {
             };
             self.counters.queued.fetch_sub(1, Ordering::Relaxed);
             if job.events.is_closed() {
+                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let seq = self.free_seqs.pop().expect("checked non-empty");
@@ -100,6 +101,7 @@ impl<'m> BatchLoop<'m> {
         while i < self.slots.len() {
             if self.slots[i].is_abandoned() {
                 let slot = self.slots.swap_remove(i);
+                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 self.release(slot.seq);
             } else {
                 i += 1;
@@ -178,9 +180,10 @@ impl<'m> BatchLoop<'m> {
                 Progress::Finished(reason) => {
                     let slot = self.slots.swap_remove(i);
                     let seq = slot.seq;
-                    slot.finish(reason);
+                    // Counted before the reply goes out, so a client that asks right after sees it.
                     self.counters.served.fetch_add(1, Ordering::Relaxed);
                     self.release(seq);
+                    slot.finish(reason);
                 }
             }
         }

@@ -39,6 +39,7 @@ pub(crate) struct LoadCounters {
     pub queued: AtomicU32,
     pub served: AtomicU64,
     pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
     pub kv_cells_used: AtomicU32,
 }
 
@@ -53,6 +54,12 @@ pub struct LlamaEngine {
 /// llama.cpp's backend initialises once per process.
 fn backend() -> Result<&'static LlamaBackend, PoolError> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if let Some(backend) = BACKEND.get() {
+        return Ok(backend);
+    }
+    // Two engines loading at once (tests do) must not both initialise it: the second would fail.
+    let _init = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(backend) = BACKEND.get() {
         return Ok(backend);
     }
@@ -192,6 +199,7 @@ impl Engine for LlamaEngine {
             queued: c.queued.load(Ordering::Relaxed),
             served: c.served.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
             kv_cells_used: c.kv_cells_used.load(Ordering::Relaxed),
         }
     }

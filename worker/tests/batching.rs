@@ -1,0 +1,87 @@
+//! Continuous batching, admission and cancellation on a real worker with the real model.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestWorker, chat, config};
+use tonic::Code;
+
+const PROMPTS: [&str; 4] = [
+    "What is the capital of France?",
+    "Write a short poem about rain.",
+    "List three animals that live in the sea.",
+    "Explain what a CPU does in two sentences.",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_concurrent_greedy_requests_return_what_each_returns_alone() {
+    let worker = TestWorker::start(config(4).await).await;
+    let mut alone = Vec::new();
+    for prompt in PROMPTS {
+        alone.push(worker.client.clone().predict(chat(prompt, 48)).await.unwrap().into_inner());
+    }
+    let together = futures::future::join_all(PROMPTS.iter().map(|prompt| {
+        let mut client = worker.client.clone();
+        async move { client.predict(chat(prompt, 48)).await.unwrap().into_inner() }
+    }))
+    .await;
+    for (a, t) in alone.iter().zip(&together) {
+        assert_eq!(a.text, t.text, "batched greedy output equals the output alone");
+        assert_eq!(a.completion_tokens, t.completion_tokens);
+    }
+    // They really shared the batch: none waited for another to finish.
+    let longest_wait = together.iter().map(|r| r.timings.unwrap().queue_ms).fold(0.0, f64::max);
+    let shortest_run = together.iter().map(|r| r.timings.unwrap().total_ms).fold(f64::MAX, f64::min);
+    assert!(longest_wait < shortest_run, "queue wait {longest_wait} ms vs shortest request {shortest_run} ms");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_request_frees_its_slot_for_the_next() {
+    let worker = TestWorker::start(config(1).await).await;
+    // A generation of 1500 tokens takes half a minute here; cancelling must end it within a step.
+    let mut stream = worker.client.clone().predict_stream(chat("Tell me a very long story.", 1500)).await.unwrap().into_inner();
+    for _ in 0..3 {
+        stream.message().await.unwrap().expect("text arrives");
+    }
+    drop(stream);
+    worker.wait_load(Duration::from_secs(10), "slot freed after disconnect", |l| l.slots_in_use == 0 && l.cancelled == 1).await;
+    let next = worker.client.clone().predict(chat("Say hi.", 8)).await.unwrap().into_inner();
+    assert!(next.completion_tokens > 0);
+
+    // A deadline that passes mid-generation also stops it.
+    let mut request = tonic::Request::new(chat("Tell me a very long story.", 1500));
+    request.set_timeout(Duration::from_millis(500));
+    let status = worker.client.clone().predict(request).await.unwrap_err();
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    let load = worker.wait_load(Duration::from_secs(10), "slot freed after deadline", |l| l.slots_in_use == 0 && l.cancelled == 2).await;
+    assert_eq!(load.served, 1, "only the completed request counts as served");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_refuses_at_once_and_over_context_is_invalid() {
+    let mut config = config(1).await;
+    config.queue = 1;
+    config.context_per_slot = 256;
+    let worker = TestWorker::start(config).await;
+
+    let mut running = worker.client.clone().predict_stream(chat("Tell me a long story.", 200)).await.unwrap().into_inner();
+    running.message().await.unwrap().expect("the first request is generating");
+    let queued = tokio::spawn({
+        let mut client = worker.client.clone();
+        async move { client.predict(chat("Say hi.", 4)).await }
+    });
+    worker.wait_load(Duration::from_secs(10), "second request queued", |l| l.queued == 1).await;
+    let refused = worker.client.clone().predict(chat("Say hello.", 4)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("queue"), "{}", refused.message());
+    drop(running);
+    assert!(queued.await.unwrap().is_ok(), "the queued request is served once the slot frees");
+
+    let status = worker.client.clone().predict(chat(&"word ".repeat(200), 100)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("256"), "names the context per slot: {}", status.message());
+    worker.stop().await;
+}

@@ -1,0 +1,91 @@
+//! A real worker (real model) served in this test process on 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use modelpool::proto::{self, InfoRequest, worker_client::WorkerClient};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use worker::Config;
+
+pub struct TestWorker {
+    pub channel: Channel,
+    pub client: WorkerClient<Channel>,
+    /// The health statuses seen while waiting for it, in order.
+    pub health_seen: Vec<ServingStatus>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// One thread per worker: tests run side by side on a 2-core machine.
+pub async fn config(slots: u32) -> Config {
+    let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
+    Config { model: Some(model), threads: 1, threads_batch: 1, slots, ..Config::default() }
+}
+
+impl TestWorker {
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            worker::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("worker runs");
+        });
+        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+        let health_seen = wait_serving(&channel).await;
+        Self { client: WorkerClient::new(channel.clone()), channel, health_seen, stop, handle }
+    }
+
+    pub async fn load(&self) -> proto::WorkerLoad {
+        self.client.clone().info(InfoRequest {}).await.unwrap().into_inner().load.unwrap()
+    }
+
+    /// Polls the worker's load until `done` holds; panics after `limit`.
+    pub async fn wait_load(&self, limit: Duration, what: &str, done: impl Fn(&proto::WorkerLoad) -> bool) -> proto::WorkerLoad {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let load = self.load().await;
+            if done(&load) {
+                return load;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: still {load:?} after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap();
+    }
+}
+
+async fn wait_serving(channel: &Channel) -> Vec<ServingStatus> {
+    let mut health = HealthClient::new(channel.clone());
+    let mut seen = Vec::new();
+    for _ in 0..3000 {
+        let status = health
+            .check(HealthCheckRequest { service: worker::health_service_name().into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if status == ServingStatus::Serving {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("worker never became SERVING: {seen:?}");
+}
+
+pub fn chat(text: &str, max_tokens: u32) -> proto::PredictRequest {
+    proto::PredictRequest::from(&modelpool::PredictRequest::user(text, max_tokens))
+}
