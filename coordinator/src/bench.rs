@@ -13,17 +13,16 @@ use bench_client::runner::run_closed_loop;
 use bench_client::workload;
 use modelpool::PredictRequest;
 use modelpool::proto::coordinator_client::CoordinatorClient;
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tracing::info;
 
 use crate::config::RunBenchArgs;
-use crate::local_pool::{LocalPool, WorkerSpec, find_worker_binary, wait_for_workers};
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use crate::scheduler::SchedulerConfig;
 
 /// Workers have this long to load the model and register.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// One configuration to measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,14 +87,10 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let explicit = config.model.clone();
     let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let coordinator_url = format!("http://{}", listener.local_addr()?);
-    let (stop_coordinator, coordinator_stopped) = tokio::sync::oneshot::channel::<()>();
     let scheduler = SchedulerConfig { heartbeat_interval: Duration::from_millis(500), heartbeat_timeout: Duration::from_secs(3), ..Default::default() };
-    let coordinator = tokio::spawn(crate::serve(scheduler, listener, async {
-        let _ = coordinator_stopped.await;
-    }));
-    let client = bench_client::connect(&coordinator_url)?;
+    let coordinator = LocalCoordinator::start(scheduler).await?;
+    let client = coordinator.client.clone();
+    let coordinator_url = coordinator.url.clone();
 
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let measure = async {
@@ -118,8 +113,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
         runs = measure => runs,
         () = interrupt => Err(anyhow::anyhow!("interrupted; workers stopped")),
     };
-    let _ = stop_coordinator.send(());
-    let _ = coordinator.await;
+    coordinator.stop().await;
     let runs = outcome?;
 
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -150,12 +144,7 @@ async fn measure_configuration(
         prompts.len(),
         configuration.concurrency
     );
-    let mut pool = LocalPool::spawn(spec, configuration.workers)?;
-    let mut probe = client.clone();
-    if let Err(e) = wait_for_workers(&mut probe, configuration.workers, STARTUP_TIMEOUT, &mut pool).await {
-        pool.stop(STOP_GRACE).await;
-        anyhow::bail!(e);
-    }
+    let pool = LocalPool::start(spec, configuration.workers, client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
     // One short request per worker first, so first-touch page faults are not measured.
     let warm_up: Vec<PredictRequest> = prompts.iter().take(configuration.workers).map(|p| {
         let mut p = p.clone();

@@ -25,6 +25,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start local workers, run the serial baseline and the parallel configurations, print the table.
     RunBench(RunBenchArgs),
+    /// Compare one worker's decode speed with llama.cpp's llama-bench, and --slots B against --slots 1.
+    EngineBench(crate::engine_bench::EngineBenchArgs),
 }
 
 /// Scheduler settings shared by `serve` and `run-bench`.

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod engine_bench;
 pub mod local_pool;
 pub mod registry;
 pub mod scheduler;

@@ -7,8 +7,39 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use modelpool::proto::{ListWorkersRequest, WorkerState, coordinator_client::CoordinatorClient};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+use crate::SchedulerConfig;
+
+/// A coordinator served by this process on 127.0.0.1:0, for run-bench, engine-bench and tests.
+pub struct LocalCoordinator {
+    pub url: String,
+    pub client: CoordinatorClient<Channel>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl LocalCoordinator {
+    pub async fn start(config: SchedulerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let client = bench_client::connect(&url).map_err(std::io::Error::other)?;
+        Ok(Self { url, client, stop, task })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
 
 /// How to start each worker of a local pool.
 #[derive(Debug, Clone)]
@@ -117,6 +148,21 @@ impl LocalPool {
     pub fn spawn(spec: &WorkerSpec, count: usize) -> std::io::Result<Self> {
         let workers = (0..count).map(|_| WorkerProcess::spawn(spec)).collect::<std::io::Result<_>>()?;
         Ok(Self { workers })
+    }
+
+    /// Spawns `count` workers and waits until all serve through the coordinator; stops them on failure.
+    pub async fn start(
+        spec: &WorkerSpec,
+        count: usize,
+        client: &CoordinatorClient<Channel>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut pool = Self::spawn(spec, count).map_err(|e| format!("starting {}: {e}", spec.binary.display()))?;
+        if let Err(e) = wait_for_workers(&mut client.clone(), count, timeout, &mut pool).await {
+            pool.stop(Duration::from_secs(5)).await;
+            return Err(e);
+        }
+        Ok(pool)
     }
 
     pub async fn stop(self, grace: Duration) {

@@ -20,6 +20,9 @@ async fn main() -> anyhow::Result<()> {
             let config = coordinator::bench::RunBenchConfig::try_from(args)?;
             coordinator::bench::run_bench(config, modelpool::shutdown::shutdown_signal()).await?;
         }
+        Command::EngineBench(args) => {
+            coordinator::engine_bench::run_engine_bench(args).await?;
+        }
     }
     Ok(())
 }

@@ -38,6 +38,10 @@ pub struct Args {
     /// Context (prompt + generated tokens) available to each slot.
     #[arg(long, default_value_t = 2048)]
     pub ctx_per_slot: u32,
+    /// Make a prompt's greedy output independent of the prompts batched with it: each slot gets its own
+    /// KV stream and flash attention is off. Costs most of what --slots gains (see the README).
+    #[arg(long)]
+    pub batch_invariant: bool,
     /// Requests that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once.
     #[arg(long, default_value_t = 64)]
     pub queue: u32,
@@ -62,6 +66,7 @@ pub struct Config {
     pub slots: u32,
     pub context_per_slot: u32,
     pub queue: u32,
+    pub batch_invariant: bool,
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
@@ -82,6 +87,7 @@ impl Default for Config {
             slots: 1,
             context_per_slot: 2048,
             queue: 64,
+            batch_invariant: false,
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
@@ -134,6 +140,7 @@ impl TryFrom<&Args> for Config {
             slots: args.slots,
             context_per_slot: args.ctx_per_slot,
             queue: args.queue,
+            batch_invariant: args.batch_invariant,
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),

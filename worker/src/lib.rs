@@ -118,6 +118,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
         queue_capacity: config.queue,
         threads: config.threads,
         threads_batch: config.threads_batch,
+        batch_invariant: config.batch_invariant,
     };
     let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(llama))
         .await

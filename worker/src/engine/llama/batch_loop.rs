@@ -15,7 +15,7 @@ use modelpool::PoolError;
 use tracing::warn;
 
 use super::LoadCounters;
-use super::slot::{Progress, Slot};
+use super::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
 
 /// Tokens in one decode call (llama.cpp's n_batch and n_ubatch).
@@ -169,7 +169,10 @@ impl<'m> BatchLoop<'m> {
                 continue;
             };
             let slot = &mut self.slots[i];
-            let token = slot.sampler.sample(&self.context, index);
+            let token = match slot.sampler.as_mut() {
+                Some(sampler) => sampler.sample(&self.context, index),
+                None => LlamaToken(argmax(self.context.get_logits_ith(index))),
+            };
             let is_end = vocab.is_eog(token);
             self.piece.clear();
             if !is_end {

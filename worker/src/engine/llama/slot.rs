@@ -22,7 +22,9 @@ pub(super) struct Slot {
     pub position: i32,
     /// Index in the current batch whose logits belong to this slot, if it gets logits this step.
     pub logits_index: Option<i32>,
-    pub sampler: LlamaSampler,
+    /// None for greedy decoding, which takes the arg-max of the logits directly: llama.cpp's sampler
+    /// would first copy all 49k candidates, for every slot at every step.
+    pub sampler: Option<LlamaSampler>,
     utf8: Utf8Stream,
     stop: StopMatcher,
     text: String,
@@ -143,9 +145,9 @@ fn ms(duration: std::time::Duration) -> f64 {
 
 /// The sampler chain for one request. Greedy takes the most likely token; otherwise top-k, top-p and
 /// temperature shape the distribution and a seeded draw picks from it, so a seed reproduces its text.
-fn sampler_for(params: &SamplingParams) -> LlamaSampler {
+fn sampler_for(params: &SamplingParams) -> Option<LlamaSampler> {
     if params.is_greedy() {
-        return LlamaSampler::greedy();
+        return None;
     }
     let mut chain = Vec::new();
     if params.top_k > 0 {
@@ -157,5 +159,28 @@ fn sampler_for(params: &SamplingParams) -> LlamaSampler {
     chain.push(LlamaSampler::temp(params.temperature));
     // llama.cpp takes a 32-bit seed; fold the high half in so that distinct 64-bit seeds stay distinct.
     chain.push(LlamaSampler::dist((params.seed ^ (params.seed >> 32)) as u32));
-    LlamaSampler::chain_simple(chain)
+    Some(LlamaSampler::chain_simple(chain))
+}
+
+/// The index of the largest logit; the first one on ties, as llama.cpp's greedy sampler picks.
+pub(super) fn argmax(logits: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &logit) in logits.iter().enumerate() {
+        if logit > logits[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[0.1, 3.0, -1.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -5.0]), 1);
+        assert_eq!(argmax(&[2.0]), 0);
+    }
 }

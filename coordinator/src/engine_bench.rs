@@ -1,0 +1,197 @@
+//! `engine-bench`: is one worker as fast as llama.cpp itself, and what does batching inside one process
+//! buy? Two ratios from one run:
+//! - single stream: the decode tokens/s of a `--slots 1` worker against llama.cpp's own `llama-bench`
+//!   text-generation figure, same GGUF, same thread count;
+//! - batched: aggregate tokens/s of a `--slots B` worker with B requests in flight against a `--slots 1`
+//!   worker with the same B requests in flight (they queue behind its one slot).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bench_client::runner::run_closed_loop;
+use bench_client::stats::Summary;
+use modelpool::PredictRequest;
+
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use crate::scheduler::SchedulerConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct EngineBenchArgs {
+    /// Threads for the worker and for llama-bench. Default: all cores.
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Slots of the batched worker, and requests in flight in the batched comparison.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// Tokens generated per request (and llama-bench's -n).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: u32,
+    /// Repetitions of each measurement; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// llama.cpp's llama-bench binary (scripts/build-llama-bench.sh builds it). Without it the single-stream
+    /// ratio is not computed.
+    #[arg(long, env = "MODELPOOL_LLAMA_BENCH")]
+    pub llama_bench: Option<PathBuf>,
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A median with the range it came from.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Measured {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Measured {
+    fn of(samples: &[f64]) -> Self {
+        let s = Summary::of(samples);
+        Self { median: s.p50, min: s.min, max: s.max }
+    }
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} tok/s (median; range {:.1}-{:.1})", self.median, self.min, self.max)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineBenchResult {
+    pub threads: u32,
+    pub slots: u32,
+    pub max_tokens: u32,
+    pub repeats: usize,
+    pub llama_bench_tg: Option<Measured>,
+    pub worker_single_decode: Measured,
+    pub single_ratio: Option<f64>,
+    pub slots1_aggregate: Measured,
+    pub batched_aggregate: Measured,
+    pub batched_ratio: f64,
+    /// The same with `--batch-invariant` (each slot its own KV stream): what identical-output batching costs.
+    pub invariant_aggregate: Measured,
+    pub invariant_ratio: f64,
+}
+
+/// A prompt that makes the model write at length, so decode dominates.
+fn long_request(max_tokens: u32, i: usize) -> PredictRequest {
+    let mut request = PredictRequest::user(format!("Write a long story about a lighthouse keeper named Ana (part {i})."), max_tokens);
+    request.request_id = format!("e{i}");
+    request
+}
+
+pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBenchResult> {
+    anyhow::ensure!(args.repeats >= 1 && args.slots >= 1 && args.max_tokens >= 2, "--repeats, --slots >= 1 and --max-tokens >= 2");
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let threads = args.threads.unwrap_or(cores);
+    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
+    let explicit = args.model.clone();
+    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+
+    let batch: Vec<PredictRequest> = (0..args.slots as usize).map(|i| long_request(args.max_tokens, i)).collect();
+    let variants = [
+        (1, Vec::new()),
+        (args.slots, Vec::new()),
+        (args.slots, vec!["--batch-invariant".to_string()]),
+    ];
+    // Every variant runs all the time, each behind its own coordinator, and the measurements take turns
+    // round by round, so drift on this shared machine hits all of them alike.
+    let mut pools = Vec::new();
+    for (slots, extra_args) in variants {
+        eprintln!("== starting worker --slots {slots} {} --threads {threads}", extra_args.join(" "));
+        let coordinator = LocalCoordinator::start(SchedulerConfig::default()).await?;
+        let spec = WorkerSpec { binary: worker_bin.clone(), model: model.clone(), coordinator: coordinator.url.clone(), threads, slots, extra_args };
+        let pool = LocalPool::start(&spec, 1, &coordinator.client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
+        run_closed_loop(coordinator.client.clone(), &batch, batch.len()).await; // warm-up
+        pools.push((coordinator, pool));
+    }
+    let aggregate = |records: &[bench_client::runner::RequestRecord], wall_s: f64| {
+        records.iter().filter(|r| r.ok).map(|r| f64::from(r.completion_tokens)).sum::<f64>() / wall_s.max(1e-9)
+    };
+    let (mut llama, mut single, mut slots1, mut batched, mut invariant) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.repeats {
+        eprintln!("== round {}/{}", round + 1, args.repeats);
+        if let Some(binary) = &args.llama_bench {
+            llama.push(llama_bench(binary, &model, threads, args.max_tokens)?);
+        }
+        let slots1_client = pools[0].0.client.clone();
+        let (records, _) = run_closed_loop(slots1_client.clone(), &[long_request(args.max_tokens, round)], 1).await;
+        let record = records.first().filter(|r| r.ok).ok_or_else(|| anyhow::anyhow!("single request failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
+        single.push(1000.0 / record.tpot_ms.max(1e-9));
+        for (index, samples) in [&mut slots1, &mut batched, &mut invariant].into_iter().enumerate() {
+            let (records, wall_s) = run_closed_loop(pools[index].0.client.clone(), &batch, batch.len()).await;
+            samples.push(aggregate(&records, wall_s));
+        }
+    }
+    for (coordinator, pool) in pools {
+        pool.stop(STOP_GRACE).await;
+        coordinator.stop().await;
+    }
+    let llama_bench_tg = (!llama.is_empty()).then(|| Measured::of(&llama));
+
+    let worker_single_decode = Measured::of(&single);
+    let slots1_aggregate = Measured::of(&slots1);
+    let batched_aggregate = Measured::of(&batched);
+    let invariant_aggregate = Measured::of(&invariant);
+    let result = EngineBenchResult {
+        threads,
+        slots: args.slots,
+        max_tokens: args.max_tokens,
+        repeats: args.repeats,
+        single_ratio: llama_bench_tg.map(|tg| worker_single_decode.median / tg.median),
+        llama_bench_tg,
+        worker_single_decode,
+        slots1_aggregate,
+        batched_ratio: batched_aggregate.median / slots1_aggregate.median,
+        batched_aggregate,
+        invariant_ratio: invariant_aggregate.median / slots1_aggregate.median,
+        invariant_aggregate,
+    };
+    print_result(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    Ok(result)
+}
+
+fn print_result(r: &EngineBenchResult) {
+    println!("engine-bench: {} threads, {} tokens per request, {} repeats", r.threads, r.max_tokens, r.repeats);
+    match (&r.llama_bench_tg, r.single_ratio) {
+        (Some(tg), Some(ratio)) => {
+            println!("  llama-bench tg{}:                 {tg}", r.max_tokens);
+            println!("  worker --slots 1 decode:          {}", r.worker_single_decode);
+            println!("  single-stream ratio:              {ratio:.3} (target >= 0.95)");
+        }
+        _ => {
+            println!("  worker --slots 1 decode:          {}", r.worker_single_decode);
+            println!("  single-stream ratio:              not measured (pass --llama-bench)");
+        }
+    }
+    println!("  --slots 1, {} in flight, aggregate: {}", r.slots, r.slots1_aggregate);
+    println!("  --slots {}, {} in flight, aggregate: {}", r.slots, r.slots, r.batched_aggregate);
+    println!("  batched ratio:                    {:.3} (target >= 1.5)", r.batched_ratio);
+    println!("  --slots {} --batch-invariant:      {} (ratio {:.3})", r.slots, r.invariant_aggregate, r.invariant_ratio);
+}
+
+/// Runs llama-bench's text-generation test once and returns its tokens/s.
+fn llama_bench(binary: &Path, model: &Path, threads: u32, tokens: u32) -> anyhow::Result<f64> {
+    let output = Command::new(binary)
+        .arg("-m")
+        .arg(model)
+        .args(["-t", &threads.to_string(), "-p", "0", "-n", &tokens.to_string(), "-r", "1", "-o", "json"])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "llama-bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    runs.first()
+        .and_then(|r| r.get("avg_ts"))
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| anyhow::anyhow!("llama-bench printed no avg_ts"))
+}
