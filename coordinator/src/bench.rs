@@ -97,6 +97,15 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
         let mut runs = Vec::new();
         for configuration in &config.configurations {
             let threads = config.threads.unwrap_or((cores / configuration.workers as u32).max(1));
+            if threads * configuration.workers as u32 > cores {
+                tracing::warn!(
+                    workers = configuration.workers,
+                    threads,
+                    cores,
+                    "{} workers x {threads} threads oversubscribe {cores} cores: they will slow each other down",
+                    configuration.workers
+                );
+            }
             let spec = WorkerSpec {
                 binary: worker_bin.clone(),
                 model: model.clone(),
