@@ -6,18 +6,16 @@
 use std::time::Duration;
 
 use coordinator::SchedulerConfig;
-use coordinator::local_pool::{LocalPool, WorkerSpec, find_worker_binary, wait_for_workers};
+use coordinator::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ListWorkersRequest};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub struct TestPool {
-    pub url: String,
     pub client: CoordinatorClient<Channel>,
     pub workers: LocalPool,
     pub spec: WorkerSpec,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    coordinator: LocalCoordinator,
 }
 
 /// Heartbeats every 200 ms, eviction after 1 s: faults show up quickly.
@@ -33,36 +31,26 @@ pub fn fast_scheduler() -> SchedulerConfig {
 impl TestPool {
     pub async fn start(workers: usize, scheduler: SchedulerConfig, extra_args: &[&str]) -> Self {
         let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().expect("default model");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(coordinator::serve(scheduler, listener, async {
-            let _ = stopped.await;
-        }));
+        let coordinator = LocalCoordinator::start(scheduler).await.unwrap();
         let spec = WorkerSpec {
             binary: find_worker_binary(None).expect("worker binary built alongside the tests"),
             model,
-            coordinator: url.clone(),
+            coordinator: coordinator.url.clone(),
             threads: 1,
             slots: 1,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
-        let mut pool = LocalPool::spawn(&spec, workers).unwrap();
-        let mut client = bench_client::connect(&url).unwrap();
-        wait_for_workers(&mut client, workers, Duration::from_secs(120), &mut pool).await.expect("workers register");
-        Self { url, client, workers: pool, spec, stop: Some(stop) }
+        let pool = LocalPool::start(&spec, workers, &coordinator.client, Duration::from_secs(120)).await.expect("workers register");
+        Self { client: coordinator.client.clone(), workers: pool, spec, coordinator }
     }
 
     pub async fn list(&self) -> Vec<proto::WorkerStatus> {
         self.client.clone().list_workers(ListWorkersRequest {}).await.unwrap().into_inner().workers
     }
 
-    pub async fn shutdown(mut self) {
-        let pool = std::mem::replace(&mut self.workers, LocalPool { workers: Vec::new() });
-        pool.stop(Duration::from_secs(10)).await;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.workers.stop(Duration::from_secs(10)).await;
+        self.coordinator.stop().await;
     }
 }
 
