@@ -93,13 +93,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         });
     }
     let report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, runs);
-    if args.show_outputs {
-        println!("{}", report.outputs());
-    }
-    println!("{}", report.table());
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-        println!("JSON report written to {}", path.display());
-    }
+    report.print(args.show_outputs, args.json.as_deref())?;
     Ok(report)
 }

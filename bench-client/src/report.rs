@@ -186,6 +186,19 @@ impl Report {
         out
     }
 
+    /// Prints the table (after every output, if asked) and writes the JSON report if a path is given.
+    pub fn print(&self, show_outputs: bool, json: Option<&std::path::Path>) -> std::io::Result<()> {
+        if show_outputs {
+            println!("{}", self.outputs());
+        }
+        println!("{}", self.table());
+        if let Some(path) = json {
+            std::fs::write(path, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+            println!("JSON report written to {}", path.display());
+        }
+        Ok(())
+    }
+
     /// Each prompt and its generated text, for `--show-outputs`.
     pub fn outputs(&self) -> String {
         let mut out = String::new();

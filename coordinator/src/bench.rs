@@ -127,14 +127,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
 
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let report = Report::new("coordinator run-bench", model_name, config.max_tokens, runs);
-    if config.show_outputs {
-        println!("{}", report.outputs());
-    }
-    println!("{}", report.table());
-    if let Some(path) = &config.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-        println!("JSON report written to {}", path.display());
-    }
+    report.print(config.show_outputs, config.json.as_deref())?;
     Ok(report)
 }
 
