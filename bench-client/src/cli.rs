@@ -41,6 +41,10 @@ pub struct Args {
     /// Tokens generated per prompt at most (JSONL lines may set their own).
     #[arg(long, default_value_t = 64)]
     pub max_tokens: u32,
+    /// Runs of each scenario; they take turns, so drift on a shared machine hits all alike. Medians are
+    /// reported, with the range.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -51,6 +55,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(args.num_prompts >= 1, "--num-prompts must be at least 1");
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
     let prompts = match &args.prompts {
         Some(path) => workload::load_jsonl(path, args.max_tokens)?,
@@ -69,28 +74,31 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let info = serving[0].info.clone().unwrap_or_default();
 
     let mut runs = Vec::new();
-    for scenario in &args.scenario {
-        let (name, concurrency) = match scenario {
-            Scenario::Serial => ("serial".to_string(), 1),
-            Scenario::Parallel => {
-                let c = args.concurrency.unwrap_or(total_slots);
-                (format!("parallel-c{c}"), c)
-            }
-        };
-        eprintln!("== {name}: {} prompts, {concurrency} in flight, {} workers", prompts.len(), serving.len());
-        let sampler = MemorySampler::start(client.clone());
-        let (records, wall_s) = run_closed_loop(client.clone(), &prompts, concurrency).await;
-        let memory = sampler.finish().await;
-        runs.push(ScenarioRun {
-            name,
-            workers: serving.len(),
-            slots_per_worker: info.slots,
-            threads_per_worker: info.threads,
-            concurrency,
-            wall_s,
-            records,
-            memory,
-        });
+    for repeat in 0..args.repeats {
+        for scenario in &args.scenario {
+            let (name, concurrency) = match scenario {
+                Scenario::Serial => ("serial".to_string(), 1),
+                Scenario::Parallel => {
+                    let c = args.concurrency.unwrap_or(total_slots);
+                    (format!("parallel-c{c}"), c)
+                }
+            };
+            eprintln!("== {name} (run {}/{}): {} prompts, {concurrency} in flight, {} workers", repeat + 1, args.repeats, prompts.len(), serving.len());
+            let sampler = MemorySampler::start(client.clone());
+            let (records, wall_s) = run_closed_loop(client.clone(), &prompts, concurrency).await;
+            let memory = sampler.finish().await;
+            runs.push(ScenarioRun {
+                name,
+                repeat,
+                workers: serving.len(),
+                slots_per_worker: info.slots,
+                threads_per_worker: info.threads,
+                concurrency,
+                wall_s,
+                records,
+                memory,
+            });
+        }
     }
     let report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, runs);
     report.print(args.show_outputs, args.json.as_deref())?;

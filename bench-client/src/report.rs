@@ -9,10 +9,12 @@ use crate::memory::PoolMemory;
 use crate::runner::RequestRecord;
 use crate::stats::Summary;
 
-/// One configuration's run.
+/// One run of one configuration.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioRun {
     pub name: String,
+    /// Which repetition of the configuration this is (0-based).
+    pub repeat: usize,
     pub workers: usize,
     pub slots_per_worker: u32,
     pub threads_per_worker: u32,
@@ -22,10 +24,39 @@ pub struct ScenarioRun {
     pub memory: PoolMemory,
 }
 
-/// The aggregate figures of one run.
+impl ScenarioRun {
+    fn output_tokens_per_s(&self) -> f64 {
+        let tokens: u64 = self.records.iter().filter(|r| r.ok).map(|r| u64::from(r.completion_tokens)).sum();
+        tokens as f64 / self.wall_s.max(1e-9)
+    }
+}
+
+/// A median over repetitions, with the range it came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Self {
+        let s = Summary::of(values);
+        Self { median: s.p50, min: s.min, max: s.max }
+    }
+
+    /// The range is wider than a fifth of the median: the machine was too noisy to trust one figure.
+    pub fn is_noisy(&self) -> bool {
+        self.median > 0.0 && (self.max - self.min) / self.median > 0.2
+    }
+}
+
+/// The aggregate figures of one configuration over its repetitions: throughput as the median of the
+/// runs' figures (with their range); latencies over every request of every run; memory at its peak.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioSummary {
     pub name: String,
+    pub repeats: usize,
     pub workers: usize,
     pub slots_per_worker: u32,
     pub threads_per_worker: u32,
@@ -33,14 +64,14 @@ pub struct ScenarioSummary {
     pub prompts: usize,
     pub ok: usize,
     pub failed: usize,
-    pub wall_s: f64,
-    pub prompts_per_s: f64,
-    pub output_tokens_per_s: f64,
-    pub total_tokens_per_s: f64,
+    pub prompts_per_s: Spread,
+    pub output_tokens_per_s: Spread,
+    pub total_tokens_per_s: Spread,
+    pub noisy: bool,
     pub latency_ms: Summary,
     pub ttft_ms: Summary,
     pub tpot_ms: Summary,
-    /// Output tokens/s divided by the serial baseline's (None when there is no baseline in the report).
+    /// Median output tokens/s divided by the serial baseline's (None when there is no baseline).
     pub speedup: Option<f64>,
     /// Speedup divided by the number of workers: 1.0 means each extra process added a full copy's worth.
     pub efficiency: Option<f64>,
@@ -52,42 +83,47 @@ pub struct ScenarioSummary {
 }
 
 impl ScenarioSummary {
-    pub fn of(run: &ScenarioRun, baseline_tokens_per_s: Option<f64>) -> Self {
-        let ok: Vec<&RequestRecord> = run.records.iter().filter(|r| r.ok).collect();
-        let output_tokens: u64 = ok.iter().map(|r| u64::from(r.completion_tokens)).sum();
-        let prompt_tokens: u64 = ok.iter().map(|r| u64::from(r.prompt_tokens)).sum();
-        let wall = run.wall_s.max(1e-9);
-        let output_tokens_per_s = output_tokens as f64 / wall;
-        let speedup = baseline_tokens_per_s.filter(|b| *b > 0.0).map(|b| output_tokens_per_s / b);
-        let workers = run.memory.workers.values();
-        let count = run.memory.workers.len().max(1) as u64;
-        let per_worker = |f: fn(&crate::memory::WorkerMemory) -> u64| workers.clone().map(f).sum::<u64>() / count;
+    /// Summarises the runs of one configuration (all with the same name and shape).
+    pub fn of(runs: &[&ScenarioRun], baseline_tokens_per_s: Option<f64>) -> Self {
+        let first = runs[0];
+        let records: Vec<&RequestRecord> = runs.iter().flat_map(|r| &r.records).collect();
+        let ok: Vec<&&RequestRecord> = records.iter().filter(|r| r.ok).collect();
+        let per_run = |f: &dyn Fn(&ScenarioRun) -> f64| Spread::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let output_tokens_per_s = per_run(&|r| r.output_tokens_per_s());
+        let prompts_per_s = per_run(&|r| r.records.iter().filter(|x| x.ok).count() as f64 / r.wall_s.max(1e-9));
+        let total_tokens_per_s = per_run(&|r| {
+            r.records.iter().filter(|x| x.ok).map(|x| f64::from(x.completion_tokens + x.prompt_tokens)).sum::<f64>() / r.wall_s.max(1e-9)
+        });
+        let speedup = baseline_tokens_per_s.filter(|b| *b > 0.0).map(|b| output_tokens_per_s.median / b);
+        let workers: Vec<_> = runs.iter().flat_map(|r| r.memory.workers.values()).collect();
+        let peak = |f: fn(&crate::memory::WorkerMemory) -> u64| workers.iter().map(|w| f(w)).max().unwrap_or(0);
         let latencies: Vec<f64> = ok.iter().map(|r| r.e2e_ms).collect();
         let ttfts: Vec<f64> = ok.iter().map(|r| r.ttft_ms).collect();
         let tpots: Vec<f64> = ok.iter().filter(|r| r.completion_tokens > 1).map(|r| r.tpot_ms).collect();
         Self {
-            name: run.name.clone(),
-            workers: run.workers,
-            slots_per_worker: run.slots_per_worker,
-            threads_per_worker: run.threads_per_worker,
-            concurrency: run.concurrency,
-            prompts: run.records.len(),
+            name: first.name.clone(),
+            repeats: runs.len(),
+            workers: first.workers,
+            slots_per_worker: first.slots_per_worker,
+            threads_per_worker: first.threads_per_worker,
+            concurrency: first.concurrency,
+            prompts: records.len(),
             ok: ok.len(),
-            failed: run.records.len() - ok.len(),
-            wall_s: run.wall_s,
-            prompts_per_s: ok.len() as f64 / wall,
+            failed: records.len() - ok.len(),
+            noisy: output_tokens_per_s.is_noisy(),
+            prompts_per_s,
             output_tokens_per_s,
-            total_tokens_per_s: (output_tokens + prompt_tokens) as f64 / wall,
+            total_tokens_per_s,
             latency_ms: Summary::of(&latencies),
             ttft_ms: Summary::of(&ttfts),
             tpot_ms: Summary::of(&tpots),
             speedup,
-            efficiency: speedup.map(|s| s / run.workers.max(1) as f64),
-            peak_rss_per_worker_bytes: per_worker(|w| w.peak.rss_bytes),
-            peak_pss_per_worker_bytes: per_worker(|w| w.peak.pss_bytes),
-            peak_uss_per_worker_bytes: per_worker(|w| w.peak.uss_bytes),
-            peak_pool_pss_bytes: run.memory.peak_pool_pss_bytes,
-            peak_pool_rss_bytes: run.memory.peak_pool_rss_bytes,
+            efficiency: speedup.map(|s| s / first.workers.max(1) as f64),
+            peak_rss_per_worker_bytes: peak(|w| w.peak.rss_bytes),
+            peak_pss_per_worker_bytes: peak(|w| w.peak.pss_bytes),
+            peak_uss_per_worker_bytes: peak(|w| w.peak.uss_bytes),
+            peak_pool_pss_bytes: runs.iter().map(|r| r.memory.peak_pool_pss_bytes).max().unwrap_or(0),
+            peak_pool_rss_bytes: runs.iter().map(|r| r.memory.peak_pool_rss_bytes).max().unwrap_or(0),
         }
     }
 }
@@ -141,38 +177,56 @@ pub struct Report {
 }
 
 impl Report {
-    /// Summarises runs; the run named "serial" is the baseline for speedup and efficiency.
+    /// Summarises runs by configuration name, in the order configurations first ran; the configuration
+    /// named "serial" is the baseline for speedup and efficiency.
     pub fn new(tool: &str, model: String, max_tokens: u32, runs: Vec<ScenarioRun>) -> Self {
-        let baseline = runs.iter().find(|r| r.name == "serial").map(|r| ScenarioSummary::of(r, None).output_tokens_per_s);
-        let summaries = runs.iter().map(|r| ScenarioSummary::of(r, baseline)).collect();
+        let mut names: Vec<&str> = Vec::new();
+        for run in &runs {
+            if !names.contains(&run.name.as_str()) {
+                names.push(&run.name);
+            }
+        }
+        let group = |name: &str| runs.iter().filter(|r| r.name == name).collect::<Vec<_>>();
+        let baseline = names.iter().find(|n| **n == "serial").map(|n| ScenarioSummary::of(&group(n), None).output_tokens_per_s.median);
+        let summaries = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline)).collect();
         Self { tool: tool.into(), machine: Machine::this(), model, max_tokens, summaries, runs }
     }
 
-    /// The terminal table.
+    /// The terminal table: medians over repetitions, the output tokens/s range beside them, and a `!`
+    /// where that range is wider than a fifth of the median.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "model: {}   max_tokens: {}   machine: {}", self.model, self.max_tokens, self.machine.describe());
+        let repeats = self.summaries.iter().map(|s| s.repeats).max().unwrap_or(0);
         let _ = writeln!(
             out,
-            "{:<12} {:>3} {:>4} {:>4} {:>7} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7} {:>6} {:>9} {:>9} {:>9}",
-            "config", "N", "thr", "conc", "ok", "prompt/s", "tok/s", "mean lat", "p95 lat", "ttft p50", "speedup", "eff", "RSS/wkr", "PSS/wkr", "pool PSS"
+            "model: {}   max_tokens: {}   repeats: {repeats}   machine: {}",
+            self.model,
+            self.max_tokens,
+            self.machine.describe()
         );
-        let _ = writeln!(
-            out,
-            "{:<12} {:>3} {:>4} {:>4} {:>7} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7} {:>6} {:>9} {:>9} {:>9}",
-            "", "", "", "", "", "", "out", "s", "s", "ms", "x", "", "MiB", "MiB", "MiB"
-        );
-        for s in &self.summaries {
+        let header = ["config", "N", "B", "thr", "conc", "ok", "prompt/s", "tok/s", "range", "mean lat", "p95 lat", "ttft p50", "speedup", "eff", "RSS/wkr", "PSS/wkr", "pool PSS"];
+        let units = ["", "", "", "", "", "", "", "out", "tok/s", "s", "s", "ms", "x", "", "MiB", "MiB", "MiB"];
+        for row in [header, units] {
             let _ = writeln!(
                 out,
-                "{:<12} {:>3} {:>4} {:>4} {:>7} {:>8.2} {:>8.1} {:>9.2} {:>9.2} {:>8.0} {:>7} {:>6} {:>9} {:>9} {:>9}",
+                "{:<12} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8} {:>7} {:>12} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>8}",
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16]
+            );
+        }
+        for s in &self.summaries {
+            let t = s.output_tokens_per_s;
+            let _ = writeln!(
+                out,
+                "{:<12} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8.2} {:>7.1} {:>12} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>5} {:>8} {:>8} {:>8}",
                 s.name,
                 s.workers,
+                s.slots_per_worker,
                 s.threads_per_worker,
                 s.concurrency,
                 format!("{}/{}", s.ok, s.prompts),
-                s.prompts_per_s,
-                s.output_tokens_per_s,
+                s.prompts_per_s.median,
+                t.median,
+                format!("{:.0}-{:.0}{}", t.min, t.max, if s.noisy { "!" } else { "" }),
                 s.latency_ms.mean / 1000.0,
                 s.latency_ms.p95 / 1000.0,
                 s.ttft_ms.p50,
@@ -182,6 +236,9 @@ impl Report {
                 mib(s.peak_pss_per_worker_bytes),
                 mib(s.peak_pool_pss_bytes),
             );
+        }
+        if self.summaries.iter().any(|s| s.noisy) {
+            let _ = writeln!(out, "! the tok/s range across repeats is wider than 20% of the median: the machine was noisy");
         }
         out
     }
@@ -209,7 +266,7 @@ impl Report {
                     (Some(e), false) => format!("ERROR {e}"),
                     (None, false) => "ERROR".into(),
                 };
-                let _ = writeln!(out, "[{} #{} on {} | {} tokens] {}", run.name, r.index, r.worker_id, r.completion_tokens, body.trim());
+                let _ = writeln!(out, "[{} run {} #{} on {} | {} tokens] {}", run.name, run.repeat, r.index, r.worker_id, r.completion_tokens, body.trim());
             }
         }
         out
@@ -220,9 +277,10 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn run(name: &str, workers: usize, wall_s: f64, tokens: &[u32]) -> ScenarioRun {
+    fn run(name: &str, repeat: usize, workers: usize, wall_s: f64, tokens: &[u32]) -> ScenarioRun {
         ScenarioRun {
             name: name.into(),
+            repeat,
             workers,
             slots_per_worker: 1,
             threads_per_worker: 1,
@@ -238,21 +296,32 @@ mod tests {
     }
 
     #[test]
-    fn speedup_and_efficiency_are_against_serial_throughput() {
+    fn speedup_and_efficiency_are_against_the_median_serial_throughput() {
         let report = Report::new(
             "test",
             "m".into(),
             8,
-            vec![run("serial", 1, 10.0, &[50, 50]), run("parallel-2", 2, 4.0, &[50, 50]), run("parallel-3", 3, 5.0, &[50, 0])],
+            vec![
+                run("serial", 0, 1, 10.0, &[50, 50]),
+                run("replicas-2", 0, 2, 4.0, &[50, 50]),
+                run("serial", 1, 1, 5.0, &[50, 50]),
+                run("replicas-2", 1, 2, 5.0, &[50, 50]),
+                run("serial", 2, 1, 20.0, &[50, 50]),
+                run("replicas-2", 2, 2, 2.0, &[50, 0]),
+            ],
         );
-        let [serial, two, three] = &report.summaries[..] else { panic!("three summaries") };
-        assert_eq!(serial.output_tokens_per_s, 10.0);
+        let [serial, two] = &report.summaries[..] else { panic!("two configurations") };
+        // serial runs: 10, 20 and 5 tok/s; median 10
+        assert_eq!(serial.output_tokens_per_s, Spread { median: 10.0, min: 5.0, max: 20.0 });
+        assert!(serial.noisy);
         assert_eq!(serial.speedup, Some(1.0));
-        assert_eq!(two.output_tokens_per_s, 25.0);
+        // replicas-2 runs: 25, 20, 25 tok/s; median 25
+        assert_eq!(two.output_tokens_per_s.median, 25.0);
         assert_eq!(two.speedup, Some(2.5));
         assert_eq!(two.efficiency, Some(1.25));
-        assert_eq!((three.ok, three.failed), (1, 1));
-        assert_eq!(three.prompts_per_s, 0.2, "failed prompts do not count as throughput");
-        assert!(report.table().contains("parallel-2"));
+        assert_eq!((two.repeats, two.prompts, two.ok, two.failed), (3, 6, 5, 1));
+        assert_eq!(two.prompts_per_s.min, 0.4, "failed prompts do not count as throughput");
+        let table = report.table();
+        assert!(table.contains("replicas-2") && table.contains("5-20!"), "{table}");
     }
 }

@@ -16,7 +16,7 @@ use modelpool::proto::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
 use tracing::info;
 
-use crate::config::RunBenchArgs;
+use crate::config::{RunBenchArgs, Scenario};
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use crate::scheduler::SchedulerConfig;
 
@@ -24,17 +24,19 @@ use crate::scheduler::SchedulerConfig;
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// One configuration to measure.
+/// One configuration to measure: `workers` processes with `slots` slots each, `concurrency` in flight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Configuration {
     pub name: String,
     pub workers: usize,
+    pub slots: u32,
     pub concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct RunBenchConfig {
     pub configurations: Vec<Configuration>,
+    pub repeats: usize,
     pub prompts: Vec<PredictRequest>,
     pub max_tokens: u32,
     pub model: Option<PathBuf>,
@@ -44,16 +46,36 @@ pub struct RunBenchConfig {
     pub worker_bin: Option<PathBuf>,
 }
 
-/// The serial baseline (one worker, one prompt at a time), then 2..=max_workers workers with as many
-/// prompts in flight as workers.
-pub fn configurations(max_workers: usize, sanity: bool) -> Vec<Configuration> {
-    let mut configurations = vec![Configuration { name: "serial".into(), workers: 1, concurrency: 1 }];
-    if !sanity {
-        for n in 2..=max_workers {
-            configurations.push(Configuration { name: format!("parallel-{n}"), workers: n, concurrency: n });
+/// The configurations the scenarios name, serial first, each once.
+pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32) -> Vec<Configuration> {
+    let config = |name: String, workers: usize, slots: u32, concurrency: usize| Configuration { name, workers, slots, concurrency };
+    let mut all = vec![];
+    for scenario in scenarios {
+        match scenario {
+            Scenario::Serial => all.push(config("serial".into(), 1, 1, 1)),
+            Scenario::Lock => all.push(config(format!("lock-c{max_workers}"), 1, 1, max_workers)),
+            Scenario::Replicas => all.extend((2..=max_workers).map(|n| config(format!("replicas-{n}"), n, 1, n))),
+            Scenario::Batched => all.extend((2..=max_slots).map(|b| config(format!("batched-{b}"), 1, b, b as usize))),
+            Scenario::Grid => {
+                all.push(config("serial".into(), 1, 1, 1));
+                all.push(config(format!("lock-c{max_workers}"), 1, 1, max_workers));
+                for n in 1..=max_workers {
+                    for b in 1..=max_slots {
+                        all.push(config(format!("n{n}xb{b}"), n, b, n * b as usize));
+                    }
+                }
+            }
         }
     }
-    configurations
+    let mut unique: Vec<Configuration> = Vec::new();
+    for c in all {
+        if !unique.iter().any(|u| (u.workers, u.slots, u.concurrency) == (c.workers, c.slots, c.concurrency)) {
+            unique.push(c);
+        }
+    }
+    // The baseline runs first in every round.
+    unique.sort_by_key(|c| c.name != "serial");
+    unique
 }
 
 impl TryFrom<RunBenchArgs> for RunBenchConfig {
@@ -63,13 +85,20 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
         anyhow::ensure!(args.max_workers >= 1, "--max-workers must be at least 1");
         anyhow::ensure!(args.prompts_per_worker >= 1, "--prompts-per-worker must be at least 1");
         anyhow::ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+        anyhow::ensure!(args.max_slots >= 1 && args.max_slots <= 64, "--max-slots must be 1 to 64");
+        anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
         let count = if args.sanity { 3 } else { args.max_workers * args.prompts_per_worker };
         let prompts = match &args.prompts {
             Some(path) => workload::load_jsonl(path, args.max_tokens)?,
             None => workload::builtin_workload(count, args.max_tokens),
         };
         Ok(Self {
-            configurations: configurations(args.max_workers, args.sanity),
+            configurations: if args.sanity {
+                configurations(&[Scenario::Serial], 1, 1)
+            } else {
+                configurations(&args.scenario, args.max_workers, args.max_slots)
+            },
+            repeats: if args.sanity { 1 } else { args.repeats },
             prompts,
             max_tokens: args.max_tokens,
             model: args.model,
@@ -95,26 +124,29 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let measure = async {
         let mut runs = Vec::new();
-        for configuration in &config.configurations {
-            let threads = config.threads.unwrap_or((cores / configuration.workers as u32).max(1));
-            if threads * configuration.workers as u32 > cores {
-                tracing::warn!(
-                    workers = configuration.workers,
+        for repeat in 0..config.repeats {
+            for configuration in &config.configurations {
+                let threads = config.threads.unwrap_or((cores / configuration.workers as u32).max(1));
+                if threads * configuration.workers as u32 > cores {
+                    tracing::warn!(
+                        workers = configuration.workers,
+                        threads,
+                        cores,
+                        "{} workers x {threads} threads oversubscribe {cores} cores: they will slow each other down",
+                        configuration.workers
+                    );
+                }
+                let spec = WorkerSpec {
+                    binary: worker_bin.clone(),
+                    model: model.clone(),
+                    coordinator: coordinator_url.clone(),
                     threads,
-                    cores,
-                    "{} workers x {threads} threads oversubscribe {cores} cores: they will slow each other down",
-                    configuration.workers
-                );
+                    slots: configuration.slots,
+                    extra_args: Vec::new(),
+                };
+                eprintln!("-- run {}/{}", repeat + 1, config.repeats);
+                runs.push(measure_configuration(&client, &spec, configuration, repeat, &config.prompts).await?);
             }
-            let spec = WorkerSpec {
-                binary: worker_bin.clone(),
-                model: model.clone(),
-                coordinator: coordinator_url.clone(),
-                threads,
-                slots: 1,
-                extra_args: Vec::new(),
-            };
-            runs.push(measure_configuration(&client, &spec, configuration, &config.prompts).await?);
         }
         anyhow::Ok(runs)
     };
@@ -135,25 +167,27 @@ async fn measure_configuration(
     client: &CoordinatorClient<Channel>,
     spec: &WorkerSpec,
     configuration: &Configuration,
+    repeat: usize,
     prompts: &[PredictRequest],
 ) -> anyhow::Result<ScenarioRun> {
     info!(config = %configuration.name, workers = configuration.workers, threads = spec.threads, "starting workers");
     eprintln!(
-        "== {}: {} worker(s) x {} thread(s), {} prompts, {} in flight",
+        "== {}: {} worker(s) x {} slot(s) x {} thread(s), {} prompts, {} in flight",
         configuration.name,
         configuration.workers,
+        configuration.slots,
         spec.threads,
         prompts.len(),
         configuration.concurrency
     );
     let pool = LocalPool::start(spec, configuration.workers, client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
-    // One short request per worker first, so first-touch page faults are not measured.
-    let warm_up: Vec<PredictRequest> = prompts.iter().take(configuration.workers).map(|p| {
+    // One short request per slot first, so first-touch page faults are not measured.
+    let warm_up: Vec<PredictRequest> = prompts.iter().cycle().take(configuration.concurrency).map(|p| {
         let mut p = p.clone();
         p.sampling.max_tokens = p.sampling.max_tokens.min(4);
         p
     }).collect();
-    run_closed_loop(client.clone(), &warm_up, configuration.workers).await;
+    run_closed_loop(client.clone(), &warm_up, configuration.concurrency).await;
 
     let sampler = MemorySampler::start(client.clone());
     let (records, wall_s) = run_closed_loop(client.clone(), prompts, configuration.concurrency).await;
@@ -162,6 +196,7 @@ async fn measure_configuration(
     wait_until_empty(client).await;
     Ok(ScenarioRun {
         name: configuration.name.clone(),
+        repeat,
         workers: configuration.workers,
         slots_per_worker: spec.slots,
         threads_per_worker: spec.threads,
@@ -188,9 +223,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serial_first_then_two_to_n_workers() {
-        let names: Vec<_> = configurations(3, false).into_iter().map(|c| (c.name, c.workers, c.concurrency)).collect();
-        assert_eq!(names, vec![("serial".into(), 1, 1), ("parallel-2".into(), 2, 2), ("parallel-3".into(), 3, 3)]);
-        assert_eq!(configurations(3, true).len(), 1);
+    fn the_default_is_serial_then_two_to_n_replicas() {
+        let shapes: Vec<_> = configurations(&[Scenario::Serial, Scenario::Replicas], 3, 4)
+            .into_iter()
+            .map(|c| (c.name, c.workers, c.slots, c.concurrency))
+            .collect();
+        assert_eq!(
+            shapes,
+            vec![("serial".into(), 1, 1, 1), ("replicas-2".into(), 2, 1, 2), ("replicas-3".into(), 3, 1, 3)]
+        );
+    }
+
+    #[test]
+    fn the_grid_holds_every_shape_once_with_serial_first() {
+        let grid = configurations(&[Scenario::Batched, Scenario::Grid], 2, 4);
+        assert_eq!(grid[0].name, "serial");
+        // serial, lock-c2, then 2 workers x 4 slot counts minus n1xb1 (= serial); batched-b = n1xb{b}
+        assert_eq!(grid.len(), 2 + 8 - 1);
+        assert!(grid.iter().any(|c| c.name == "batched-4" && (c.workers, c.slots, c.concurrency) == (1, 4, 4)));
+        assert!(grid.iter().any(|c| c.name == "lock-c2" && (c.workers, c.slots, c.concurrency) == (1, 1, 2)));
+        assert!(grid.iter().any(|c| (c.workers, c.slots, c.concurrency) == (2, 4, 8)));
+        assert!(!grid.iter().any(|c| c.name == "n1xb4"), "a shape already named is not repeated");
     }
 }

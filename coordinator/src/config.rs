@@ -87,15 +87,39 @@ impl ServeArgs {
     }
 }
 
+/// Named groups of configurations for run-bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// 1 worker, 1 slot, 1 request at a time: the original baseline.
+    Serial,
+    /// 1 worker, 1 slot, max-workers concurrent clients: the app today, waiting behind one lock.
+    Lock,
+    /// 2..=max-workers workers with 1 slot each, as many requests in flight.
+    Replicas,
+    /// 1 worker with 2..=max-slots slots, as many requests in flight.
+    Batched,
+    /// Every workers x slots combination (and serial and lock).
+    Grid,
+}
+
 #[derive(Debug, Args)]
 pub struct RunBenchArgs {
-    /// Quick check: 3 prompts on 1 worker (the serial baseline only).
+    /// Quick check: 3 prompts on 1 worker (the serial baseline only, one run).
     #[arg(long)]
     pub sanity: bool,
-    /// Parallel runs use 2..=N worker processes.
+    /// What to measure (comma-separated). The default is the original plan: serial, then 2..N processes.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Replicas])]
+    pub scenario: Vec<Scenario>,
+    /// Replicas use 2..=N worker processes (MAX_PROCESSES in the original plan).
     #[arg(long, default_value_t = 3)]
     pub max_workers: usize,
-    /// Every configuration runs max-workers × this many prompts.
+    /// Batched runs use 2..=B slots in one worker.
+    #[arg(long, default_value_t = 4)]
+    pub max_slots: u32,
+    /// Runs of each configuration; they take turns so drift hits all alike. Medians and ranges are shown.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Every configuration runs max-workers × this many prompts (PROMPTS_PER_PROCESS in the original plan).
     #[arg(long, default_value_t = 5)]
     pub prompts_per_worker: usize,
     /// Tokens generated per prompt at most.
