@@ -3,9 +3,11 @@
 //! This root crate holds what the worker, the coordinator and the bench client share: the generated gRPC
 //! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
-//! ([`text`]), telemetry and the shutdown signal.
+//! ([`text`]), a GGUF metadata reader ([`gguf`]) and the model's own tokenizer ([`tokenizer`]),
+//! telemetry and the shutdown signal.
 
 pub mod error;
+pub mod gguf;
 pub mod memory;
 pub mod model_cache;
 pub mod proto;
@@ -13,6 +15,7 @@ pub mod request;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
+pub mod tokenizer;
 
 pub use error::PoolError;
 pub use request::{ChatMessage, Prompt, PredictRequest, Role, SamplingParams};
