@@ -100,7 +100,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             });
         }
     }
-    let report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, runs);
+    let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, runs);
+    // The roofline needs the model file; workers on this host name a path that is readable here.
+    if std::path::Path::new(&info.model_path).is_file() {
+        if let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
+            tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
+        }
+    }
     report.print(args.show_outputs, args.json.as_deref())?;
     Ok(report)
 }

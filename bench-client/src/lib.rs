@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod memory;
 pub mod report;
+pub mod roofline;
 pub mod runner;
 pub mod stats;
 pub mod workload;

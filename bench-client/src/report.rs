@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use modelpool::memory::{SystemMemory, mib};
 
 use crate::memory::PoolMemory;
+use crate::roofline::{ModelTraffic, Roofline, measure_bandwidth};
 use crate::runner::RequestRecord;
 use crate::stats::Summary;
 
@@ -173,6 +174,8 @@ pub struct Report {
     pub model: String,
     pub max_tokens: u32,
     pub summaries: Vec<ScenarioSummary>,
+    /// Measured configurations against the memory-bandwidth ceiling (when the model file is readable here).
+    pub roofline: Option<Roofline>,
     pub runs: Vec<ScenarioRun>,
 }
 
@@ -189,7 +192,24 @@ impl Report {
         let group = |name: &str| runs.iter().filter(|r| r.name == name).collect::<Vec<_>>();
         let baseline = names.iter().find(|n| **n == "serial").map(|n| ScenarioSummary::of(&group(n), None).output_tokens_per_s.median);
         let summaries = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline)).collect();
-        Self { tool: tool.into(), machine: Machine::this(), model, max_tokens, summaries, runs }
+        Self { tool: tool.into(), machine: Machine::this(), model, max_tokens, summaries, roofline: None, runs }
+    }
+
+    /// Adds the roofline: the model's traffic per token from its GGUF, the bandwidth measured now, and
+    /// each configuration's median output tokens/s against its ceiling.
+    pub fn attach_roofline(&mut self, model: &std::path::Path) -> Result<(), modelpool::gguf::GgufError> {
+        let traffic = ModelTraffic::from_gguf(model)?;
+        let bandwidth = measure_bandwidth(self.machine.cores.max(1), 256);
+        let ok: Vec<&RequestRecord> = self.runs.iter().flat_map(|r| &r.records).filter(|r| r.ok).collect();
+        let context = ok.iter().map(|r| u64::from(r.prompt_tokens) + u64::from(r.completion_tokens) / 2).sum::<u64>()
+            / ok.len().max(1) as u64;
+        let configs: Vec<_> = self
+            .summaries
+            .iter()
+            .map(|s| (s.name.clone(), s.workers, s.slots_per_worker, s.output_tokens_per_s.median))
+            .collect();
+        self.roofline = Some(Roofline::new(traffic, bandwidth, context, &configs));
+        Ok(())
     }
 
     /// The terminal table: medians over repetitions, the output tokens/s range beside them, and a `!`
@@ -239,6 +259,30 @@ impl Report {
         }
         if self.summaries.iter().any(|s| s.noisy) {
             let _ = writeln!(out, "! the tok/s range across repeats is wider than 20% of the median: the machine was noisy");
+        }
+        if let Some(roofline) = &self.roofline {
+            let t = roofline.traffic;
+            let _ = writeln!(
+                out,
+                "\nroofline: {} MiB of weights read per decode step, {:.1} KiB of KV per token of context ({} tokens on average); \
+                 memory bandwidth {:.1} GB/s ({} threads)",
+                mib(t.weight_bytes),
+                t.kv_bytes_per_context_token as f64 / 1024.0,
+                roofline.context_tokens,
+                roofline.bandwidth_bytes_per_s / 1e9,
+                self.machine.cores
+            );
+            for p in &roofline.points {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {:>7.1} tok/s of a {:>7.1} tok/s ceiling ({:>3.0}%)",
+                    p.name,
+                    p.achieved_tokens_per_s,
+                    p.ceiling_tokens_per_s,
+                    p.utilisation * 100.0
+                );
+            }
+            let _ = writeln!(out, "verdict: {}", roofline.verdict);
         }
         out
     }

@@ -158,7 +158,10 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let runs = outcome?;
 
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let report = Report::new("coordinator run-bench", model_name, config.max_tokens, runs);
+    let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, runs);
+    if let Err(e) = report.attach_roofline(&model) {
+        tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
+    }
     report.print(config.show_outputs, config.json.as_deref())?;
     Ok(report)
 }
