@@ -8,6 +8,7 @@ use modelpool::proto::{ListWorkersRequest, WorkerState};
 use crate::memory::MemorySampler;
 use crate::report::{Report, ScenarioRun};
 use crate::runner::run_closed_loop;
+use crate::slo::Slo;
 use crate::workload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +46,12 @@ pub struct Args {
     /// reported, with the range.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Latency target for the time to first token; goodput counts requests within every target.
+    #[arg(long)]
+    pub slo_ttft_ms: Option<f64>,
+    /// Latency target for the whole request.
+    #[arg(long)]
+    pub slo_e2e_ms: Option<f64>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -100,7 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             });
         }
     }
-    let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, runs);
+    let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, Slo { ttft_ms: args.slo_ttft_ms, e2e_ms: args.slo_e2e_ms }, runs);
     // The roofline needs the model file; workers on this host name a path that is readable here.
     if std::path::Path::new(&info.model_path).is_file() {
         if let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {

@@ -3,9 +3,11 @@
 
 pub mod cli;
 pub mod memory;
+pub mod recommend;
 pub mod report;
 pub mod roofline;
 pub mod runner;
+pub mod slo;
 pub mod stats;
 pub mod workload;
 

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use modelpool::memory::{SystemMemory, mib};
 
 use crate::memory::PoolMemory;
+use crate::recommend::{Recommendation, recommend};
+use crate::slo::Slo;
 use crate::roofline::{ModelTraffic, Roofline, measure_bandwidth};
 use crate::runner::RequestRecord;
 use crate::stats::Summary;
@@ -69,6 +71,8 @@ pub struct ScenarioSummary {
     pub output_tokens_per_s: Spread,
     pub total_tokens_per_s: Spread,
     pub noisy: bool,
+    /// Share of requests that succeeded within the latency targets (1.0 of successes when none are set).
+    pub goodput: f64,
     pub latency_ms: Summary,
     pub ttft_ms: Summary,
     pub tpot_ms: Summary,
@@ -85,7 +89,7 @@ pub struct ScenarioSummary {
 
 impl ScenarioSummary {
     /// Summarises the runs of one configuration (all with the same name and shape).
-    pub fn of(runs: &[&ScenarioRun], baseline_tokens_per_s: Option<f64>) -> Self {
+    pub fn of(runs: &[&ScenarioRun], baseline_tokens_per_s: Option<f64>, slo: &Slo) -> Self {
         let first = runs[0];
         let records: Vec<&RequestRecord> = runs.iter().flat_map(|r| &r.records).collect();
         let ok: Vec<&&RequestRecord> = records.iter().filter(|r| r.ok).collect();
@@ -112,6 +116,7 @@ impl ScenarioSummary {
             ok: ok.len(),
             failed: records.len() - ok.len(),
             noisy: output_tokens_per_s.is_noisy(),
+            goodput: slo.goodput(records.iter().copied()),
             prompts_per_s,
             output_tokens_per_s,
             total_tokens_per_s,
@@ -174,6 +179,8 @@ pub struct Report {
     pub model: String,
     pub max_tokens: u32,
     pub summaries: Vec<ScenarioSummary>,
+    pub slo: Slo,
+    pub recommendation: Recommendation,
     /// Measured configurations against the memory-bandwidth ceiling (when the model file is readable here).
     pub roofline: Option<Roofline>,
     pub runs: Vec<ScenarioRun>,
@@ -182,7 +189,7 @@ pub struct Report {
 impl Report {
     /// Summarises runs by configuration name, in the order configurations first ran; the configuration
     /// named "serial" is the baseline for speedup and efficiency.
-    pub fn new(tool: &str, model: String, max_tokens: u32, runs: Vec<ScenarioRun>) -> Self {
+    pub fn new(tool: &str, model: String, max_tokens: u32, slo: Slo, runs: Vec<ScenarioRun>) -> Self {
         let mut names: Vec<&str> = Vec::new();
         for run in &runs {
             if !names.contains(&run.name.as_str()) {
@@ -190,9 +197,11 @@ impl Report {
             }
         }
         let group = |name: &str| runs.iter().filter(|r| r.name == name).collect::<Vec<_>>();
-        let baseline = names.iter().find(|n| **n == "serial").map(|n| ScenarioSummary::of(&group(n), None).output_tokens_per_s.median);
-        let summaries = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline)).collect();
-        Self { tool: tool.into(), machine: Machine::this(), model, max_tokens, summaries, roofline: None, runs }
+        let baseline = names.iter().find(|n| **n == "serial").map(|n| ScenarioSummary::of(&group(n), None, &slo).output_tokens_per_s.median);
+        let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline, &slo)).collect();
+        let machine = Machine::this();
+        let recommendation = recommend(&summaries, slo.is_set(), machine.memory_available_bytes);
+        Self { tool: tool.into(), machine, model, max_tokens, summaries, slo, recommendation, roofline: None, runs }
     }
 
     /// Adds the roofline: the model's traffic per token from its GGUF, the bandwidth measured now, and
@@ -257,6 +266,17 @@ impl Report {
                 mib(s.peak_pool_pss_bytes),
             );
         }
+        if self.slo.is_set() {
+            let targets = [("ttft", self.slo.ttft_ms), ("e2e", self.slo.e2e_ms)]
+                .iter()
+                .filter_map(|(n, v)| v.map(|v| format!("{n} <= {v:.0} ms")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "goodput ({targets}):");
+            for s in &self.summaries {
+                let _ = writeln!(out, "  {:<12} {:>5.1}% of requests within the targets", s.name, s.goodput * 100.0);
+            }
+        }
         if self.summaries.iter().any(|s| s.noisy) {
             let _ = writeln!(out, "! the tok/s range across repeats is wider than 20% of the median: the machine was noisy");
         }
@@ -284,6 +304,7 @@ impl Report {
             }
             let _ = writeln!(out, "verdict: {}", roofline.verdict);
         }
+        let _ = writeln!(out, "\nrecommendation: {}", self.recommendation.text);
         out
     }
 
@@ -345,6 +366,7 @@ mod tests {
             "test",
             "m".into(),
             8,
+            Slo::default(),
             vec![
                 run("serial", 0, 1, 10.0, &[50, 50]),
                 run("replicas-2", 0, 2, 4.0, &[50, 50]),
@@ -367,5 +389,29 @@ mod tests {
         assert_eq!(two.prompts_per_s.min, 0.4, "failed prompts do not count as throughput");
         let table = report.table();
         assert!(table.contains("replicas-2") && table.contains("5-20!"), "{table}");
+        // replicas-2 lost a prompt, so the recommendation is the serial baseline
+        assert_eq!(report.recommendation.name.as_deref(), Some("serial"), "{:?}", report.recommendation);
+    }
+
+    #[test]
+    fn the_recommendation_takes_the_fastest_clean_configuration_within_targets() {
+        let runs = || {
+            vec![
+                run("serial", 0, 1, 10.0, &[50, 50]),
+                run("serial", 1, 1, 11.0, &[50, 50]),
+                run("replicas-2", 0, 2, 5.0, &[50, 50]),
+                run("replicas-2", 1, 2, 5.5, &[50, 50]),
+            ]
+        };
+        let report = Report::new("test", "m".into(), 8, Slo::default(), runs());
+        assert_eq!(report.recommendation.name.as_deref(), Some("replicas-2"), "{:?}", report.recommendation);
+        assert!(report.recommendation.text.contains("2.00x serial"), "says the speed-up: {}", report.recommendation.text);
+
+        // every request took 100 ms: a 50 ms target disqualifies everything
+        let strict = Slo { ttft_ms: None, e2e_ms: Some(50.0) };
+        let report = Report::new("test", "m".into(), 8, strict, runs());
+        assert_eq!(report.recommendation.name, None);
+        assert_eq!(report.summaries[0].goodput, 0.0);
+        assert!(report.table().contains("goodput (e2e <= 50 ms)"));
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bench_client::memory::MemorySampler;
 use bench_client::report::{Report, ScenarioRun};
 use bench_client::runner::run_closed_loop;
+use bench_client::slo::Slo;
 use bench_client::workload;
 use modelpool::PredictRequest;
 use modelpool::proto::coordinator_client::CoordinatorClient;
@@ -44,6 +45,7 @@ pub struct RunBenchConfig {
     pub json: Option<PathBuf>,
     pub show_outputs: bool,
     pub worker_bin: Option<PathBuf>,
+    pub slo: Slo,
 }
 
 /// The configurations the scenarios name, serial first, each once.
@@ -106,6 +108,7 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             json: args.json,
             show_outputs: args.show_outputs,
             worker_bin: args.worker_bin,
+            slo: Slo { ttft_ms: args.slo_ttft_ms, e2e_ms: args.slo_e2e_ms },
         })
     }
 }
@@ -158,7 +161,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let runs = outcome?;
 
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, runs);
+    let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.slo, runs);
     if let Err(e) = report.attach_roofline(&model) {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
     }
