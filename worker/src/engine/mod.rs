@@ -3,6 +3,9 @@
 //! channel, so the async runtime only moves messages.
 
 pub mod llama;
+pub mod queue;
+pub mod sampling;
+pub mod slot;
 
 use std::time::Instant;
 

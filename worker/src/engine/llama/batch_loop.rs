@@ -14,8 +14,11 @@ use llama_cpp_2::token::LlamaToken;
 use modelpool::PoolError;
 use tracing::warn;
 
-use super::LoadCounters;
-use super::slot::{Progress, Slot, argmax};
+use crate::engine::queue::LoadCounters;
+use llama_cpp_2::sampling::LlamaSampler;
+
+use super::sampler::sampler_for;
+use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
 
 /// Tokens in one decode call (llama.cpp's n_batch and n_ubatch).
@@ -27,7 +30,7 @@ const PREFILL_CHUNK: usize = 256;
 pub(super) struct BatchLoop<'m> {
     model: &'m LlamaModel,
     context: LlamaContext<'m>,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<LlamaSampler>>,
     free_seqs: Vec<i32>,
     batch: LlamaBatch<'static>,
     counters: Arc<LoadCounters>,
@@ -91,7 +94,8 @@ impl<'m> BatchLoop<'m> {
             let seq = self.free_seqs.pop().expect("checked non-empty");
             // Whatever an earlier job left in this sequence must not leak into the new one.
             let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
-            self.slots.push(Slot::new(seq, job));
+            let sampler = sampler_for(&job.sampling);
+            self.slots.push(Slot::new(seq, job, sampler));
         }
         true
     }

@@ -3,23 +3,20 @@
 //! continuous-batching loop ([`batch_loop`]); up to `slots` sequences are decoded together in it.
 
 mod batch_loop;
-mod slot;
+mod sampler;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use modelpool::{PoolError, PredictRequest, Prompt};
-use tokio::sync::mpsc;
 
-use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, JobEvent, PreparedPrompt, check_context_fit};
+use super::queue::{JobQueue, warm_up};
+use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, PreparedPrompt, check_context_fit};
 
 /// How a llama.cpp engine is set up.
 #[derive(Debug, Clone)]
@@ -35,23 +32,11 @@ pub struct LlamaConfig {
     pub batch_invariant: bool,
 }
 
-/// Counters the engine thread updates and the gRPC side reads.
-#[derive(Debug, Default)]
-pub(crate) struct LoadCounters {
-    pub slots_in_use: AtomicU32,
-    pub queued: AtomicU32,
-    pub served: AtomicU64,
-    pub failed: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub kv_cells_used: AtomicU32,
-}
-
 pub struct LlamaEngine {
     info: EngineInfo,
     model: Arc<LlamaModel>,
     template: Option<LlamaChatTemplate>,
-    jobs: SyncSender<Job>,
-    counters: Arc<LoadCounters>,
+    queue: JobQueue,
 }
 
 /// llama.cpp's backend initialises once per process.
@@ -113,11 +98,10 @@ impl LlamaEngine {
             context_params
         };
 
-        let counters = Arc::new(LoadCounters::default());
-        let (jobs, queue) = sync_channel::<Job>(config.queue_capacity as usize);
+        let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let loop_model = Arc::clone(&model);
-        let loop_counters = Arc::clone(&counters);
+        let loop_counters = Arc::clone(&queue.counters);
         let slots = config.slots;
         std::thread::Builder::new()
             .name("llama-engine".into())
@@ -130,7 +114,7 @@ impl LlamaEngine {
                     }
                 };
                 let _ = started_tx.send(Ok(()));
-                batch_loop::BatchLoop::new(&loop_model, context, slots, loop_counters).run(queue);
+                batch_loop::BatchLoop::new(&loop_model, context, slots, loop_counters).run(jobs);
             })
             .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
         started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
@@ -150,31 +134,10 @@ impl LlamaEngine {
             },
             model,
             template,
-            jobs,
-            counters,
+            queue,
         };
-        engine.warm_up()?;
+        warm_up(&engine, &engine.queue.counters)?;
         Ok(engine)
-    }
-
-    /// Generates one token so that the first real request does not pay for first-touch page faults.
-    fn warm_up(&self) -> Result<(), PoolError> {
-        let request = PredictRequest::user("Hi", 1);
-        let prompt = self.prepare(&request)?;
-        let (events, mut rx) = mpsc::unbounded_channel();
-        self.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events })?;
-        while let Some(event) = rx.blocking_recv() {
-            match event {
-                JobEvent::Text(_) => {}
-                JobEvent::Done(_) => {
-                    // The warm-up is not a served request.
-                    self.counters.served.fetch_sub(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                JobEvent::Failed(e) => return Err(e),
-            }
-        }
-        Err(PoolError::Internal("engine thread stopped during warm-up".into()))
     }
 
     /// The text the model sees: chat messages through the GGUF's own chat template, or the raw prompt.
@@ -208,15 +171,7 @@ impl Engine for LlamaEngine {
     }
 
     fn load(&self) -> EngineLoad {
-        let c = &self.counters;
-        EngineLoad {
-            slots_in_use: c.slots_in_use.load(Ordering::Relaxed),
-            queued: c.queued.load(Ordering::Relaxed),
-            served: c.served.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            cancelled: c.cancelled.load(Ordering::Relaxed),
-            kv_cells_used: c.kv_cells_used.load(Ordering::Relaxed),
-        }
+        self.queue.counters.snapshot()
     }
 
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError> {
@@ -228,20 +183,6 @@ impl Engine for LlamaEngine {
     }
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(PoolError::ResourceExhausted(format!(
-                    "worker queue is full ({} waiting for {} slots)",
-                    self.info.queue_capacity, self.info.slots
-                )))
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(PoolError::Unavailable("the engine thread has stopped".into()))
-            }
-        }
+        self.queue.submit(job)
     }
 }

@@ -1,16 +1,15 @@
-//! One sequence in the shared llama.cpp context: its job, where its prompt is, how it samples, and the
-//! text it has produced so far.
+//! One sequence being generated: its job, where its prompt is, how it samples, the text it has produced
+//! so far (whole UTF-8 characters, stop strings held back and cut), and its timings. Engine-agnostic:
+//! `S` is the engine's sampler.
 
 use std::time::Instant;
 
-use llama_cpp_2::sampling::LlamaSampler;
-use modelpool::SamplingParams;
 use modelpool::proto::{FinishReason, Timings};
 use modelpool::text::{StopMatcher, Utf8Stream};
 
 use crate::engine::{Completion, Job, JobEvent};
 
-pub(super) struct Slot {
+pub struct Slot<S> {
     /// The llama.cpp sequence id this slot decodes into.
     pub seq: i32,
     pub job: Job,
@@ -22,9 +21,8 @@ pub(super) struct Slot {
     pub position: i32,
     /// Index in the current batch whose logits belong to this slot, if it gets logits this step.
     pub logits_index: Option<i32>,
-    /// None for greedy decoding, which takes the arg-max of the logits directly: llama.cpp's sampler
-    /// would first copy all 49k candidates, for every slot at every step.
-    pub sampler: Option<LlamaSampler>,
+    /// None for greedy decoding, which takes the arg-max of the logits directly.
+    pub sampler: Option<S>,
     utf8: Utf8Stream,
     stop: StopMatcher,
     text: String,
@@ -35,14 +33,13 @@ pub(super) struct Slot {
 }
 
 /// What happened to a slot after it received a token.
-pub(super) enum Progress {
+pub enum Progress {
     Continue,
     Finished(FinishReason),
 }
 
-impl Slot {
-    pub fn new(seq: i32, job: Job) -> Self {
-        let sampler = sampler_for(&job.sampling);
+impl<S> Slot<S> {
+    pub fn new(seq: i32, job: Job, sampler: Option<S>) -> Self {
         let stop = StopMatcher::new(&job.sampling.stop);
         Self {
             seq,
@@ -143,27 +140,8 @@ fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// The sampler chain for one request. Greedy takes the most likely token; otherwise top-k, top-p and
-/// temperature shape the distribution and a seeded draw picks from it, so a seed reproduces its text.
-fn sampler_for(params: &SamplingParams) -> Option<LlamaSampler> {
-    if params.is_greedy() {
-        return None;
-    }
-    let mut chain = Vec::new();
-    if params.top_k > 0 {
-        chain.push(LlamaSampler::top_k(params.top_k as i32));
-    }
-    if params.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(params.top_p, 1));
-    }
-    chain.push(LlamaSampler::temp(params.temperature));
-    // llama.cpp takes a 32-bit seed; fold the high half in so that distinct 64-bit seeds stay distinct.
-    chain.push(LlamaSampler::dist((params.seed ^ (params.seed >> 32)) as u32));
-    Some(LlamaSampler::chain_simple(chain))
-}
-
 /// The index of the largest logit; the first one on ties, as llama.cpp's greedy sampler picks.
-pub(super) fn argmax(logits: &[f32]) -> i32 {
+pub fn argmax(logits: &[f32]) -> i32 {
     let mut best = 0;
     for (i, &logit) in logits.iter().enumerate() {
         if logit > logits[best] {

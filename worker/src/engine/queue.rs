@@ -1,0 +1,92 @@
+//! What every engine shares around its inference thread: the bounded queue jobs wait in, the load
+//! counters the thread updates and the gRPC side reads, and the warm-up that precedes SERVING.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Instant;
+
+use modelpool::{PoolError, PredictRequest};
+use tokio::sync::mpsc;
+
+use super::{Engine, EngineLoad, Job, JobEvent};
+
+/// Counters the engine thread updates and the gRPC side reads.
+#[derive(Debug, Default)]
+pub struct LoadCounters {
+    pub slots_in_use: AtomicU32,
+    pub queued: AtomicU32,
+    pub served: AtomicU64,
+    pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub kv_cells_used: AtomicU32,
+}
+
+impl LoadCounters {
+    pub fn snapshot(&self) -> EngineLoad {
+        EngineLoad {
+            slots_in_use: self.slots_in_use.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            served: self.served.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            kv_cells_used: self.kv_cells_used.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The sending side of an engine's bounded job queue.
+pub struct JobQueue {
+    jobs: SyncSender<Job>,
+    pub counters: Arc<LoadCounters>,
+    capacity: u32,
+    slots: u32,
+}
+
+impl JobQueue {
+    /// A queue holding at most `capacity` jobs that wait for one of `slots`; the receiver goes to the
+    /// engine thread, which takes a job only when a slot is free.
+    pub fn new(capacity: u32, slots: u32) -> (Self, Receiver<Job>) {
+        let (jobs, receiver) = sync_channel(capacity as usize);
+        (Self { jobs, counters: Arc::new(LoadCounters::default()), capacity, slots }, receiver)
+    }
+
+    /// Queues a job without blocking; a full queue is refused at once.
+    pub fn submit(&self, job: Job) -> Result<(), PoolError> {
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(PoolError::ResourceExhausted(format!(
+                    "worker queue is full ({} waiting for {} slots)",
+                    self.capacity, self.slots
+                )))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(PoolError::Unavailable("the engine thread has stopped".into()))
+            }
+        }
+    }
+}
+
+/// Generates one token so that the first real request does not pay for first-touch page faults; the
+/// warm-up is not counted as served.
+pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolError> {
+    let request = PredictRequest::user("Hi", 1);
+    let prompt = engine.prepare(&request)?;
+    let (events, mut rx) = mpsc::unbounded_channel();
+    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events })?;
+    while let Some(event) = rx.blocking_recv() {
+        match event {
+            JobEvent::Text(_) => {}
+            JobEvent::Done(_) => {
+                counters.served.fetch_sub(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            JobEvent::Failed(e) => return Err(e),
+        }
+    }
+    Err(PoolError::Internal("engine thread stopped during warm-up".into()))
+}
