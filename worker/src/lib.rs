@@ -21,8 +21,9 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 pub use config::{Args, Config};
-use engine::Engine;
 use engine::llama::{LlamaConfig, LlamaEngine};
+use engine::mlx::{MlxConfig, MlxEngine};
+use engine::{Engine, EngineKind};
 use membership::Membership;
 use service::WorkerService;
 use state::WorkerState;
@@ -111,19 +112,25 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
     let model_path = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref()))
         .await
         .map_err(|e| PoolError::Internal(e.to_string()))??;
-    let llama = LlamaConfig {
-        model_path,
-        slots: config.slots,
-        context_per_slot: config.context_per_slot,
-        queue_capacity: config.queue,
-        threads: config.threads,
-        threads_batch: config.threads_batch,
-        batch_invariant: config.batch_invariant,
+    let engine: Arc<dyn Engine> = match config.engine {
+        EngineKind::Llama => {
+            let llama = LlamaConfig {
+                model_path,
+                slots: config.slots,
+                context_per_slot: config.context_per_slot,
+                queue_capacity: config.queue,
+                threads: config.threads,
+                threads_batch: config.threads_batch,
+                batch_invariant: config.batch_invariant,
+            };
+            Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
+        }
+        EngineKind::Mlx => {
+            let mlx = MlxConfig { model_path, context_per_slot: config.context_per_slot, queue_capacity: config.queue };
+            Arc::new(tokio::task::spawn_blocking(move || MlxEngine::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
+        }
     };
-    let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(llama))
-        .await
-        .map_err(|e| PoolError::Internal(e.to_string()))??;
-    Ok(Arc::new(engine))
+    Ok(engine)
 }
 
 /// For clients that want to wait until a worker is ready.

@@ -1,7 +1,6 @@
 //! The tokenizer built from GGUF metadata (for engines without one, and for the bench) agrees token for
 //! token with llama.cpp's own on strings that break naive tokenizers.
 
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use modelpool::gguf::GgufFile;
@@ -35,8 +34,8 @@ const HARD_STRINGS: &[&str] = &[
 fn gguf_tokenizer_agrees_with_llama_cpp_on_hard_strings() {
     let path = modelpool::model_cache::ensure_default_model().unwrap();
     let ours = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let backend = LlamaBackend::init().unwrap();
-    let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default().with_vocab_only(true)).unwrap();
+    let backend = worker::engine::llama::backend().unwrap();
+    let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default().with_vocab_only(true)).unwrap();
     let vocab = model.vocab();
     assert_eq!(ours.vocab_size(), vocab.n_tokens() as usize);
 

@@ -3,6 +3,7 @@
 //! channel, so the async runtime only moves messages.
 
 pub mod llama;
+pub mod mlx;
 pub mod queue;
 pub mod sampling;
 pub mod slot;
@@ -18,13 +19,21 @@ use tokio::sync::mpsc;
 pub enum EngineKind {
     /// llama.cpp through llama-cpp-2: the GGUF is memory-mapped and shared between worker processes.
     Llama,
+    /// MLX through mlx-rs: Metal on Apple Silicon, MLX's (slow) CPU backend elsewhere.
+    Mlx,
 }
 
 impl EngineKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Llama => "llama",
+            EngineKind::Mlx => "mlx",
         }
+    }
+
+    /// MLX where it has its GPU backend (macOS), llama.cpp elsewhere.
+    pub fn platform_default() -> Self {
+        if cfg!(target_os = "macos") { EngineKind::Mlx } else { EngineKind::Llama }
     }
 }
 

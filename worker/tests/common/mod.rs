@@ -22,7 +22,7 @@ pub struct TestWorker {
 /// One thread per worker: tests run side by side on a 2-core machine.
 pub async fn config(slots: u32) -> Config {
     let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
-    Config { model: Some(model), threads: 1, threads_batch: 1, slots, ..Config::default() }
+    Config { model: Some(model), threads: 1, threads_batch: 1, slots, engine: worker::engine::EngineKind::Llama, ..Config::default() }
 }
 
 impl TestWorker {

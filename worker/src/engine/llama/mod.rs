@@ -40,7 +40,7 @@ pub struct LlamaEngine {
 }
 
 /// llama.cpp's backend initialises once per process.
-fn backend() -> Result<&'static LlamaBackend, PoolError> {
+pub fn backend() -> Result<&'static LlamaBackend, PoolError> {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(backend) = BACKEND.get() {

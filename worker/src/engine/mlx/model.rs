@@ -51,7 +51,8 @@ impl QuantizedLinear {
     /// Rows `ids` of the weight, dequantized: the embedding lookup.
     fn rows(&self, ids: &Array) -> MlxResult<Array> {
         let take = |a: &Array| a.take_axis(ids, 0).map_err(err("embedding lookup"));
-        mlx_rs::ops::dequantize(take(&self.weight)?, take(&self.scales)?, take(&self.biases)?, GROUP_SIZE, self.bits)
+        let biases = take(&self.biases)?;
+        mlx_rs::ops::dequantize(take(&self.weight)?, take(&self.scales)?, &biases, GROUP_SIZE, self.bits)
             .map_err(err("dequantize"))
     }
 }
@@ -189,8 +190,8 @@ impl LlamaModel {
             let v = heads(layer.v.forward(&h)?, c.kv_heads)?;
             let (k, v) = match kv.take() {
                 Some((past_k, past_v)) => (
-                    mlx_rs::ops::concatenate_axis(&[past_k, k], 2).map_err(err("kv cache"))?,
-                    mlx_rs::ops::concatenate_axis(&[past_v, v], 2).map_err(err("kv cache"))?,
+                    mlx_rs::ops::concatenate(&[past_k, k], 2).map_err(err("kv cache"))?,
+                    mlx_rs::ops::concatenate(&[past_v, v], 2).map_err(err("kv cache"))?,
                 ),
                 None => (k, v),
             };
