@@ -197,8 +197,15 @@ impl Report {
             }
         }
         let group = |name: &str| runs.iter().filter(|r| r.name == name).collect::<Vec<_>>();
-        let baseline = names.iter().find(|n| **n == "serial").map(|n| ScenarioSummary::of(&group(n), None, &slo).output_tokens_per_s.median);
-        let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline, &slo)).collect();
+        // Each configuration is compared with the serial run of its own engine: "serial" or "mlx/serial".
+        let baseline_of = |name: &str| {
+            let serial = match name.split_once('/') {
+                Some((engine, _)) => format!("{engine}/serial"),
+                None => "serial".to_string(),
+            };
+            names.contains(&serial.as_str()).then(|| ScenarioSummary::of(&group(&serial), None, &slo).output_tokens_per_s.median)
+        };
+        let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline_of(n), &slo)).collect();
         let machine = Machine::this();
         let recommendation = recommend(&summaries, slo.is_set(), machine.memory_available_bytes);
         Self { tool: tool.into(), machine, model, max_tokens, summaries, slo, recommendation, roofline: None, runs }
@@ -233,20 +240,20 @@ impl Report {
             self.max_tokens,
             self.machine.describe()
         );
-        let header = ["config", "N", "B", "thr", "conc", "ok", "prompt/s", "tok/s", "range", "mean lat", "p95 lat", "ttft p50", "speedup", "eff", "RSS/wkr", "PSS/wkr", "pool PSS"];
-        let units = ["", "", "", "", "", "", "", "out", "tok/s", "s", "s", "ms", "x", "", "MiB", "MiB", "MiB"];
+        let header = ["config", "N", "B", "thr", "conc", "ok", "prompt/s", "tok/s", "range", "mean lat", "p95 lat", "ttft p50", "speedup", "eff", "RSS/wkr", "PSS/wkr", "USS/wkr", "pool PSS"];
+        let units = ["", "", "", "", "", "", "", "out", "tok/s", "s", "s", "ms", "x", "", "MiB", "MiB", "MiB", "MiB"];
         for row in [header, units] {
             let _ = writeln!(
                 out,
-                "{:<12} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8} {:>7} {:>12} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>8}",
-                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16]
+                "{:<16} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8} {:>7} {:>12} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8}",
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17]
             );
         }
         for s in &self.summaries {
             let t = s.output_tokens_per_s;
             let _ = writeln!(
                 out,
-                "{:<12} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8.2} {:>7.1} {:>12} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>5} {:>8} {:>8} {:>8}",
+                "{:<16} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8.2} {:>7.1} {:>12} {:>8.2} {:>8.2} {:>8.0} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8}",
                 s.name,
                 s.workers,
                 s.slots_per_worker,
@@ -263,6 +270,7 @@ impl Report {
                 s.efficiency.map_or("-".into(), |v| format!("{v:.2}")),
                 mib(s.peak_rss_per_worker_bytes),
                 mib(s.peak_pss_per_worker_bytes),
+                mib(s.peak_uss_per_worker_bytes),
                 mib(s.peak_pool_pss_bytes),
             );
         }

@@ -17,7 +17,7 @@ use modelpool::proto::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
 use tracing::info;
 
-use crate::config::{RunBenchArgs, Scenario};
+use crate::config::{EngineName, RunBenchArgs, Scenario};
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use crate::scheduler::SchedulerConfig;
 
@@ -29,6 +29,7 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Configuration {
     pub name: String,
+    pub engine: EngineName,
     pub workers: usize,
     pub slots: u32,
     pub concurrency: usize,
@@ -50,7 +51,13 @@ pub struct RunBenchConfig {
 
 /// The configurations the scenarios name, serial first, each once.
 pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32) -> Vec<Configuration> {
-    let config = |name: String, workers: usize, slots: u32, concurrency: usize| Configuration { name, workers, slots, concurrency };
+    let config = |name: String, workers: usize, slots: u32, concurrency: usize| Configuration {
+        name,
+        engine: EngineName::platform_default(),
+        workers,
+        slots,
+        concurrency,
+    };
     let mut all = vec![];
     for scenario in scenarios {
         match scenario {
@@ -80,6 +87,24 @@ pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32
     unique
 }
 
+/// Every shape for every engine; with more than one engine, names carry the engine (`mlx/serial`), and
+/// each engine's serial run is the baseline of its own rows. MLX decodes one sequence at a time, so
+/// its multi-slot shapes are left out.
+pub fn with_engines(shapes: Vec<Configuration>, engines: &[EngineName]) -> Vec<Configuration> {
+    let engines = if engines.is_empty() { vec![EngineName::platform_default()] } else { engines.to_vec() };
+    let mut out = Vec::new();
+    for engine in &engines {
+        for shape in &shapes {
+            if *engine == EngineName::Mlx && shape.slots > 1 {
+                continue;
+            }
+            let name = if engines.len() > 1 { format!("{}/{}", engine.as_str(), shape.name) } else { shape.name.clone() };
+            out.push(Configuration { name, engine: *engine, ..shape.clone() });
+        }
+    }
+    out
+}
+
 impl TryFrom<RunBenchArgs> for RunBenchConfig {
     type Error = anyhow::Error;
 
@@ -95,10 +120,13 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             None => workload::builtin_workload(count, args.max_tokens),
         };
         Ok(Self {
-            configurations: if args.sanity {
-                configurations(&[Scenario::Serial], 1, 1)
-            } else {
-                configurations(&args.scenario, args.max_workers, args.max_slots)
+            configurations: {
+                let shapes = if args.sanity {
+                    configurations(&[Scenario::Serial], 1, 1)
+                } else {
+                    configurations(&args.scenario, args.max_workers, args.max_slots)
+                };
+                with_engines(shapes, &args.engine)
             },
             repeats: if args.sanity { 1 } else { args.repeats },
             prompts,
@@ -145,7 +173,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
                     coordinator: coordinator_url.clone(),
                     threads,
                     slots: configuration.slots,
-                    extra_args: Vec::new(),
+                    extra_args: vec!["--engine".into(), configuration.engine.as_str().into()],
                 };
                 eprintln!("-- run {}/{}", repeat + 1, config.repeats);
                 runs.push(measure_configuration(&client, &spec, configuration, repeat, &config.prompts).await?);
@@ -178,8 +206,9 @@ async fn measure_configuration(
 ) -> anyhow::Result<ScenarioRun> {
     info!(config = %configuration.name, workers = configuration.workers, threads = spec.threads, "starting workers");
     eprintln!(
-        "== {}: {} worker(s) x {} slot(s) x {} thread(s), {} prompts, {} in flight",
+        "== {} ({}): {} worker(s) x {} slot(s) x {} thread(s), {} prompts, {} in flight",
         configuration.name,
+        configuration.engine.as_str(),
         configuration.workers,
         configuration.slots,
         spec.threads,
@@ -250,5 +279,14 @@ mod tests {
         assert!(grid.iter().any(|c| c.name == "lock-c2" && (c.workers, c.slots, c.concurrency) == (1, 1, 2)));
         assert!(grid.iter().any(|c| (c.workers, c.slots, c.concurrency) == (2, 4, 8)));
         assert!(!grid.iter().any(|c| c.name == "n1xb4"), "a shape already named is not repeated");
+    }
+
+    #[test]
+    fn two_engines_run_side_by_side_with_their_own_baselines() {
+        let shapes = configurations(&[Scenario::Serial, Scenario::Batched], 2, 2);
+        let both = with_engines(shapes, &[EngineName::Llama, EngineName::Mlx]);
+        let names: Vec<_> = both.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["llama/serial", "llama/batched-2", "mlx/serial"], "MLX runs one slot only");
+        assert!(both.iter().all(|c| c.name.starts_with(c.engine.as_str())));
     }
 }

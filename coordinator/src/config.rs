@@ -87,6 +87,26 @@ impl ServeArgs {
     }
 }
 
+/// Engines a worker can run (the worker's `--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineName {
+    Llama,
+    Mlx,
+}
+
+impl EngineName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineName::Llama => "llama",
+            EngineName::Mlx => "mlx",
+        }
+    }
+
+    pub fn platform_default() -> Self {
+        if cfg!(target_os = "macos") { EngineName::Mlx } else { EngineName::Llama }
+    }
+}
+
 /// Named groups of configurations for run-bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -110,6 +130,10 @@ pub struct RunBenchArgs {
     /// What to measure (comma-separated). The default is the original plan: serial, then 2..N processes.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Replicas])]
     pub scenario: Vec<Scenario>,
+    /// Engines to measure (comma-separated; both side by side with `llama,mlx`). Default: the worker's
+    /// platform default (mlx on macOS, llama elsewhere).
+    #[arg(long, value_delimiter = ',')]
+    pub engine: Vec<EngineName>,
     /// Replicas use 2..=N worker processes (MAX_PROCESSES in the original plan).
     #[arg(long, default_value_t = 3)]
     pub max_workers: usize,

@@ -128,3 +128,12 @@ async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
     assert!(!coordinator.predict(chat("Say hi.", 4)).await.unwrap().into_inner().text.is_empty());
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mlx_worker_knows_paris_through_the_coordinator() {
+    let pool = TestPool::start(1, fast_scheduler(), &["--engine", "mlx"]).await;
+    assert_eq!(pool.list().await[0].info.as_ref().unwrap().engine, "mlx");
+    let answer = pool.client.clone().predict(chat("What is the capital of France?", 16)).await.unwrap().into_inner();
+    assert!(answer.text.contains("Paris"), "{:?}", answer.text);
+    pool.shutdown().await;
+}
