@@ -137,3 +137,19 @@ async fn an_mlx_worker_knows_paris_through_the_coordinator() {
     assert!(answer.text.contains("Paris"), "{:?}", answer.text);
     pool.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn llama_workers_share_the_mapped_weights_so_pss_counts_them_once() {
+    use modelpool::memory::ProcessMemory;
+    let pool = TestPool::start(2, fast_scheduler(), &[]).await;
+    // Touch every weight page in both workers.
+    let mut client = pool.client.clone();
+    let requests = (0..2).map(|_| chat("Say hello.", 4)).collect();
+    client.predict_batch(proto::PredictBatchRequest { requests }).await.unwrap();
+    let memory: Vec<ProcessMemory> = pool.workers.workers.iter().map(|w| ProcessMemory::of_pid(w.pid).expect("worker alive")).collect();
+    let pool_pss: u64 = memory.iter().map(|m| m.pss_bytes).sum();
+    let one_rss = memory[0].rss_bytes;
+    assert!(pool_pss < 2 * one_rss, "pool PSS {pool_pss} should count the 94 MiB of mapped weights once (one worker's RSS {one_rss})");
+    assert!(memory.iter().all(|m| m.uss_bytes < m.rss_bytes), "shared pages are not unique to either worker: {memory:?}");
+    pool.shutdown().await;
+}
