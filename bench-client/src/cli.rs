@@ -55,6 +55,9 @@ pub struct Args {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write report.json, report.csv and a self-contained report.html (SVG charts) into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Print every prompt's generated text.
     #[arg(long)]
     pub show_outputs: bool,
@@ -114,6 +117,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
         }
     }
-    report.print(args.show_outputs, args.json.as_deref())?;
+    report.print(args.show_outputs, args.json.as_deref(), args.out.as_deref())?;
     Ok(report)
 }

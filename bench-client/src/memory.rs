@@ -31,7 +31,19 @@ pub struct PoolMemory {
     /// Largest sum of RSS at one instant: shared pages counted in every process.
     pub peak_pool_rss_bytes: u64,
     pub samples: usize,
+    /// PSS of each worker over time, for the stacked memory chart (thinned to at most
+    /// `TIMELINE_POINTS` points).
+    pub timeline: Vec<MemoryPoint>,
 }
+
+/// One sample of the timeline: milliseconds since sampling started, and each worker's PSS in bytes.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MemoryPoint {
+    pub t_ms: u64,
+    pub pss_bytes: BTreeMap<String, u64>,
+}
+
+const TIMELINE_POINTS: usize = 300;
 
 pub struct MemorySampler {
     stop: watch::Sender<bool>,
@@ -64,6 +76,7 @@ async fn sample(mut client: CoordinatorClient<Channel>, mut stopped: watch::Rece
     let mut pool = PoolMemory::default();
     let mut tracked: BTreeMap<String, Tracked> = BTreeMap::new();
     let mut last_list = None::<tokio::time::Instant>;
+    let started = tokio::time::Instant::now();
     loop {
         if last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
             if let Ok(list) = client.list_workers(ListWorkersRequest {}).await {
@@ -77,10 +90,12 @@ async fn sample(mut client: CoordinatorClient<Channel>, mut stopped: watch::Rece
             last_list = Some(tokio::time::Instant::now());
         }
         let (mut pss, mut rss) = (0, 0);
+        let mut point = MemoryPoint { t_ms: started.elapsed().as_millis() as u64, pss_bytes: BTreeMap::new() };
         for (id, worker) in &tracked {
             let memory = worker.local_pid.and_then(ProcessMemory::of_pid).unwrap_or(worker.reported);
             pss += memory.pss_bytes;
             rss += memory.rss_bytes;
+            point.pss_bytes.insert(id.clone(), memory.pss_bytes);
             let entry = pool.workers.entry(id.clone()).or_default();
             entry.last = memory;
             entry.peak.rss_bytes = entry.peak.rss_bytes.max(memory.rss_bytes);
@@ -90,6 +105,11 @@ async fn sample(mut client: CoordinatorClient<Channel>, mut stopped: watch::Rece
         pool.peak_pool_pss_bytes = pool.peak_pool_pss_bytes.max(pss);
         pool.peak_pool_rss_bytes = pool.peak_pool_rss_bytes.max(rss);
         pool.samples += 1;
+        pool.timeline.push(point);
+        if pool.timeline.len() > TIMELINE_POINTS {
+            // Keep every other point: the chart keeps its shape over long runs, the report stays small.
+            pool.timeline = pool.timeline.iter().step_by(2).cloned().collect();
+        }
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
             _ = stopped.changed() => return pool,

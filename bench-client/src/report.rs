@@ -317,7 +317,7 @@ impl Report {
     }
 
     /// Prints the table (after every output, if asked) and writes the JSON report if a path is given.
-    pub fn print(&self, show_outputs: bool, json: Option<&std::path::Path>) -> std::io::Result<()> {
+    pub fn print(&self, show_outputs: bool, json: Option<&std::path::Path>, out_dir: Option<&std::path::Path>) -> std::io::Result<()> {
         if show_outputs {
             println!("{}", self.outputs());
         }
@@ -326,6 +326,66 @@ impl Report {
             std::fs::write(path, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
             println!("JSON report written to {}", path.display());
         }
+        if let Some(dir) = out_dir {
+            self.write_dir(dir)?;
+            println!("report.json, report.csv and report.html written to {}", dir.display());
+        }
+        Ok(())
+    }
+
+    /// One line per configuration, for spreadsheets.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "config,workers,slots,threads,concurrency,repeats,prompts,ok,failed,prompts_per_s,output_tokens_per_s,\
+             output_tokens_per_s_min,output_tokens_per_s_max,noisy,latency_p50_ms,latency_p90_ms,latency_p95_ms,latency_p99_ms,\
+             ttft_p50_ms,ttft_p95_ms,tpot_p50_ms,speedup,efficiency,goodput,peak_rss_per_worker_bytes,peak_pss_per_worker_bytes,\
+             peak_uss_per_worker_bytes,peak_pool_pss_bytes,peak_pool_rss_bytes\n",
+        );
+        for s in &self.summaries {
+            let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{},{},{:.4},{},{},{},{},{}",
+                s.name.replace(',', ";"),
+                s.workers,
+                s.slots_per_worker,
+                s.threads_per_worker,
+                s.concurrency,
+                s.repeats,
+                s.prompts,
+                s.ok,
+                s.failed,
+                s.prompts_per_s.median,
+                s.output_tokens_per_s.median,
+                s.output_tokens_per_s.min,
+                s.output_tokens_per_s.max,
+                s.noisy,
+                s.latency_ms.p50,
+                s.latency_ms.p90,
+                s.latency_ms.p95,
+                s.latency_ms.p99,
+                s.ttft_ms.p50,
+                s.ttft_ms.p95,
+                s.tpot_ms.p50,
+                opt(s.speedup),
+                opt(s.efficiency),
+                s.goodput,
+                s.peak_rss_per_worker_bytes,
+                s.peak_pss_per_worker_bytes,
+                s.peak_uss_per_worker_bytes,
+                s.peak_pool_pss_bytes,
+                s.peak_pool_rss_bytes,
+            );
+        }
+        out
+    }
+
+    /// Writes report.json, report.csv and report.html into `dir` (created if missing).
+    pub fn write_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(dir.join("report.csv"), self.csv())?;
+        std::fs::write(dir.join("report.html"), crate::html::render(self))?;
         Ok(())
     }
 
@@ -421,5 +481,8 @@ mod tests {
         assert_eq!(report.recommendation.name, None);
         assert_eq!(report.summaries[0].goodput, 0.0);
         assert!(report.table().contains("goodput (e2e <= 50 ms)"));
+        let csv = report.csv();
+        assert_eq!(csv.lines().count(), 3, "a header and one line per configuration");
+        assert!(csv.lines().nth(2).unwrap().starts_with("replicas-2,2,1,1,2,2,4,4,0,"), "{csv}");
     }
 }

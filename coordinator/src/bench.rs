@@ -44,6 +44,7 @@ pub struct RunBenchConfig {
     pub model: Option<PathBuf>,
     pub threads: Option<u32>,
     pub json: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     pub show_outputs: bool,
     pub worker_bin: Option<PathBuf>,
     pub slo: Slo,
@@ -134,6 +135,7 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             model: args.model,
             threads: args.threads,
             json: args.json,
+            out: args.out,
             show_outputs: args.show_outputs,
             worker_bin: args.worker_bin,
             slo: Slo { ttft_ms: args.slo_ttft_ms, e2e_ms: args.slo_e2e_ms },
@@ -193,7 +195,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     if let Err(e) = report.attach_roofline(&model) {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
     }
-    report.print(config.show_outputs, config.json.as_deref())?;
+    report.print(config.show_outputs, config.json.as_deref(), config.out.as_deref())?;
     Ok(report)
 }
 

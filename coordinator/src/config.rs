@@ -168,6 +168,9 @@ pub struct RunBenchArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write report.json, report.csv and a self-contained report.html (SVG charts) into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Print every prompt's generated text.
     #[arg(long)]
     pub show_outputs: bool,
