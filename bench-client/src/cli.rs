@@ -46,7 +46,16 @@ pub struct Args {
     /// reported, with the range.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Latency target for the time to first token; goodput counts requests within every target.
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// How a bench reports: latency targets and where the report goes. Shared by `bench-client` and
+/// `coordinator run-bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Latency target for the time to first token; goodput counts requests within every target, and
+    /// the recommendation only considers configurations where 90% of requests meet them.
     #[arg(long)]
     pub slo_ttft_ms: Option<f64>,
     /// Latency target for the whole request.
@@ -61,6 +70,17 @@ pub struct Args {
     /// Print every prompt's generated text.
     #[arg(long)]
     pub show_outputs: bool,
+}
+
+impl ReportArgs {
+    pub fn slo(&self) -> Slo {
+        Slo { ttft_ms: self.slo_ttft_ms, e2e_ms: self.slo_e2e_ms }
+    }
+
+    /// Prints the report and writes the files asked for.
+    pub fn emit(&self, report: &Report) -> std::io::Result<()> {
+        report.print(self.show_outputs, self.json.as_deref(), self.out.as_deref())
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -110,13 +130,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             });
         }
     }
-    let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, Slo { ttft_ms: args.slo_ttft_ms, e2e_ms: args.slo_e2e_ms }, runs);
+    let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, args.report.slo(), runs);
     // The roofline needs the model file; workers on this host name a path that is readable here.
     if std::path::Path::new(&info.model_path).is_file() {
         if let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
             tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
         }
     }
-    report.print(args.show_outputs, args.json.as_deref(), args.out.as_deref())?;
+    args.report.emit(&report)?;
     Ok(report)
 }

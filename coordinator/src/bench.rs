@@ -10,7 +10,6 @@ use std::time::Duration;
 use bench_client::memory::MemorySampler;
 use bench_client::report::{Report, ScenarioRun};
 use bench_client::runner::run_closed_loop;
-use bench_client::slo::Slo;
 use bench_client::workload;
 use modelpool::PredictRequest;
 use modelpool::proto::coordinator_client::CoordinatorClient;
@@ -43,11 +42,8 @@ pub struct RunBenchConfig {
     pub max_tokens: u32,
     pub model: Option<PathBuf>,
     pub threads: Option<u32>,
-    pub json: Option<PathBuf>,
-    pub out: Option<PathBuf>,
-    pub show_outputs: bool,
+    pub report: bench_client::cli::ReportArgs,
     pub worker_bin: Option<PathBuf>,
-    pub slo: Slo,
 }
 
 /// The configurations the scenarios name, serial first, each once.
@@ -134,11 +130,8 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             max_tokens: args.max_tokens,
             model: args.model,
             threads: args.threads,
-            json: args.json,
-            out: args.out,
-            show_outputs: args.show_outputs,
+            report: args.report,
             worker_bin: args.worker_bin,
-            slo: Slo { ttft_ms: args.slo_ttft_ms, e2e_ms: args.slo_e2e_ms },
         })
     }
 }
@@ -191,11 +184,11 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let runs = outcome?;
 
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.slo, runs);
+    let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.report.slo(), runs);
     if let Err(e) = report.attach_roofline(&model) {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
     }
-    report.print(config.show_outputs, config.json.as_deref(), config.out.as_deref())?;
+    config.report.emit(&report)?;
     Ok(report)
 }
 

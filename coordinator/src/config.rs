@@ -158,22 +158,8 @@ pub struct RunBenchArgs {
     /// Threads per worker. Default: cores / workers (at least 1), so the pool does not oversubscribe the CPU.
     #[arg(long)]
     pub threads: Option<u32>,
-    /// Latency target for the time to first token; goodput counts requests within every target, and
-    /// the recommendation only considers configurations where 90% of requests meet them.
-    #[arg(long)]
-    pub slo_ttft_ms: Option<f64>,
-    /// Latency target for the whole request.
-    #[arg(long)]
-    pub slo_e2e_ms: Option<f64>,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write report.json, report.csv and a self-contained report.html (SVG charts) into this directory.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Print every prompt's generated text.
-    #[arg(long)]
-    pub show_outputs: bool,
+    #[command(flatten)]
+    pub report: bench_client::cli::ReportArgs,
     /// The worker binary. Default: `worker` next to this executable.
     #[arg(long, env = "MODELPOOL_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
