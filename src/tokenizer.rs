@@ -94,7 +94,7 @@ impl Tokenizer {
             .map(|(id, _)| (pieces[id].clone(), id as u32))
             .filter(|(text, _)| !text.is_empty())
             .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let byte_to_char = byte_chars();
         let char_to_byte = byte_to_char.iter().enumerate().map(|(b, c)| (*c, b as u8)).collect();
         let id = |key: &str| file.u64(key).ok().map(|v| v as u32);

@@ -132,11 +132,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
     let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, args.report.slo(), runs);
     // The roofline needs the model file; workers on this host name a path that is readable here.
-    if std::path::Path::new(&info.model_path).is_file() {
-        if let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
+    if std::path::Path::new(&info.model_path).is_file()
+        && let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
             tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
         }
-    }
     args.report.emit(&report)?;
     Ok(report)
 }

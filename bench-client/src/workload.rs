@@ -33,11 +33,10 @@ pub fn builtin_prompts() -> Vec<Vec<ChatMessage>> {
     let mut questions = QUESTIONS.iter();
     for (i, text) in EXTRACT_TEXTS.iter().enumerate() {
         prompts.push(vec![ChatMessage::new(Role::System, EXTRACT_SYSTEM), ChatMessage::new(Role::User, format!("Text: {text}"))]);
-        if i % 2 == 1 {
-            if let Some(q) = questions.next() {
+        if i % 2 == 1
+            && let Some(q) = questions.next() {
                 prompts.push(vec![ChatMessage::new(Role::User, *q)]);
             }
-        }
     }
     prompts
 }

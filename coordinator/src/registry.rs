@@ -74,14 +74,13 @@ impl Registry {
         if info.slots == 0 {
             return Err(PoolError::invalid("info.slots", "0; a worker has at least one slot"));
         }
-        if let Some(other) = self.workers.values().find(|w| w.info.address != info.address) {
-            if other.info.model_name != info.model_name || other.info.model_size_bytes != info.model_size_bytes {
+        if let Some(other) = self.workers.values().find(|w| w.info.address != info.address)
+            && (other.info.model_name != info.model_name || other.info.model_size_bytes != info.model_size_bytes) {
                 return Err(PoolError::FailedPrecondition(format!(
                     "info.model_name: worker serves {:?} ({} bytes) but the pool serves {:?} ({} bytes)",
                     info.model_name, info.model_size_bytes, other.info.model_name, other.info.model_size_bytes
                 )));
             }
-        }
         self.workers.retain(|_, w| w.info.address != info.address);
         self.next_id += 1;
         let id = format!("w{}-{}", self.next_id, info.pid);

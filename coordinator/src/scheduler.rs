@@ -209,15 +209,14 @@ impl Actor {
                 self.config.max_queue
             )));
         }
-        if let Some(context) = self.registry.min_context_per_slot() {
-            if let Some((index, (_, max_tokens, _))) = jobs.iter().enumerate().find(|(_, (_, m, _))| *m >= context) {
+        if let Some(context) = self.registry.min_context_per_slot()
+            && let Some((index, (_, max_tokens, _))) = jobs.iter().enumerate().find(|(_, (_, m, _))| *m >= context) {
                 let field = if jobs.len() == 1 { "sampling.max_tokens".to_string() } else { format!("requests[{index}].sampling.max_tokens") };
                 return Err(PoolError::invalid(
                     field,
                     format!("{max_tokens} does not fit the pool's context of {context} tokens per slot (prompt included)"),
                 ));
             }
-        }
         for (request, _, reply) in jobs {
             self.queue.push_back(Job { request, reply, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
         }

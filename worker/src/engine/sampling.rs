@@ -15,7 +15,7 @@ pub struct SeededSampler {
 impl SeededSampler {
     /// None for greedy requests (the caller takes the arg-max).
     pub fn for_params(params: &SamplingParams) -> Option<Self> {
-        (!params.is_greedy()).then(|| Self {
+        (!params.is_greedy()).then_some(Self {
             state: params.seed,
             temperature: params.temperature,
             top_p: params.top_p,

@@ -143,22 +143,14 @@ fn run(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, jobs:
         }
         counters.slots_in_use.store(1, Ordering::Relaxed);
         let sampler = SeededSampler::for_params(&job.sampling);
-        let slot = Slot::new(0, job, sampler);
-        match generate(model, tokenizer, counters, slot) {
-            Ok(()) => {}
-            Err((slot, e)) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("MLX: {e}"))));
-            }
-        }
+        generate(model, tokenizer, counters, Slot::new(0, job, sampler));
         counters.slots_in_use.store(0, Ordering::Relaxed);
         counters.kv_cells_used.store(0, Ordering::Relaxed);
     }
 }
 
-type Failed = (Slot<SeededSampler>, String);
-
-fn generate(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, mut slot: Slot<SeededSampler>) -> Result<(), Failed> {
+/// Runs one job to its end: finished, cancelled, or failed (reported to its client).
+fn generate(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, mut slot: Slot<SeededSampler>) {
     let mut cache = model.new_cache();
     let prompt = slot.job.prompt.tokens.clone();
     slot.prefilled = prompt.len();
@@ -166,11 +158,15 @@ fn generate(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, 
     loop {
         if slot.is_abandoned() {
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return;
         }
         let logits = match model.forward(&input, 1, &mut cache).and_then(|l| l.eval().map(|()| l).map_err(|e| e.to_string())) {
             Ok(logits) => logits,
-            Err(e) => return Err((slot, e)),
+            Err(e) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("MLX: {e}"))));
+                return;
+            }
         };
         counters.kv_cells_used.store(cache.len as u32, Ordering::Relaxed);
         let logits = logits.as_slice::<f32>();
@@ -185,7 +181,7 @@ fn generate(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, 
             Progress::Finished(reason) => {
                 counters.served.fetch_add(1, Ordering::Relaxed);
                 slot.finish(reason);
-                return Ok(());
+                return;
             }
         }
     }
