@@ -114,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 }
             };
             eprintln!("== {name} (run {}/{}): {} prompts, {concurrency} in flight, {} workers", repeat + 1, args.repeats, prompts.len(), serving.len());
-            let sampler = MemorySampler::start(client.clone());
+            let sampler = MemorySampler::start(client.clone(), &[]);
             let (records, wall_s) = run_closed_loop(client.clone(), &prompts, concurrency).await;
             let memory = sampler.finish().await;
             runs.push(ScenarioRun {

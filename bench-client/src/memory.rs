@@ -1,6 +1,8 @@
-//! Memory of the pool's workers sampled during a run. Workers on this host (loopback address) are read
-//! from /proc every 100 ms, so peaks during loading and serving are caught; remote workers contribute
-//! the memory they report in heartbeats.
+//! Memory of the pool's workers sampled during a run. Workers on this host are read from /proc every
+//! 100 ms, so peaks during loading and serving are caught: the ones whose pids the caller passes (workers
+//! it just spawned) from the start, before they have even registered, and any other worker on a loopback
+//! address once it appears in the coordinator's list. Remote workers contribute the memory they report
+//! in heartbeats. Local workers are named `pid N`, remote ones by their worker id.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,13 +49,20 @@ const TIMELINE_POINTS: usize = 300;
 
 pub struct MemorySampler {
     stop: watch::Sender<bool>,
+    local_pids: watch::Sender<Vec<u32>>,
     task: JoinHandle<PoolMemory>,
 }
 
 impl MemorySampler {
-    pub fn start(client: CoordinatorClient<Channel>) -> Self {
+    pub fn start(client: CoordinatorClient<Channel>, local_pids: &[u32]) -> Self {
         let (stop, stopped) = watch::channel(false);
-        Self { stop, task: tokio::spawn(sample(client, stopped)) }
+        let (pids, pids_rx) = watch::channel(local_pids.to_vec());
+        Self { stop, local_pids: pids, task: tokio::spawn(sample(client, pids_rx, stopped)) }
+    }
+
+    /// Starts following a worker process spawned on this host.
+    pub fn add_pid(&self, pid: u32) {
+        self.local_pids.send_modify(|pids| pids.push(pid));
     }
 
     pub async fn finish(self) -> PoolMemory {
@@ -72,7 +81,11 @@ fn is_loopback(address: &str) -> bool {
     host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
 }
 
-async fn sample(mut client: CoordinatorClient<Channel>, mut stopped: watch::Receiver<bool>) -> PoolMemory {
+fn local(pid: u32) -> (String, Tracked) {
+    (format!("pid {pid}"), Tracked { local_pid: Some(pid), reported: ProcessMemory::default() })
+}
+
+async fn sample(mut client: CoordinatorClient<Channel>, local_pids: watch::Receiver<Vec<u32>>, mut stopped: watch::Receiver<bool>) -> PoolMemory {
     let mut pool = PoolMemory::default();
     let mut tracked: BTreeMap<String, Tracked> = BTreeMap::new();
     let mut last_list = None::<tokio::time::Instant>;
@@ -83,16 +96,28 @@ async fn sample(mut client: CoordinatorClient<Channel>, mut stopped: watch::Rece
                 tracked.clear();
                 for w in list.into_inner().workers {
                     let info = w.info.unwrap_or_default();
-                    let local_pid = is_loopback(&info.address).then_some(info.pid).filter(|&p| p != 0);
-                    tracked.insert(w.worker_id, Tracked { local_pid, reported: w.memory.unwrap_or_default().into() });
+                    if is_loopback(&info.address) && info.pid != 0 {
+                        tracked.entry(format!("pid {}", info.pid)).or_insert_with(|| local(info.pid).1);
+                    } else {
+                        tracked.insert(w.worker_id, Tracked { local_pid: None, reported: w.memory.unwrap_or_default().into() });
+                    }
                 }
             }
             last_list = Some(tokio::time::Instant::now());
         }
+        for &pid in local_pids.borrow().iter() {
+            tracked.entry(format!("pid {pid}")).or_insert_with(|| local(pid).1);
+        }
         let (mut pss, mut rss) = (0, 0);
         let mut point = MemoryPoint { t_ms: started.elapsed().as_millis() as u64, pss_bytes: BTreeMap::new() };
         for (id, worker) in &tracked {
-            let memory = worker.local_pid.and_then(ProcessMemory::of_pid).unwrap_or(worker.reported);
+            // A local worker that has exited (or not started) contributes nothing.
+            let Some(memory) = (match worker.local_pid {
+                Some(pid) => ProcessMemory::of_pid(pid),
+                None => Some(worker.reported),
+            }) else {
+                continue;
+            };
             pss += memory.pss_bytes;
             rss += memory.rss_bytes;
             point.pss_bytes.insert(id.clone(), memory.pss_bytes);

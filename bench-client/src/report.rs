@@ -179,6 +179,8 @@ pub struct Report {
     pub model: String,
     pub max_tokens: u32,
     pub summaries: Vec<ScenarioSummary>,
+    /// Configurations not run, with the reason (they would not fit in memory).
+    pub skipped: Vec<String>,
     pub slo: Slo,
     pub recommendation: Recommendation,
     /// Measured configurations against the memory-bandwidth ceiling (when the model file is readable here).
@@ -208,7 +210,7 @@ impl Report {
         let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline_of(n), &slo)).collect();
         let machine = Machine::this();
         let recommendation = recommend(&summaries, slo.is_set(), machine.memory_available_bytes);
-        Self { tool: tool.into(), machine, model, max_tokens, summaries, slo, recommendation, roofline: None, runs }
+        Self { tool: tool.into(), machine, model, max_tokens, summaries, skipped: Vec::new(), slo, recommendation, roofline: None, runs }
     }
 
     /// Adds the roofline: the model's traffic per token from its GGUF, the bandwidth measured now, and
@@ -284,6 +286,9 @@ impl Report {
             for s in &self.summaries {
                 let _ = writeln!(out, "  {:<12} {:>5.1}% of requests within the targets", s.name, s.goodput * 100.0);
             }
+        }
+        for skipped in &self.skipped {
+            let _ = writeln!(out, "skipped {skipped}");
         }
         if self.summaries.iter().any(|s| s.noisy) {
             let _ = writeln!(out, "! the tok/s range across repeats is wider than 20% of the median: the machine was noisy");

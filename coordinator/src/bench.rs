@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tracing::info;
 
 use crate::config::{EngineName, RunBenchArgs, Scenario};
-use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, find_worker_binary, wait_for_workers};
 use crate::scheduler::SchedulerConfig;
 
 /// Workers have this long to load the model and register.
@@ -44,6 +44,8 @@ pub struct RunBenchConfig {
     pub threads: Option<u32>,
     pub report: bench_client::cli::ReportArgs,
     pub worker_bin: Option<PathBuf>,
+    /// Start workers one after another (each registered before the next starts) instead of all at once.
+    pub start_one_by_one: bool,
 }
 
 /// The configurations the scenarios name, serial first, each once.
@@ -132,6 +134,7 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             threads: args.threads,
             report: args.report,
             worker_bin: args.worker_bin,
+            start_one_by_one: args.start_one_by_one,
         })
     }
 }
@@ -150,6 +153,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let measure = async {
         let mut runs = Vec::new();
+        let mut skipped = Vec::new();
         for repeat in 0..config.repeats {
             for configuration in &config.configurations {
                 let threads = config.threads.unwrap_or((cores / configuration.workers as u32).max(1));
@@ -170,21 +174,29 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
                     slots: configuration.slots,
                     extra_args: vec!["--engine".into(), configuration.engine.as_str().into()],
                 };
+                if let Some(reason) = fit_check(&model, configuration) {
+                    if repeat == 0 {
+                        eprintln!("-- skipping {}: {reason}", configuration.name);
+                        skipped.push(format!("{}: {reason}", configuration.name));
+                    }
+                    continue;
+                }
                 eprintln!("-- run {}/{}", repeat + 1, config.repeats);
-                runs.push(measure_configuration(&client, &spec, configuration, repeat, &config.prompts).await?);
+                runs.push(measure_configuration(&client, &spec, configuration, repeat, &config.prompts, config.start_one_by_one).await?);
             }
         }
-        anyhow::Ok(runs)
+        anyhow::Ok((runs, skipped))
     };
     let outcome = tokio::select! {
         runs = measure => runs,
         () = interrupt => Err(anyhow::anyhow!("interrupted; workers stopped")),
     };
     coordinator.stop().await;
-    let runs = outcome?;
+    let (runs, skipped) = outcome?;
 
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.report.slo(), runs);
+    report.skipped = skipped;
     if let Err(e) = report.attach_roofline(&model) {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
     }
@@ -198,6 +210,7 @@ async fn measure_configuration(
     configuration: &Configuration,
     repeat: usize,
     prompts: &[PredictRequest],
+    one_by_one: bool,
 ) -> anyhow::Result<ScenarioRun> {
     info!(config = %configuration.name, workers = configuration.workers, threads = spec.threads, "starting workers");
     eprintln!(
@@ -210,7 +223,22 @@ async fn measure_configuration(
         prompts.len(),
         configuration.concurrency
     );
-    let pool = LocalPool::start(spec, configuration.workers, client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
+    // Memory is sampled from the moment each worker exists, so the report shows loading too.
+    let sampler = MemorySampler::start(client.clone(), &[]);
+    let mut pool = LocalPool { workers: Vec::new() };
+    let waves: Vec<usize> = if one_by_one { vec![1; configuration.workers] } else { vec![configuration.workers] };
+    for wave in waves {
+        for _ in 0..wave {
+            let worker = WorkerProcess::spawn(spec)?;
+            sampler.add_pid(worker.pid);
+            pool.workers.push(worker);
+        }
+        let expected = pool.workers.len();
+        if let Err(e) = wait_for_workers(&mut client.clone(), expected, STARTUP_TIMEOUT, &mut pool).await {
+            pool.stop(STOP_GRACE).await;
+            anyhow::bail!(e);
+        }
+    }
     // One short request per slot first, so first-touch page faults are not measured.
     let warm_up: Vec<PredictRequest> = prompts.iter().cycle().take(configuration.concurrency).map(|p| {
         let mut p = p.clone();
@@ -219,7 +247,6 @@ async fn measure_configuration(
     }).collect();
     run_closed_loop(client.clone(), &warm_up, configuration.concurrency).await;
 
-    let sampler = MemorySampler::start(client.clone());
     let (records, wall_s) = run_closed_loop(client.clone(), prompts, configuration.concurrency).await;
     let memory = sampler.finish().await;
     pool.stop(STOP_GRACE).await;
@@ -234,6 +261,34 @@ async fn measure_configuration(
         wall_s,
         records,
         memory,
+    })
+}
+
+/// Context per slot the workers run with (the worker's default).
+const CONTEXT_PER_SLOT: u64 = 2048;
+/// Memory a worker needs beyond weights and KV cache (runtime, buffers), measured here at about 30 MiB.
+const WORKER_OVERHEAD: u64 = 48 << 20;
+
+/// Whether a configuration fits in the memory available now; the reason when it does not. llama.cpp
+/// workers share one memory-mapped copy of the weights; MLX workers each hold their own.
+pub fn fit_check(model: &std::path::Path, configuration: &Configuration) -> Option<String> {
+    let weights = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let kv_per_token = bench_client::roofline::ModelTraffic::from_gguf(model).map(|t| t.kv_bytes_per_context_token).unwrap_or(0);
+    let private = kv_per_token * CONTEXT_PER_SLOT * u64::from(configuration.slots) + WORKER_OVERHEAD;
+    let workers = configuration.workers as u64;
+    let needed = match configuration.engine {
+        EngineName::Llama => weights + workers * private,
+        EngineName::Mlx => workers * (weights + private),
+    };
+    let available = modelpool::memory::SystemMemory::read().available_bytes;
+    // Leave a tenth for everything else, so that the measurement never makes the machine swap.
+    (needed > available / 10 * 9).then(|| {
+        format!(
+            "needs about {} MiB ({} workers), {} MiB available: it would swap",
+            needed >> 20,
+            workers,
+            available >> 20
+        )
     })
 }
 
@@ -283,5 +338,14 @@ mod tests {
         let names: Vec<_> = both.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["llama/serial", "llama/batched-2", "mlx/serial"], "MLX runs one slot only");
         assert!(both.iter().all(|c| c.name.starts_with(c.engine.as_str())));
+    }
+
+    #[test]
+    fn a_configuration_that_would_swap_is_refused_with_the_numbers() {
+        let model = modelpool::model_cache::ensure_default_model().unwrap();
+        let shape = |engine, workers| Configuration { name: "x".into(), engine, workers, slots: 1, concurrency: workers };
+        assert_eq!(fit_check(&model, &shape(EngineName::Llama, 1)), None);
+        let reason = fit_check(&model, &shape(EngineName::Mlx, 100_000)).expect("100k private copies cannot fit");
+        assert!(reason.contains("would swap") && reason.contains("100000 workers"), "{reason}");
     }
 }

@@ -163,4 +163,8 @@ pub struct RunBenchArgs {
     /// The worker binary. Default: `worker` next to this executable.
     #[arg(long, env = "MODELPOOL_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    /// Start each configuration's workers one after another (each loaded and registered before the
+    /// next starts) instead of all at once; the memory timeline shows the difference.
+    #[arg(long)]
+    pub start_one_by_one: bool,
 }
