@@ -7,7 +7,7 @@ use modelpool::proto::{ListWorkersRequest, WorkerState};
 
 use crate::memory::MemorySampler;
 use crate::report::{Report, ScenarioRun};
-use crate::runner::run_closed_loop;
+use crate::runner::{progress_bar, run_closed_loop_with_progress};
 use crate::slo::Slo;
 use crate::workload;
 
@@ -115,7 +115,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             };
             eprintln!("== {name} (run {}/{}): {} prompts, {concurrency} in flight, {} workers", repeat + 1, args.repeats, prompts.len(), serving.len());
             let sampler = MemorySampler::start(client.clone(), &[]);
-            let (records, wall_s) = run_closed_loop(client.clone(), &prompts, concurrency).await;
+            let progress = progress_bar(&name, prompts.len());
+            let (records, wall_s) = run_closed_loop_with_progress(client.clone(), &prompts, concurrency, Some(&progress)).await;
+            progress.finish();
             let memory = sampler.finish().await;
             runs.push(ScenarioRun {
                 name,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use modelpool::memory::ProcessMemory;
+use modelpool::memory::{ProcessMemory, SystemMemory};
 use modelpool::proto::{ListWorkersRequest, coordinator_client::CoordinatorClient};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -36,6 +36,17 @@ pub struct PoolMemory {
     /// PSS of each worker over time, for the stacked memory chart (thinned to at most
     /// `TIMELINE_POINTS` points).
     pub timeline: Vec<MemoryPoint>,
+    /// The machine when sampling started, and its tightest moment during the run.
+    pub system_before: SystemMemory,
+    pub min_available_bytes: u64,
+    pub max_swap_used_bytes: u64,
+}
+
+impl PoolMemory {
+    /// Swap grew by more than 16 MiB during the run: the figures include paging and are not to be trusted.
+    pub fn swapped(&self) -> bool {
+        self.max_swap_used_bytes > self.system_before.swap_used_bytes + (16 << 20)
+    }
 }
 
 /// One sample of the timeline: milliseconds since sampling started, and each worker's PSS in bytes.
@@ -86,7 +97,13 @@ fn local(pid: u32) -> (String, Tracked) {
 }
 
 async fn sample(mut client: CoordinatorClient<Channel>, local_pids: watch::Receiver<Vec<u32>>, mut stopped: watch::Receiver<bool>) -> PoolMemory {
-    let mut pool = PoolMemory::default();
+    let system_before = SystemMemory::read();
+    let mut pool = PoolMemory {
+        system_before,
+        min_available_bytes: system_before.available_bytes,
+        max_swap_used_bytes: system_before.swap_used_bytes,
+        ..PoolMemory::default()
+    };
     let mut tracked: BTreeMap<String, Tracked> = BTreeMap::new();
     let mut last_list = None::<tokio::time::Instant>;
     let started = tokio::time::Instant::now();
@@ -129,6 +146,9 @@ async fn sample(mut client: CoordinatorClient<Channel>, local_pids: watch::Recei
         }
         pool.peak_pool_pss_bytes = pool.peak_pool_pss_bytes.max(pss);
         pool.peak_pool_rss_bytes = pool.peak_pool_rss_bytes.max(rss);
+        let system = SystemMemory::read();
+        pool.min_available_bytes = pool.min_available_bytes.min(system.available_bytes);
+        pool.max_swap_used_bytes = pool.max_swap_used_bytes.max(system.swap_used_bytes);
         pool.samples += 1;
         pool.timeline.push(point);
         if pool.timeline.len() > TIMELINE_POINTS {

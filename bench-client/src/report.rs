@@ -287,6 +287,26 @@ impl Report {
                 let _ = writeln!(out, "  {:<12} {:>5.1}% of requests within the targets", s.name, s.goodput * 100.0);
             }
         }
+        for run in self.runs.iter().filter(|r| r.memory.swapped()) {
+            let _ = writeln!(
+                out,
+                "swapping: {} run {} pushed swap from {} to {} MiB; its figures include paging",
+                run.name,
+                run.repeat,
+                mib(run.memory.system_before.swap_used_bytes),
+                mib(run.memory.max_swap_used_bytes)
+            );
+        }
+        if let Some(tightest) = self.runs.iter().min_by_key(|r| r.memory.min_available_bytes) {
+            let _ = writeln!(
+                out,
+                "system memory: {} MiB available before the first run, {} MiB at the tightest moment ({} run {})",
+                mib(self.runs[0].memory.system_before.available_bytes),
+                mib(tightest.memory.min_available_bytes),
+                tightest.name,
+                tightest.repeat
+            );
+        }
         for skipped in &self.skipped {
             let _ = writeln!(out, "skipped {skipped}");
         }

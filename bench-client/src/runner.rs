@@ -40,6 +40,28 @@ pub async fn run_closed_loop(
     requests: &[PredictRequest],
     concurrency: usize,
 ) -> (Vec<RequestRecord>, f64) {
+    run_closed_loop_with_progress(client, requests, concurrency, None).await
+}
+
+/// A progress bar on stderr for `total` requests, labelled `label` (hidden when stderr is not a terminal).
+pub fn progress_bar(label: &str, total: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} prompts, {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// [`run_closed_loop`], advancing `progress` as requests finish.
+pub async fn run_closed_loop_with_progress(
+    client: CoordinatorClient<Channel>,
+    requests: &[PredictRequest],
+    concurrency: usize,
+    progress: Option<&indicatif::ProgressBar>,
+) -> (Vec<RequestRecord>, f64) {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
@@ -47,6 +69,7 @@ pub async fn run_closed_loop(
         let wire = proto::PredictRequest::from(request);
         let permits = Arc::clone(&permits);
         let mut client = client.clone();
+        let progress = progress.cloned();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore never closed");
             let sent = Instant::now();
@@ -61,6 +84,9 @@ pub async fn run_closed_loop(
             match result {
                 Ok(response) => fill(&mut record, response.into_inner()),
                 Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
+            }
+            if let Some(progress) = progress {
+                progress.inc(1);
             }
             record
         }));

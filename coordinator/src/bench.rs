@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bench_client::memory::MemorySampler;
 use bench_client::report::{Report, ScenarioRun};
-use bench_client::runner::run_closed_loop;
+use bench_client::runner::{progress_bar, run_closed_loop, run_closed_loop_with_progress};
 use bench_client::workload;
 use modelpool::PredictRequest;
 use modelpool::proto::coordinator_client::CoordinatorClient;
@@ -247,7 +247,9 @@ async fn measure_configuration(
     }).collect();
     run_closed_loop(client.clone(), &warm_up, configuration.concurrency).await;
 
-    let (records, wall_s) = run_closed_loop(client.clone(), prompts, configuration.concurrency).await;
+    let progress = progress_bar(&configuration.name, prompts.len());
+    let (records, wall_s) = run_closed_loop_with_progress(client.clone(), prompts, configuration.concurrency, Some(&progress)).await;
+    progress.finish();
     let memory = sampler.finish().await;
     pool.stop(STOP_GRACE).await;
     wait_until_empty(client).await;
