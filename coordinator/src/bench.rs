@@ -154,36 +154,35 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let measure = async {
         let mut runs = Vec::new();
         let mut skipped = Vec::new();
-        for repeat in 0..config.repeats {
-            for configuration in &config.configurations {
-                let threads = config.threads.unwrap_or((cores / configuration.workers as u32).max(1));
-                if threads * configuration.workers as u32 > cores {
-                    tracing::warn!(
-                        workers = configuration.workers,
-                        threads,
-                        cores,
-                        "{} workers x {threads} threads oversubscribe {cores} cores: they will slow each other down",
-                        configuration.workers
-                    );
+        for (repeat, index) in interleaved(config.configurations.len(), config.repeats) {
+            let configuration = &config.configurations[index];
+            if let Some(reason) = fit_check(&model, configuration) {
+                if repeat == 0 {
+                    eprintln!("-- skipping {}: {reason}", configuration.name);
+                    skipped.push(format!("{}: {reason}", configuration.name));
                 }
-                let spec = WorkerSpec {
-                    binary: worker_bin.clone(),
-                    model: model.clone(),
-                    coordinator: coordinator_url.clone(),
-                    threads,
-                    slots: configuration.slots,
-                    extra_args: vec!["--engine".into(), configuration.engine.as_str().into()],
-                };
-                if let Some(reason) = fit_check(&model, configuration) {
-                    if repeat == 0 {
-                        eprintln!("-- skipping {}: {reason}", configuration.name);
-                        skipped.push(format!("{}: {reason}", configuration.name));
-                    }
-                    continue;
-                }
-                eprintln!("-- run {}/{}", repeat + 1, config.repeats);
-                runs.push(measure_configuration(&client, &spec, configuration, repeat, &config.prompts, config.start_one_by_one).await?);
+                continue;
             }
+            let threads = config.threads.unwrap_or((cores / configuration.workers as u32).max(1));
+            if threads * configuration.workers as u32 > cores {
+                tracing::warn!(
+                    workers = configuration.workers,
+                    threads,
+                    cores,
+                    "{} workers x {threads} threads oversubscribe {cores} cores: they will slow each other down",
+                    configuration.workers
+                );
+            }
+            let spec = WorkerSpec {
+                binary: worker_bin.clone(),
+                model: model.clone(),
+                coordinator: coordinator_url.clone(),
+                threads,
+                slots: configuration.slots,
+                extra_args: vec!["--engine".into(), configuration.engine.as_str().into()],
+            };
+            eprintln!("-- run {}/{}", repeat + 1, config.repeats);
+            runs.push(measure_configuration(&client, &spec, configuration, repeat, &config.prompts, config.start_one_by_one).await?);
         }
         anyhow::Ok((runs, skipped))
     };
@@ -264,6 +263,13 @@ async fn measure_configuration(
         records,
         memory,
     })
+}
+
+/// The order runs happen in: round after round, every configuration once per round, so that drift on
+/// the machine (other tenants, thermal state) falls on all configurations alike rather than on the
+/// ones measured last. Yields (repeat, configuration index).
+pub fn interleaved(configurations: usize, repeats: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..repeats).flat_map(move |repeat| (0..configurations).map(move |index| (repeat, index)))
 }
 
 /// Context per slot the workers run with (the worker's default).
@@ -349,5 +355,12 @@ mod tests {
         assert_eq!(fit_check(&model, &shape(EngineName::Llama, 1)), None);
         let reason = fit_check(&model, &shape(EngineName::Mlx, 100_000)).expect("100k private copies cannot fit");
         assert!(reason.contains("would swap") && reason.contains("100000 workers"), "{reason}");
+    }
+
+    #[test]
+    fn runs_take_turns_round_by_round() {
+        let order: Vec<_> = interleaved(3, 2).collect();
+        assert_eq!(order, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+        assert_eq!(interleaved(0, 3).count(), 0);
     }
 }
