@@ -12,6 +12,7 @@ pub mod memory;
 pub mod model_cache;
 pub mod proto;
 pub mod request;
+pub mod rng;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;

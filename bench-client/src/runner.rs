@@ -123,3 +123,74 @@ fn fill(record: &mut RequestRecord, response: proto::PredictResponse) {
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
+
+/// Arrival times (seconds from the start) of `count` requests arriving as a Poisson process at `rate`
+/// per second; the same seed gives the same schedule, so every configuration sees the same arrivals.
+pub fn poisson_arrivals(count: usize, rate: f64, seed: u64) -> Vec<f64> {
+    let mut rng = modelpool::rng::SplitMix64::new(seed);
+    let mut t = 0.0;
+    (0..count)
+        .map(|_| {
+            t += rng.next_exponential(rate);
+            t
+        })
+        .collect()
+}
+
+/// Open loop: requests are sent at their arrival times whether or not earlier ones have finished, as
+/// independent users would send them; what the pool cannot absorb queues (or is refused, and recorded
+/// as failed). `client_wait_ms` is how late a request was sent relative to its arrival time.
+pub async fn run_open_loop(
+    client: CoordinatorClient<Channel>,
+    requests: &[PredictRequest],
+    arrivals: &[f64],
+    progress: Option<&indicatif::ProgressBar>,
+) -> (Vec<RequestRecord>, f64) {
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(requests.len());
+    for (index, (request, &at)) in requests.iter().zip(arrivals).enumerate() {
+        let wire = proto::PredictRequest::from(request);
+        let mut client = client.clone();
+        let progress = progress.cloned();
+        let due = start + std::time::Duration::from_secs_f64(at);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let sent = Instant::now();
+            let mut record = RequestRecord {
+                index,
+                request_id: wire.request_id.clone(),
+                client_wait_ms: ms(tokio::time::Instant::now().saturating_duration_since(due).into()),
+                ..Default::default()
+            };
+            let result = client.predict(wire).await;
+            record.e2e_ms = ms(sent.elapsed());
+            match result {
+                Ok(response) => fill(&mut record, response.into_inner()),
+                Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
+            }
+            if let Some(progress) = progress {
+                progress.inc(1);
+            }
+            record
+        }));
+    }
+    let mut records = Vec::with_capacity(tasks.len());
+    for (index, task) in tasks.into_iter().enumerate() {
+        records.push(task.await.unwrap_or_else(|e| RequestRecord { index, error: Some(format!("client task failed: {e}")), ..Default::default() }));
+    }
+    (records, start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_arrivals_are_reproducible_increasing_and_at_the_rate() {
+        let a = poisson_arrivals(2000, 5.0, 1);
+        assert_eq!(a, poisson_arrivals(2000, 5.0, 1));
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        let observed = a.len() as f64 / a[a.len() - 1];
+        assert!((observed - 5.0).abs() < 0.4, "observed rate {observed}");
+    }
+}

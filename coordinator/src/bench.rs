@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bench_client::memory::MemorySampler;
 use bench_client::report::{Report, ScenarioRun};
-use bench_client::runner::{progress_bar, run_closed_loop, run_closed_loop_with_progress};
+use bench_client::runner::{poisson_arrivals, progress_bar, run_closed_loop, run_closed_loop_with_progress, run_open_loop};
 use bench_client::workload;
 use modelpool::PredictRequest;
 use modelpool::proto::coordinator_client::CoordinatorClient;
@@ -29,6 +29,8 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct Configuration {
     pub name: String,
     pub engine: EngineName,
+    /// Open loop at this many prompts/s; closed loop (`concurrency` in flight) when None.
+    pub rate: Option<f64>,
     pub workers: usize,
     pub slots: u32,
     pub concurrency: usize,
@@ -53,6 +55,7 @@ pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32
     let config = |name: String, workers: usize, slots: u32, concurrency: usize| Configuration {
         name,
         engine: EngineName::platform_default(),
+        rate: None,
         workers,
         slots,
         concurrency,
@@ -104,6 +107,17 @@ pub fn with_engines(shapes: Vec<Configuration>, engines: &[EngineName]) -> Vec<C
     out
 }
 
+/// Every shape at every open-loop rate (`replicas-2@4/s`); closed loop when no rate is given.
+pub fn with_rates(shapes: Vec<Configuration>, rates: &[f64]) -> Vec<Configuration> {
+    if rates.is_empty() {
+        return shapes;
+    }
+    shapes
+        .into_iter()
+        .flat_map(|shape| rates.iter().map(move |&rate| Configuration { name: format!("{}@{rate}/s", shape.name), rate: Some(rate), ..shape.clone() }))
+        .collect()
+}
+
 impl TryFrom<RunBenchArgs> for RunBenchConfig {
     type Error = anyhow::Error;
 
@@ -113,6 +127,7 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
         anyhow::ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
         anyhow::ensure!(args.max_slots >= 1 && args.max_slots <= 64, "--max-slots must be 1 to 64");
         anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+        anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
         let count = if args.sanity { 3 } else { args.max_workers * args.prompts_per_worker };
         let prompts = match &args.prompts {
             Some(path) => workload::load_jsonl(path, args.max_tokens)?,
@@ -125,7 +140,7 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
                 } else {
                     configurations(&args.scenario, args.max_workers, args.max_slots)
                 };
-                with_engines(shapes, &args.engine)
+                with_rates(with_engines(shapes, &args.engine), &args.rate)
             },
             repeats: if args.sanity { 1 } else { args.repeats },
             prompts,
@@ -247,7 +262,11 @@ async fn measure_configuration(
     run_closed_loop(client.clone(), &warm_up, configuration.concurrency).await;
 
     let progress = progress_bar(&configuration.name, prompts.len());
-    let (records, wall_s) = run_closed_loop_with_progress(client.clone(), prompts, configuration.concurrency, Some(&progress)).await;
+    let (records, wall_s) = match configuration.rate {
+        // The same arrival schedule for every configuration and repeat: only the pool differs.
+        Some(rate) => run_open_loop(client.clone(), prompts, &poisson_arrivals(prompts.len(), rate, 42), Some(&progress)).await,
+        None => run_closed_loop_with_progress(client.clone(), prompts, configuration.concurrency, Some(&progress)).await,
+    };
     progress.finish();
     let memory = sampler.finish().await;
     pool.stop(STOP_GRACE).await;
@@ -351,10 +370,21 @@ mod tests {
     #[test]
     fn a_configuration_that_would_swap_is_refused_with_the_numbers() {
         let model = modelpool::model_cache::ensure_default_model().unwrap();
-        let shape = |engine, workers| Configuration { name: "x".into(), engine, workers, slots: 1, concurrency: workers };
+        let shape = |engine, workers| Configuration { name: "x".into(), engine, rate: None, workers, slots: 1, concurrency: workers };
         assert_eq!(fit_check(&model, &shape(EngineName::Llama, 1)), None);
         let reason = fit_check(&model, &shape(EngineName::Mlx, 100_000)).expect("100k private copies cannot fit");
         assert!(reason.contains("would swap") && reason.contains("100000 workers"), "{reason}");
+    }
+
+    #[test]
+    fn a_rate_sweep_runs_every_shape_at_every_rate() {
+        let swept = with_rates(configurations(&[Scenario::Serial, Scenario::Replicas], 2, 1), &[1.0, 2.5]);
+        let names: Vec<_> = swept.iter().map(|c| (c.name.as_str(), c.rate)).collect();
+        assert_eq!(
+            names,
+            vec![("serial@1/s", Some(1.0)), ("serial@2.5/s", Some(2.5)), ("replicas-2@1/s", Some(1.0)), ("replicas-2@2.5/s", Some(2.5))]
+        );
+        assert_eq!(with_rates(configurations(&[Scenario::Serial], 1, 1), &[]).len(), 1);
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct RunBenchArgs {
     /// platform default (mlx on macOS, llama elsewhere).
     #[arg(long, value_delimiter = ',')]
     pub engine: Vec<EngineName>,
+    /// Open loop: prompts arrive as a Poisson process at this rate (prompts/s) instead of a fixed number
+    /// in flight. Several (comma-separated) make a rate sweep: every configuration runs at every rate.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
     /// Replicas use 2..=N worker processes (MAX_PROCESSES in the original plan).
     #[arg(long, default_value_t = 3)]
     pub max_workers: usize,

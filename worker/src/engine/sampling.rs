@@ -2,11 +2,11 @@
 //! top-p (nucleus), then temperature, then a draw from a seeded generator, so a seed reproduces its text.
 
 use modelpool::SamplingParams;
+use modelpool::rng::SplitMix64;
 
-/// SplitMix64: small, fast and good enough to draw tokens; the same seed gives the same sequence.
 #[derive(Debug, Clone)]
 pub struct SeededSampler {
-    state: u64,
+    rng: SplitMix64,
     temperature: f32,
     top_p: f32,
     top_k: usize,
@@ -16,20 +16,11 @@ impl SeededSampler {
     /// None for greedy requests (the caller takes the arg-max).
     pub fn for_params(params: &SamplingParams) -> Option<Self> {
         (!params.is_greedy()).then_some(Self {
-            state: params.seed,
+            rng: SplitMix64::new(params.seed),
             temperature: params.temperature,
             top_p: params.top_p,
             top_k: params.top_k as usize,
         })
-    }
-
-    fn next_unit(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> i32 {
@@ -55,7 +46,7 @@ impl SeededSampler {
             candidates.truncate(keep);
         }
         let total: f64 = weights.iter().sum();
-        let mut draw = self.next_unit() * total;
+        let mut draw = self.rng.next_unit() * total;
         for (i, w) in weights.iter().enumerate() {
             draw -= w;
             if draw <= 0.0 {
