@@ -72,25 +72,36 @@ pub async fn run_closed_loop_with_progress(
         let progress = progress.cloned();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore never closed");
-            let sent = Instant::now();
-            let mut record = RequestRecord {
-                index,
-                request_id: wire.request_id.clone(),
-                client_wait_ms: ms(sent - start),
-                ..Default::default()
-            };
-            let result = client.predict(wire).await;
-            record.e2e_ms = ms(sent.elapsed());
-            match result {
-                Ok(response) => fill(&mut record, response.into_inner()),
-                Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
-            }
-            if let Some(progress) = progress {
-                progress.inc(1);
-            }
-            record
+            send(&mut client, wire, index, ms(start.elapsed()), progress.as_ref()).await
         }));
     }
+    (collect(tasks).await, start.elapsed().as_secs_f64())
+}
+
+/// Sends one request and records what happened to it.
+async fn send(
+    client: &mut CoordinatorClient<Channel>,
+    wire: proto::PredictRequest,
+    index: usize,
+    client_wait_ms: f64,
+    progress: Option<&indicatif::ProgressBar>,
+) -> RequestRecord {
+    let sent = Instant::now();
+    let mut record = RequestRecord { index, request_id: wire.request_id.clone(), client_wait_ms, ..Default::default() };
+    let result = client.predict(wire).await;
+    record.e2e_ms = ms(sent.elapsed());
+    match result {
+        Ok(response) => fill(&mut record, response.into_inner()),
+        Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
+    }
+    if let Some(progress) = progress {
+        progress.inc(1);
+    }
+    record
+}
+
+/// The records of the request tasks, in input order; a task that died becomes a failed record.
+async fn collect(tasks: Vec<tokio::task::JoinHandle<RequestRecord>>) -> Vec<RequestRecord> {
     let mut records = Vec::with_capacity(tasks.len());
     for (index, task) in tasks.into_iter().enumerate() {
         records.push(task.await.unwrap_or_else(|e| RequestRecord {
@@ -99,7 +110,7 @@ pub async fn run_closed_loop_with_progress(
             ..Default::default()
         }));
     }
-    (records, start.elapsed().as_secs_f64())
+    records
 }
 
 fn fill(record: &mut RequestRecord, response: proto::PredictResponse) {
@@ -155,30 +166,11 @@ pub async fn run_open_loop(
         let due = start + std::time::Duration::from_secs_f64(at);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(due).await;
-            let sent = Instant::now();
-            let mut record = RequestRecord {
-                index,
-                request_id: wire.request_id.clone(),
-                client_wait_ms: ms(tokio::time::Instant::now().saturating_duration_since(due).into()),
-                ..Default::default()
-            };
-            let result = client.predict(wire).await;
-            record.e2e_ms = ms(sent.elapsed());
-            match result {
-                Ok(response) => fill(&mut record, response.into_inner()),
-                Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
-            }
-            if let Some(progress) = progress {
-                progress.inc(1);
-            }
-            record
+            let late = ms(tokio::time::Instant::now().saturating_duration_since(due).into());
+            send(&mut client, wire, index, late, progress.as_ref()).await
         }));
     }
-    let mut records = Vec::with_capacity(tasks.len());
-    for (index, task) in tasks.into_iter().enumerate() {
-        records.push(task.await.unwrap_or_else(|e| RequestRecord { index, error: Some(format!("client task failed: {e}")), ..Default::default() }));
-    }
-    (records, start.elapsed().as_secs_f64())
+    (collect(tasks).await, start.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]
