@@ -7,7 +7,7 @@ use modelpool::proto::{ListWorkersRequest, WorkerState};
 
 use crate::memory::MemorySampler;
 use crate::report::{Report, ScenarioRun};
-use crate::runner::{progress_bar, run_closed_loop_with_progress};
+use crate::runner::{poisson_arrivals, progress_bar, run_closed_loop_with_progress, run_open_loop};
 use crate::slo::Slo;
 use crate::workload;
 
@@ -30,6 +30,9 @@ pub struct Args {
     /// Scenarios to run, in order (comma-separated). A serial run is the baseline for speedup.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Parallel])]
     pub scenario: Vec<Scenario>,
+    /// Open loop as well: prompts arriving as a Poisson process at each of these rates (prompts/s).
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
     /// Prompts in flight in the parallel scenario. Default: the pool's total slots.
     #[arg(long)]
     pub concurrency: Option<usize>,
@@ -87,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(args.num_prompts >= 1, "--num-prompts must be at least 1");
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
+    anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
     let prompts = match &args.prompts {
         Some(path) => workload::load_jsonl(path, args.max_tokens)?,
         None => workload::builtin_workload(args.num_prompts, args.max_tokens),
@@ -105,18 +109,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let mut runs = Vec::new();
     for repeat in 0..args.repeats {
-        for scenario in &args.scenario {
-            let (name, concurrency) = match scenario {
-                Scenario::Serial => ("serial".to_string(), 1),
-                Scenario::Parallel => {
-                    let c = args.concurrency.unwrap_or(total_slots);
-                    (format!("parallel-c{c}"), c)
-                }
-            };
+        let closed = args.scenario.iter().map(|scenario| match scenario {
+            Scenario::Serial => ("serial".to_string(), 1, None),
+            Scenario::Parallel => {
+                let c = args.concurrency.unwrap_or(total_slots);
+                (format!("parallel-c{c}"), c, None)
+            }
+        });
+        let open = args.rate.iter().map(|&rate| (format!("open@{rate}/s"), 0, Some(rate)));
+        for (name, concurrency, rate) in closed.chain(open).collect::<Vec<_>>() {
             eprintln!("== {name} (run {}/{}): {} prompts, {concurrency} in flight, {} workers", repeat + 1, args.repeats, prompts.len(), serving.len());
             let sampler = MemorySampler::start(client.clone(), &[]);
             let progress = progress_bar(&name, prompts.len());
-            let (records, wall_s) = run_closed_loop_with_progress(client.clone(), &prompts, concurrency, Some(&progress)).await;
+            let (records, wall_s) = match rate {
+                Some(rate) => run_open_loop(client.clone(), &prompts, &poisson_arrivals(prompts.len(), rate, 42), Some(&progress)).await,
+                None => run_closed_loop_with_progress(client.clone(), &prompts, concurrency, Some(&progress)).await,
+            };
             progress.finish();
             let memory = sampler.finish().await;
             runs.push(ScenarioRun {
