@@ -77,6 +77,8 @@ pub struct SamplingParams {
     pub top_k: u32,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// Keep generating through end-of-generation tokens, up to max_tokens (benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -88,6 +90,7 @@ impl Default for SamplingParams {
             top_k: 0,
             seed: 0,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -217,7 +220,15 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
             ));
         }
     }
-    Ok(SamplingParams { max_tokens, temperature, top_p, top_k, seed: params.seed.unwrap_or(0), stop: params.stop })
+    Ok(SamplingParams {
+        max_tokens,
+        temperature,
+        top_p,
+        top_k,
+        seed: params.seed.unwrap_or(0),
+        stop: params.stop,
+        ignore_eos: params.ignore_eos.unwrap_or(false),
+    })
 }
 
 impl From<&PredictRequest> for proto::PredictRequest {
@@ -242,6 +253,7 @@ impl From<&PredictRequest> for proto::PredictRequest {
                 seed: Some(s.seed),
                 stop: s.stop.clone(),
                 top_k: Some(s.top_k),
+                ignore_eos: Some(s.ignore_eos),
             }),
         }
     }
@@ -267,6 +279,7 @@ mod tests {
         let mut request = PredictRequest::user("hello", 7);
         request.sampling.stop = vec!["\n".into()];
         request.sampling.temperature = 0.5;
+        request.sampling.ignore_eos = true;
         let back = PredictRequest::try_from(proto::PredictRequest::from(&request)).unwrap();
         assert_eq!(back, request);
     }

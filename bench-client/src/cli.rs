@@ -39,6 +39,9 @@ pub struct Args {
     /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line); default: the built-in set.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Synthetic prompts instead: IN:OUT tokens (e.g. 128:64); needs the model file on this host.
+    #[arg(long, conflicts_with = "prompts")]
+    pub synthetic: Option<String>,
     /// Number of built-in prompts per scenario.
     #[arg(long, default_value_t = 15)]
     pub num_prompts: usize,
@@ -91,7 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
     anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
-    let prompts = match &args.prompts {
+    let mut prompts = match &args.prompts {
         Some(path) => workload::load_jsonl(path, args.max_tokens)?,
         None => workload::builtin_workload(args.num_prompts, args.max_tokens),
     };
@@ -106,6 +109,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(!serving.is_empty(), "the coordinator at {} has no serving workers", args.coordinator);
     let total_slots: usize = serving.iter().map(|w| w.info.as_ref().map_or(1, |i| i.slots.max(1) as usize)).sum();
     let info = serving[0].info.clone().unwrap_or_default();
+    if let Some(shape) = &args.synthetic {
+        let (input, output) = workload::parse_shape(shape).map_err(anyhow::Error::msg)?;
+        let model = std::path::Path::new(&info.model_path);
+        anyhow::ensure!(model.is_file(), "--synthetic needs the model file to count tokens; {} is not on this host", info.model_path);
+        let tokenizer = modelpool::tokenizer::Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(model)?)?;
+        prompts = workload::synthetic(&tokenizer, input, output, args.num_prompts)?;
+    }
 
     let mut runs = Vec::new();
     for repeat in 0..args.repeats {

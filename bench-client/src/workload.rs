@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use modelpool::tokenizer::Tokenizer;
 use modelpool::{ChatMessage, PoolError, PredictRequest, Prompt, Role, SamplingParams};
 
 /// The system prompt of the extraction task, as the original DSPy program phrases it in spirit.
@@ -51,6 +52,37 @@ pub fn builtin_workload(count: usize, max_tokens: u32) -> Vec<PredictRequest> {
             sampling: SamplingParams { max_tokens, ..SamplingParams::default() },
         })
         .collect()
+}
+
+/// Synthetic requests with a fixed shape: a raw prompt of exactly `input_tokens` tokens of the model's
+/// own tokenizer, and exactly `output_tokens` generated (end-of-generation tokens do not stop them), so
+/// that configurations are compared on identical work.
+pub fn synthetic(tokenizer: &Tokenizer, input_tokens: usize, output_tokens: u32, count: usize) -> Result<Vec<PredictRequest>, PoolError> {
+    if input_tokens == 0 || output_tokens == 0 {
+        return Err(PoolError::invalid("synthetic", "input and output token counts must be at least 1"));
+    }
+    // " the" is one token in byte-level BPE vocabularies and the pre-tokenizer keeps repeats apart.
+    let text = " the".repeat(input_tokens);
+    let counted = tokenizer.encode(&text, false).len();
+    if counted != input_tokens {
+        return Err(PoolError::invalid("synthetic", format!("could not build a {input_tokens}-token prompt (got {counted}) with this tokenizer")));
+    }
+    Ok((0..count)
+        .map(|i| PredictRequest {
+            request_id: format!("s{i}"),
+            prompt: Prompt::Raw(text.clone()),
+            sampling: SamplingParams { max_tokens: output_tokens, ignore_eos: true, ..SamplingParams::default() },
+        })
+        .collect())
+}
+
+/// Parses `IN:OUT` token counts, e.g. `128:64`.
+pub fn parse_shape(shape: &str) -> Result<(usize, u32), String> {
+    let (input, output) = shape.split_once(':').ok_or_else(|| format!("{shape:?}: expected IN:OUT, e.g. 128:64"))?;
+    Ok((
+        input.trim().parse().map_err(|e| format!("{shape:?}: input tokens: {e}"))?,
+        output.trim().parse().map_err(|e| format!("{shape:?}: output tokens: {e}"))?,
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -141,5 +173,18 @@ mod tests {
         let error = load_jsonl(&bad, 9).unwrap_err().to_string();
         assert!(error.contains("bad.jsonl:2") && error.contains("robot"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn synthetic_prompts_have_the_exact_token_count() {
+        let path = modelpool::model_cache::ensure_default_model().unwrap();
+        let tokenizer = Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(&path).unwrap()).unwrap();
+        let requests = synthetic(&tokenizer, 100, 32, 3).unwrap();
+        assert_eq!(requests.len(), 3);
+        let Prompt::Raw(text) = &requests[0].prompt else { panic!("a raw prompt") };
+        assert_eq!(tokenizer.encode(text, false).len(), 100);
+        assert!(requests.iter().all(|r| r.sampling.max_tokens == 32 && r.sampling.ignore_eos));
+        assert_eq!(parse_shape("128:64"), Ok((128, 64)));
+        assert!(parse_shape("128").is_err() && parse_shape("a:1").is_err());
     }
 }

@@ -41,6 +41,8 @@ pub struct RunBenchConfig {
     pub configurations: Vec<Configuration>,
     pub repeats: usize,
     pub prompts: Vec<PredictRequest>,
+    /// Replace `prompts` with this many synthetic (input tokens, output tokens) prompts once the model is known.
+    pub synthetic: Option<(usize, u32, usize)>,
     pub max_tokens: u32,
     pub model: Option<PathBuf>,
     pub threads: Option<u32>,
@@ -133,7 +135,15 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             Some(path) => workload::load_jsonl(path, args.max_tokens)?,
             None => workload::builtin_workload(count, args.max_tokens),
         };
+        let synthetic = match &args.synthetic {
+            Some(shape) => {
+                let (input, output) = workload::parse_shape(shape).map_err(anyhow::Error::msg)?;
+                Some((input, output, count))
+            }
+            None => None,
+        };
         Ok(Self {
+            synthetic,
             configurations: {
                 let shapes = if args.sanity {
                     configurations(&[Scenario::Serial], 1, 1)
@@ -159,6 +169,12 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let worker_bin = find_worker_binary(config.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
     let explicit = config.model.clone();
     let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    let mut config = config;
+    if let Some((input, output, count)) = config.synthetic {
+        let tokenizer = modelpool::tokenizer::Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(&model)?)?;
+        config.prompts = workload::synthetic(&tokenizer, input, output, count)?;
+        config.max_tokens = output;
+    }
 
     let scheduler = SchedulerConfig { heartbeat_interval: Duration::from_millis(500), heartbeat_timeout: Duration::from_secs(3), ..Default::default() };
     let coordinator = LocalCoordinator::start(scheduler).await?;

@@ -159,6 +159,10 @@ pub struct RunBenchArgs {
     /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line) instead of the built-in set.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Synthetic prompts instead: IN:OUT tokens (e.g. 128:64), exactly IN prompt tokens of the model's
+    /// tokenizer and exactly OUT generated, so every configuration does identical work.
+    #[arg(long, conflicts_with = "prompts")]
+    pub synthetic: Option<String>,
     /// Threads per worker. Default: cores / workers (at least 1), so the pool does not oversubscribe the CPU.
     #[arg(long)]
     pub threads: Option<u32>,

@@ -51,5 +51,12 @@ async fn streams_what_unary_returns_and_reports_itself() {
     assert_eq!(response.text, full[..cut]);
     assert_eq!(response.finish_reason, proto::FinishReason::StopSequence as i32);
 
+    // ignore_eos: exactly max_tokens tokens, however early the model would have stopped.
+    let mut fixed = chat("Say hi.", 40);
+    fixed.sampling.as_mut().unwrap().ignore_eos = Some(true);
+    let response = client.predict(fixed).await.unwrap().into_inner();
+    assert_eq!(response.completion_tokens, 40);
+    assert_eq!(response.finish_reason, proto::FinishReason::Length as i32);
+
     worker.stop().await;
 }

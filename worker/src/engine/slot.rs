@@ -73,7 +73,7 @@ impl<S> Slot<S> {
         let now = Instant::now();
         self.prefill_done.get_or_insert(now);
         self.first_token.get_or_insert(now);
-        if is_end {
+        if is_end && !self.job.sampling.ignore_eos {
             return Progress::Finished(FinishReason::Eos);
         }
         self.generated += 1;
