@@ -76,6 +76,8 @@ pub struct ScenarioSummary {
     pub latency_ms: Summary,
     pub ttft_ms: Summary,
     pub tpot_ms: Summary,
+    /// Inter-token latency over every gap between tokens of every request.
+    pub itl_ms: Summary,
     /// Median output tokens/s divided by the serial baseline's (None when there is no baseline).
     pub speedup: Option<f64>,
     /// Speedup divided by the number of workers: 1.0 means each extra process added a full copy's worth.
@@ -105,6 +107,7 @@ impl ScenarioSummary {
         let latencies: Vec<f64> = ok.iter().map(|r| r.e2e_ms).collect();
         let ttfts: Vec<f64> = ok.iter().map(|r| r.ttft_ms).collect();
         let tpots: Vec<f64> = ok.iter().filter(|r| r.completion_tokens > 1).map(|r| r.tpot_ms).collect();
+        let gaps: Vec<f64> = ok.iter().flat_map(|r| r.inter_token_ms.iter().map(|&g| f64::from(g))).collect();
         Self {
             name: first.name.clone(),
             repeats: runs.len(),
@@ -123,6 +126,7 @@ impl ScenarioSummary {
             latency_ms: Summary::of(&latencies),
             ttft_ms: Summary::of(&ttfts),
             tpot_ms: Summary::of(&tpots),
+            itl_ms: Summary::of(&gaps),
             speedup,
             efficiency: speedup.map(|s| s / first.workers.max(1) as f64),
             peak_rss_per_worker_bytes: peak(|w| w.peak.rss_bytes),
@@ -276,6 +280,8 @@ impl Report {
                 mib(s.peak_pool_pss_bytes),
             );
         }
+        let itl: Vec<String> = self.summaries.iter().map(|s| format!("{} {:.0}/{:.0}", s.name, s.itl_ms.p50, s.itl_ms.p99)).collect();
+        let _ = writeln!(out, "inter-token latency, ms p50/p99: {}", itl.join(", "));
         if self.slo.is_set() {
             let targets = [("ttft", self.slo.ttft_ms), ("e2e", self.slo.e2e_ms)]
                 .iter()
@@ -363,14 +369,14 @@ impl Report {
         let mut out = String::from(
             "config,workers,slots,threads,concurrency,repeats,prompts,ok,failed,prompts_per_s,output_tokens_per_s,\
              output_tokens_per_s_min,output_tokens_per_s_max,noisy,latency_p50_ms,latency_p90_ms,latency_p95_ms,latency_p99_ms,\
-             ttft_p50_ms,ttft_p95_ms,tpot_p50_ms,speedup,efficiency,goodput,peak_rss_per_worker_bytes,peak_pss_per_worker_bytes,\
+             ttft_p50_ms,ttft_p95_ms,tpot_p50_ms,itl_p50_ms,itl_p99_ms,speedup,efficiency,goodput,peak_rss_per_worker_bytes,peak_pss_per_worker_bytes,\
              peak_uss_per_worker_bytes,peak_pool_pss_bytes,peak_pool_rss_bytes\n",
         );
         for s in &self.summaries {
             let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{},{},{:.4},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{},{},{:.4},{},{},{},{},{}",
                 s.name.replace(',', ";"),
                 s.workers,
                 s.slots_per_worker,
@@ -392,6 +398,8 @@ impl Report {
                 s.ttft_ms.p50,
                 s.ttft_ms.p95,
                 s.tpot_ms.p50,
+                s.itl_ms.p50,
+                s.itl_ms.p99,
                 opt(s.speedup),
                 opt(s.efficiency),
                 s.goodput,

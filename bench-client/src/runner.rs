@@ -30,6 +30,8 @@ pub struct RequestRecord {
     pub completion_tokens: u32,
     pub worker_id: String,
     pub attempts: u32,
+    /// Gaps between consecutive tokens as the worker produced them.
+    pub inter_token_ms: Vec<f32>,
     pub text: String,
 }
 
@@ -114,8 +116,9 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<RequestRecord>>) -> Vec<Requ
 }
 
 fn fill(record: &mut RequestRecord, response: proto::PredictResponse) {
-    let timings = response.timings.unwrap_or_default();
+    let mut timings = response.timings.unwrap_or_default();
     record.ok = true;
+    record.inter_token_ms = std::mem::take(&mut timings.inter_token_ms);
     record.coordinator_queue_ms = timings.coordinator_queue_ms;
     record.worker_queue_ms = timings.queue_ms;
     record.ttft_ms = timings.coordinator_queue_ms + timings.ttft_ms;

@@ -34,8 +34,8 @@ async fn four_concurrent_greedy_requests_return_what_each_returns_alone() {
         assert_eq!(a.completion_tokens, t.completion_tokens);
     }
     // They really shared the batch: none waited for another to finish.
-    let longest_wait = together.iter().map(|r| r.timings.unwrap().queue_ms).fold(0.0, f64::max);
-    let shortest_run = together.iter().map(|r| r.timings.unwrap().total_ms).fold(f64::MAX, f64::min);
+    let longest_wait = together.iter().map(|r| r.timings.as_ref().unwrap().queue_ms).fold(0.0, f64::max);
+    let shortest_run = together.iter().map(|r| r.timings.as_ref().unwrap().total_ms).fold(f64::MAX, f64::min);
     assert!(longest_wait < shortest_run, "queue wait {longest_wait} ms vs shortest request {shortest_run} ms");
     worker.stop().await;
 }

@@ -56,6 +56,9 @@ async fn streams_what_unary_returns_and_reports_itself() {
     fixed.sampling.as_mut().unwrap().ignore_eos = Some(true);
     let response = client.predict(fixed).await.unwrap().into_inner();
     assert_eq!(response.completion_tokens, 40);
+    let gaps = &response.timings.as_ref().unwrap().inter_token_ms;
+    assert_eq!(gaps.len(), 39, "one gap between each pair of tokens");
+    assert!(gaps.iter().all(|&g| g > 0.0));
     assert_eq!(response.finish_reason, proto::FinishReason::Length as i32);
 
     worker.stop().await;

@@ -30,6 +30,8 @@ pub struct Slot<S> {
     admitted: Instant,
     prefill_done: Option<Instant>,
     first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    inter_token_ms: Vec<f32>,
 }
 
 /// What happened to a slot after it received a token.
@@ -56,6 +58,8 @@ impl<S> Slot<S> {
             admitted: Instant::now(),
             prefill_done: None,
             first_token: None,
+            last_token: None,
+            inter_token_ms: Vec::new(),
         }
     }
 
@@ -73,6 +77,9 @@ impl<S> Slot<S> {
         let now = Instant::now();
         self.prefill_done.get_or_insert(now);
         self.first_token.get_or_insert(now);
+        if let Some(last) = self.last_token.replace(now) {
+            self.inter_token_ms.push(ms(now - last) as f32);
+        }
         if is_end && !self.job.sampling.ignore_eos {
             return Progress::Finished(FinishReason::Eos);
         }
@@ -124,6 +131,7 @@ impl<S> Slot<S> {
                 0.0
             },
             coordinator_queue_ms: 0.0,
+            inter_token_ms: std::mem::take(&mut self.inter_token_ms),
         };
         let completion = Completion {
             text: std::mem::take(&mut self.text),
