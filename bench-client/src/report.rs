@@ -181,6 +181,10 @@ pub struct Report {
     pub tool: String,
     pub machine: Machine,
     pub model: String,
+    /// SHA-256 of the model file, when it was readable here: which exact weights were measured.
+    pub model_sha256: Option<String>,
+    /// Version of the tool that measured (the workspace version).
+    pub version: String,
     pub max_tokens: u32,
     pub summaries: Vec<ScenarioSummary>,
     /// Configurations not run, with the reason (they would not fit in memory).
@@ -214,12 +218,26 @@ impl Report {
         let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline_of(n), &slo)).collect();
         let machine = Machine::this();
         let recommendation = recommend(&summaries, slo.is_set(), machine.memory_available_bytes);
-        Self { tool: tool.into(), machine, model, max_tokens, summaries, skipped: Vec::new(), slo, recommendation, roofline: None, runs }
+        Self {
+            tool: tool.into(),
+            machine,
+            model,
+            model_sha256: None,
+            version: env!("CARGO_PKG_VERSION").into(),
+            max_tokens,
+            summaries,
+            skipped: Vec::new(),
+            slo,
+            recommendation,
+            roofline: None,
+            runs,
+        }
     }
 
     /// Adds the roofline: the model's traffic per token from its GGUF, the bandwidth measured now, and
     /// each configuration's median output tokens/s against its ceiling.
     pub fn attach_roofline(&mut self, model: &std::path::Path) -> Result<(), modelpool::gguf::GgufError> {
+        self.model_sha256 = modelpool::model_cache::sha256_file(model).ok();
         let traffic = ModelTraffic::from_gguf(model)?;
         let bandwidth = measure_bandwidth(self.machine.cores.max(1), 256);
         let ok: Vec<&RequestRecord> = self.runs.iter().flat_map(|r| &r.records).filter(|r| r.ok).collect();
