@@ -147,6 +147,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 wall_s,
                 records,
                 memory,
+                stopped: None,
             });
         }
     }

@@ -61,14 +61,25 @@ const TIMELINE_POINTS: usize = 300;
 pub struct MemorySampler {
     stop: watch::Sender<bool>,
     local_pids: watch::Sender<Vec<u32>>,
+    swapping: watch::Receiver<bool>,
     task: JoinHandle<PoolMemory>,
 }
+
+/// Swap growth beyond this during a run means the machine is paging: the run is not measuring the pool.
+const SWAP_ALARM: u64 = 64 << 20;
 
 impl MemorySampler {
     pub fn start(client: CoordinatorClient<Channel>, local_pids: &[u32]) -> Self {
         let (stop, stopped) = watch::channel(false);
         let (pids, pids_rx) = watch::channel(local_pids.to_vec());
-        Self { stop, local_pids: pids, task: tokio::spawn(sample(client, pids_rx, stopped)) }
+        let (swap_alarm, swapping) = watch::channel(false);
+        Self { stop, local_pids: pids, swapping, task: tokio::spawn(sample(client, pids_rx, stopped, swap_alarm)) }
+    }
+
+    /// Resolves once swap use has grown by more than 64 MiB since sampling started.
+    pub async fn swapping(&self) {
+        let mut swapping = self.swapping.clone();
+        let _ = swapping.wait_for(|on| *on).await;
     }
 
     /// Starts following a worker process spawned on this host.
@@ -96,7 +107,12 @@ fn local(pid: u32) -> (String, Tracked) {
     (format!("pid {pid}"), Tracked { local_pid: Some(pid), reported: ProcessMemory::default() })
 }
 
-async fn sample(mut client: CoordinatorClient<Channel>, local_pids: watch::Receiver<Vec<u32>>, mut stopped: watch::Receiver<bool>) -> PoolMemory {
+async fn sample(
+    mut client: CoordinatorClient<Channel>,
+    local_pids: watch::Receiver<Vec<u32>>,
+    mut stopped: watch::Receiver<bool>,
+    swap_alarm: watch::Sender<bool>,
+) -> PoolMemory {
     let system_before = SystemMemory::read();
     let mut pool = PoolMemory {
         system_before,
@@ -149,6 +165,9 @@ async fn sample(mut client: CoordinatorClient<Channel>, local_pids: watch::Recei
         let system = SystemMemory::read();
         pool.min_available_bytes = pool.min_available_bytes.min(system.available_bytes);
         pool.max_swap_used_bytes = pool.max_swap_used_bytes.max(system.swap_used_bytes);
+        if pool.max_swap_used_bytes > pool.system_before.swap_used_bytes + SWAP_ALARM {
+            swap_alarm.send_if_modified(|on| !std::mem::replace(on, true));
+        }
         pool.samples += 1;
         pool.timeline.push(point);
         if pool.timeline.len() > TIMELINE_POINTS {

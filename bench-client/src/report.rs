@@ -25,6 +25,8 @@ pub struct ScenarioRun {
     pub wall_s: f64,
     pub records: Vec<RequestRecord>,
     pub memory: PoolMemory,
+    /// Why the run was cut short, if it was (the machine started swapping).
+    pub stopped: Option<String>,
 }
 
 impl ScenarioRun {
@@ -311,6 +313,9 @@ impl Report {
                 let _ = writeln!(out, "  {:<12} {:>5.1}% of requests within the targets", s.name, s.goodput * 100.0);
             }
         }
+        for run in self.runs.iter().filter(|r| r.stopped.is_some()) {
+            let _ = writeln!(out, "stopped: {} run {}: {}", run.name, run.repeat, run.stopped.as_deref().unwrap_or_default());
+        }
         for run in self.runs.iter().filter(|r| r.memory.swapped()) {
             let _ = writeln!(
                 out,
@@ -476,6 +481,7 @@ mod tests {
                 .map(|(index, &completion_tokens)| RequestRecord { index, ok: completion_tokens > 0, completion_tokens, e2e_ms: 100.0, ..Default::default() })
                 .collect(),
             memory: PoolMemory::default(),
+            stopped: None,
         }
     }
 

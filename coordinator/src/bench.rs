@@ -278,10 +278,17 @@ async fn measure_configuration(
     run_closed_loop(client.clone(), &warm_up, configuration.concurrency).await;
 
     let progress = progress_bar(&configuration.name, prompts.len());
-    let (records, wall_s) = match configuration.rate {
-        // The same arrival schedule for every configuration and repeat: only the pool differs.
-        Some(rate) => run_open_loop(client.clone(), prompts, &poisson_arrivals(prompts.len(), rate, 42), Some(&progress)).await,
-        None => run_closed_loop_with_progress(client.clone(), prompts, configuration.concurrency, Some(&progress)).await,
+    let run = async {
+        match configuration.rate {
+            // The same arrival schedule for every configuration and repeat: only the pool differs.
+            Some(rate) => run_open_loop(client.clone(), prompts, &poisson_arrivals(prompts.len(), rate, 42), Some(&progress)).await,
+            None => run_closed_loop_with_progress(client.clone(), prompts, configuration.concurrency, Some(&progress)).await,
+        }
+    };
+    // A run that makes the machine swap measures the disk, not the pool: stop it and say so.
+    let (records, wall_s, stopped) = tokio::select! {
+        (records, wall_s) = run => (records, wall_s, None),
+        () = sampler.swapping() => (Vec::new(), 0.0, Some("the machine started swapping; results discarded".to_string())),
     };
     progress.finish();
     let memory = sampler.finish().await;
@@ -297,6 +304,7 @@ async fn measure_configuration(
         wall_s,
         records,
         memory,
+        stopped,
     })
 }
 
