@@ -187,6 +187,8 @@ pub struct Report {
     pub model_sha256: Option<String>,
     /// Version of the tool that measured (the workspace version).
     pub version: String,
+    /// SHA-256 of the worker binary that served (engines included), when the bench started the workers.
+    pub worker_binary_sha256: Option<String>,
     pub max_tokens: u32,
     pub summaries: Vec<ScenarioSummary>,
     /// Configurations not run, with the reason (they would not fit in memory).
@@ -226,6 +228,7 @@ impl Report {
             model,
             model_sha256: None,
             version: env!("CARGO_PKG_VERSION").into(),
+            worker_binary_sha256: None,
             max_tokens,
             summaries,
             skipped: Vec::new(),

@@ -227,6 +227,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.report.slo(), runs);
     report.skipped = skipped;
+    report.worker_binary_sha256 = modelpool::model_cache::sha256_file(&worker_bin).ok();
     if let Err(e) = report.attach_roofline(&model) {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
     }
