@@ -165,14 +165,16 @@ impl Actor {
         match command {
             Command::Register { info, reply } => {
                 let address = info.address.clone();
-                let result = self.registry.register(info, now).map(|worker_id| {
-                    info!(%worker_id, %address, "worker registered");
-                    self.channels.retain(|id, _| self.registry.get(id).is_some());
-                    self.channels.insert(worker_id.clone(), channel_for(&address));
-                    proto::RegisterResponse {
-                        worker_id,
-                        heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
-                    }
+                let result = channel_for(&address).and_then(|channel| {
+                    self.registry.register(info, now).map(|worker_id| {
+                        info!(%worker_id, %address, "worker registered");
+                        self.channels.retain(|id, _| self.registry.get(id).is_some());
+                        self.channels.insert(worker_id.clone(), channel);
+                        proto::RegisterResponse {
+                            worker_id,
+                            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+                        }
+                    })
                 });
                 let _ = reply.send(result);
             }
@@ -343,12 +345,11 @@ fn no_workers_left(last_error: Option<&PoolError>) -> PoolError {
 }
 
 /// A lazily connecting channel to a worker. tonic multiplexes calls over one HTTP/2 connection per channel.
-fn channel_for(address: &str) -> Channel {
-    Endpoint::from_shared(address.to_string())
-        .expect("address validated at registration")
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy()
+/// Refuses an address that is not a valid URI, which a worker (or anything else) could send.
+fn channel_for(address: &str) -> Result<Channel, PoolError> {
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|e| PoolError::invalid("info.address", format!("{address:?} is not a valid URI: {e}")))?;
+    Ok(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
 }
 
 /// One try of one prompt on one worker. Ends early if the caller goes away, which cancels the call on
@@ -371,4 +372,20 @@ async fn attempt(
         () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
     };
     let _ = commands.send(Command::AttemptDone { worker_id, job, dispatched, result }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_address_is_refused_not_a_crash() {
+        let scheduler = Scheduler::start(SchedulerConfig::default());
+        let info = proto::WorkerInfo { address: "http://bad host:1".into(), slots: 1, ..Default::default() };
+        let error = scheduler.register(info).await.unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.to_string().contains("info.address"), "{error}");
+        // The scheduler is still there.
+        assert!(scheduler.workers().await.unwrap().is_empty());
+    }
 }
