@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bench_client::runner::run_closed_loop;
-use bench_client::stats::Summary;
+use bench_client::report::Spread;
 use modelpool::PredictRequest;
 
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
@@ -43,41 +43,20 @@ pub struct EngineBenchArgs {
     pub json: Option<PathBuf>,
 }
 
-/// A median with the range it came from.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Measured {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Measured {
-    fn of(samples: &[f64]) -> Self {
-        let s = Summary::of(samples);
-        Self { median: s.p50, min: s.min, max: s.max }
-    }
-}
-
-impl std::fmt::Display for Measured {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.1} tok/s (median; range {:.1}-{:.1})", self.median, self.min, self.max)
-    }
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EngineBenchResult {
     pub threads: u32,
     pub slots: u32,
     pub max_tokens: u32,
     pub repeats: usize,
-    pub llama_bench_tg: Option<Measured>,
-    pub worker_single_decode: Measured,
+    pub llama_bench_tg: Option<Spread>,
+    pub worker_single_decode: Spread,
     pub single_ratio: Option<f64>,
-    pub slots1_aggregate: Measured,
-    pub batched_aggregate: Measured,
+    pub slots1_aggregate: Spread,
+    pub batched_aggregate: Spread,
     pub batched_ratio: f64,
     /// The same with `--batch-invariant` (each slot its own KV stream): what identical-output batching costs.
-    pub invariant_aggregate: Measured,
+    pub invariant_aggregate: Spread,
     pub invariant_ratio: f64,
 }
 
@@ -135,12 +114,12 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         pool.stop(STOP_GRACE).await;
         coordinator.stop().await;
     }
-    let llama_bench_tg = (!llama.is_empty()).then(|| Measured::of(&llama));
+    let llama_bench_tg = (!llama.is_empty()).then(|| Spread::of(&llama));
 
-    let worker_single_decode = Measured::of(&single);
-    let slots1_aggregate = Measured::of(&slots1);
-    let batched_aggregate = Measured::of(&batched);
-    let invariant_aggregate = Measured::of(&invariant);
+    let worker_single_decode = Spread::of(&single);
+    let slots1_aggregate = Spread::of(&slots1);
+    let batched_aggregate = Spread::of(&batched);
+    let invariant_aggregate = Spread::of(&invariant);
     let result = EngineBenchResult {
         threads,
         slots: args.slots,
@@ -162,23 +141,28 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     Ok(result)
 }
 
+/// "142.9 tok/s (median; range 142.3-162.1)".
+fn tok_s(s: &Spread) -> String {
+    format!("{:.1} tok/s (median; range {:.1}-{:.1})", s.median, s.min, s.max)
+}
+
 fn print_result(r: &EngineBenchResult) {
     println!("engine-bench: {} threads, {} tokens per request, {} repeats", r.threads, r.max_tokens, r.repeats);
     match (&r.llama_bench_tg, r.single_ratio) {
         (Some(tg), Some(ratio)) => {
-            println!("  llama-bench tg{}:                 {tg}", r.max_tokens);
-            println!("  worker --slots 1 decode:          {}", r.worker_single_decode);
+            println!("  llama-bench tg{}:                 {}", r.max_tokens, tok_s(tg));
+            println!("  worker --slots 1 decode:          {}", tok_s(&r.worker_single_decode));
             println!("  single-stream ratio:              {ratio:.3} (target >= 0.95)");
         }
         _ => {
-            println!("  worker --slots 1 decode:          {}", r.worker_single_decode);
+            println!("  worker --slots 1 decode:          {}", tok_s(&r.worker_single_decode));
             println!("  single-stream ratio:              not measured (pass --llama-bench)");
         }
     }
-    println!("  --slots 1, {} in flight, aggregate: {}", r.slots, r.slots1_aggregate);
-    println!("  --slots {}, {} in flight, aggregate: {}", r.slots, r.slots, r.batched_aggregate);
+    println!("  --slots 1, {} in flight, aggregate: {}", r.slots, tok_s(&r.slots1_aggregate));
+    println!("  --slots {}, {} in flight, aggregate: {}", r.slots, r.slots, tok_s(&r.batched_aggregate));
     println!("  batched ratio:                    {:.3} (target >= 1.5)", r.batched_ratio);
-    println!("  --slots {} --batch-invariant:      {} (ratio {:.3})", r.slots, r.invariant_aggregate, r.invariant_ratio);
+    println!("  --slots {} --batch-invariant:      {} (ratio {:.3})", r.slots, tok_s(&r.invariant_aggregate), r.invariant_ratio);
 }
 
 /// Runs llama-bench's text-generation test once and returns its tokens/s.
