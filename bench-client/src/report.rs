@@ -217,7 +217,8 @@ impl Report {
                 Some((engine, _)) => format!("{engine}/serial"),
                 None => "serial".to_string(),
             };
-            names.contains(&serial.as_str()).then(|| ScenarioSummary::of(&group(&serial), None, &slo).output_tokens_per_s.median)
+            let runs = group(&serial);
+            (!runs.is_empty()).then(|| Spread::of(&runs.iter().map(|r| r.output_tokens_per_s()).collect::<Vec<_>>()).median)
         };
         let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline_of(n), &slo)).collect();
         let machine = Machine::this();

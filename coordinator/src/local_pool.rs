@@ -133,10 +133,6 @@ impl WorkerProcess {
         }
     }
 
-    /// Waits for the process to exit on its own.
-    pub async fn wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.wait().await.ok()
-    }
 }
 
 /// Several workers started together.

@@ -189,10 +189,6 @@ impl Registry {
         statuses.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         statuses
     }
-
-    pub fn ids(&self) -> impl Iterator<Item = &String> {
-        self.workers.keys()
-    }
 }
 
 #[cfg(test)]
