@@ -121,7 +121,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 queue_capacity: config.queue,
                 threads: config.threads,
                 threads_batch: config.threads_batch,
-                batch_invariant: config.batch_invariant,
+                kv_unified: config.kv_unified,
             };
             Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }

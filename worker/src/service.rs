@@ -25,7 +25,7 @@ impl WorkerService {
     }
 
     /// Validates, prepares and queues a request; returns the receiver of its events.
-    async fn start(&self, request: proto::PredictRequest) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
+    async fn start(&self, request: proto::PredictRequest, stream: bool) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
         let arrived = Instant::now();
         let engine = self.state.engine_for_new_request()?;
         let request = PredictRequest::try_from(request)?;
@@ -39,7 +39,7 @@ impl WorkerService {
         let prompt = prompt?;
         debug!(request_id = %request.request_id, prompt_tokens = prompt.tokens.len(), "queued");
         let (events, rx) = mpsc::unbounded_channel();
-        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events })?;
+        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events, stream })?;
         Ok((rx, request.request_id))
     }
 }
@@ -63,7 +63,7 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::PredictChunk, Status>
 impl Worker for WorkerService {
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let _in_flight = self.state.track();
-        let (mut events, request_id) = self.start(request.into_inner()).await?;
+        let (mut events, request_id) = self.start(request.into_inner(), false).await?;
         while let Some(event) = events.recv().await {
             match event {
                 JobEvent::Text(_) => {}
@@ -81,7 +81,7 @@ impl Worker for WorkerService {
         request: Request<proto::PredictRequest>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         let in_flight = self.state.track();
-        let (events, request_id) = self.start(request.into_inner()).await?;
+        let (events, request_id) = self.start(request.into_inner(), true).await?;
         let stream = futures::stream::unfold(
             Some((events, request_id, in_flight)),
             |state: Option<(mpsc::UnboundedReceiver<JobEvent>, String, InFlight)>| async move {

@@ -53,6 +53,9 @@ pub struct Job {
     /// Where the engine reports progress. When the receiver is dropped (the client went away or its
     /// deadline passed) the engine stops the job at the next decode step and frees its slot.
     pub events: mpsc::UnboundedSender<JobEvent>,
+    /// Send text as it is generated. Off for unary calls: their text comes in `Done` only, which
+    /// spares a runtime wake-up per token on cores the decode threads need.
+    pub stream: bool,
 }
 
 #[derive(Debug)]

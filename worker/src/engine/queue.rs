@@ -77,7 +77,7 @@ pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolE
     let request = PredictRequest::user("Hi", 1);
     let prompt = engine.prepare(&request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
-    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events })?;
+    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false })?;
     while let Some(event) = rx.blocking_recv() {
         match event {
             JobEvent::Text(_) => {}

@@ -99,8 +99,10 @@ impl<S> Slot<S> {
 
     fn emit(&mut self, piece: String) {
         if !piece.is_empty() {
+            if self.job.stream {
+                let _ = self.job.events.send(JobEvent::Text(piece.clone()));
+            }
             self.text.push_str(&piece);
-            let _ = self.job.events.send(JobEvent::Text(piece));
         }
     }
 

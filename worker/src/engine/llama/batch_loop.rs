@@ -3,6 +3,7 @@
 //! prompt for prefilling slots, decode it, and sample one token for each slot that got logits. A job that
 //! finishes leaves at once and its slot (sequence id and KV cells) takes the next job at the next step.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -30,8 +31,9 @@ const PREFILL_CHUNK: usize = 256;
 pub(super) struct BatchLoop<'m> {
     model: &'m LlamaModel,
     context: LlamaContext<'m>,
+    /// Running slots, kept in increasing sequence id order (see `build_batch`).
     slots: Vec<Slot<LlamaSampler>>,
-    free_seqs: Vec<i32>,
+    free_seqs: BTreeSet<i32>,
     batch: LlamaBatch<'static>,
     counters: Arc<LoadCounters>,
     piece: Vec<u8>,
@@ -43,8 +45,7 @@ impl<'m> BatchLoop<'m> {
             model,
             context,
             slots: Vec::with_capacity(slots as usize),
-            // Popped from the end: sequence 0 is used first.
-            free_seqs: (0..slots as i32).rev().collect(),
+            free_seqs: (0..slots as i32).collect(),
             batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
             counters,
             piece: Vec::with_capacity(32),
@@ -91,11 +92,13 @@ impl<'m> BatchLoop<'m> {
                 self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let seq = self.free_seqs.pop().expect("checked non-empty");
+            // The lowest free id, so the running ids stay as contiguous as possible (see `build_batch`).
+            let seq = self.free_seqs.pop_first().expect("checked non-empty");
             // Whatever an earlier job left in this sequence must not leak into the new one.
             let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
             let sampler = sampler_for(&job.sampling);
-            self.slots.push(Slot::new(seq, job, sampler));
+            let at = self.slots.partition_point(|s| s.seq < seq);
+            self.slots.insert(at, Slot::new(seq, job, sampler));
         }
         true
     }
@@ -104,7 +107,7 @@ impl<'m> BatchLoop<'m> {
         let mut i = 0;
         while i < self.slots.len() {
             if self.slots[i].is_abandoned() {
-                let slot = self.slots.swap_remove(i);
+                let slot = self.slots.remove(i);
                 self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                 self.release(slot.seq);
             } else {
@@ -114,7 +117,9 @@ impl<'m> BatchLoop<'m> {
     }
 
     /// Fills the batch: decode tokens first (one per decoding slot), then prompt chunks. Returns false
-    /// when there is nothing to run.
+    /// when there is nothing to run. Tokens go in increasing sequence id order: with one KV stream per
+    /// sequence (non-unified cache) llama.cpp puts sequences into one micro-batch only while their ids
+    /// are consecutive and increasing in the batch, and splits the rest into further micro-batches.
     fn build_batch(&mut self) -> bool {
         self.batch.clear();
         let mut room = BATCH_TOKENS as usize;
@@ -185,7 +190,7 @@ impl<'m> BatchLoop<'m> {
             match slot.accept(token.0, &self.piece, is_end) {
                 Progress::Continue => i += 1,
                 Progress::Finished(reason) => {
-                    let slot = self.slots.swap_remove(i);
+                    let slot = self.slots.remove(i);
                     let seq = slot.seq;
                     // Counted before the reply goes out, so a client that asks right after sees it.
                     self.counters.served.fetch_add(1, Ordering::Relaxed);
@@ -198,7 +203,7 @@ impl<'m> BatchLoop<'m> {
 
     fn release(&mut self, seq: i32) {
         let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
-        self.free_seqs.push(seq);
+        self.free_seqs.insert(seq);
         self.publish_load();
     }
 

@@ -27,9 +27,8 @@ pub struct LlamaConfig {
     pub queue_capacity: u32,
     pub threads: u32,
     pub threads_batch: u32,
-    /// A prompt's greedy output never depends on which other prompts share its batch (at the cost of
-    /// most of the batching speed-up); see the context parameters in `load`.
-    pub batch_invariant: bool,
+    /// One KV buffer for all slots instead of one stream per slot; see the context parameters in `load`.
+    pub kv_unified: bool,
 }
 
 pub struct LlamaEngine {
@@ -85,18 +84,13 @@ impl LlamaEngine {
             .with_n_ubatch(batch_loop::BATCH_TOKENS)
             .with_n_threads(config.threads as i32)
             .with_n_threads_batch(config.threads_batch as i32)
-            // Unified: one KV buffer shared by all sequences, so a step's tokens from several sequences
-            // are decoded as one batch (measured here: 1.4x the tokens/s of one slot at 4 slots). Its price
-            // is that a sequence's attention sums run over cells laid out differently depending on its
-            // neighbours, so greedy output can differ in near-ties between running alone and batched.
-            // Batch-invariant mode gives each sequence its own KV stream and turns flash attention off:
-            // identical output whatever the batch, but then batching buys almost nothing (1.04x measured).
-            .with_kv_unified(!config.batch_invariant);
-        let context_params = if config.batch_invariant {
-            context_params.with_flash_attention_policy(0)
-        } else {
-            context_params
-        };
+            // By default each sequence has its own KV stream: its attention runs over its own cells
+            // only, laid out as if it ran alone, so greedy output does not depend on its batch
+            // neighbours (tested), and llama.cpp still decodes the streams' tokens as one micro-batch
+            // (as fast as the unified cache here once the batch is in sequence order; see batch_loop).
+            // Unified: one buffer for all sequences; a sequence's attention sums then run over cells
+            // interleaved with its neighbours', and near-ties can flip between alone and batched.
+            .with_kv_unified(config.kv_unified);
 
         let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
