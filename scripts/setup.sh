@@ -24,3 +24,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+
+# On Linux the MLX engine builds against this project's mlx-sys stand-in (crates/mlx-sys), swapped in by
+# a patch in cargo's configuration. Written here rather than in Cargo.toml because a manifest patch cannot
+# be limited to one OS, and on macOS upstream mlx-sys (Metal) must be used as it is.
+if [ "$(uname -s)" = Linux ]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  config="$root/.cargo/config.toml"
+  if ! grep -qs '^mlx-sys = { path = "crates/mlx-sys" }' "$config"; then
+    mkdir -p "$root/.cargo"
+    printf '%s\n' '# Written by scripts/setup.sh (Linux only): build mlx-rs against the Linux stand-in for mlx-sys.' \
+      '[patch.crates-io]' 'mlx-sys = { path = "crates/mlx-sys" }' >> "$config"
+  fi
+fi

@@ -68,8 +68,7 @@ fn upstream_mlx_c(out: &Path) -> PathBuf {
     }
     let probe = out.join("upstream-mlx-sys");
     std::fs::create_dir_all(probe.join("src")).expect("creating the probe crate");
-    // Its own [workspace], so that cargo does not take it for a member of the project's workspace
-    // (and does not apply the project's patch, which would point back here).
+    // Its own [workspace], so that cargo does not take it for a member of the project's workspace.
     std::fs::write(
         probe.join("Cargo.toml"),
         "[package]\nname = \"upstream-mlx-sys-probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n\
@@ -82,6 +81,9 @@ fn upstream_mlx_c(out: &Path) -> PathBuf {
         .args(["metadata", "--format-version", "1", "--manifest-path"])
         .arg(probe.join("Cargo.toml"))
         .env_remove("CARGO_TARGET_DIR")
+        // Outside the project, so that its .cargo/config.toml (which patches mlx-sys to this crate) is
+        // not read.
+        .current_dir(env::temp_dir())
         .output()
         .expect("running cargo metadata to find the upstream mlx-sys sources");
     assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
