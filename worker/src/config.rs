@@ -120,9 +120,6 @@ impl TryFrom<&Args> for Config {
         if args.slots == 0 || args.slots > 64 {
             return bad("slots", "must be 1 to 64");
         }
-        if args.engine == EngineKind::Mlx && args.slots > 1 {
-            return bad("slots", "the mlx engine decodes one sequence at a time so far; use --slots 1 or --engine llama");
-        }
         if args.ctx_per_slot < 64 {
             return bad("ctx-per-slot", "must be at least 64 tokens");
         }

@@ -126,7 +126,12 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
             Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
         EngineKind::Mlx => {
-            let mlx = MlxConfig { model_path, context_per_slot: config.context_per_slot, queue_capacity: config.queue };
+            let mlx = MlxConfig {
+                model_path,
+                slots: config.slots,
+                context_per_slot: config.context_per_slot,
+                queue_capacity: config.queue,
+            };
             Arc::new(tokio::task::spawn_blocking(move || MlxEngine::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
     };

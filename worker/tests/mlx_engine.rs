@@ -57,7 +57,7 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
         let tokens: Vec<i32> = tokenizer.encode(&worker::engine::mlx::chatml(&prompt), true).into_iter().map(|t| t as i32).collect();
         let theirs = llama_logits(&llama, &tokens);
         let mut cache = mlx.new_cache();
-        let ours = mlx.forward(&tokens, 1, &mut cache).unwrap();
+        let ours = mlx.forward(&tokens, tokens.len() as i32, &mut [&mut cache]).unwrap();
         ours.eval().unwrap();
         let ours = ours.as_slice::<f32>().to_vec();
         let (their_rank, our_rank) = (ranked(&theirs), ranked(&ours));
@@ -122,4 +122,82 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
         )
         .unwrap();
     assert_eq!(worker::engine::mlx::chatml(&messages), theirs);
+}
+
+/// A prompt fed in chunks (with other sequences decoding in between) must end in the same state as fed
+/// at once: the causal mask of a chunk is aligned after what the cache holds.
+#[test]
+fn chunked_prefill_and_batched_decode_match_one_sequence_at_once() {
+    let path = modelpool::model_cache::ensure_default_model().unwrap();
+    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
+    let mlx = worker::engine::mlx::model::LlamaModel::load(&path).unwrap();
+    let prompts = builtin_prompts();
+    let tokens = |i: usize| -> Vec<i32> {
+        tokenizer.encode(&worker::engine::mlx::chatml(&prompts[i]), true).into_iter().map(|t| t as i32).collect()
+    };
+    let logits = |a: mlx_rs::Array| {
+        a.eval().unwrap();
+        a.as_slice::<f32>().to_vec()
+    };
+    let (a, b) = (tokens(0), tokens(1));
+
+    let mut whole = mlx.new_cache();
+    let at_once = logits(mlx.forward(&a, a.len() as i32, &mut [&mut whole]).unwrap());
+    let mut chunked = mlx.new_cache();
+    let split = a.len() / 3;
+    mlx.forward(&a[..split], split as i32, &mut [&mut chunked]).unwrap();
+    let in_chunks = logits(mlx.forward(&a[split..], (a.len() - split) as i32, &mut [&mut chunked]).unwrap());
+    let worst = at_once.iter().zip(&in_chunks).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "chunked prefill differs from one pass by {worst}");
+
+    // Two sequences of unequal length decoded in one pass: each row is what that sequence gives alone.
+    let mut other = mlx.new_cache();
+    let b_alone = logits(mlx.forward(&b, b.len() as i32, &mut [&mut other]).unwrap());
+    let (next_a, next_b) = (argmax(&at_once), argmax(&b_alone));
+    let (mut a_alone_cache, mut b_alone_cache) = (whole, other);
+    let mut a_batched_cache = chunked;
+    let mut b_batched_cache = mlx.new_cache();
+    mlx.forward(&b, b.len() as i32, &mut [&mut b_batched_cache]).unwrap();
+    let a_step = logits(mlx.forward(&[next_a], 1, &mut [&mut a_alone_cache]).unwrap());
+    let b_step = logits(mlx.forward(&[next_b], 1, &mut [&mut b_alone_cache]).unwrap());
+    let both = logits(mlx.forward(&[next_a, next_b], 1, &mut [&mut a_batched_cache, &mut b_batched_cache]).unwrap());
+    let vocab = a_step.len();
+    assert_eq!(both.len(), 2 * vocab);
+    for (row, alone) in [&a_step, &b_step].into_iter().enumerate() {
+        let batched = &both[row * vocab..(row + 1) * vocab];
+        let worst = alone.iter().zip(batched).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "row {row}: batched decode differs from alone by {worst}");
+        assert_eq!(argmax(alone), argmax(batched));
+    }
+    assert_eq!(a_alone_cache.len, a_batched_cache.len);
+}
+
+fn argmax(logits: &[f32]) -> i32 {
+    ranked(logits)[0] as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mlx_worker_with_three_slots_serves_them_together_with_the_text_of_each_alone() {
+    let mut mlx_config = config(3).await;
+    mlx_config.engine = EngineKind::Mlx;
+    let mlx = TestWorker::start(mlx_config).await;
+    let prompts: Vec<_> = builtin_prompts().into_iter().skip(4).take(3).collect();
+    let mut alone = Vec::new();
+    for prompt in &prompts {
+        alone.push(mlx.client.clone().predict(request(prompt, 12)).await.unwrap().into_inner());
+    }
+    let together = futures::future::join_all(prompts.iter().map(|prompt| {
+        let mut client = mlx.client.clone();
+        async move { client.predict(request(prompt, 12)).await.unwrap().into_inner() }
+    }))
+    .await;
+    for (a, t) in alone.iter().zip(&together) {
+        assert_eq!(a.text, t.text, "batched greedy output equals the output alone");
+    }
+    // They shared the slots: none queued behind another's whole generation.
+    let longest_wait = together.iter().map(|r| r.timings.as_ref().unwrap().queue_ms).fold(0.0, f64::max);
+    let shortest_run = together.iter().map(|r| r.timings.as_ref().unwrap().total_ms).fold(f64::MAX, f64::min);
+    assert!(longest_wait < shortest_run, "queue wait {longest_wait} ms vs shortest request {shortest_run} ms");
+    mlx.stop().await;
 }

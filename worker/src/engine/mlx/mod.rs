@@ -3,29 +3,27 @@
 //! pass of [`model`], the tokenizer built from the GGUF metadata, and ChatML prompts formatted exactly as
 //! llama.cpp formats them. CPU on Linux (MLX's CPU backend), GPU on macOS (Metal).
 //!
-//! One dedicated thread owns the model and runs one request at a time; `--slots` above 1 is refused
-//! for this engine until batched decoding lands here.
+//! One dedicated thread owns the model and runs the continuous-batching loop ([`batch_loop`]): up to
+//! `slots` sequences decoded together.
 
+mod batch_loop;
 pub mod model;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
 
 use modelpool::gguf::GgufFile;
 use modelpool::tokenizer::Tokenizer;
 use modelpool::{PoolError, PredictRequest, Prompt};
 
-use super::queue::{JobQueue, LoadCounters, warm_up};
-use super::sampling::SeededSampler;
-use super::slot::{Progress, Slot, argmax};
-use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, JobEvent, PreparedPrompt, check_context_fit};
+use super::queue::{JobQueue, warm_up};
+use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, PreparedPrompt, check_context_fit};
 use model::LlamaModel;
 
 #[derive(Debug, Clone)]
 pub struct MlxConfig {
     pub model_path: PathBuf,
+    pub slots: u32,
     pub context_per_slot: u32,
     pub queue_capacity: u32,
 }
@@ -67,11 +65,15 @@ impl MlxEngine {
             return Err(PoolError::FailedPrecondition("the MLX engine formats chats as ChatML; this model's template is not ChatML".into()));
         }
         let model_name = meta.str("general.name").map(String::from).unwrap_or_default();
-        let (queue, jobs) = JobQueue::new(config.queue_capacity, 1);
+        if config.slots == 0 || config.queue_capacity == 0 {
+            return Err(PoolError::invalid("config", "slots and queue must be at least 1"));
+        }
+        let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let path = config.model_path.clone();
         let thread_tokenizer = Arc::clone(&tokenizer);
         let counters = Arc::clone(&queue.counters);
+        let slots = config.slots;
         std::thread::Builder::new()
             .name("mlx-engine".into())
             .spawn(move || {
@@ -79,7 +81,7 @@ impl MlxEngine {
                 match LlamaModel::load(&path) {
                     Ok(model) => {
                         let _ = started_tx.send(Ok(()));
-                        run(&model, &thread_tokenizer, &counters, jobs);
+                        batch_loop::BatchLoop::new(&model, &thread_tokenizer, &counters, slots).run(jobs);
                     }
                     Err(e) => {
                         let _ = started_tx.send(Err(PoolError::FailedPrecondition(format!("loading with MLX: {e}"))));
@@ -94,9 +96,9 @@ impl MlxEngine {
                 model_name,
                 model_path: config.model_path.display().to_string(),
                 model_size_bytes: std::fs::metadata(&config.model_path).map(|m| m.len()).unwrap_or(0),
-                context_size: config.context_per_slot,
+                context_size: config.context_per_slot * config.slots,
                 context_per_slot: config.context_per_slot,
-                slots: 1,
+                slots: config.slots,
                 queue_capacity: config.queue_capacity,
                 threads: 1,
                 threads_batch: 1,
@@ -130,59 +132,5 @@ impl Engine for MlxEngine {
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
         self.queue.submit(job)
-    }
-}
-
-/// The engine thread: one job at a time, prefill in one pass, then a token per step.
-fn run(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, jobs: Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        counters.queued.fetch_sub(1, Ordering::Relaxed);
-        if job.events.is_closed() {
-            counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        counters.slots_in_use.store(1, Ordering::Relaxed);
-        let sampler = SeededSampler::for_params(&job.sampling);
-        generate(model, tokenizer, counters, Slot::new(0, job, sampler));
-        counters.slots_in_use.store(0, Ordering::Relaxed);
-        counters.kv_cells_used.store(0, Ordering::Relaxed);
-    }
-}
-
-/// Runs one job to its end: finished, cancelled, or failed (reported to its client).
-fn generate(model: &LlamaModel, tokenizer: &Tokenizer, counters: &LoadCounters, mut slot: Slot<SeededSampler>) {
-    let mut cache = model.new_cache();
-    let prompt = slot.job.prompt.tokens.clone();
-    slot.prefilled = prompt.len();
-    let mut input = prompt;
-    loop {
-        if slot.is_abandoned() {
-            counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let logits = match model.forward(&input, 1, &mut cache).and_then(|l| l.eval().map(|()| l).map_err(|e| e.to_string())) {
-            Ok(logits) => logits,
-            Err(e) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("MLX: {e}"))));
-                return;
-            }
-        };
-        counters.kv_cells_used.store(cache.len as u32, Ordering::Relaxed);
-        let logits = logits.as_slice::<f32>();
-        let token = match slot.sampler.as_mut() {
-            Some(sampler) => sampler.sample(logits),
-            None => argmax(logits),
-        };
-        let is_end = tokenizer.is_special(token as u32) || tokenizer.eos == Some(token as u32);
-        let bytes = if is_end { Vec::new() } else { tokenizer.token_bytes(token as u32, false) };
-        match slot.accept(token, &bytes, is_end) {
-            Progress::Continue => input = vec![token],
-            Progress::Finished(reason) => {
-                counters.served.fetch_add(1, Ordering::Relaxed);
-                slot.finish(reason);
-                return;
-            }
-        }
     }
 }

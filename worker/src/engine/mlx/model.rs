@@ -171,34 +171,40 @@ impl LlamaModel {
         KvCache { layers: (0..self.config.layers).map(|_| None).collect(), len: 0 }
     }
 
-    /// Runs `tokens` (shape [batch, n]) through the model after what `cache` holds, appends their keys
-    /// and values to it, and returns the logits of the last position of each row (shape [batch, vocab]).
-    pub fn forward(&self, tokens: &[i32], batch: i32, cache: &mut KvCache) -> MlxResult<Array> {
+    /// Runs `n` new tokens of each sequence through the model and returns the logits of each sequence's
+    /// last new position (shape [sequences, vocab]). `tokens` holds them sequence by sequence, in the
+    /// order of `caches`, one cache per sequence; each cache gets the new keys and values.
+    ///
+    /// The weight matrices see all sequences' tokens at once (the batching gain). Rotary positions and
+    /// attention are per sequence, each over its own cache: sequences of unequal length need neither
+    /// padding nor masks, and a sequence's attention is computed exactly as if it ran alone.
+    pub fn forward(&self, tokens: &[i32], n: i32, caches: &mut [&mut KvCache]) -> MlxResult<Array> {
         let c = self.config;
-        let n = tokens.len() as i32 / batch;
+        let batch = caches.len() as i32;
+        if batch == 0 || n < 1 || tokens.len() as i32 != batch * n {
+            return Err(format!("forward: {} tokens for {batch} sequences of {n}", tokens.len()));
+        }
         let ids = Array::from_slice(tokens, &[batch * n]);
         let mut x = self.embedding.rows(&ids)?.reshape(&[batch, n, c.hidden]).map_err(err("reshape"))?;
-        let offset = cache.len;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (index, layer) in self.layers.iter().enumerate() {
             let h = mlx_rs::fast::rms_norm(&x, Some(&layer.attn_norm), c.norm_eps).map_err(err("attention norm"))?;
             let heads = |a: Array, count: i32| {
                 a.reshape(&[batch, n, count, c.head_dim]).and_then(|a| a.transpose_axes(&[0, 2, 1, 3])).map_err(err("split heads"))
             };
-            let rope = |a: &Array| mlx_rs::fast::rope(a, c.head_dim, true, c.rope_base, 1.0, offset, None).map_err(err("rope"));
-            let q = rope(&heads(layer.q.forward(&h)?, c.heads)?)?;
-            let k = rope(&heads(layer.k.forward(&h)?, c.kv_heads)?)?;
+            let q = heads(layer.q.forward(&h)?, c.heads)?;
+            let k = heads(layer.k.forward(&h)?, c.kv_heads)?;
             let v = heads(layer.v.forward(&h)?, c.kv_heads)?;
-            let (k, v) = match kv.take() {
-                Some((past_k, past_v)) => (
-                    mlx_rs::ops::concatenate(&[past_k, k], 2).map_err(err("kv cache"))?,
-                    mlx_rs::ops::concatenate(&[past_v, v], 2).map_err(err("kv cache"))?,
-                ),
-                None => (k, v),
+            let attention = if batch == 1 {
+                self.attend(q, k, v, n, caches[0], index)?
+            } else {
+                let rows = |a: &Array| a.split_equal(batch, 0).map_err(err("split sequences"));
+                let (qs, ks, vs) = (rows(&q)?, rows(&k)?, rows(&v)?);
+                let mut outputs = Vec::with_capacity(batch as usize);
+                for (((q, k), v), cache) in qs.into_iter().zip(ks).zip(vs).zip(caches.iter_mut()) {
+                    outputs.push(self.attend(q, k, v, n, cache, index)?);
+                }
+                mlx_rs::ops::concatenate(&outputs, 0).map_err(err("join sequences"))?
             };
-            let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
-            let scale = 1.0 / (c.head_dim as f32).sqrt();
-            let attention = mlx_rs::fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None).map_err(err("attention"))?;
-            *kv = Some((k, v));
             let attention = attention
                 .transpose_axes(&[0, 2, 1, 3])
                 .and_then(|a| a.reshape(&[batch, n, c.heads * c.head_dim]))
@@ -209,7 +215,9 @@ impl LlamaModel {
             let hidden = gate.multiply(layer.up.forward(&h)?).map_err(err("swiglu"))?;
             x = x.add(layer.down.forward(&hidden)?).map_err(err("residual"))?;
         }
-        cache.len += n;
+        for cache in caches.iter_mut() {
+            cache.len += n;
+        }
         let last = x
             .take_axis(Array::from_int(n - 1), 1)
             .map_err(err("last position"))?;
@@ -219,5 +227,26 @@ impl LlamaModel {
             None => self.embedding.forward(&last)?,
         };
         logits.as_dtype(Dtype::Float32).map_err(err("logits to f32"))
+    }
+
+    /// One sequence's attention in one layer: rotary positions after what its cache holds, the new keys
+    /// and values appended to the cache, causal within the new tokens. Shapes [1, heads, n, head_dim].
+    fn attend(&self, q: Array, k: Array, v: Array, n: i32, cache: &mut KvCache, layer: usize) -> MlxResult<Array> {
+        let c = self.config;
+        let rope = |a: &Array| mlx_rs::fast::rope(a, c.head_dim, true, c.rope_base, 1.0, cache.len, None).map_err(err("rope"));
+        let (q, k) = (rope(&q)?, rope(&k)?);
+        let (k, v) = match cache.layers[layer].take() {
+            Some((past_k, past_v)) => (
+                mlx_rs::ops::concatenate(&[past_k, k], 2).map_err(err("kv cache"))?,
+                mlx_rs::ops::concatenate(&[past_v, v], 2).map_err(err("kv cache"))?,
+            ),
+            None => (k, v),
+        };
+        // MLX aligns a causal mask to the end of the keys: new token i sees the cache and new tokens 0..=i.
+        let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let attention = mlx_rs::fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None).map_err(err("attention"))?;
+        cache.layers[layer] = Some((k, v));
+        Ok(attention)
     }
 }
