@@ -21,6 +21,11 @@ pub enum PoolError {
     NotFound(String),
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The call lacks the pool's shared secret, or carries the wrong one.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -39,6 +44,8 @@ impl PoolError {
             PoolError::Cancelled(_) => Code::Cancelled,
             PoolError::NotFound(_) => Code::NotFound,
             PoolError::FailedPrecondition(_) => Code::FailedPrecondition,
+            PoolError::AlreadyExists(_) => Code::AlreadyExists,
+            PoolError::Unauthenticated(_) => Code::Unauthenticated,
             PoolError::Internal(_) => Code::Internal,
         }
     }
@@ -65,6 +72,8 @@ impl PoolError {
             Code::Cancelled => PoolError::Cancelled(strip(&message, "cancelled")),
             Code::NotFound => PoolError::NotFound(strip(&message, "not found")),
             Code::FailedPrecondition => PoolError::FailedPrecondition(strip(&message, "failed precondition")),
+            Code::AlreadyExists => PoolError::AlreadyExists(strip(&message, "already exists")),
+            Code::Unauthenticated => PoolError::Unauthenticated(strip(&message, "unauthenticated")),
             Code::Internal => PoolError::Internal(strip(&message, "internal error")),
             code => PoolError::Internal(format!("{code:?}: {message}")),
         }

@@ -92,16 +92,12 @@ pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32
 }
 
 /// Every shape for every engine; with more than one engine, names carry the engine (`mlx/serial`), and
-/// each engine's serial run is the baseline of its own rows. MLX decodes one sequence at a time, so
-/// its multi-slot shapes are left out.
+/// each engine's serial run is the baseline of its own rows.
 pub fn with_engines(shapes: Vec<Configuration>, engines: &[EngineName]) -> Vec<Configuration> {
     let engines = if engines.is_empty() { vec![EngineName::platform_default()] } else { engines.to_vec() };
     let mut out = Vec::new();
     for engine in &engines {
         for shape in &shapes {
-            if *engine == EngineName::Mlx && shape.slots > 1 {
-                continue;
-            }
             let name = if engines.len() > 1 { format!("{}/{}", engine.as_str(), shape.name) } else { shape.name.clone() };
             out.push(Configuration { name, engine: *engine, ..shape.clone() });
         }
@@ -388,7 +384,7 @@ mod tests {
         let shapes = configurations(&[Scenario::Serial, Scenario::Batched], 2, 2);
         let both = with_engines(shapes, &[EngineName::Llama, EngineName::Mlx]);
         let names: Vec<_> = both.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, vec!["llama/serial", "llama/batched-2", "mlx/serial"], "MLX runs one slot only");
+        assert_eq!(names, vec!["llama/serial", "llama/batched-2", "mlx/serial", "mlx/batched-2"]);
         assert!(both.iter().all(|c| c.name.starts_with(c.engine.as_str())));
     }
 

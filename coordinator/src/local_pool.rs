@@ -25,7 +25,12 @@ pub struct LocalCoordinator {
 
 impl LocalCoordinator {
     pub async fn start(config: SchedulerConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(config, "127.0.0.1:0").await
+    }
+
+    /// On a given address: a coordinator restarted on the address it had is found again by its workers.
+    pub async fn start_on(config: SchedulerConfig, address: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(crate::serve(config, listener, async {

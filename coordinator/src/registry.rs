@@ -61,9 +61,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a worker and returns its id. A worker that registers again from the same address (it
-    /// restarted, or the coordinator did) replaces its old entry. A worker serving a different model
-    /// from the rest of the pool is refused: results would silently depend on where a prompt went.
+    /// Adds a worker and returns its id. The same worker instance registering again from the same
+    /// address (the coordinator restarted or forgot it) replaces its old entry. Refused: another
+    /// instance claiming a registered worker's address (until that one deregisters or is evicted), one
+    /// instance under a second address, and a worker serving a different model from the rest of the
+    /// pool (results would silently depend on where a prompt went).
     pub fn register(&mut self, info: proto::WorkerInfo, now: Instant) -> Result<String, PoolError> {
         if info.address.is_empty() {
             return Err(PoolError::invalid("info.address", "empty: the worker must say where it listens"));
@@ -73,6 +75,21 @@ impl Registry {
         }
         if info.slots == 0 {
             return Err(PoolError::invalid("info.slots", "0; a worker has at least one slot"));
+        }
+        let same_instance = |w: &WorkerEntry| !info.instance_id.is_empty() && w.info.instance_id == info.instance_id;
+        if let Some(holder) = self.workers.values().find(|w| w.info.address == info.address && !same_instance(w))
+            && !(info.instance_id.is_empty() && holder.info.instance_id.is_empty())
+        {
+            return Err(PoolError::AlreadyExists(format!(
+                "info.address: {} is registered to worker {} (instance {:?}); a second process cannot claim it until that one deregisters or misses its heartbeats",
+                info.address, holder.id, holder.info.instance_id
+            )));
+        }
+        if let Some(first) = self.workers.values().find(|w| same_instance(w) && w.info.address != info.address) {
+            return Err(PoolError::AlreadyExists(format!(
+                "info.instance_id: instance {:?} is already registered as worker {} at {}; one process serves one address",
+                info.instance_id, first.id, first.info.address
+            )));
         }
         if let Some(other) = self.workers.values().find(|w| w.info.address != info.address)
             && (other.info.model_name != info.model_name || other.info.model_size_bytes != info.model_size_bytes) {
@@ -277,5 +294,27 @@ mod tests {
         let mut nowhere = info(3, 1);
         nowhere.address = String::new();
         assert!(registry.register(nowhere, now).unwrap_err().to_string().contains("info.address"));
+    }
+
+    #[test]
+    fn an_address_belongs_to_one_instance_and_an_instance_to_one_address() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let with_instance = |port, instance: &str| proto::WorkerInfo { instance_id: instance.into(), ..info(port, 1) };
+        let first = registry.register(with_instance(1, "a"), now).unwrap();
+        // The same instance again (the coordinator forgot it): replaces its entry.
+        let again = registry.register(with_instance(1, "a"), now).unwrap();
+        assert!(registry.get(&first).is_none() && registry.get(&again).is_some());
+        // Another process claiming that address is refused while the first is registered.
+        let claim = registry.register(with_instance(1, "b"), now).unwrap_err();
+        assert_eq!(claim.code(), tonic::Code::AlreadyExists);
+        assert!(claim.to_string().contains("info.address"), "{claim}");
+        // The first instance under a second address is refused too.
+        let moved = registry.register(with_instance(2, "a"), now).unwrap_err();
+        assert_eq!(moved.code(), tonic::Code::AlreadyExists);
+        assert!(moved.to_string().contains("info.instance_id"), "{moved}");
+        // Once the first has left, the address is free.
+        registry.deregister(&again).unwrap();
+        registry.register(with_instance(1, "b"), now).unwrap();
     }
 }

@@ -16,6 +16,8 @@ pub struct WorkerState {
     engine: OnceLock<Arc<dyn Engine>>,
     /// The address clients should use, e.g. `http://127.0.0.1:50051`.
     pub address: String,
+    /// Unique to this run of this process; see `WorkerInfo.instance_id`.
+    pub instance_id: String,
     load_ms: OnceLock<f64>,
     draining: watch::Sender<bool>,
     in_flight: AtomicUsize,
@@ -27,6 +29,7 @@ impl WorkerState {
         Arc::new(Self {
             engine: OnceLock::new(),
             address,
+            instance_id: new_instance_id(),
             load_ms: OnceLock::new(),
             draining: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),
@@ -93,6 +96,7 @@ impl WorkerState {
         let memory = ProcessMemory::of_self();
         let mut info = proto::WorkerInfo {
             address: self.address.clone(),
+            instance_id: self.instance_id.clone(),
             pid: std::process::id(),
             memory: Some(memory.into()),
             load_ms: self.load_ms.get().copied().unwrap_or(0.0),
@@ -125,4 +129,12 @@ impl Drop for InFlight {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// Process id, start time and a per-process counter: distinct across restarts and across the
+/// in-process workers that tests start.
+fn new_instance_id() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{nanos:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }

@@ -1,0 +1,95 @@
+//! Property tests over what arrives from the network: any bytes decoded as a request, and any request
+//! validated, end in a request or in a refusal that names a field; never a panic. Bounded by proptest's
+//! case count (`PROPTEST_CASES`, 256 by default), so it runs in every CI build.
+
+use modelpool::proto;
+use modelpool::{PoolError, PredictRequest};
+use proptest::prelude::*;
+use prost::Message;
+
+/// A refusal must say which field is wrong.
+fn check(result: Result<PredictRequest, PoolError>) -> Result<(), TestCaseError> {
+    match result {
+        Ok(request) => {
+            prop_assert!(request.sampling.max_tokens >= 1);
+            prop_assert!((0.0..=modelpool::request::limits::MAX_TEMPERATURE).contains(&request.sampling.temperature));
+            prop_assert!(request.sampling.top_p > 0.0 && request.sampling.top_p <= 1.0);
+            prop_assert!(request.sampling.stop.len() <= modelpool::request::limits::MAX_STOP_STRINGS);
+        }
+        Err(PoolError::InvalidArgument { field, reason }) => {
+            prop_assert!(!field.is_empty() && !reason.is_empty());
+        }
+        Err(other) => prop_assert!(false, "validation answered {other:?}, not INVALID_ARGUMENT"),
+    }
+    Ok(())
+}
+
+fn any_float() -> impl Strategy<Value = f32> {
+    prop_oneof![any::<f32>(), -1.0f32..3.0, Just(f32::NAN), Just(f32::INFINITY), Just(0.0), Just(1.0)]
+}
+
+fn any_sampling() -> impl Strategy<Value = proto::SamplingParams> {
+    (
+        proptest::option::of(prop_oneof![Just(0u32), 1u32..4096, any::<u32>()]),
+        proptest::option::of(any_float()),
+        proptest::option::of(any_float()),
+        proptest::option::of(prop_oneof![0u32..2000, any::<u32>()]),
+        proptest::option::of(any::<u64>()),
+        proptest::collection::vec(".{0,80}", 0..12),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)| proto::SamplingParams {
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            stop,
+            ignore_eos,
+        })
+}
+
+fn any_input() -> impl Strategy<Value = Option<proto::predict_request::Input>> {
+    let role = prop_oneof![Just("user".to_string()), Just("system".to_string()), Just("assistant".to_string()), ".{0,12}"];
+    let message = (role, ".{0,200}").prop_map(|(role, content)| proto::ChatMessage { role, content });
+    proptest::option::of(prop_oneof![
+        proptest::collection::vec(message, 0..6)
+            .prop_map(|messages| proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(proto::predict_request::Input::Prompt),
+        ".{0,300}".prop_map(|text| proto::predict_request::Input::Prompt(text.into_bytes())),
+    ])
+}
+
+proptest! {
+    #[test]
+    fn any_structured_request_is_accepted_or_refused_naming_a_field(
+        request_id in ".{0,200}",
+        input in any_input(),
+        sampling in proptest::option::of(any_sampling()),
+    ) {
+        check(PredictRequest::try_from(proto::PredictRequest { request_id, input, sampling }))?;
+    }
+
+    #[test]
+    fn any_bytes_decode_to_an_error_or_a_request_that_validates_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(request) = proto::PredictRequest::decode(bytes.as_slice()) {
+            check(PredictRequest::try_from(request))?;
+        }
+        // The membership messages a worker sends decode without panicking too.
+        let _ = proto::RegisterRequest::decode(bytes.as_slice());
+        let _ = proto::HeartbeatRequest::decode(bytes.as_slice());
+        let _ = proto::PredictBatchRequest::decode(bytes.as_slice());
+    }
+
+    #[test]
+    fn a_valid_request_survives_the_wire_unchanged(
+        input in any_input(),
+        sampling in proptest::option::of(any_sampling()),
+    ) {
+        let wire = proto::PredictRequest { request_id: "r".into(), input, sampling };
+        if let Ok(request) = PredictRequest::try_from(wire) {
+            let again = PredictRequest::try_from(proto::PredictRequest::from(&request)).expect("a valid request stays valid");
+            prop_assert_eq!(again, request);
+        }
+    }
+}
