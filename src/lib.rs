@@ -4,8 +4,9 @@
 //! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
 //! ([`text`]), a GGUF metadata reader ([`gguf`]) and the model's own tokenizer ([`tokenizer`]),
-//! telemetry and the shutdown signal.
+//! the pool's shared secret ([`auth`]), telemetry and the shutdown signal.
 
+pub mod auth;
 pub mod error;
 pub mod gguf;
 pub mod memory;

@@ -27,6 +27,9 @@ pub struct Args {
     /// The coordinator to send prompts to.
     #[arg(long, env = "MODELPOOL_COORDINATOR", default_value = "http://127.0.0.1:50050")]
     pub coordinator: String,
+    /// The pool's shared secret, if the coordinator requires one.
+    #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Scenarios to run, in order (comma-separated). A serial run is the baseline for speedup.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Parallel])]
     pub scenario: Vec<Scenario>,
@@ -98,7 +101,8 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         Some(path) => workload::load_jsonl(path, args.max_tokens)?,
         None => workload::builtin_workload(args.num_prompts, args.max_tokens),
     };
-    let mut client = crate::connect(&args.coordinator)?;
+    let token = modelpool::auth::Token::new(args.token.clone())?;
+    let mut client = crate::connect(&args.coordinator, &token)?;
     let workers = client
         .list_workers(ListWorkersRequest {})
         .await

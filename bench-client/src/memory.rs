@@ -11,7 +11,7 @@ use modelpool::memory::{ProcessMemory, SystemMemory};
 use modelpool::proto::{ListWorkersRequest, coordinator_client::CoordinatorClient};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use modelpool::auth::AuthChannel;
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// How often the worker list (and remote workers' reported memory) is refreshed.
@@ -69,7 +69,7 @@ pub struct MemorySampler {
 const SWAP_ALARM: u64 = 64 << 20;
 
 impl MemorySampler {
-    pub fn start(client: CoordinatorClient<Channel>, local_pids: &[u32]) -> Self {
+    pub fn start(client: CoordinatorClient<AuthChannel>, local_pids: &[u32]) -> Self {
         let (stop, stopped) = watch::channel(false);
         let (pids, pids_rx) = watch::channel(local_pids.to_vec());
         let (swap_alarm, swapping) = watch::channel(false);
@@ -108,7 +108,7 @@ fn local(pid: u32) -> (String, Tracked) {
 }
 
 async fn sample(
-    mut client: CoordinatorClient<Channel>,
+    mut client: CoordinatorClient<AuthChannel>,
     local_pids: watch::Receiver<Vec<u32>>,
     mut stopped: watch::Receiver<bool>,
     swap_alarm: watch::Sender<bool>,

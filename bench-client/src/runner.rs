@@ -7,7 +7,7 @@ use std::time::Instant;
 use modelpool::PredictRequest;
 use modelpool::proto::{self, coordinator_client::CoordinatorClient};
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
+use modelpool::auth::AuthChannel;
 
 /// What happened to one request, as the client saw it and as the pool reported it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -38,7 +38,7 @@ pub struct RequestRecord {
 /// Sends every request, at most `concurrency` at a time, and returns one record per request in input
 /// order together with the wall-clock time of the whole run in seconds.
 pub async fn run_closed_loop(
-    client: CoordinatorClient<Channel>,
+    client: CoordinatorClient<AuthChannel>,
     requests: &[PredictRequest],
     concurrency: usize,
 ) -> (Vec<RequestRecord>, f64) {
@@ -59,7 +59,7 @@ pub fn progress_bar(label: &str, total: usize) -> indicatif::ProgressBar {
 
 /// [`run_closed_loop`], advancing `progress` as requests finish.
 pub async fn run_closed_loop_with_progress(
-    client: CoordinatorClient<Channel>,
+    client: CoordinatorClient<AuthChannel>,
     requests: &[PredictRequest],
     concurrency: usize,
     progress: Option<&indicatif::ProgressBar>,
@@ -82,7 +82,7 @@ pub async fn run_closed_loop_with_progress(
 
 /// Sends one request and records what happened to it.
 async fn send(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<AuthChannel>,
     wire: proto::PredictRequest,
     index: usize,
     client_wait_ms: f64,
@@ -155,7 +155,7 @@ pub fn poisson_arrivals(count: usize, rate: f64, seed: u64) -> Vec<f64> {
 /// independent users would send them; what the pool cannot absorb queues (or is refused, and recorded
 /// as failed). `client_wait_ms` is how late a request was sent relative to its arrival time.
 pub async fn run_open_loop(
-    client: CoordinatorClient<Channel>,
+    client: CoordinatorClient<AuthChannel>,
     requests: &[PredictRequest],
     arrivals: &[f64],
     progress: Option<&indicatif::ProgressBar>,

@@ -13,7 +13,7 @@ use bench_client::runner::{poisson_arrivals, progress_bar, run_closed_loop, run_
 use bench_client::workload;
 use modelpool::PredictRequest;
 use modelpool::proto::coordinator_client::CoordinatorClient;
-use tonic::transport::Channel;
+use modelpool::auth::AuthChannel;
 use tracing::info;
 
 use crate::config::{EngineName, RunBenchArgs, Scenario};
@@ -232,7 +232,7 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
 }
 
 async fn measure_configuration(
-    client: &CoordinatorClient<Channel>,
+    client: &CoordinatorClient<AuthChannel>,
     spec: &WorkerSpec,
     configuration: &Configuration,
     repeat: usize,
@@ -341,7 +341,7 @@ pub fn fit_check(model: &std::path::Path, configuration: &Configuration) -> Opti
 }
 
 /// Stopped workers deregister; wait for that so the next configuration starts from an empty pool.
-async fn wait_until_empty(client: &CoordinatorClient<Channel>) {
+async fn wait_until_empty(client: &CoordinatorClient<AuthChannel>) {
     let mut client = client.clone();
     for _ in 0..100 {
         match client.list_workers(modelpool::proto::ListWorkersRequest {}).await {

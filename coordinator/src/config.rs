@@ -65,6 +65,7 @@ impl SchedulerArgs {
             max_queue: self.max_queue,
             max_attempts: self.max_attempts,
             attempt_timeout: Duration::from_secs(self.attempt_timeout_secs),
+            token: modelpool::auth::Token::none(),
         })
     }
 }
@@ -77,13 +78,19 @@ pub struct ServeArgs {
     /// Address to bind. Loopback unless you mean to serve other hosts.
     #[arg(long, env = "MODELPOOL_COORDINATOR_BIND", default_value = "127.0.0.1")]
     pub bind: String,
+    /// The pool's shared secret (at least 16 visible ASCII characters): required on every call, from
+    /// workers and clients alike, and sent to workers. Prefer the environment variable: command lines
+    /// are visible to every user of the machine.
+    #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub scheduler: SchedulerArgs,
 }
 
 impl ServeArgs {
     pub fn scheduler_config(&self) -> anyhow::Result<SchedulerConfig> {
-        self.scheduler.scheduler_config()
+        let token = modelpool::auth::Token::new(self.token.clone())?;
+        Ok(SchedulerConfig { token, ..self.scheduler.scheduler_config()? })
     }
 }
 

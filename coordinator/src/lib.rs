@@ -34,6 +34,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let token = config.token.clone();
     let scheduler = Scheduler::start(config);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -41,7 +42,7 @@ pub async fn serve(
     info!(%address, "coordinator listening");
     Server::builder()
         .add_service(health_service)
-        .add_service(CoordinatorServer::new(CoordinatorService::new(scheduler)))
+        .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler), token.require()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

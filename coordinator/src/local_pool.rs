@@ -11,14 +11,14 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use modelpool::auth::AuthChannel;
 
 use crate::SchedulerConfig;
 
 /// A coordinator served by this process on 127.0.0.1:0, for run-bench, engine-bench and tests.
 pub struct LocalCoordinator {
     pub url: String,
-    pub client: CoordinatorClient<Channel>,
+    pub client: CoordinatorClient<AuthChannel>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -33,10 +33,11 @@ impl LocalCoordinator {
         let listener = TcpListener::bind(address).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
+        let token = config.token.clone();
         let task = tokio::spawn(crate::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        let client = bench_client::connect(&url).map_err(std::io::Error::other)?;
+        let client = bench_client::connect(&url, &token).map_err(std::io::Error::other)?;
         Ok(Self { url, client, stop, task })
     }
 
@@ -155,7 +156,7 @@ impl LocalPool {
     pub async fn start(
         spec: &WorkerSpec,
         count: usize,
-        client: &CoordinatorClient<Channel>,
+        client: &CoordinatorClient<AuthChannel>,
         timeout: Duration,
     ) -> Result<Self, String> {
         let mut pool = Self::spawn(spec, count).map_err(|e| format!("starting {}: {e}", spec.binary.display()))?;
@@ -173,7 +174,7 @@ impl LocalPool {
 
 /// Waits until `count` workers serve through the coordinator, failing early if one of ours exits.
 pub async fn wait_for_workers(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<AuthChannel>,
     count: usize,
     timeout: Duration,
     pool: &mut LocalPool,

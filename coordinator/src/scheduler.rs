@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use modelpool::PoolError;
+use modelpool::auth::{AuthChannel, Token};
 use modelpool::proto::{self, worker_client::WorkerClient};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
@@ -24,6 +25,9 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     pub max_attempts: u32,
     pub attempt_timeout: Duration,
+    /// The pool's shared secret: sent on every call to a worker (and required by the server; see
+    /// `serve`).
+    pub token: Token,
 }
 
 impl Default for SchedulerConfig {
@@ -34,6 +38,7 @@ impl Default for SchedulerConfig {
             max_queue: 1024,
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(120),
+            token: Token::none(),
         }
     }
 }
@@ -249,7 +254,7 @@ impl Actor {
             entry.in_flight += 1;
             job.attempts += 1;
             job.tried.push(worker_id.clone());
-            let client = WorkerClient::new(channel.clone());
+            let client = WorkerClient::with_interceptor(channel.clone(), self.config.token.attach());
             let Some(commands) = self.commands.upgrade() else { return };
             tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, commands));
         }
@@ -355,7 +360,7 @@ fn channel_for(address: &str) -> Result<Channel, PoolError> {
 /// One try of one prompt on one worker. Ends early if the caller goes away, which cancels the call on
 /// the worker and frees its slot.
 async fn attempt(
-    mut client: WorkerClient<Channel>,
+    mut client: WorkerClient<AuthChannel>,
     worker_id: String,
     mut job: Job,
     timeout: Duration,

@@ -53,6 +53,11 @@ pub struct Args {
     /// Longest time to finish in-flight requests after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// The pool's shared secret (at least 16 visible ASCII characters): required on every call to this
+    /// worker and sent to the coordinator. Prefer the environment variable: command lines are visible
+    /// to every user of the machine.
+    #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -72,6 +77,7 @@ pub struct Config {
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
+    pub token: modelpool::auth::Token,
 }
 
 pub fn available_cores() -> u32 {
@@ -93,6 +99,7 @@ impl Default for Config {
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
+            token: modelpool::auth::Token::none(),
         }
     }
 }
@@ -146,6 +153,8 @@ impl TryFrom<&Args> for Config {
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            token: modelpool::auth::Token::new(args.token.clone())
+                .map_err(|e| ConfigError { flag: "token", reason: e.to_string() })?,
         })
     }
 }

@@ -59,7 +59,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let server = tokio::spawn(
         Server::builder()
             .add_service(health_service)
-            .add_service(WorkerServer::new(WorkerService::new(Arc::clone(&state))))
+            .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), config.token.require()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = server_stopped.await;
             }),
@@ -84,7 +84,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     info!(load_ms = format!("{load_ms:.0}"), "model loaded and warmed up; serving");
 
     let membership = match &config.coordinator {
-        Some(url) => Some(Membership::start(url, Arc::clone(&state))?),
+        Some(url) => Some(Membership::start(url, &config.token, Arc::clone(&state))?),
         None => None,
     };
 

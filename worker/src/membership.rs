@@ -10,7 +10,8 @@ use modelpool::proto::{self, ProtocolVersion, WorkerState as WireState};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use modelpool::auth::{AuthChannel, Token};
+use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::state::WorkerState;
@@ -26,13 +27,13 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn start(coordinator: &str, state: Arc<WorkerState>) -> Result<Self, tonic::transport::Error> {
+    pub fn start(coordinator: &str, token: &Token, state: Arc<WorkerState>) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(coordinator.to_string())?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
         let (leave, left) = oneshot::channel();
-        let task = tokio::spawn(run(CoordinatorClient::new(channel), state, left));
+        let task = tokio::spawn(run(CoordinatorClient::with_interceptor(channel, token.attach()), state, left));
         Ok(Self { leave, task })
     }
 
@@ -43,7 +44,7 @@ impl Membership {
     }
 }
 
-async fn run(mut client: CoordinatorClient<Channel>, state: Arc<WorkerState>, mut leave: oneshot::Receiver<()>) {
+async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<WorkerState>, mut leave: oneshot::Receiver<()>) {
     let mut worker_id: Option<String> = None;
     let mut interval = DEFAULT_INTERVAL;
     let mut draining = state.watch_draining();

@@ -9,10 +9,10 @@ use coordinator::SchedulerConfig;
 use coordinator::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ListWorkersRequest};
-use tonic::transport::Channel;
+use modelpool::auth::AuthChannel;
 
 pub struct TestPool {
-    pub client: CoordinatorClient<Channel>,
+    pub client: CoordinatorClient<AuthChannel>,
     pub workers: LocalPool,
     pub spec: WorkerSpec,
     coordinator: LocalCoordinator,
@@ -42,6 +42,10 @@ impl TestPool {
         };
         let pool = LocalPool::start(&spec, workers, &coordinator.client, Duration::from_secs(120)).await.expect("workers register");
         Self { client: coordinator.client.clone(), workers: pool, spec, coordinator }
+    }
+
+    pub fn coordinator_url(&self) -> String {
+        self.coordinator.url.clone()
     }
 
     pub async fn list(&self) -> Vec<proto::WorkerStatus> {

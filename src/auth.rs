@@ -1,0 +1,146 @@
+//! The pool's shared secret. When one is set, every call to a coordinator or a worker (Register,
+//! Heartbeat, Predict, ...) must carry it as `authorization: Bearer <token>` metadata; servers compare it
+//! in constant time. Health checks stay open so that supervisors can probe liveness.
+
+use std::sync::Arc;
+
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use crate::PoolError;
+
+/// Shortest secret accepted: anything shorter is guessable.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// The shared secret, or none (an open pool, fine on 127.0.0.1).
+#[derive(Clone, Default)]
+pub struct Token(Option<Arc<str>>);
+
+impl std::fmt::Debug for Token {
+    // Never print the secret itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Token(set)" } else { "Token(none)" })
+    }
+}
+
+impl Token {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Checks a secret given on the command line or in the environment: at least 16 bytes of visible
+    /// ASCII, as HTTP/2 metadata carries it.
+    pub fn new(secret: Option<String>) -> Result<Self, PoolError> {
+        let Some(secret) = secret else { return Ok(Self(None)) };
+        if secret.len() < MIN_TOKEN_BYTES {
+            return Err(PoolError::invalid("token", format!("{} bytes; use at least {MIN_TOKEN_BYTES}", secret.len())));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PoolError::invalid("token", "use visible ASCII characters only (no spaces)"));
+        }
+        Ok(Self(Some(secret.into())))
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether `metadata` carries this token (always true when none is set).
+    pub fn admits(&self, metadata: &MetadataMap) -> bool {
+        let Some(expected) = &self.0 else { return true };
+        let given = metadata.get("authorization").map(|v| v.as_bytes()).and_then(|v| v.strip_prefix(b"Bearer "));
+        // Compared even when absent, against an empty value, so that timing says nothing either way.
+        constant_time_eq(given.unwrap_or(b""), expected.as_bytes())
+    }
+
+    /// Server side: refuses calls without the token.
+    pub fn require(&self) -> RequireToken {
+        RequireToken(self.clone())
+    }
+
+    /// Client side: adds the token to every call.
+    pub fn attach(&self) -> AttachToken {
+        AttachToken(self.0.as_ref().map(|t| format!("Bearer {t}").parse().expect("checked visible ASCII")))
+    }
+}
+
+/// Equal length and equal bytes, in time that depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, &expected) in b.iter().enumerate() {
+        let given = a.get(i).copied().unwrap_or(0);
+        difference |= usize::from(given ^ expected);
+    }
+    difference == 0
+}
+
+#[derive(Clone, Debug)]
+pub struct RequireToken(Token);
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if self.0.admits(request.metadata()) {
+            Ok(request)
+        } else {
+            Err(PoolError::Unauthenticated("missing or wrong pool token: send `authorization: Bearer <token>` (--token)".into())
+                .to_status())
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AttachToken(Option<AsciiMetadataValue>);
+
+impl Interceptor for AttachToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the pool's token.
+pub type AuthChannel = InterceptedService<Channel, AttachToken>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        map.insert("authorization", value.parse().unwrap());
+        map
+    }
+
+    #[test]
+    fn only_the_exact_token_is_admitted() {
+        let token = Token::new(Some("0123456789abcdef-secret".into())).unwrap();
+        assert!(token.admits(&metadata("Bearer 0123456789abcdef-secret")));
+        assert!(!token.admits(&metadata("Bearer 0123456789abcdef-secreT")));
+        assert!(!token.admits(&metadata("Bearer 0123456789abcdef-secret2")));
+        assert!(!token.admits(&metadata("0123456789abcdef-secret")), "the Bearer scheme is required");
+        assert!(!token.admits(&MetadataMap::new()));
+        assert!(Token::none().admits(&MetadataMap::new()), "an open pool admits everyone");
+    }
+
+    #[test]
+    fn weak_or_unprintable_secrets_are_refused_and_never_printed() {
+        assert!(Token::new(Some("short".into())).unwrap_err().to_string().contains("token"));
+        assert!(Token::new(Some("has a space in it, long enough".into())).is_err());
+        let token = Token::new(Some("0123456789abcdef-secret".into())).unwrap();
+        assert!(!format!("{token:?}").contains("secret"));
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
