@@ -27,6 +27,9 @@ pub enum Command {
     RunBench(RunBenchArgs),
     /// Compare one worker's decode speed with llama.cpp's llama-bench, and --slots B against --slots 1.
     EngineBench(crate::engine_bench::EngineBenchArgs),
+    /// Offer many times the pool's capacity and report what was admitted, refused, how long admitted
+    /// requests took and the coordinator's memory.
+    OverloadBench(crate::overload_bench::OverloadBenchArgs),
 }
 
 /// Scheduler settings shared by `serve` and `run-bench`.

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod config;
 pub mod engine_bench;
 pub mod local_pool;
+pub mod overload_bench;
 pub mod registry;
 pub mod scheduler;
 pub mod service;

@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
         Command::EngineBench(args) => {
             coordinator::engine_bench::run_engine_bench(args).await?;
         }
+        Command::OverloadBench(args) => {
+            coordinator::overload_bench::run_overload_bench(args).await?;
+        }
     }
     Ok(())
 }

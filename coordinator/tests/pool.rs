@@ -106,7 +106,29 @@ async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
     huge.sampling.as_mut().unwrap().max_tokens = Some(1_000_000);
     let mut cold = chat("hi", 8);
     cold.sampling.as_mut().unwrap().temperature = Some(-0.5);
-    let cases = [(empty, "prompt"), (zero, "sampling.max_tokens"), (huge, "sampling.max_tokens"), (cold, "sampling.temperature")];
+    let mut no_messages = chat("hi", 8);
+    no_messages.input = Some(proto::predict_request::Input::Chat(proto::ChatMessages { messages: Vec::new() }));
+    let mut stranger = chat("hi", 8);
+    stranger.input = Some(proto::predict_request::Input::Chat(proto::ChatMessages {
+        messages: vec![proto::ChatMessage { role: "wizard".into(), content: "hi".into() }],
+    }));
+    let mut wide = chat("hi", 8);
+    wide.sampling.as_mut().unwrap().top_p = Some(1.5);
+    let mut stops = chat("hi", 8);
+    stops.sampling.as_mut().unwrap().stop = (0..9).map(|i| format!("stop{i}")).collect();
+    let mut not_utf8 = chat("", 8);
+    not_utf8.input = Some(proto::predict_request::Input::Prompt(vec![b'h', b'i', 0xff, 0xfe]));
+    let cases = [
+        (empty, "prompt"),
+        (zero, "sampling.max_tokens"),
+        (huge, "sampling.max_tokens"),
+        (cold, "sampling.temperature"),
+        (no_messages, "chat.messages"),
+        (stranger, "chat.messages[0].role"),
+        (wide, "sampling.top_p"),
+        (stops, "sampling.stop"),
+        (not_utf8, "UTF-8"),
+    ];
 
     for (request, field) in cases {
         let from_worker = worker.predict(request.clone()).await.unwrap_err();
@@ -123,6 +145,17 @@ async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
     assert!(status.message().contains("2048"), "{}", status.message());
     let status = coordinator.predict(chat(&long_prompt, 500)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "passed through, not retried: {status:?}");
+
+    // Over the gRPC message limit (4 MiB): refused by the transport with the limit in the message.
+    let mut oversized = chat("", 8);
+    oversized.input = Some(proto::predict_request::Input::Prompt(vec![b'a'; 5 << 20]));
+    for (daemon, status) in [
+        ("worker", worker.predict(oversized.clone()).await.unwrap_err()),
+        ("coordinator", coordinator.predict(oversized).await.unwrap_err()),
+    ] {
+        assert_eq!(status.code(), Code::OutOfRange, "{daemon}: {status:?}");
+        assert!(status.message().contains("4194304"), "{daemon}: {}", status.message());
+    }
 
     // Nothing crashed: both still serve.
     assert!(!coordinator.predict(chat("Say hi.", 4)).await.unwrap().into_inner().text.is_empty());
@@ -151,5 +184,54 @@ async fn llama_workers_share_the_mapped_weights_so_pss_counts_them_once() {
     let one_rss = memory[0].rss_bytes;
     assert!(pool_pss < 2 * one_rss, "pool PSS {pool_pss} should count the 94 MiB of mapped weights once (one worker's RSS {one_rss})");
     assert!(memory.iter().all(|m| m.uss_bytes < m.rss_bytes), "shared pages are not unique to either worker: {memory:?}");
+    pool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_membership_calls_are_refused_with_the_field_named() {
+    let pool = TestPool::start(1, fast_scheduler(), &[]).await;
+    let mut coordinator = pool.client.clone();
+    let real = pool.list().await[0].info.clone().unwrap();
+    let register = |info: proto::WorkerInfo| proto::RegisterRequest {
+        info: Some(info),
+        protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32,
+    };
+
+    // A heartbeat from a worker id the coordinator never issued.
+    let status = coordinator
+        .heartbeat(proto::HeartbeatRequest { worker_id: "w999-1".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("worker_id"), "{}", status.message());
+
+    // Another process claiming the registered worker's address.
+    let claim = proto::WorkerInfo { instance_id: "someone-else".into(), pid: 1, ..real.clone() };
+    let status = coordinator.register(register(claim)).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains("info.address"), "{}", status.message());
+
+    // The registered instance registering again under a second address.
+    let moved = proto::WorkerInfo { address: "http://127.0.0.1:1".into(), ..real.clone() };
+    let status = coordinator.register(register(moved)).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    assert!(status.message().contains("info.instance_id"), "{}", status.message());
+
+    // A worker serving another model than the pool.
+    let other_model = proto::WorkerInfo {
+        address: "http://127.0.0.1:2".into(),
+        instance_id: "other-model".into(),
+        model_name: "SomethingElse-7B".into(),
+        ..real.clone()
+    };
+    let status = coordinator.register(register(other_model)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("info.model_name"), "{}", status.message());
+
+    // None of them changed the pool, and it still serves.
+    let workers = pool.list().await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].info.as_ref().unwrap().address, real.address);
+    assert!(coordinator.predict(chat("Say hi.", 4)).await.unwrap().into_inner().completion_tokens > 0);
     pool.shutdown().await;
 }
