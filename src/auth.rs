@@ -106,6 +106,25 @@ impl Interceptor for AttachToken {
 /// A channel whose calls carry the pool's token.
 pub type AuthChannel = InterceptedService<Channel, AttachToken>;
 
+/// What a client presents to the pool's members and needs to reach them: the token, and the CA for
+/// `https://` addresses.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Token,
+    pub tls: crate::tls::ClientTls,
+}
+
+impl Credentials {
+    /// A lazily connecting channel to `url` whose calls carry the token.
+    pub fn endpoint(&self, url: &str) -> Result<tonic::transport::Endpoint, PoolError> {
+        self.tls.endpoint(url)
+    }
+
+    pub fn attach(&self) -> AttachToken {
+        self.token.attach()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
 //! ([`text`]), a GGUF metadata reader ([`gguf`]) and the model's own tokenizer ([`tokenizer`]),
-//! the pool's shared secret ([`auth`]), telemetry and the shutdown signal.
+//! the pool's shared secret ([`auth`]) and TLS settings ([`tls`]), telemetry and the shutdown signal.
 
 pub mod auth;
 pub mod error;
@@ -17,6 +17,7 @@ pub mod rng;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod tokenizer;
 
 pub use error::PoolError;

@@ -30,6 +30,9 @@ pub struct Args {
     /// The pool's shared secret, if the coordinator requires one.
     #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) that signed the coordinator's TLS certificate, for an https:// coordinator.
+    #[arg(long, env = "MODELPOOL_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Scenarios to run, in order (comma-separated). A serial run is the baseline for speedup.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Parallel])]
     pub scenario: Vec<Scenario>,
@@ -101,8 +104,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         Some(path) => workload::load_jsonl(path, args.max_tokens)?,
         None => workload::builtin_workload(args.num_prompts, args.max_tokens),
     };
-    let token = modelpool::auth::Token::new(args.token.clone())?;
-    let mut client = crate::connect(&args.coordinator, &token)?;
+    let credentials = modelpool::auth::Credentials {
+        token: modelpool::auth::Token::new(args.token.clone())?,
+        tls: modelpool::tls::ClientTls::from_ca_file(args.tls_ca.as_deref())?,
+    };
+    let mut client = crate::connect(&args.coordinator, &credentials)?;
     let workers = client
         .list_workers(ListWorkersRequest {})
         .await

@@ -14,14 +14,14 @@ pub mod workload;
 
 use std::time::Duration;
 
-use modelpool::auth::{AuthChannel, Token};
+use modelpool::PoolError;
+use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::coordinator_client::CoordinatorClient;
-use tonic::transport::Endpoint;
 
-/// A client for a coordinator at `url` (e.g. http://127.0.0.1:50050), connecting lazily; every call
-/// carries `token` if one is set.
-pub fn connect(url: &str, token: &Token) -> Result<CoordinatorClient<AuthChannel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy();
+/// A client for a coordinator at `url` (e.g. http://127.0.0.1:50050, or https:// with a CA in
+/// `credentials`), connecting lazily; every call carries the pool's token if one is set.
+pub fn connect(url: &str, credentials: &Credentials) -> Result<CoordinatorClient<AuthChannel>, PoolError> {
+    let channel = credentials.endpoint(url)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true).connect_lazy();
     // Large batches and long outputs exceed tonic's 4 MiB default.
-    Ok(CoordinatorClient::with_interceptor(channel, token.attach()).max_decoding_message_size(64 << 20))
+    Ok(CoordinatorClient::with_interceptor(channel, credentials.attach()).max_decoding_message_size(64 << 20))
 }

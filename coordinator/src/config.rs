@@ -68,7 +68,8 @@ impl SchedulerArgs {
             max_queue: self.max_queue,
             max_attempts: self.max_attempts,
             attempt_timeout: Duration::from_secs(self.attempt_timeout_secs),
-            token: modelpool::auth::Token::none(),
+            credentials: modelpool::auth::Credentials::default(),
+            server_tls: None,
         })
     }
 }
@@ -86,14 +87,27 @@ pub struct ServeArgs {
     /// are visible to every user of the machine.
     #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve TLS with this certificate (PEM); needs --tls-key.
+    #[arg(long, env = "MODELPOOL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "MODELPOOL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for workers that register with an https:// address.
+    #[arg(long, env = "MODELPOOL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub scheduler: SchedulerArgs,
 }
 
 impl ServeArgs {
     pub fn scheduler_config(&self) -> anyhow::Result<SchedulerConfig> {
-        let token = modelpool::auth::Token::new(self.token.clone())?;
-        Ok(SchedulerConfig { token, ..self.scheduler.scheduler_config()? })
+        let credentials = modelpool::auth::Credentials {
+            token: modelpool::auth::Token::new(self.token.clone())?,
+            tls: modelpool::tls::ClientTls::from_ca_file(self.tls_ca.as_deref())?,
+        };
+        let server_tls = modelpool::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        Ok(SchedulerConfig { credentials, server_tls, ..self.scheduler.scheduler_config()? })
     }
 }
 

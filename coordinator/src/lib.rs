@@ -35,13 +35,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let token = config.token.clone();
+    let token = config.credentials.token.clone();
+    let mut builder = Server::builder();
+    if let Some(tls) = config.server_tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
     let scheduler = Scheduler::start(config);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
     info!(%address, "coordinator listening");
-    Server::builder()
+    builder
         .add_service(health_service)
         .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler), token.require()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -31,13 +31,14 @@ impl LocalCoordinator {
     /// On a given address: a coordinator restarted on the address it had is found again by its workers.
     pub async fn start_on(config: SchedulerConfig, address: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
-        let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let token = config.token.clone();
+        let scheme = if config.server_tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr()?);
+        let credentials = config.credentials.clone();
         let task = tokio::spawn(crate::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        let client = bench_client::connect(&url, &token).map_err(std::io::Error::other)?;
+        let client = bench_client::connect(&url, &credentials).map_err(std::io::Error::other)?;
         Ok(Self { url, client, stop, task })
     }
 

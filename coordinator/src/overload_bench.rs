@@ -135,7 +135,7 @@ pub async fn run_overload_bench(args: OverloadBenchArgs) -> anyhow::Result<Overl
     let url = format!("http://127.0.0.1:{port}");
     let mut coordinator = spawn_coordinator(port, args.max_queue).await?;
     let coordinator_pid = coordinator.id().unwrap_or(0);
-    let client = bench_client::connect(&url, &modelpool::auth::Token::none())?;
+    let client = bench_client::connect(&url, &modelpool::auth::Credentials::default())?;
     let spec = WorkerSpec { binary: worker_bin, model, coordinator: url.clone(), threads, slots: args.slots, extra_args: Vec::new() };
     let pool = LocalPool::start(&spec, args.workers, &client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
 

@@ -8,11 +8,11 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use modelpool::PoolError;
-use modelpool::auth::{AuthChannel, Token};
+use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::{self, worker_client::WorkerClient};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::registry::Registry;
@@ -25,9 +25,11 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     pub max_attempts: u32,
     pub attempt_timeout: Duration,
-    /// The pool's shared secret: sent on every call to a worker (and required by the server; see
-    /// `serve`).
-    pub token: Token,
+    /// The pool's token and CA: sent on every call to a worker (the token is also required by the
+    /// server; see `serve`).
+    pub credentials: Credentials,
+    /// Serve TLS with this identity (see `serve`).
+    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -38,7 +40,8 @@ impl Default for SchedulerConfig {
             max_queue: 1024,
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(120),
-            token: Token::none(),
+            credentials: Credentials::default(),
+            server_tls: None,
         }
     }
 }
@@ -170,7 +173,7 @@ impl Actor {
         match command {
             Command::Register { info, reply } => {
                 let address = info.address.clone();
-                let result = channel_for(&address).and_then(|channel| {
+                let result = channel_for(&self.config.credentials, &address).and_then(|channel| {
                     self.registry.register(info, now).map(|worker_id| {
                         info!(%worker_id, %address, "worker registered");
                         self.channels.retain(|id, _| self.registry.get(id).is_some());
@@ -254,7 +257,7 @@ impl Actor {
             entry.in_flight += 1;
             job.attempts += 1;
             job.tried.push(worker_id.clone());
-            let client = WorkerClient::with_interceptor(channel.clone(), self.config.token.attach());
+            let client = WorkerClient::with_interceptor(channel.clone(), self.config.credentials.attach());
             let Some(commands) = self.commands.upgrade() else { return };
             tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, commands));
         }
@@ -350,10 +353,13 @@ fn no_workers_left(last_error: Option<&PoolError>) -> PoolError {
 }
 
 /// A lazily connecting channel to a worker. tonic multiplexes calls over one HTTP/2 connection per channel.
-/// Refuses an address that is not a valid URI, which a worker (or anything else) could send.
-fn channel_for(address: &str) -> Result<Channel, PoolError> {
-    let endpoint = Endpoint::from_shared(address.to_string())
-        .map_err(|e| PoolError::invalid("info.address", format!("{address:?} is not a valid URI: {e}")))?;
+/// Refuses an address that is not a valid URI, which a worker (or anything else) could send, and an
+/// https:// address when no CA was given.
+fn channel_for(credentials: &Credentials, address: &str) -> Result<Channel, PoolError> {
+    let endpoint = credentials.endpoint(address).map_err(|e| match e {
+        PoolError::InvalidArgument { field, reason } if field == "address" => PoolError::invalid("info.address", reason),
+        other => other,
+    })?;
     Ok(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
 }
 

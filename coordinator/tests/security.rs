@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TestPool, chat, fast_scheduler};
 use coordinator::SchedulerConfig;
-use modelpool::auth::Token;
+use modelpool::auth::{Credentials, Token};
 use modelpool::proto::worker_client::WorkerClient;
 use modelpool::proto::{self, ListWorkersRequest};
 use tonic::Code;
@@ -17,7 +17,8 @@ const SECRET: &str = "test-secret-0123456789";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_token_holders_join_the_pool_or_call_it() {
     let token = Token::new(Some(SECRET.into())).unwrap();
-    let scheduler = SchedulerConfig { token: token.clone(), ..fast_scheduler() };
+    let credentials = Credentials { token: token.clone(), ..Credentials::default() };
+    let scheduler = SchedulerConfig { credentials, ..fast_scheduler() };
     let pool = TestPool::start(1, scheduler, &["--token", SECRET]).await;
 
     // The pool's own client carries the token: the worker registered with it and prompts run.
@@ -26,7 +27,7 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     let url = pool.coordinator_url();
 
     for (name, client_token) in [("no token", Token::none()), ("wrong token", Token::new(Some("wrong-secret-0123456789".into())).unwrap())] {
-        let mut client = bench_client::connect(&url, &client_token).unwrap();
+        let mut client = bench_client::connect(&url, &Credentials { token: client_token, ..Credentials::default() }).unwrap();
         let status = client.predict(chat("Say hi.", 4)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
         assert!(status.message().contains("token"), "{}", status.message());
@@ -57,5 +58,67 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     assert_eq!(workers.len(), 1, "only the token holder is registered");
     assert!(workers.iter().all(|w| w.info.as_ref().unwrap().pid != impostor.pid));
     impostor.stop(Duration::from_secs(5)).await;
+    pool.shutdown().await;
+}
+
+/// A throwaway CA and a certificate it signed for 127.0.0.1, written as PEM files.
+struct TestPki {
+    dir: std::path::PathBuf,
+    ca_pem: String,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "modelpool test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        let dir = std::env::temp_dir().join(format!("modelpool-pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        Self { dir, ca_pem: ca.pem() }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_link_can_run_over_tls() {
+    let pki = TestPki::new();
+    let server_tls = modelpool::tls::server_config(Some(pki.path("cert.pem").as_ref()), Some(pki.path("key.pem").as_ref())).unwrap();
+    let credentials = Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Credentials::default() };
+    let scheduler = SchedulerConfig { credentials, server_tls, ..fast_scheduler() };
+    let (cert, key, ca) = (pki.path("cert.pem"), pki.path("key.pem"), pki.path("ca.pem"));
+    // The worker serves TLS too (so it advertises https://) and trusts the CA for the coordinator's.
+    let pool = TestPool::start(1, scheduler, &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]).await;
+    assert!(pool.coordinator_url().starts_with("https://"));
+    let worker_address = pool.list().await[0].info.as_ref().unwrap().address.clone();
+    assert!(worker_address.starts_with("https://"), "{worker_address}");
+
+    // Client -> coordinator -> worker, all over TLS.
+    let answer = pool.client.clone().predict(chat("What is the capital of France?", 16)).await.unwrap().into_inner();
+    assert!(answer.text.contains("Paris"), "{:?}", answer.text);
+
+    // Plaintext to a TLS port fails; https without the CA is refused before dialling.
+    let plaintext = pool.coordinator_url().replacen("https://", "http://", 1);
+    let status = bench_client::connect(&plaintext, &Credentials::default()).unwrap().predict(chat("Say hi.", 4)).await.unwrap_err();
+    // The TLS server drops the plaintext connection; how hyper reports that varies (protocol error,
+    // broken pipe, connection reset), never a response.
+    assert!(matches!(status.code(), Code::Unavailable | Code::Internal | Code::Unknown), "{status:?}");
+    let error = bench_client::connect(&pool.coordinator_url(), &Credentials::default()).unwrap_err();
+    assert!(error.to_string().contains("tls-ca"), "{error}");
     pool.shutdown().await;
 }

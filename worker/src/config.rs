@@ -58,6 +58,15 @@ pub struct Args {
     /// to every user of the machine.
     #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve TLS with this certificate (PEM); needs --tls-key. The advertised address becomes https://.
+    #[arg(long, env = "MODELPOOL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "MODELPOOL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) to trust when the coordinator's address is https://.
+    #[arg(long, env = "MODELPOOL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -77,7 +86,10 @@ pub struct Config {
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
-    pub token: modelpool::auth::Token,
+    /// Token and CA for calls to the coordinator; the token is also required from callers.
+    pub credentials: modelpool::auth::Credentials,
+    /// Serve TLS with this identity.
+    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 pub fn available_cores() -> u32 {
@@ -99,7 +111,8 @@ impl Default for Config {
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
-            token: modelpool::auth::Token::none(),
+            credentials: modelpool::auth::Credentials::default(),
+            server_tls: None,
         }
     }
 }
@@ -153,8 +166,16 @@ impl TryFrom<&Args> for Config {
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-            token: modelpool::auth::Token::new(args.token.clone())
-                .map_err(|e| ConfigError { flag: "token", reason: e.to_string() })?,
+            credentials: modelpool::auth::Credentials {
+                token: modelpool::auth::Token::new(args.token.clone()).map_err(flag_error("token"))?,
+                tls: modelpool::tls::ClientTls::from_ca_file(args.tls_ca.as_deref()).map_err(flag_error("tls-ca"))?,
+            },
+            server_tls: modelpool::tls::server_config(args.tls_cert.as_deref(), args.tls_key.as_deref())
+                .map_err(flag_error("tls-cert"))?,
         })
     }
+}
+
+fn flag_error(flag: &'static str) -> impl Fn(modelpool::PoolError) -> ConfigError {
+    move |e| ConfigError { flag, reason: e.to_string() }
 }

@@ -46,7 +46,8 @@ const SERVICE_NAME: &str = "modelpool.v1.Worker";
 /// finishes what is in flight (at most `config.drain_timeout`), deregisters and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let bound = listener.local_addr()?;
-    let address = config.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let scheme = if config.server_tls.is_some() { "https" } else { "http" };
+    let address = config.advertise.clone().unwrap_or_else(|| format!("{scheme}://{bound}"));
     let state = WorkerState::new(address.clone());
 
     // Liveness comes from the server answering at all; readiness is the health status, NOT_SERVING
@@ -56,10 +57,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = Server::builder();
+    if let Some(tls) = config.server_tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
     let server = tokio::spawn(
-        Server::builder()
+        builder
             .add_service(health_service)
-            .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), config.token.require()))
+            .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), config.credentials.token.require()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = server_stopped.await;
             }),
@@ -84,7 +89,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     info!(load_ms = format!("{load_ms:.0}"), "model loaded and warmed up; serving");
 
     let membership = match &config.coordinator {
-        Some(url) => Some(Membership::start(url, &config.token, Arc::clone(&state))?),
+        Some(url) => Some(Membership::start(url, &config.credentials, Arc::clone(&state))?),
         None => None,
     };
 

@@ -10,8 +10,8 @@ use modelpool::proto::{self, ProtocolVersion, WorkerState as WireState};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use modelpool::auth::{AuthChannel, Token};
-use tonic::transport::Endpoint;
+use modelpool::PoolError;
+use modelpool::auth::{AuthChannel, Credentials};
 use tracing::{debug, info, warn};
 
 use crate::state::WorkerState;
@@ -27,13 +27,14 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn start(coordinator: &str, token: &Token, state: Arc<WorkerState>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(coordinator.to_string())?
+    pub fn start(coordinator: &str, credentials: &Credentials, state: Arc<WorkerState>) -> Result<Self, PoolError> {
+        let channel = credentials
+            .endpoint(coordinator)?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
         let (leave, left) = oneshot::channel();
-        let task = tokio::spawn(run(CoordinatorClient::with_interceptor(channel, token.attach()), state, left));
+        let task = tokio::spawn(run(CoordinatorClient::with_interceptor(channel, credentials.attach()), state, left));
         Ok(Self { leave, task })
     }
 

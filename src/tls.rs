@@ -1,0 +1,60 @@
+//! Optional TLS (rustls) for every gRPC link: a daemon given `--tls-cert` and `--tls-key` serves TLS, and
+//! a client given `--tls-ca` trusts the certificates that CA signed when it dials an `https://` address.
+//! Without them everything is plaintext, which is fine on 127.0.0.1 and nowhere else.
+
+use std::path::Path;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+use crate::PoolError;
+
+fn read(path: &Path, flag: &str) -> Result<Vec<u8>, PoolError> {
+    std::fs::read(path).map_err(|e| PoolError::invalid(flag, format!("reading {}: {e}", path.display())))
+}
+
+/// The server side: `None` without a certificate. A certificate without its key (or the reverse) is an
+/// error, not a silent fallback to plaintext.
+pub fn server_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ServerTlsConfig>, PoolError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let identity = Identity::from_pem(read(cert, "tls-cert")?, read(key, "tls-key")?);
+            Ok(Some(ServerTlsConfig::new().identity(identity)))
+        }
+        (Some(_), None) => Err(PoolError::invalid("tls-key", "missing: --tls-cert needs --tls-key")),
+        (None, Some(_)) => Err(PoolError::invalid("tls-cert", "missing: --tls-key needs --tls-cert")),
+    }
+}
+
+/// The client side: the CA that signed the pool's certificates, if any.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls(Option<Certificate>);
+
+impl ClientTls {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn from_ca_file(ca: Option<&Path>) -> Result<Self, PoolError> {
+        Ok(Self(ca.map(|path| read(path, "tls-ca")).transpose()?.map(Certificate::from_pem)))
+    }
+
+    pub fn from_ca_pem(pem: impl AsRef<[u8]>) -> Self {
+        Self(Some(Certificate::from_pem(pem)))
+    }
+
+    /// An endpoint for `url`: TLS for `https://` (which needs the CA), plaintext for `http://`.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint, PoolError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| PoolError::invalid("address", format!("{url:?} is not a valid URI: {e}")))?;
+        if !url.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let ca = self.0.clone().ok_or_else(|| {
+            PoolError::invalid("tls-ca", format!("{url} is https: give the CA that signed its certificate with --tls-ca"))
+        })?;
+        endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(ca))
+            .map_err(|e| PoolError::invalid("tls-ca", format!("TLS settings for {url}: {e}")))
+    }
+}
