@@ -50,8 +50,13 @@ impl Token {
 
     /// Whether `metadata` carries this token (always true when none is set).
     pub fn admits(&self, metadata: &MetadataMap) -> bool {
+        self.admits_authorization(metadata.get("authorization").map(|v| v.as_bytes()))
+    }
+
+    /// Whether an `authorization` value (gRPC metadata or an HTTP header) is `Bearer <this token>`.
+    pub fn admits_authorization(&self, value: Option<&[u8]>) -> bool {
         let Some(expected) = &self.0 else { return true };
-        let given = metadata.get("authorization").map(|v| v.as_bytes()).and_then(|v| v.strip_prefix(b"Bearer "));
+        let given = value.and_then(|v| v.strip_prefix(b"Bearer "));
         // Compared even when absent, against an empty value, so that timing says nothing either way.
         constant_time_eq(given.unwrap_or(b""), expected.as_bytes())
     }

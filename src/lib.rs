@@ -10,6 +10,7 @@ pub mod auth;
 pub mod error;
 pub mod gguf;
 pub mod memory;
+pub mod metrics;
 pub mod model_cache;
 pub mod proto;
 pub mod request;

@@ -70,6 +70,7 @@ impl SchedulerArgs {
             attempt_timeout: Duration::from_secs(self.attempt_timeout_secs),
             credentials: modelpool::auth::Credentials::default(),
             server_tls: None,
+            http_request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
         })
     }
 }
@@ -82,6 +83,16 @@ pub struct ServeArgs {
     /// Address to bind. Loopback unless you mean to serve other hosts.
     #[arg(long, env = "MODELPOOL_COORDINATOR_BIND", default_value = "127.0.0.1")]
     pub bind: String,
+    /// Port of the HTTP API (OpenAI-compatible /v1/..., /metrics, /health, /ready), on the same
+    /// address (0 picks a free one).
+    #[arg(long, env = "MODELPOOL_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+    /// Serve gRPC only.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Longest an HTTP API request may take before it fails with 504.
+    #[arg(long, default_value_t = 300)]
+    pub http_timeout_secs: u64,
     /// The pool's shared secret (at least 16 visible ASCII characters): required on every call, from
     /// workers and clients alike, and sent to workers. Prefer the environment variable: command lines
     /// are visible to every user of the machine.
@@ -107,7 +118,9 @@ impl ServeArgs {
             tls: modelpool::tls::ClientTls::from_ca_file(self.tls_ca.as_deref())?,
         };
         let server_tls = modelpool::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
-        Ok(SchedulerConfig { credentials, server_tls, ..self.scheduler.scheduler_config()? })
+        anyhow::ensure!(self.http_timeout_secs >= 1, "--http-timeout-secs must be at least 1");
+        let http_request_timeout = Duration::from_secs(self.http_timeout_secs);
+        Ok(SchedulerConfig { credentials, server_tls, http_request_timeout, ..self.scheduler.scheduler_config()? })
     }
 }
 

@@ -7,13 +7,18 @@
 pub mod bench;
 pub mod config;
 pub mod engine_bench;
+pub mod http;
 pub mod local_pool;
+pub mod metrics;
+pub mod openai;
 pub mod overload_bench;
 pub mod registry;
 pub mod scheduler;
 pub mod service;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
 
 use modelpool::proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -24,30 +29,64 @@ use tracing::info;
 
 pub use config::{Cli, Command, ServeArgs};
 pub use scheduler::{Scheduler, SchedulerConfig};
+use http::HttpState;
+use metrics::CoordinatorMetrics;
 use service::CoordinatorService;
 
 const SERVICE_NAME: &str = "modelpool.v1.Coordinator";
 
-/// Serves the Coordinator service (and gRPC health) until `shutdown` resolves.
+/// Serves the Coordinator service (with gRPC health and reflection) on `listener`, and the HTTP API
+/// (OpenAI-compatible, /metrics, /health, /ready) on `http` if given, until `shutdown` resolves.
 pub async fn serve(
     config: SchedulerConfig,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
+) -> anyhow::Result<()> {
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let token = config.credentials.token.clone();
     let mut builder = Server::builder();
     if let Some(tls) = config.server_tls.clone() {
         builder = builder.tls_config(tls)?;
     }
+    let request_timeout = config.http_request_timeout;
     let scheduler = Scheduler::start(config);
+    let metrics = Arc::new(CoordinatorMetrics::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(modelpool::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // The HTTP server runs on its own task; it stops when the gRPC server's shutdown fires.
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_http.send(true);
+    };
+    let http_task = match http {
+        Some(http) => {
+            let http_address = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            info!(%http_address, "coordinator HTTP API listening");
+            let app = http::router(HttpState::new(scheduler.clone(), Arc::clone(&metrics), token.clone(), request_timeout));
+            let mut stopped = http_stopped;
+            let stop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            Some(tokio::spawn(axum::serve(http, app).with_graceful_shutdown(stop).into_future()))
+        }
+        None => None,
+    };
     info!(%address, "coordinator listening");
     builder
         .add_service(health_service)
-        .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler), token.require()))
+        .add_service(reflection)
+        .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler, metrics), token.require()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .await?;
+    if let Some(task) = http_task {
+        task.await??;
+    }
+    Ok(())
 }

@@ -18,9 +18,11 @@ use crate::SchedulerConfig;
 /// A coordinator served by this process on 127.0.0.1:0, for run-bench, engine-bench and tests.
 pub struct LocalCoordinator {
     pub url: String,
+    /// The HTTP API (OpenAI-compatible, /metrics), e.g. http://127.0.0.1:PORT.
+    pub http_url: String,
     pub client: CoordinatorClient<AuthChannel>,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl LocalCoordinator {
@@ -31,15 +33,17 @@ impl LocalCoordinator {
     /// On a given address: a coordinator restarted on the address it had is found again by its workers.
     pub async fn start_on(config: SchedulerConfig, address: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let http_url = format!("http://{}", http.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let scheme = if config.server_tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}", listener.local_addr()?);
         let credentials = config.credentials.clone();
-        let task = tokio::spawn(crate::serve(config, listener, async {
+        let task = tokio::spawn(crate::serve(config, listener, Some(http), async {
             let _ = stopped.await;
         }));
         let client = bench_client::connect(&url, &credentials).map_err(std::io::Error::other)?;
-        Ok(Self { url, client, stop, task })
+        Ok(Self { url, http_url, client, stop, task })
     }
 
     pub async fn stop(self) {

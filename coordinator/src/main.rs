@@ -11,10 +11,24 @@ async fn main() -> anyhow::Result<()> {
     modelpool::telemetry::init(cli.log_json);
     match cli.command {
         Command::Serve(args) => {
+            let config = args.scheduler_config()?;
             let listener = TcpListener::bind((args.bind.as_str(), args.port))
                 .await
                 .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
-            coordinator::serve(args.scheduler_config()?, listener, modelpool::shutdown::shutdown_signal()).await?;
+            let http = if args.no_http {
+                None
+            } else {
+                Some(
+                    TcpListener::bind((args.bind.as_str(), args.http_port))
+                        .await
+                        .with_context(|| format!("binding the HTTP API on {}:{}", args.bind, args.http_port))?,
+                )
+            };
+            // Machine-readable, for scripts and tests that start the coordinator on port 0.
+            let scheme = if config.server_tls.is_some() { "https" } else { "http" };
+            let http_url = http.as_ref().and_then(|h| h.local_addr().ok()).map(|a| format!(" http=http://{a}")).unwrap_or_default();
+            println!("MODELPOOL_COORDINATOR_LISTENING grpc={scheme}://{}{http_url}", listener.local_addr()?);
+            coordinator::serve(config, listener, http, modelpool::shutdown::shutdown_signal()).await?;
         }
         Command::RunBench(args) => {
             let config = coordinator::bench::RunBenchConfig::try_from(args)?;

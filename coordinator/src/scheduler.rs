@@ -30,6 +30,8 @@ pub struct SchedulerConfig {
     pub credentials: Credentials,
     /// Serve TLS with this identity (see `serve`).
     pub server_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Longest an HTTP API request may take before it fails with 504 (see `http`).
+    pub http_request_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -42,16 +44,33 @@ impl Default for SchedulerConfig {
             attempt_timeout: Duration::from_secs(120),
             credentials: Credentials::default(),
             server_tls: None,
+            http_request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
 
 pub type Reply = oneshot::Sender<Result<proto::PredictResponse, PoolError>>;
 
+/// One prompt handed to the scheduler: the request, its max_tokens, where the result goes, and where
+/// its text goes as it is generated if streamed.
+struct Submission {
+    request: proto::PredictRequest,
+    max_tokens: u32,
+    reply: Reply,
+    pieces: Option<Pieces>,
+}
+
+/// Where a streamed prompt's text goes as it is generated (whole UTF-8 characters per piece).
+pub type Pieces = mpsc::UnboundedSender<String>;
+
 /// A prompt accepted by the coordinator, waiting or running.
 struct Job {
     request: proto::PredictRequest,
     reply: Reply,
+    /// Set for streamed prompts: the text goes here piece by piece, and `reply` gets the final response.
+    pieces: Option<Pieces>,
+    /// Some text already went to the caller: a retry would repeat it, so a failure now is final.
+    streamed: bool,
     attempts: u32,
     tried: Vec<String>,
     accepted: Instant,
@@ -64,7 +83,7 @@ enum Command {
     Deregister { worker_id: String, reply: oneshot::Sender<Result<(), PoolError>> },
     List { reply: oneshot::Sender<Vec<proto::WorkerStatus>> },
     /// Several prompts admitted together or not at all.
-    Submit { jobs: Vec<(proto::PredictRequest, u32, Reply)>, admitted: oneshot::Sender<Result<(), PoolError>> },
+    Submit { jobs: Vec<Submission>, admitted: oneshot::Sender<Result<(), PoolError>> },
     AttemptDone { worker_id: String, job: Job, dispatched: Instant, result: Result<proto::PredictResponse, tonic::Status> },
 }
 
@@ -125,11 +144,27 @@ impl Scheduler {
         let mut receivers = Vec::with_capacity(requests.len());
         for (request, max_tokens) in requests {
             let (reply, receiver) = oneshot::channel();
-            jobs.push((request, max_tokens, reply));
+            jobs.push(Submission { request, max_tokens, reply, pieces: None });
             receivers.push(receiver);
         }
         self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
         Ok(receivers)
+    }
+
+    /// Runs one prompt streamed: its text arrives on the returned receiver piece by piece as the worker
+    /// generates it, then the final response (counts, finish reason, timings) on the oneshot. A worker
+    /// that fails before the first piece is retried elsewhere; after it, the failure is final (a retry
+    /// would send the text again). Dropping either receiver cancels the prompt.
+    pub async fn predict_stream(
+        &self,
+        request: proto::PredictRequest,
+        max_tokens: u32,
+    ) -> Result<(mpsc::UnboundedReceiver<String>, oneshot::Receiver<Result<proto::PredictResponse, PoolError>>), PoolError> {
+        let (reply, receiver) = oneshot::channel();
+        let (pieces, piece_receiver) = mpsc::unbounded_channel();
+        let jobs = vec![Submission { request, max_tokens, reply, pieces: Some(pieces) }];
+        self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
+        Ok((piece_receiver, receiver))
     }
 
     /// Runs one prompt through the pool and waits for its result.
@@ -207,7 +242,7 @@ impl Actor {
         }
     }
 
-    fn admit(&mut self, jobs: Vec<(proto::PredictRequest, u32, Reply)>, now: Instant) -> Result<(), PoolError> {
+    fn admit(&mut self, jobs: Vec<Submission>, now: Instant) -> Result<(), PoolError> {
         if self.registry.live_count() == 0 {
             return Err(PoolError::Unavailable("no workers registered with the coordinator".into()));
         }
@@ -220,15 +255,15 @@ impl Actor {
             )));
         }
         if let Some(context) = self.registry.min_context_per_slot()
-            && let Some((index, (_, max_tokens, _))) = jobs.iter().enumerate().find(|(_, (_, m, _))| *m >= context) {
+            && let Some((index, max_tokens)) = jobs.iter().map(|j| j.max_tokens).enumerate().find(|(_, m)| *m >= context) {
                 let field = if jobs.len() == 1 { "sampling.max_tokens".to_string() } else { format!("requests[{index}].sampling.max_tokens") };
                 return Err(PoolError::invalid(
                     field,
                     format!("{max_tokens} does not fit the pool's context of {context} tokens per slot (prompt included)"),
                 ));
             }
-        for (request, _, reply) in jobs {
-            self.queue.push_back(Job { request, reply, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
+        for Submission { request, reply, pieces, .. } in jobs {
+            self.queue.push_back(Job { request, reply, pieces, streamed: false, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
         }
         Ok(())
     }
@@ -302,7 +337,7 @@ impl Actor {
         if job.reply.is_closed() {
             return;
         }
-        if !retryable {
+        if !retryable || job.streamed {
             let _ = job.reply.send(Err(error));
             return;
         }
@@ -375,14 +410,45 @@ async fn attempt(
     let dispatched = Instant::now();
     let mut request = tonic::Request::new(job.request.clone());
     request.set_timeout(timeout);
-    let result = tokio::select! {
-        result = tokio::time::timeout(timeout, client.predict(request)) => match result {
-            Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!("worker {worker_id} did not answer within {timeout:?}"))),
-        },
-        () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
+    let result = {
+        let call = async {
+            match job.pieces.clone() {
+                None => client.predict(request).await.map(tonic::Response::into_inner),
+                Some(pieces) => stream_attempt(&mut client, request, &pieces, &mut job.streamed).await,
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(timeout, call) => match result {
+                Ok(result) => result,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!("worker {worker_id} did not answer within {timeout:?}"))),
+            },
+            () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
+        }
     };
     let _ = commands.send(Command::AttemptDone { worker_id, job, dispatched, result }).await;
+}
+
+/// A streamed attempt: forwards each piece of text to the caller as it arrives and returns the final
+/// response. `streamed` turns true with the first piece forwarded.
+async fn stream_attempt(
+    client: &mut WorkerClient<AuthChannel>,
+    request: tonic::Request<proto::PredictRequest>,
+    pieces: &Pieces,
+    streamed: &mut bool,
+) -> Result<proto::PredictResponse, tonic::Status> {
+    let mut stream = client.predict_stream(request).await?.into_inner();
+    while let Some(chunk) = stream.message().await? {
+        if let Some(done) = chunk.done {
+            return Ok(done);
+        }
+        if !chunk.text.is_empty() {
+            *streamed = true;
+            if pieces.send(chunk.text).is_err() {
+                return Err(tonic::Status::cancelled("the caller went away"));
+            }
+        }
+    }
+    Err(tonic::Status::unavailable("the worker ended the stream without a final message"))
 }
 
 #[cfg(test)]

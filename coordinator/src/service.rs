@@ -1,16 +1,20 @@
 //! The gRPC `Coordinator` service: membership calls go to the scheduler as they are; prompts are
 //! validated here (the same rules as a worker's) before they are queued.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use modelpool::proto::{self, ProtocolVersion, coordinator_server::Coordinator};
 use modelpool::{PoolError, PredictRequest};
 use tonic::{Request, Response, Status};
 
+use crate::metrics::CoordinatorMetrics;
 use crate::scheduler::Scheduler;
 
 pub struct CoordinatorService {
     scheduler: Scheduler,
+    metrics: Arc<CoordinatorMetrics>,
     next_request: AtomicU64,
 }
 
@@ -18,8 +22,8 @@ pub struct CoordinatorService {
 pub const MAX_BATCH: usize = 1024;
 
 impl CoordinatorService {
-    pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler, next_request: AtomicU64::new(1) }
+    pub fn new(scheduler: Scheduler, metrics: Arc<CoordinatorMetrics>) -> Self {
+        Self { scheduler, metrics, next_request: AtomicU64::new(1) }
     }
 
     /// Validates a prompt and gives it an id if it has none. Returns the request and its max_tokens.
@@ -83,11 +87,17 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
-        let (request, max_tokens) = self.admit(request.into_inner(), "")?;
-        Ok(Response::new(self.scheduler.predict(request, max_tokens).await?))
+        let started = Instant::now();
+        let result = match self.admit(request.into_inner(), "") {
+            Ok((request, max_tokens)) => self.scheduler.predict(request, max_tokens).await,
+            Err(error) => Err(error),
+        };
+        self.metrics.record(result.as_ref(), started);
+        Ok(Response::new(result?))
     }
 
     async fn predict_batch(&self, request: Request<proto::PredictBatchRequest>) -> Result<Response<proto::PredictBatchResponse>, Status> {
+        let started = Instant::now();
         let requests = request.into_inner().requests;
         if requests.is_empty() {
             return Err(PoolError::invalid("requests", "empty: give at least one prompt").into());
@@ -105,7 +115,10 @@ impl Coordinator for CoordinatorService {
                     valid.push(admitted);
                     positions.push(index);
                 }
-                Err(error) => results[index] = Some(error_result(index, &error)),
+                Err(error) => {
+                    self.metrics.record(Err(&error), started);
+                    results[index] = Some(error_result(index, &error));
+                }
             }
         }
         if !valid.is_empty() {
@@ -113,6 +126,7 @@ impl Coordinator for CoordinatorService {
             let answers = futures::future::join_all(receivers).await;
             for (index, answer) in positions.into_iter().zip(answers) {
                 let answer = answer.unwrap_or_else(|_| Err(PoolError::Unavailable("the coordinator is shutting down".into())));
+                self.metrics.record(answer.as_ref(), started);
                 results[index] = Some(match answer {
                     Ok(response) => proto::PredictResult {
                         index: index as u32,

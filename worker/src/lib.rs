@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod service;
 pub mod state;
 
@@ -16,6 +18,7 @@ use modelpool::proto::worker_server::WorkerServer;
 use modelpool::{PoolError, proto};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -57,14 +60,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
 
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = Server::builder();
+    // HTTP/1.1 is accepted too, for /metrics, /health and /ready on the same port.
+    let mut builder = Server::builder().accept_http1(true);
     if let Some(tls) = config.server_tls.clone() {
         builder = builder.tls_config(tls)?;
     }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(modelpool::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| PoolError::Internal(format!("gRPC reflection: {e}")))?;
+    let token = config.credentials.token.clone();
+    let routes = Routes::from(http::router(Arc::clone(&state), token.clone()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), token.require()));
     let server = tokio::spawn(
         builder
-            .add_service(health_service)
-            .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), config.credentials.token.require()))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = server_stopped.await;
             }),

@@ -63,15 +63,23 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::PredictChunk, Status>
 impl Worker for WorkerService {
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let _in_flight = self.state.track();
-        let (mut events, request_id) = self.start(request.into_inner(), false).await?;
+        let (mut events, request_id) = self.start(request.into_inner(), false).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
         while let Some(event) = events.recv().await {
             match event {
                 JobEvent::Text(_) => {}
-                JobEvent::Done(completion) => return Ok(Response::new(response(request_id, completion))),
-                JobEvent::Failed(error) => return Err(error.to_status()),
+                JobEvent::Done(completion) => {
+                    self.state.metrics.record(Ok(&completion));
+                    return Ok(Response::new(response(request_id, completion)));
+                }
+                JobEvent::Failed(error) => {
+                    self.state.metrics.record(Err(&error));
+                    return Err(error.to_status());
+                }
             }
         }
-        Err(PoolError::Internal("the engine dropped the request".into()).to_status())
+        let error = PoolError::Internal("the engine dropped the request".into());
+        self.state.metrics.record(Err(&error));
+        Err(error.to_status())
     }
 
     type PredictStreamStream = ChunkStream;
@@ -81,20 +89,25 @@ impl Worker for WorkerService {
         request: Request<proto::PredictRequest>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         let in_flight = self.state.track();
-        let (events, request_id) = self.start(request.into_inner(), true).await?;
+        let (events, request_id) = self.start(request.into_inner(), true).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
+        let worker = Arc::clone(&self.state);
         let stream = futures::stream::unfold(
-            Some((events, request_id, in_flight)),
-            |state: Option<(mpsc::UnboundedReceiver<JobEvent>, String, InFlight)>| async move {
-                let (mut events, request_id, in_flight) = state?;
+            Some((events, request_id, in_flight, worker)),
+            |state: Option<(mpsc::UnboundedReceiver<JobEvent>, String, InFlight, Arc<WorkerState>)>| async move {
+                let (mut events, request_id, in_flight, worker) = state?;
                 match events.recv().await {
                     Some(JobEvent::Text(text)) => {
-                        Some((Ok(proto::PredictChunk { text, done: None }), Some((events, request_id, in_flight))))
+                        Some((Ok(proto::PredictChunk { text, done: None }), Some((events, request_id, in_flight, worker))))
                     }
                     Some(JobEvent::Done(completion)) => {
+                        worker.metrics.record(Ok(&completion));
                         let done = response(request_id, completion);
                         Some((Ok(proto::PredictChunk { text: String::new(), done: Some(done) }), None))
                     }
-                    Some(JobEvent::Failed(error)) => Some((Err(error.to_status()), None)),
+                    Some(JobEvent::Failed(error)) => {
+                        worker.metrics.record(Err(&error));
+                        Some((Err(error.to_status()), None))
+                    }
                     None => Some((Err(Status::internal("the engine dropped the request")), None)),
                 }
             },

@@ -18,6 +18,7 @@ pub struct WorkerState {
     pub address: String,
     /// Unique to this run of this process; see `WorkerInfo.instance_id`.
     pub instance_id: String,
+    pub metrics: crate::metrics::WorkerMetrics,
     load_ms: OnceLock<f64>,
     draining: watch::Sender<bool>,
     in_flight: AtomicUsize,
@@ -30,6 +31,7 @@ impl WorkerState {
             engine: OnceLock::new(),
             address,
             instance_id: new_instance_id(),
+            metrics: Default::default(),
             load_ms: OnceLock::new(),
             draining: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),

@@ -1,0 +1,353 @@
+//! OpenAI's wire format, as far as the pool serves it: chat and text completion requests turned into the
+//! pool's own requests, responses, stream chunks and errors turned back. No I/O here; see `http`.
+
+use modelpool::PoolError;
+use modelpool::proto::{self, FinishReason};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A single stop string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Message content: a string, or a list of parts of which the text parts are joined.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The sampling fields both endpoints share.
+#[derive(Debug, Deserialize)]
+pub struct Sampling {
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<Message>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: PromptInput,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+/// OpenAI's default for /v1/completions; chat completions default to the pool's own (128).
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
+impl Sampling {
+    fn to_proto(&self, default_max_tokens: Option<u32>) -> Result<proto::SamplingParams, PoolError> {
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(PoolError::invalid("n", format!("{n}; the pool returns one choice per request")));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        Ok(proto::SamplingParams {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).or(default_max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: None,
+            seed: self.seed,
+            stop,
+            ignore_eos: None,
+        })
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+impl ChatCompletionRequest {
+    pub fn to_proto(&self) -> Result<proto::PredictRequest, PoolError> {
+        let messages = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(text)) => text.clone(),
+                    Some(Content::Parts(parts)) => {
+                        if let Some(part) = parts.iter().find(|p| p.kind != "text") {
+                            return Err(PoolError::invalid(
+                                format!("messages[{i}].content"),
+                                format!("part of type {:?}; this pool serves text only", part.kind),
+                            ));
+                        }
+                        parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join("")
+                    }
+                };
+                // OpenAI's newer name for the system role.
+                let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
+                Ok(proto::ChatMessage { role, content })
+            })
+            .collect::<Result<Vec<_>, PoolError>>()?;
+        Ok(proto::PredictRequest {
+            request_id: String::new(),
+            input: Some(proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
+            sampling: Some(self.sampling.to_proto(None)?),
+        })
+    }
+}
+
+impl CompletionRequest {
+    pub fn to_proto(&self) -> Result<proto::PredictRequest, PoolError> {
+        let prompt = match &self.prompt {
+            PromptInput::One(p) => p.clone(),
+            PromptInput::Many(v) if v.len() == 1 => v[0].clone(),
+            PromptInput::Many(v) => {
+                return Err(PoolError::invalid("prompt", format!("{} prompts; send one per request", v.len())));
+            }
+        };
+        Ok(proto::PredictRequest {
+            request_id: String::new(),
+            input: Some(proto::predict_request::Input::Prompt(prompt.into_bytes())),
+            sampling: Some(self.sampling.to_proto(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?),
+        })
+    }
+}
+
+/// The pool's field names in OpenAI's terms, for an error's `param`.
+pub fn openai_param(field: &str) -> String {
+    let field = field.strip_prefix("sampling.").unwrap_or(field);
+    field.strip_prefix("chat.").unwrap_or(field).to_string()
+}
+
+pub fn finish_reason(response: &proto::PredictResponse) -> &'static str {
+    match FinishReason::try_from(response.finish_reason) {
+        Ok(FinishReason::Length) => "length",
+        _ => "stop",
+    }
+}
+
+pub fn usage(response: &proto::PredictResponse) -> Value {
+    json!({
+        "prompt_tokens": response.prompt_tokens,
+        "completion_tokens": response.completion_tokens,
+        "total_tokens": response.prompt_tokens + response.completion_tokens,
+    })
+}
+
+/// What kind of completion a response or chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Text,
+}
+
+impl Kind {
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl-",
+            Kind::Text => "cmpl-",
+        }
+    }
+}
+
+/// Identity shared by a response and all chunks of one stream.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub kind: Kind,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+impl Envelope {
+    pub fn response(&self, response: &proto::PredictResponse) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": response.text},
+                "finish_reason": finish_reason(response),
+                "logprobs": null,
+            }),
+            Kind::Text => json!({"index": 0, "text": response.text, "finish_reason": finish_reason(response), "logprobs": null}),
+        };
+        let object = match self.kind {
+            Kind::Chat => "chat.completion",
+            Kind::Text => "text_completion",
+        };
+        json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": [choice], "usage": usage(response),
+        })
+    }
+
+    /// A stream chunk: text (`Some`), or the final chunk (`finish` set, with the usage block).
+    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&proto::PredictResponse>) -> Value {
+        let (object, choice) = match self.kind {
+            Kind::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(text) = text {
+                    delta.insert("content".into(), json!(text));
+                }
+                ("chat.completion.chunk", json!({"index": 0, "delta": delta, "finish_reason": finish.map(finish_reason), "logprobs": null}))
+            }
+            Kind::Text => ("text_completion", json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish.map(finish_reason), "logprobs": null})),
+        };
+        let mut chunk = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]});
+        if let Some(response) = finish {
+            chunk["usage"] = usage(response);
+        }
+        chunk
+    }
+
+    /// The separate usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.
+    pub fn usage_chunk(&self, response: &proto::PredictResponse) -> Value {
+        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [], "usage": usage(response)})
+    }
+}
+
+/// An error in OpenAI's shape with its HTTP status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn from_pool(error: &PoolError) -> Self {
+        let (status, kind, code) = match error {
+            PoolError::InvalidArgument { .. } | PoolError::FailedPrecondition(_) | PoolError::AlreadyExists(_) => {
+                (400, "invalid_request_error", None)
+            }
+            PoolError::NotFound(_) => (404, "invalid_request_error", Some("not_found")),
+            PoolError::Unauthenticated(_) => (401, "authentication_error", Some("invalid_api_key")),
+            PoolError::ResourceExhausted(_) => (429, "rate_limit_error", Some("rate_limit_exceeded")),
+            PoolError::Unavailable(_) => (503, "service_unavailable_error", Some("no_workers")),
+            PoolError::DeadlineExceeded(_) => (504, "timeout_error", Some("timeout")),
+            PoolError::Cancelled(_) => (499, "cancelled_error", None),
+            PoolError::Internal(_) => (500, "server_error", None),
+        };
+        let param = match error {
+            PoolError::InvalidArgument { field, .. } => Some(openai_param(field)),
+            _ => None,
+        };
+        Self { status, message: error.to_string(), kind, param, code }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "error": self })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_request_becomes_the_pools_request() {
+        let request: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "smollm", "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Capital "}, {"type": "text", "text": "of France?"}]}
+            ],
+            "max_tokens": 12, "temperature": 0.0, "stop": "\n", "seed": 3, "stream": true
+        }))
+        .unwrap();
+        let wire = request.to_proto().unwrap();
+        let Some(proto::predict_request::Input::Chat(chat)) = &wire.input else { panic!("chat input") };
+        assert_eq!(chat.messages[0].role, "system");
+        assert_eq!(chat.messages[1].content, "Capital of France?");
+        let sampling = wire.sampling.unwrap();
+        assert_eq!((sampling.max_tokens, sampling.seed, sampling.stop), (Some(12), Some(3), vec!["\n".to_string()]));
+        assert!(request.sampling.stream);
+    }
+
+    #[test]
+    fn completions_default_to_sixteen_tokens_and_refuse_several_prompts_or_choices() {
+        let one: CompletionRequest = serde_json::from_value(json!({"prompt": "Once upon"})).unwrap();
+        assert_eq!(one.to_proto().unwrap().sampling.unwrap().max_tokens, Some(16));
+        let many: CompletionRequest = serde_json::from_value(json!({"prompt": ["a", "b"]})).unwrap();
+        assert_eq!(ApiError::from_pool(&many.to_proto().unwrap_err()).param.as_deref(), Some("prompt"));
+        let n: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "n": 2})).unwrap();
+        assert!(n.to_proto().unwrap_err().to_string().contains("n"));
+    }
+
+    #[test]
+    fn pool_errors_map_to_openai_statuses_and_params() {
+        let invalid = ApiError::from_pool(&PoolError::invalid("sampling.temperature", "3 is outside [0, 2]"));
+        assert_eq!((invalid.status, invalid.kind, invalid.param.as_deref()), (400, "invalid_request_error", Some("temperature")));
+        assert_eq!(ApiError::from_pool(&PoolError::ResourceExhausted("full".into())).status, 429);
+        assert_eq!(ApiError::from_pool(&PoolError::Unavailable("no workers".into())).status, 503);
+        assert_eq!(ApiError::from_pool(&PoolError::DeadlineExceeded("slow".into())).status, 504);
+        let body = invalid.body();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["message"].as_str().unwrap().contains("temperature"));
+    }
+}
