@@ -55,10 +55,13 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(modelpool::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(modelpool::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1 for current grpcurl, v1alpha for older tools.
+    let (reflection, reflection_alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     // The HTTP server runs on its own task; it stops when the gRPC server's shutdown fires.
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let shutdown = async move {
@@ -82,6 +85,7 @@ pub async fn serve(
     builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler, metrics), token.require()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -65,15 +65,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     if let Some(tls) = config.server_tls.clone() {
         builder = builder.tls_config(tls)?;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(modelpool::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| PoolError::Internal(format!("gRPC reflection: {e}")))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(modelpool::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| PoolError::Internal(format!("gRPC reflection: {e}"));
+    // v1 for current grpcurl, v1alpha for older tools.
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let token = config.credentials.token.clone();
     let routes = Routes::from(http::router(Arc::clone(&state), token.clone()))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_alpha)
         .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), token.require()));
     let server = tokio::spawn(
         builder

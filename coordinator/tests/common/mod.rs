@@ -48,6 +48,11 @@ impl TestPool {
         self.coordinator.url.clone()
     }
 
+    /// The coordinator's HTTP API (OpenAI-compatible, /metrics, /health, /ready).
+    pub fn http_url(&self) -> String {
+        self.coordinator.http_url.clone()
+    }
+
     pub async fn list(&self) -> Vec<proto::WorkerStatus> {
         self.client.clone().list_workers(ListWorkersRequest {}).await.unwrap().into_inner().workers
     }
@@ -60,4 +65,25 @@ impl TestPool {
 
 pub fn chat(text: &str, max_tokens: u32) -> proto::PredictRequest {
     proto::PredictRequest::from(&modelpool::PredictRequest::user(text, max_tokens))
+}
+
+/// A plain HTTP/1.1 GET (no client library): the status code and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
