@@ -1,0 +1,78 @@
+"""The pool through the official OpenAI client: what a DSPy or Gradio app would do."""
+
+import concurrent.futures
+
+import openai
+import pytest
+
+
+@pytest.fixture()
+def client(pool):
+    # No retries: a 429 must reach the test, not be retried away.
+    return openai.OpenAI(base_url=f"{pool}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(client, text, max_tokens=24, temperature=0.0, **extra):
+    return client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=temperature, **extra
+    )
+
+
+def test_a_chat_completion_knows_paris(client):
+    response = ask(client, "What is the capital of France?")
+    assert "Paris" in response.choices[0].message.content
+    assert response.choices[0].message.role == "assistant"
+    assert response.choices[0].finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens > 0
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_streamed_pieces_concatenate_to_the_full_text(client):
+    full = ask(client, "Write one sentence about rain.", max_tokens=32).choices[0].message.content
+    stream = ask(client, "Write one sentence about rain.", max_tokens=32, stream=True, stream_options={"include_usage": True})
+    pieces, usage, finish = [], None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+            finish = choice.finish_reason or finish
+    assert len(pieces) > 1, "text arrived in several pieces"
+    assert "".join(pieces) == full
+    assert finish in ("stop", "length")
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_text_completions_and_models(client):
+    completion = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert completion.choices[0].text
+    models = client.models.list()
+    assert len(models.data) == 1 and models.data[0].id
+
+
+def test_an_invalid_request_is_a_400_in_openais_error_shape(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "hi", temperature=5.0)
+    error = caught.value
+    assert error.status_code == 400
+    assert error.body["type"] == "invalid_request_error"
+    assert error.body["param"] == "temperature"
+    assert "temperature" in error.body["message"]
+
+
+def test_a_saturated_queue_answers_429_with_retry_after(client):
+    # One slot and a coordinator queue of one: of eight long requests at once, most are refused.
+    def attempt(i):
+        try:
+            ask(client, f"Tell me a long story about the number {i}.", max_tokens=64)
+            return "ok", None
+        except openai.RateLimitError as error:
+            return "429", error.response.headers.get("retry-after")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(attempt, range(8)))
+    refused = [retry for kind, retry in outcomes if kind == "429"]
+    assert refused, outcomes
+    assert all(retry == "1" for retry in refused)
+    assert any(kind == "ok" for kind, _ in outcomes), "admitted requests still complete"
