@@ -2,6 +2,7 @@
 //! latency and memory. `coordinator run-bench` uses this same code, so there is one measuring path.
 
 pub mod cli;
+pub mod hosts;
 pub mod html;
 pub mod memory;
 pub mod recommend;

@@ -30,6 +30,9 @@ pub enum Command {
     /// Offer many times the pool's capacity and report what was admitted, refused, how long admitted
     /// requests took and the coordinator's memory.
     OverloadBench(crate::overload_bench::OverloadBenchArgs),
+    /// Run a coordinator here and workers on the hosts of a hosts file (ssh or network namespaces),
+    /// bench through it and report by host.
+    Multihost(crate::multihost::MultihostArgs),
 }
 
 /// Scheduler settings shared by `serve` and `run-bench`.

@@ -10,6 +10,7 @@ pub mod engine_bench;
 pub mod http;
 pub mod local_pool;
 pub mod metrics;
+pub mod multihost;
 pub mod openai;
 pub mod overload_bench;
 pub mod registry;

@@ -92,7 +92,20 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(spec: &WorkerSpec) -> std::io::Result<Self> {
-        let mut command = Command::new(&spec.binary);
+        Self::spawn_with(&[], spec)
+    }
+
+    /// Through a launcher: `launcher` is a command prefix that runs the worker elsewhere (for example
+    /// `ip netns exec NS` or `ssh -tt HOST`); empty runs it here.
+    pub fn spawn_with(launcher: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&spec.binary);
+                command
+            }
+            None => Command::new(&spec.binary),
+        };
         command
             .arg("--port")
             .arg("0")
@@ -123,6 +136,11 @@ impl WorkerProcess {
         let child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
         Ok(Self { child, pid })
+    }
+
+    /// Whether it has exited (and how), without waiting.
+    pub fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn signal(&self, signal: i32) {

@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
         Command::OverloadBench(args) => {
             coordinator::overload_bench::run_overload_bench(args).await?;
         }
+        Command::Multihost(args) => {
+            coordinator::multihost::run_multihost(args).await?;
+        }
     }
     Ok(())
 }

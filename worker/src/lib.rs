@@ -50,7 +50,12 @@ const SERVICE_NAME: &str = "modelpool.v1.Worker";
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let bound = listener.local_addr()?;
     let scheme = if config.server_tls.is_some() { "https" } else { "http" };
-    let address = config.advertise.clone().unwrap_or_else(|| format!("{scheme}://{bound}"));
+    // `--advertise HOST:PORT` gets the scheme this worker serves; a full URL is taken as it is.
+    let address = match &config.advertise {
+        Some(advertised) if advertised.contains("://") => advertised.clone(),
+        Some(advertised) => format!("{scheme}://{advertised}"),
+        None => format!("{scheme}://{bound}"),
+    };
     let state = WorkerState::new(address.clone());
 
     // Liveness comes from the server answering at all; readiness is the health status, NOT_SERVING

@@ -1,0 +1,558 @@
+//! `multihost`: one coordinator here, workers on several hosts, one report grouped by host.
+//!
+//! A hosts file names each host and its workers; workers start over ssh (the binary, the MLX library
+//! and the model are copied first when the host lacks them or has other bytes) or, for the local
+//! simulation, inside a Linux network namespace (`netns:NAME`). The bench runs through the
+//! coordinator; membership is sampled throughout, so evictions and re-registrations show; optional
+//! fault and heal commands run at given seconds (to cut a host's link mid-run); after a heal the
+//! script waits for every worker and runs a second round, which shows the healed host serving again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bench_client::hosts::{HostSummary, WorkerPlacement, host_advice, summarise_by_host};
+use bench_client::runner::{RequestRecord, run_closed_loop};
+use bench_client::workload::builtin_workload;
+use modelpool::auth::AuthChannel;
+use modelpool::memory::mib;
+use modelpool::proto::coordinator_client::CoordinatorClient;
+use modelpool::proto::{ListWorkersRequest, WorkerState, WorkerStatus};
+use tokio::process::Command;
+
+use crate::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec, find_worker_binary};
+use crate::scheduler::SchedulerConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct MultihostArgs {
+    /// One line per host: `TARGET WORKERS ENGINE SLOTS THREADS [ADDRESS]`. TARGET is `ssh:USER@HOST`
+    /// (or a bare ssh target) or `netns:NAME`; ADDRESS is where that host's workers listen (default: the
+    /// ssh host; required for netns). `#` starts a comment.
+    #[arg(long)]
+    pub hosts: PathBuf,
+    /// Where the coordinator listens.
+    #[arg(long, default_value = "0.0.0.0:50050")]
+    pub listen: String,
+    /// The coordinator's URL as workers reach it. Default: http:// and --listen (which must then not be
+    /// 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[arg(long, default_value_t = 6)]
+    pub prompts_per_worker: usize,
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: u32,
+    /// Seconds into the run at which to run --fault (a shell command, e.g. one that cuts a link).
+    #[arg(long, requires = "fault")]
+    pub fault_at: Option<f64>,
+    #[arg(long)]
+    pub fault: Option<String>,
+    /// Seconds into the run at which to run --heal (e.g. restore the link).
+    #[arg(long, requires = "heal")]
+    pub heal_at: Option<f64>,
+    #[arg(long)]
+    pub heal: Option<String>,
+    #[arg(long, default_value_t = 3000)]
+    pub heartbeat_timeout_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_interval_ms: u64,
+    #[arg(long, default_value_t = 20)]
+    pub attempt_timeout_secs: u64,
+    #[arg(long, default_value_t = 180)]
+    pub startup_timeout_secs: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+/// How to reach a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Ssh(String),
+    Netns(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLine {
+    pub target: Target,
+    pub workers: usize,
+    pub engine: String,
+    pub slots: u32,
+    pub threads: u32,
+    /// Where its workers listen (an IP address or name, no port).
+    pub address: String,
+}
+
+impl HostLine {
+    pub fn name(&self) -> &str {
+        match &self.target {
+            Target::Ssh(target) => target,
+            Target::Netns(name) => name,
+        }
+    }
+}
+
+/// Parses a hosts file; errors name the line.
+pub fn parse_hosts(text: &str) -> Result<Vec<HostLine>, String> {
+    let mut hosts = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |reason: String| format!("hosts file line {}: {reason}", number + 1);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !(5..=6).contains(&fields.len()) {
+            return Err(at(format!("{} fields; expected TARGET WORKERS ENGINE SLOTS THREADS [ADDRESS]", fields.len())));
+        }
+        let target = match fields[0].split_once(':') {
+            Some(("netns", name)) if !name.is_empty() => Target::Netns(name.to_string()),
+            Some(("ssh", target)) if !target.is_empty() => Target::Ssh(target.to_string()),
+            _ => Target::Ssh(fields[0].to_string()),
+        };
+        let number_of = |i: usize, what: &str| fields[i].parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| at(format!("{what} {:?} is not a positive number", fields[i])));
+        let engine = fields[2].to_string();
+        if engine != "llama" && engine != "mlx" {
+            return Err(at(format!("engine {engine:?}; expected llama or mlx")));
+        }
+        let address = match (fields.get(5), &target) {
+            (Some(address), _) => address.to_string(),
+            (None, Target::Ssh(target)) => target.rsplit('@').next().unwrap_or(target).to_string(),
+            (None, Target::Netns(_)) => return Err(at("a netns host needs its ADDRESS".into())),
+        };
+        hosts.push(HostLine {
+            target,
+            workers: number_of(1, "WORKERS")? as usize,
+            engine,
+            slots: number_of(3, "SLOTS")?,
+            threads: number_of(4, "THREADS")?,
+            address,
+        });
+    }
+    if hosts.is_empty() {
+        return Err("the hosts file names no host".into());
+    }
+    Ok(hosts)
+}
+
+/// A membership change seen by sampling ListWorkers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MembershipEvent {
+    pub at_s: f64,
+    pub host: String,
+    pub serving_workers: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub prompts: usize,
+    pub answered: usize,
+    pub failed: usize,
+    /// Prompts answered after more than one attempt (their worker failed or went silent).
+    pub retried: usize,
+    /// Every prompt came back exactly once (no loss, no duplicate).
+    pub exactly_once: bool,
+    pub wall_s: f64,
+    pub hosts: Vec<HostSummary>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MultihostReport {
+    pub hosts: Vec<String>,
+    pub phases: Vec<Phase>,
+    pub membership: Vec<MembershipEvent>,
+    pub advice: Vec<String>,
+    pub fault_at_s: Option<f64>,
+    pub heal_at_s: Option<f64>,
+}
+
+/// Where a worker listens, as an address the hosts file would name: the host part of its URL.
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']'])
+}
+
+fn host_of<'h>(hosts: &'h [HostLine], status: &WorkerStatus) -> Option<&'h HostLine> {
+    let address = status.info.as_ref().map(|i| url_host(&i.address))?;
+    hosts.iter().find(|h| h.address == address)
+}
+
+pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostReport> {
+    let text = std::fs::read_to_string(&args.hosts).with_context(|| format!("reading {}", args.hosts.display()))?;
+    let hosts = parse_hosts(&text).map_err(anyhow::Error::msg)?;
+    let advertise = match &args.advertise {
+        Some(url) => url.clone(),
+        None => {
+            anyhow::ensure!(!args.listen.starts_with("0.0.0.0"), "--listen 0.0.0.0 needs --advertise (the URL workers reach)");
+            format!("http://{}", args.listen)
+        }
+    };
+    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
+    let explicit = args.model.clone();
+    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+
+    let scheduler = SchedulerConfig {
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+        attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
+        ..SchedulerConfig::default()
+    };
+    let coordinator = LocalCoordinator::start_on(scheduler, &args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!("== coordinator on {} (workers use {advertise})", args.listen);
+
+    let mut workers = Vec::new();
+    let started = start_workers(&hosts, &worker_bin, &model, &advertise, &mut workers).await;
+    let result = match started {
+        Ok(()) => {
+            tokio::select! {
+                result = measure(&args, &hosts, &coordinator.client, &mut workers) => result,
+                () = modelpool::shutdown::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    eprintln!("== stopping {} worker(s)", workers.len());
+    futures::future::join_all(workers.into_iter().map(|(_, w)| w.stop(Duration::from_secs(10)))).await;
+    coordinator.stop().await;
+    let report = result?;
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report)
+}
+
+/// Starts every host's workers (copying files to ssh hosts first).
+async fn start_workers(
+    hosts: &[HostLine],
+    worker_bin: &Path,
+    model: &Path,
+    coordinator: &str,
+    workers: &mut Vec<(String, WorkerProcess)>,
+) -> anyhow::Result<()> {
+    for host in hosts {
+        let (launcher, binary, model) = match &host.target {
+            Target::Netns(name) => (vec!["ip".into(), "netns".into(), "exec".into(), name.clone()], worker_bin.to_path_buf(), model.to_path_buf()),
+            Target::Ssh(target) => {
+                let remote = ssh::provision(target, worker_bin, model).await?;
+                let launcher = vec![
+                    "ssh".into(),
+                    "-tt".into(),
+                    "-o".into(),
+                    "BatchMode=yes".into(),
+                    target.clone(),
+                    "env".into(),
+                    format!("LD_LIBRARY_PATH={}", remote.library_dir),
+                ];
+                (launcher, PathBuf::from(remote.worker), PathBuf::from(remote.model))
+            }
+        };
+        for _ in 0..host.workers {
+            let spec = WorkerSpec {
+                binary: binary.clone(),
+                model: model.clone(),
+                coordinator: coordinator.to_string(),
+                threads: host.threads,
+                slots: host.slots,
+                extra_args: vec!["--bind".into(), host.address.clone(), "--engine".into(), host.engine.clone()],
+            };
+            let worker = WorkerProcess::spawn_with(&launcher, &spec).with_context(|| format!("starting a worker on {}", host.name()))?;
+            workers.push((host.name().to_string(), worker));
+        }
+        eprintln!("== {}: {} worker(s) starting ({} x {} slot(s) x {} thread(s))", host.name(), host.workers, host.engine, host.slots, host.threads);
+    }
+    Ok(())
+}
+
+async fn serving_by_host(client: &CoordinatorClient<AuthChannel>, hosts: &[HostLine]) -> Option<(BTreeMap<String, usize>, Vec<WorkerStatus>)> {
+    let list = client.clone().list_workers(ListWorkersRequest {}).await.ok()?.into_inner().workers;
+    let mut counts: BTreeMap<String, usize> = hosts.iter().map(|h| (h.name().to_string(), 0)).collect();
+    for status in list.iter().filter(|w| w.state == WorkerState::Serving as i32) {
+        if let Some(host) = host_of(hosts, status) {
+            *counts.entry(host.name().to_string()).or_default() += 1;
+        }
+    }
+    Some((counts, list))
+}
+
+/// Waits until every host has all its workers serving; fails early if one of ours exits.
+async fn wait_all_serving(
+    client: &CoordinatorClient<AuthChannel>,
+    hosts: &[HostLine],
+    workers: &mut [(String, WorkerProcess)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((counts, _)) = serving_by_host(client, hosts).await
+            && hosts.iter().all(|h| counts.get(h.name()).copied().unwrap_or(0) >= h.workers)
+        {
+            return Ok(());
+        }
+        for (host, worker) in workers.iter_mut() {
+            if let Some(status) = worker.try_exit_status() {
+                anyhow::bail!("a worker on {host} exited ({status}) before serving");
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not every worker was serving within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn measure(
+    args: &MultihostArgs,
+    hosts: &[HostLine],
+    client: &CoordinatorClient<AuthChannel>,
+    workers: &mut [(String, WorkerProcess)],
+) -> anyhow::Result<MultihostReport> {
+    wait_all_serving(client, hosts, workers, Duration::from_secs(args.startup_timeout_secs)).await?;
+    let total_workers: usize = hosts.iter().map(|h| h.workers).sum();
+    let total_slots: usize = hosts.iter().map(|h| h.workers * h.slots as usize).sum();
+    eprintln!("== all {total_workers} worker(s) serving");
+
+    // Membership, sampled every 200 ms: evictions and re-registrations become events.
+    let start = Instant::now();
+    let events = Arc::new(Mutex::new(Vec::<MembershipEvent>::new()));
+    let placements = Arc::new(Mutex::new(BTreeMap::<String, WorkerPlacement>::new()));
+    let sampler = tokio::spawn({
+        let (client, hosts, events, placements) = (client.clone(), hosts.to_vec(), Arc::clone(&events), Arc::clone(&placements));
+        async move {
+            let mut last: BTreeMap<String, usize> = BTreeMap::new();
+            loop {
+                if let Some((counts, list)) = serving_by_host(&client, &hosts).await {
+                    let mut placements = placements.lock().unwrap();
+                    for placement in placements.values_mut() {
+                        placement.current = false;
+                    }
+                    for status in &list {
+                        if let Some(host) = host_of(&hosts, status) {
+                            let memory = status.memory.unwrap_or_default();
+                            placements.insert(
+                                status.worker_id.clone(),
+                                WorkerPlacement {
+                                    host: host.name().to_string(),
+                                    rss_bytes: memory.rss_bytes,
+                                    pss_bytes: memory.pss_bytes,
+                                    current: true,
+                                },
+                            );
+                        }
+                    }
+                    for (host, &count) in &counts {
+                        if last.get(host) != Some(&count) {
+                            events.lock().unwrap().push(MembershipEvent { at_s: start.elapsed().as_secs_f64(), host: host.clone(), serving_workers: count });
+                        }
+                    }
+                    last = counts;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    for (at, command) in [(args.fault_at, &args.fault), (args.heal_at, &args.heal)] {
+        if let (Some(at), Some(command)) = (at, command.clone()) {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(at)).await;
+                eprintln!("== t={at:.1}s: running {command:?}");
+                match Command::new("sh").arg("-c").arg(&command).stdin(Stdio::null()).status().await {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => eprintln!("== {command:?} exited with {status}"),
+                    Err(e) => eprintln!("== {command:?} failed to start: {e}"),
+                }
+            });
+        }
+    }
+
+    let mut phases = Vec::new();
+    let prompts = builtin_workload(total_workers * args.prompts_per_worker, args.max_tokens);
+    eprintln!("== run: {} prompts, {total_slots} in flight", prompts.len());
+    let (records, wall_s) = run_closed_loop(client.clone(), &prompts, total_slots).await;
+    phases.push(phase("run", &records, prompts.len(), wall_s, &placements.lock().unwrap()));
+
+    if let Some(heal_at) = args.heal_at {
+        let wait = Duration::from_secs_f64((heal_at - start.elapsed().as_secs_f64()).max(0.0));
+        tokio::time::sleep(wait).await;
+        eprintln!("== waiting for every worker to serve again");
+        wait_all_serving(client, hosts, workers, Duration::from_secs(60)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await; // one more sample of placements
+        let again = builtin_workload(total_slots * 3, args.max_tokens);
+        eprintln!("== after: {} prompts", again.len());
+        let (records, wall_s) = run_closed_loop(client.clone(), &again, total_slots).await;
+        phases.push(phase("after", &records, again.len(), wall_s, &placements.lock().unwrap()));
+    }
+    sampler.abort();
+    let membership = std::mem::take(&mut *events.lock().unwrap());
+    let advice = host_advice(&phases[0].hosts);
+    Ok(MultihostReport {
+        hosts: hosts.iter().map(|h| h.name().to_string()).collect(),
+        phases,
+        membership,
+        advice,
+        fault_at_s: args.fault_at,
+        heal_at_s: args.heal_at,
+    })
+}
+
+fn phase(
+    name: &str,
+    records: &[RequestRecord],
+    prompts: usize,
+    wall_s: f64,
+    placements: &BTreeMap<String, WorkerPlacement>,
+) -> Phase {
+    let ids: HashSet<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+    let answered = records.iter().filter(|r| r.ok).count();
+    Phase {
+        name: name.into(),
+        prompts,
+        answered,
+        failed: records.len() - answered,
+        retried: records.iter().filter(|r| r.ok && r.attempts > 1).count(),
+        exactly_once: records.len() == prompts && ids.len() == prompts,
+        wall_s,
+        hosts: summarise_by_host(records, placements, wall_s),
+        errors: records.iter().filter_map(|r| r.error.clone()).collect(),
+    }
+}
+
+fn print_report(report: &MultihostReport) {
+    for phase in &report.phases {
+        println!(
+            "{}: {} prompts, {} answered ({} after a retry), {} failed, exactly once: {}, {:.1} s",
+            phase.name,
+            phase.prompts,
+            phase.answered,
+            phase.retried,
+            phase.failed,
+            if phase.exactly_once { "yes" } else { "NO" },
+            phase.wall_s
+        );
+        println!(
+            "  {:<14} {:>3} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            "host", "wkr", "prompts", "tok/s", "ms/tok", "p50 lat", "p95 lat", "ttft p50", "RSS/wkr", "PSS/wkr"
+        );
+        for h in &phase.hosts {
+            println!(
+                "  {:<14} {:>3} {:>7} {:>8.1} {:>9.1} {:>8.2}s {:>8.2}s {:>7.0}ms {:>8} {:>8}",
+                h.host,
+                h.workers,
+                h.prompts,
+                h.output_tokens_per_s,
+                h.e2e_ms_per_token_p50,
+                h.e2e_ms.p50 / 1000.0,
+                h.e2e_ms.p95 / 1000.0,
+                h.ttft_ms_p50,
+                mib(h.rss_bytes_per_worker),
+                mib(h.pss_bytes_per_worker),
+            );
+        }
+        for error in phase.errors.iter().take(5) {
+            println!("  error: {error}");
+        }
+    }
+    if !report.membership.is_empty() {
+        println!("membership (serving workers per host over time):");
+        for event in &report.membership {
+            println!("  t={:>5.1}s  {:<14} {}", event.at_s, event.host, event.serving_workers);
+        }
+    }
+    for line in &report.advice {
+        println!("advice: {line}");
+    }
+}
+
+/// Copying to and running on ssh hosts.
+mod ssh {
+    use std::path::Path;
+
+    use anyhow::Context;
+    use tokio::process::Command;
+
+    /// Where a host's copies live (under the remote user's ~/.modelpool).
+    pub struct Remote {
+        pub worker: String,
+        pub model: String,
+        pub library_dir: String,
+    }
+
+    async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(program).args(args).output().await.with_context(|| format!("running {program}"))?;
+        anyhow::ensure!(output.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The MLX library directory the worker binary was linked against (from the mlx-cpu wheel), whose
+    /// layout libmlx needs kept: `mlx/lib/libmlx.so` next to `mlx_cpu.libs/`.
+    fn wheel_dir() -> anyhow::Result<std::path::PathBuf> {
+        let dir = modelpool::model_cache::cache_dir()?.join("mlx-cpu-0.32.2");
+        anyhow::ensure!(dir.join("mlx/lib/libmlx.so").is_file(), "no MLX library under {}; build the worker here first", dir.display());
+        Ok(dir)
+    }
+
+    /// Makes sure `target` has this worker binary, the MLX library and the model, copying what is
+    /// missing or differs (compared by SHA-256).
+    pub async fn provision(target: &str, worker: &Path, model: &Path) -> anyhow::Result<Remote> {
+        let ssh = |command: String| {
+            let target = target.to_string();
+            async move { run("ssh", &["-o", "BatchMode=yes", &target, &command]).await }
+        };
+        let home = ssh("mkdir -p ~/.modelpool/bin && echo ~".into()).await?.trim().to_string();
+        let remote = Remote {
+            worker: format!("{home}/.modelpool/bin/worker"),
+            model: format!("{home}/.modelpool/model.gguf"),
+            library_dir: format!("{home}/.modelpool/mlx/mlx/lib"),
+        };
+        for (local, remote_path) in [(worker, &remote.worker), (model, &remote.model)] {
+            let local_sha = modelpool::model_cache::sha256_file(local)?;
+            let remote_sha = ssh(format!("sha256sum {remote_path} 2>/dev/null || true")).await?;
+            if remote_sha.split_whitespace().next() != Some(local_sha.as_str()) {
+                eprintln!("== {target}: copying {} ({} MiB)", local.display(), std::fs::metadata(local).map(|m| m.len() >> 20).unwrap_or(0));
+                run("scp", &["-q", "-o", "BatchMode=yes", &local.display().to_string(), &format!("{target}:{remote_path}")]).await?;
+                let copied = ssh(format!("sha256sum {remote_path}")).await?;
+                anyhow::ensure!(copied.split_whitespace().next() == Some(local_sha.as_str()), "{target}: {remote_path} differs after copying");
+            }
+        }
+        if ssh(format!("test -f {}/libmlx.so && echo yes || true", remote.library_dir)).await?.trim() != "yes" {
+            let wheel = wheel_dir()?;
+            eprintln!("== {target}: copying the MLX library");
+            run("scp", &["-q", "-r", "-o", "BatchMode=yes", &wheel.display().to_string(), &format!("{target}:{home}/.modelpool/mlx")]).await?;
+        }
+        Ok(remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_files_parse_with_defaults_and_errors_name_the_line() {
+        let hosts = parse_hosts("# lab\nssh:me@gpu1 2 llama 4 8\nnetns:mp-h1 1 mlx 1 1 10.0.0.11  # sim\n\nbox3 1 llama 1 2 192.168.1.3\n").unwrap();
+        assert_eq!(hosts.len(), 3);
+        assert_eq!(hosts[0].target, Target::Ssh("me@gpu1".into()));
+        assert_eq!((hosts[0].workers, hosts[0].slots, hosts[0].threads, hosts[0].address.as_str()), (2, 4, 8, "gpu1"));
+        assert_eq!(hosts[1].target, Target::Netns("mp-h1".into()));
+        assert_eq!(hosts[1].engine, "mlx");
+        assert_eq!(hosts[2].target, Target::Ssh("box3".into()));
+        assert!(parse_hosts("netns:x 1 llama 1 1").unwrap_err().contains("line 1"));
+        assert!(parse_hosts("a 0 llama 1 1").unwrap_err().contains("WORKERS"));
+        assert!(parse_hosts("a 1 vllm 1 1").unwrap_err().contains("engine"));
+        assert!(parse_hosts("# nothing\n").is_err());
+    }
+
+    #[test]
+    fn a_worker_url_maps_to_its_host_address() {
+        assert_eq!(url_host("http://10.231.0.11:41235"), "10.231.0.11");
+        assert_eq!(url_host("https://gpu1:50051/"), "gpu1");
+        assert_eq!(url_host("http://[::1]:5"), "::1");
+    }
+}
