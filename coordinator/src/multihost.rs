@@ -263,7 +263,16 @@ async fn start_workers(
                 coordinator: coordinator.to_string(),
                 threads: host.threads,
                 slots: host.slots,
-                extra_args: vec!["--bind".into(), host.address.clone(), "--engine".into(), host.engine.clone()],
+                // Advertised as the hosts file names it (the bound port is added), which is how the
+                // report knows each worker's host.
+                extra_args: vec![
+                    "--bind".into(),
+                    host.address.clone(),
+                    "--advertise".into(),
+                    host.address.clone(),
+                    "--engine".into(),
+                    host.engine.clone(),
+                ],
             };
             let worker = WorkerProcess::spawn_with(&launcher, &spec).with_context(|| format!("starting a worker on {}", host.name()))?;
             workers.push((host.name().to_string(), worker));

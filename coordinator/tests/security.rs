@@ -114,10 +114,10 @@ async fn every_link_can_run_over_tls() {
 
     // Plaintext to a TLS port fails; https without the CA is refused before dialling.
     let plaintext = pool.coordinator_url().replacen("https://", "http://", 1);
-    let status = bench_client::connect(&plaintext, &Credentials::default()).unwrap().predict(chat("Say hi.", 4)).await.unwrap_err();
-    // The TLS server drops the plaintext connection; how hyper reports that varies (protocol error,
-    // broken pipe, connection reset), never a response.
-    assert!(matches!(status.code(), Code::Unavailable | Code::Internal | Code::Unknown), "{status:?}");
+    let refused = bench_client::connect(&plaintext, &Credentials::default()).unwrap().predict(chat("Say hi.", 4)).await;
+    // The TLS server drops the plaintext connection; how hyper reports that varies from run to run
+    // (protocol error, broken pipe, cancelled), but it is never an answer.
+    assert!(refused.is_err(), "a plaintext call to a TLS port got an answer");
     let error = bench_client::connect(&pool.coordinator_url(), &Credentials::default()).unwrap_err();
     assert!(error.to_string().contains("tls-ca"), "{error}");
     pool.shutdown().await;

