@@ -12,7 +12,10 @@ import urllib.request
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = pathlib.Path(os.environ.get("MODELPOOL_BIN_DIR", ROOT / "target" / "release"))
+# Where cargo put the release binaries: MODELPOOL_BIN_DIR, else $CARGO_TARGET_DIR/release, else target/release.
+BIN = pathlib.Path(
+    os.environ.get("MODELPOOL_BIN_DIR") or pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+)
 
 
 def _listening_line(process, prefix, timeout=60.0):
