@@ -62,7 +62,8 @@ fn free_port() -> std::io::Result<u16> {
 async fn spawn_coordinator(port: u16, max_queue: usize) -> anyhow::Result<Child> {
     let mut command = Command::new(std::env::current_exe()?);
     command
-        .args(["serve", "--port", &port.to_string(), "--max-queue", &max_queue.to_string()])
+        // gRPC only: the bench does not use the HTTP API, and its default port may be taken.
+        .args(["serve", "--port", &port.to_string(), "--no-http", "--max-queue", &max_queue.to_string()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
