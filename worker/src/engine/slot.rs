@@ -10,7 +10,7 @@ use modelpool::text::{StopMatcher, Utf8Stream};
 use crate::engine::{Completion, Job, JobEvent};
 
 pub struct Slot<S> {
-    /// The llama.cpp sequence id this slot decodes into.
+    /// Which sequence this slot is: its llama.cpp sequence id (the MLX loop only numbers its slots).
     pub seq: i32,
     pub job: Job,
     /// Prompt tokens already in the KV cache.
