@@ -45,6 +45,10 @@ pub struct Args {
     /// prompt's greedy output can then depend on the prompts batched with it (see the README).
     #[arg(long)]
     pub kv_unified: bool,
+    /// llama.cpp: float32 attention instead of flash attention (which rounds to float16 on the CPU).
+    /// About 20% slower decode here; greedy near-ties then fall as the MLX engine's do.
+    #[arg(long)]
+    pub no_flash_attention: bool,
     /// Requests that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once.
     #[arg(long, default_value_t = 64)]
     pub queue: u32,
@@ -84,6 +88,7 @@ pub struct Config {
     pub context_per_slot: u32,
     pub queue: u32,
     pub kv_unified: bool,
+    pub flash_attention: bool,
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
@@ -109,6 +114,7 @@ impl Default for Config {
             context_per_slot: 2048,
             queue: 64,
             kv_unified: false,
+            flash_attention: true,
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
@@ -164,6 +170,7 @@ impl TryFrom<&Args> for Config {
             context_per_slot: args.ctx_per_slot,
             queue: args.queue,
             kv_unified: args.kv_unified,
+            flash_attention: !args.no_flash_attention,
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),

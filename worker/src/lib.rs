@@ -145,6 +145,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 threads: config.threads,
                 threads_batch: config.threads_batch,
                 kv_unified: config.kv_unified,
+                flash_attention: config.flash_attention,
             };
             Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
