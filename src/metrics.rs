@@ -201,6 +201,66 @@ impl Outcomes {
     }
 }
 
+/// The per-request figures both daemons keep: how requests ended, three latency histograms and the
+/// tokens generated. Each daemon names its series with its own prefix and says what its stages mean.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    requests: Outcomes,
+    queue_wait: Histogram,
+    ttft: Histogram,
+    duration: Histogram,
+    generated_tokens: AtomicU64,
+}
+
+/// The help text of each series of [`RequestMetrics`].
+pub struct RequestHelp {
+    pub requests: &'static str,
+    pub queue_wait: &'static str,
+    pub ttft: &'static str,
+    pub duration: &'static str,
+    pub tokens: &'static str,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Outcomes::default(),
+            queue_wait: Histogram::latency(),
+            ttft: Histogram::latency(),
+            duration: Histogram::latency(),
+            generated_tokens: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// An answered request: its queue wait and time to first token (when known), its duration and its
+    /// tokens.
+    pub fn record_answer(&self, stages_ms: Option<(f64, f64)>, duration_seconds: f64, tokens: u32) {
+        self.requests.record(Outcome::Ok);
+        self.duration.observe(duration_seconds);
+        self.generated_tokens.fetch_add(u64::from(tokens), Ordering::Relaxed);
+        if let Some((queue_ms, ttft_ms)) = stages_ms {
+            self.queue_wait.observe_ms(queue_ms);
+            self.ttft.observe_ms(ttft_ms);
+        }
+    }
+
+    pub fn record_error(&self, error: &crate::PoolError) {
+        self.requests.record(Outcome::of_error(error));
+    }
+
+    /// The series `{prefix}_requests_total`, `_queue_wait_seconds`, `_time_to_first_token_seconds`,
+    /// `_request_duration_seconds` and `_generated_tokens_total`.
+    pub fn render(&self, out: &mut Exposition, prefix: &str, help: &RequestHelp) {
+        self.requests.render(out, &format!("{prefix}_requests_total"), help.requests);
+        out.histogram(&format!("{prefix}_queue_wait_seconds"), help.queue_wait, &self.queue_wait);
+        out.histogram(&format!("{prefix}_time_to_first_token_seconds"), help.ttft, &self.ttft);
+        out.histogram(&format!("{prefix}_request_duration_seconds"), help.duration, &self.duration);
+        out.counter(&format!("{prefix}_generated_tokens_total"), help.tokens, self.generated_tokens.load(Ordering::Relaxed));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

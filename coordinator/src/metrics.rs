@@ -2,35 +2,23 @@
 //! histograms, tokens generated; and, read from the scheduler at scrape time, the registered workers
 //! with their in-flight, queued and memory figures.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use modelpool::PoolError;
-use modelpool::metrics::{Exposition, Histogram, Outcome, Outcomes};
+use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
 use modelpool::proto::{self, WorkerState};
 
-#[derive(Debug)]
-pub struct CoordinatorMetrics {
-    pub requests: Outcomes,
-    /// Time in the coordinator's queue before a worker took the prompt.
-    pub queue_wait: Histogram,
-    /// Queue wait plus the worker's time to first token.
-    pub ttft: Histogram,
-    /// Admission to result, as the coordinator saw it.
-    pub e2e: Histogram,
-    pub generated_tokens: AtomicU64,
-}
+const HELP: RequestHelp = RequestHelp {
+    requests: "Prompts by how they ended (gRPC and HTTP).",
+    queue_wait: "Time a prompt waited in the coordinator's queue.",
+    ttft: "Coordinator queue wait plus the worker's time to first token.",
+    duration: "Admission to result at the coordinator.",
+    tokens: "Tokens generated for answered prompts.",
+};
 
-impl Default for CoordinatorMetrics {
-    fn default() -> Self {
-        Self {
-            requests: Outcomes::default(),
-            queue_wait: Histogram::latency(),
-            ttft: Histogram::latency(),
-            e2e: Histogram::latency(),
-            generated_tokens: AtomicU64::new(0),
-        }
-    }
+#[derive(Debug, Default)]
+pub struct CoordinatorMetrics {
+    requests: RequestMetrics,
 }
 
 impl CoordinatorMetrics {
@@ -38,25 +26,16 @@ impl CoordinatorMetrics {
     pub fn record(&self, result: Result<&proto::PredictResponse, &PoolError>, started: Instant) {
         match result {
             Ok(response) => {
-                self.requests.record(Outcome::Ok);
-                self.e2e.observe(started.elapsed().as_secs_f64());
-                self.generated_tokens.fetch_add(u64::from(response.completion_tokens), Ordering::Relaxed);
-                if let Some(t) = &response.timings {
-                    self.queue_wait.observe_ms(t.coordinator_queue_ms);
-                    self.ttft.observe_ms(t.coordinator_queue_ms + t.ttft_ms);
-                }
+                let stages = response.timings.as_ref().map(|t| (t.coordinator_queue_ms, t.coordinator_queue_ms + t.ttft_ms));
+                self.requests.record_answer(stages, started.elapsed().as_secs_f64(), response.completion_tokens);
             }
-            Err(error) => self.requests.record(Outcome::of_error(error)),
+            Err(error) => self.requests.record_error(error),
         }
     }
 
     pub fn render(&self, workers: &[proto::WorkerStatus]) -> String {
         let mut out = Exposition::new();
-        self.requests.render(&mut out, "modelpool_coordinator_requests_total", "Prompts by how they ended (gRPC and HTTP).");
-        out.histogram("modelpool_coordinator_queue_wait_seconds", "Time a prompt waited in the coordinator's queue.", &self.queue_wait);
-        out.histogram("modelpool_coordinator_time_to_first_token_seconds", "Coordinator queue wait plus the worker's time to first token.", &self.ttft);
-        out.histogram("modelpool_coordinator_request_duration_seconds", "Admission to result at the coordinator.", &self.e2e);
-        out.counter("modelpool_coordinator_generated_tokens_total", "Tokens generated for answered prompts.", self.generated_tokens.load(Ordering::Relaxed));
+        self.requests.render(&mut out, "modelpool_coordinator", &HELP);
         let serving = workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count();
         out.gauge("modelpool_coordinator_workers", "Registered workers.", workers.len() as f64);
         out.gauge("modelpool_coordinator_workers_serving", "Registered workers that take prompts.", serving as f64);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::Instant;
 
 use modelpool::{PoolError, PredictRequest};
@@ -68,6 +68,41 @@ impl JobQueue {
                 Err(PoolError::Unavailable("the engine thread has stopped".into()))
             }
         }
+    }
+}
+
+/// What an engine thread gets when it asks its queue for work.
+pub enum NextJob {
+    Job(Job),
+    /// Nothing is waiting (only when not blocking).
+    Empty,
+    /// Every sender is gone: the engine is shutting down.
+    Closed,
+}
+
+/// The next job whose client is still waiting: blocks for one when `idle` (nothing is running), else
+/// takes only what is already queued. A job whose client went away while it waited is counted as
+/// cancelled and skipped.
+pub fn next_job(queue: &Receiver<Job>, idle: bool, counters: &LoadCounters) -> NextJob {
+    loop {
+        let job = if idle {
+            match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return NextJob::Closed,
+            }
+        } else {
+            match queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Empty) => return NextJob::Empty,
+                Err(TryRecvError::Disconnected) => return NextJob::Closed,
+            }
+        };
+        counters.queued.fetch_sub(1, Ordering::Relaxed);
+        if job.events.is_closed() {
+            counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        return NextJob::Job(job);
     }
 }
 

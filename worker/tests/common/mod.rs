@@ -89,3 +89,25 @@ async fn wait_serving(channel: &Channel) -> Vec<ServingStatus> {
 pub fn chat(text: &str, max_tokens: u32) -> proto::PredictRequest {
     proto::PredictRequest::from(&modelpool::PredictRequest::user(text, max_tokens))
 }
+
+/// Sends each request alone, one after another, then all of them at once; returns both sets of
+/// responses in request order, after checking that the concurrent ones shared the slots (none waited in
+/// the queue as long as the shortest took to run).
+pub async fn alone_then_together(
+    client: &WorkerClient<Channel>,
+    requests: &[proto::PredictRequest],
+) -> (Vec<proto::PredictResponse>, Vec<proto::PredictResponse>) {
+    let mut alone = Vec::new();
+    for request in requests {
+        alone.push(client.clone().predict(request.clone()).await.unwrap().into_inner());
+    }
+    let together = futures::future::join_all(requests.iter().map(|request| {
+        let mut client = client.clone();
+        async move { client.predict(request.clone()).await.unwrap().into_inner() }
+    }))
+    .await;
+    let longest_wait = together.iter().map(|r| r.timings.as_ref().unwrap().queue_ms).fold(0.0, f64::max);
+    let shortest_run = together.iter().map(|r| r.timings.as_ref().unwrap().total_ms).fold(f64::MAX, f64::min);
+    assert!(longest_wait < shortest_run, "queue wait {longest_wait} ms vs shortest request {shortest_run} ms");
+    (alone, together)
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -15,7 +15,7 @@ use llama_cpp_2::token::LlamaToken;
 use modelpool::PoolError;
 use tracing::warn;
 
-use crate::engine::queue::LoadCounters;
+use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use llama_cpp_2::sampling::LlamaSampler;
 
 use super::sampler::sampler_for;
@@ -75,23 +75,11 @@ impl<'m> BatchLoop<'m> {
     /// queue is closed (the engine is shutting down).
     fn admit(&mut self, queue: &Receiver<Job>) -> bool {
         while !self.free_seqs.is_empty() {
-            let job = if self.slots.is_empty() {
-                match queue.recv() {
-                    Ok(job) => job,
-                    Err(_) => return false,
-                }
-            } else {
-                match queue.try_recv() {
-                    Ok(job) => job,
-                    Err(TryRecvError::Empty) => return true,
-                    Err(TryRecvError::Disconnected) => return false,
-                }
+            let job = match next_job(queue, self.slots.is_empty(), &self.counters) {
+                NextJob::Job(job) => job,
+                NextJob::Empty => return true,
+                NextJob::Closed => return false,
             };
-            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            if job.events.is_closed() {
-                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             // The lowest free id, so the running ids stay as contiguous as possible (see `build_batch`).
             let seq = self.free_seqs.pop_first().expect("checked non-empty");
             // Whatever an earlier job left in this sequence must not leak into the new one.

@@ -6,13 +6,13 @@
 //! the model's forward takes the same number of new tokens from every sequence it is given.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 
 use modelpool::PoolError;
 use modelpool::tokenizer::Tokenizer;
 
 use super::model::{KvCache, LlamaModel};
-use crate::engine::queue::LoadCounters;
+use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
@@ -63,23 +63,11 @@ impl<'m> BatchLoop<'m> {
     /// queue is closed.
     fn admit(&mut self, queue: &Receiver<Job>) -> bool {
         while self.running.len() < self.capacity {
-            let job = if self.running.is_empty() {
-                match queue.recv() {
-                    Ok(job) => job,
-                    Err(_) => return false,
-                }
-            } else {
-                match queue.try_recv() {
-                    Ok(job) => job,
-                    Err(TryRecvError::Empty) => return true,
-                    Err(TryRecvError::Disconnected) => return false,
-                }
+            let job = match next_job(queue, self.running.is_empty(), self.counters) {
+                NextJob::Job(job) => job,
+                NextJob::Empty => return true,
+                NextJob::Closed => return false,
             };
-            self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            if job.events.is_closed() {
-                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             let sampler = SeededSampler::for_params(&job.sampling);
             let seq = self.running.len() as i32;
             self.running.push(Running { slot: Slot::new(seq, job, sampler), cache: self.model.new_cache() });
