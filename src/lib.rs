@@ -4,9 +4,11 @@
 //! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
 //! ([`text`]), a GGUF metadata reader ([`gguf`]) and the model's own tokenizer ([`tokenizer`]),
-//! the pool's shared secret ([`auth`]) and TLS settings ([`tls`]), telemetry and the shutdown signal.
+//! the pool's shared secret ([`auth`]), TLS settings ([`tls`]) and the flags for both ([`security_args`]),
+//! the engine kind both daemons name ([`engine_kind`]), telemetry and the shutdown signal.
 
 pub mod auth;
+pub mod engine_kind;
 pub mod error;
 pub mod gguf;
 pub mod memory;
@@ -15,11 +17,13 @@ pub mod model_cache;
 pub mod proto;
 pub mod request;
 pub mod rng;
+pub mod security_args;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod tokenizer;
 
+pub use engine_kind::{DEFAULT_CONTEXT_PER_SLOT, EngineKind};
 pub use error::PoolError;
 pub use request::{ChatMessage, Prompt, PredictRequest, Role, SamplingParams};

@@ -9,6 +9,7 @@ pub mod recommend;
 pub mod report;
 pub mod roofline;
 pub mod runner;
+pub mod shared_prefix;
 pub mod slo;
 pub mod stats;
 pub mod workload;

@@ -3,7 +3,6 @@
 //! `/metrics`, liveness `/health` and readiness `/ready`. Prompts go through the same scheduler as gRPC.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -16,30 +15,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use modelpool::auth::Token;
 use modelpool::proto::{self, WorkerState};
-use modelpool::{PoolError, PredictRequest};
+use modelpool::PoolError;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::admission::Admission;
 use crate::metrics::CoordinatorMetrics;
 use crate::openai::{ApiError, ChatCompletionRequest, CompletionRequest, Envelope, Kind};
-use crate::scheduler::Scheduler;
-
-/// Longest an HTTP request may take from admission to its last token before it fails with 504.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+use crate::scheduler::{Scheduler, stopped};
 
 pub struct HttpState {
     pub scheduler: Scheduler,
     pub metrics: Arc<CoordinatorMetrics>,
+    pub admission: Arc<Admission>,
     pub token: Token,
+    /// Longest a request may take from admission to its last token before it fails with 504.
     pub request_timeout: Duration,
-    next_id: AtomicU64,
-}
-
-impl HttpState {
-    pub fn new(scheduler: Scheduler, metrics: Arc<CoordinatorMetrics>, token: Token, request_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { scheduler, metrics, token, request_timeout, next_id: AtomicU64::new(1) })
-    }
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -115,17 +107,17 @@ async fn complete(
     include_usage: bool,
 ) -> Response {
     let started = Instant::now();
-    let admitted = wire.and_then(|mut wire| {
-        let max_tokens = PredictRequest::try_from(wire.clone())?.sampling.max_tokens;
-        wire.request_id = format!("http-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
-        Ok((wire, max_tokens))
-    });
-    let (wire, max_tokens) = match admitted {
-        Ok(admitted) => admitted,
+    let admitted = match wire {
+        // The caller's id is not taken from the API body: every HTTP prompt gets the coordinator's.
+        Ok(wire) => state.admission.admit(proto::PredictRequest { request_id: String::new(), ..wire }, "", started),
         Err(error) => {
-            state.metrics.record(Err(&error), started);
-            return error_response(&ApiError::from_pool(&error));
+            state.admission.refused(&error, started);
+            Err(error)
         }
+    };
+    let (wire, max_tokens) = match admitted {
+        Ok(admitted) => (admitted.request, admitted.max_tokens),
+        Err(error) => return error_response(&ApiError::from_pool(&error)),
     };
     let envelope = Envelope {
         kind,
@@ -152,8 +144,8 @@ fn timed_out(limit: Duration) -> PoolError {
 }
 
 /// Server-sent events: a first chunk with the role, a chunk per piece of text as the worker generates
-/// it, a last chunk with the finish reason and the usage block (plus OpenAI's usage-only chunk when
-/// `stream_options.include_usage` is set), then `[DONE]`. Admission errors are plain HTTP errors; a
+/// it, a last chunk with the finish reason, OpenAI's usage-only chunk when `stream_options.include_usage`
+/// is set, then `[DONE]`. Admission errors are plain HTTP errors; a
 /// failure after the stream began is sent as an `error` event.
 async fn stream_response(
     state: Arc<HttpState>,
@@ -184,7 +176,7 @@ async fn stream_response(
             tokio::select! {
                 piece = pieces.recv() => match piece {
                     Some(text) => {
-                        if !send(envelope.chunk(Some(&text), first, None)).await {
+                        if !send(envelope.chunk(Some(&text), first, None, include_usage)).await {
                             return; // the client went away: dropping the receivers cancels the prompt
                         }
                         first = false;
@@ -200,14 +192,14 @@ async fn stream_response(
                 }
             }
         }
-        let outcome = result.await.unwrap_or_else(|_| Err(PoolError::Unavailable("the coordinator is shutting down".into())));
+        let outcome = result.await.unwrap_or_else(|_| Err(stopped()));
         state.metrics.record(outcome.as_ref(), started);
         match outcome {
             Ok(response) => {
                 if first {
-                    send(envelope.chunk(None, true, None)).await;
+                    send(envelope.chunk(None, true, None, include_usage)).await;
                 }
-                send(envelope.chunk(None, false, Some(&response))).await;
+                send(envelope.chunk(None, false, Some(&response), include_usage)).await;
                 if include_usage {
                     send(envelope.usage_chunk(&response)).await;
                 }

@@ -1,21 +1,22 @@
 //! The coordinator daemon: workers register and heartbeat; prompts are queued and handed to workers with
-//! free slots; `run-bench` runs the whole experiment on local worker processes.
+//! free slots. The daemon is [`serve`] and the modules beside it; the experiment harness (`run-bench`,
+//! `engine-bench`, `overload-bench`, `multihost`) lives apart in [`bench`] and uses the daemon as any
+//! client would.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start a real coordinator on
 //! `127.0.0.1:0`.
 
+pub mod admission;
 pub mod bench;
+pub mod cli;
 pub mod config;
-pub mod engine_bench;
 pub mod http;
-pub mod local_pool;
 pub mod metrics;
-pub mod multihost;
 pub mod openai;
-pub mod overload_bench;
 pub mod registry;
 pub mod scheduler;
 pub mod service;
+pub mod worker_client;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -28,8 +29,10 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::info;
 
-pub use config::{Cli, Command, ServeArgs};
+pub use cli::{Cli, Command};
+pub use config::{Config, ServeArgs};
 pub use scheduler::{Scheduler, SchedulerConfig};
+use admission::Admission;
 use http::HttpState;
 use metrics::CoordinatorMetrics;
 use service::CoordinatorService;
@@ -39,7 +42,7 @@ const SERVICE_NAME: &str = "modelpool.v1.Coordinator";
 /// Serves the Coordinator service (with gRPC health and reflection) on `listener`, and the HTTP API
 /// (OpenAI-compatible, /metrics, /health, /ready) on `http` if given, until `shutdown` resolves.
 pub async fn serve(
-    config: SchedulerConfig,
+    config: Config,
     listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
@@ -51,8 +54,9 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let request_timeout = config.http_request_timeout;
-    let scheduler = Scheduler::start(config);
+    let scheduler = Scheduler::start(config.scheduler, config.credentials);
     let metrics = Arc::new(CoordinatorMetrics::default());
+    let admission = Arc::new(Admission::new(Arc::clone(&metrics)));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
@@ -73,7 +77,14 @@ pub async fn serve(
         Some(http) => {
             let http_address = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
             info!(%http_address, "coordinator HTTP API listening");
-            let app = http::router(HttpState::new(scheduler.clone(), Arc::clone(&metrics), token.clone(), request_timeout));
+            let state = HttpState {
+                scheduler: scheduler.clone(),
+                metrics: Arc::clone(&metrics),
+                admission: Arc::clone(&admission),
+                token: token.clone(),
+                request_timeout,
+            };
+            let app = http::router(Arc::new(state));
             let mut stopped = http_stopped;
             let stop = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
@@ -87,7 +98,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler, metrics), token.require()))
+        .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler, metrics, admission), token.require()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     if let Some(task) = http_task {

@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     modelpool::telemetry::init(cli.log_json);
     match cli.command {
         Command::Serve(args) => {
-            let config = args.scheduler_config()?;
+            let config = coordinator::Config::try_from(&args)?;
             let listener = TcpListener::bind((args.bind.as_str(), args.port))
                 .await
                 .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
@@ -31,17 +31,17 @@ async fn main() -> anyhow::Result<()> {
             coordinator::serve(config, listener, http, modelpool::shutdown::shutdown_signal()).await?;
         }
         Command::RunBench(args) => {
-            let config = coordinator::bench::RunBenchConfig::try_from(args)?;
-            coordinator::bench::run_bench(config, modelpool::shutdown::shutdown_signal()).await?;
+            let config = coordinator::bench::run_bench::RunBenchConfig::try_from(args)?;
+            coordinator::bench::run_bench::run_bench(config, modelpool::shutdown::shutdown_signal()).await?;
         }
         Command::EngineBench(args) => {
-            coordinator::engine_bench::run_engine_bench(args).await?;
+            coordinator::bench::engine_bench::run_engine_bench(args).await?;
         }
         Command::OverloadBench(args) => {
-            coordinator::overload_bench::run_overload_bench(args).await?;
+            coordinator::bench::overload_bench::run_overload_bench(args).await?;
         }
         Command::Multihost(args) => {
-            coordinator::multihost::run_multihost(args).await?;
+            coordinator::bench::multihost::run_multihost(args).await?;
         }
     }
     Ok(())

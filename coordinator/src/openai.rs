@@ -64,6 +64,13 @@ pub struct Sampling {
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Extension (llama-server, vLLM): generate exactly max_tokens, an end-of-generation token does not
+    /// stop it. Fixed-shape benchmarks rely on it.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+    /// Extension (llama-server, vLLM): keep only the k most likely tokens before sampling.
+    #[serde(default)]
+    pub top_k: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,10 +117,10 @@ impl Sampling {
             max_tokens: self.max_completion_tokens.or(self.max_tokens).or(default_max_tokens),
             temperature: self.temperature,
             top_p: self.top_p,
-            top_k: None,
+            top_k: self.top_k,
             seed: self.seed,
             stop,
-            ignore_eos: None,
+            ignore_eos: self.ignore_eos,
         })
     }
 
@@ -185,11 +192,13 @@ pub fn finish_reason(response: &proto::PredictResponse) -> &'static str {
     }
 }
 
+/// OpenAI's usage block; `cached_tokens` are the prompt tokens the worker reused from its prefix cache.
 pub fn usage(response: &proto::PredictResponse) -> Value {
     json!({
         "prompt_tokens": response.prompt_tokens,
         "completion_tokens": response.completion_tokens,
         "total_tokens": response.prompt_tokens + response.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": response.cached_tokens},
     })
 }
 
@@ -239,8 +248,10 @@ impl Envelope {
         })
     }
 
-    /// A stream chunk: text (`Some`), or the final chunk (`finish` set, with the usage block).
-    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&proto::PredictResponse>) -> Value {
+    /// A stream chunk: text (`Some`), or the final chunk (`finish` set). As OpenAI streams: with
+    /// `include_usage` every chunk carries `"usage": null` and [`Envelope::usage_chunk`] follows the
+    /// last; without it no chunk has a usage field.
+    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&proto::PredictResponse>, include_usage: bool) -> Value {
         let (object, choice) = match self.kind {
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -255,8 +266,8 @@ impl Envelope {
             Kind::Text => ("text_completion", json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish.map(finish_reason), "logprobs": null})),
         };
         let mut chunk = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]});
-        if let Some(response) = finish {
-            chunk["usage"] = usage(response);
+        if include_usage {
+            chunk["usage"] = Value::Null;
         }
         chunk
     }
@@ -327,6 +338,21 @@ mod tests {
         let sampling = wire.sampling.unwrap();
         assert_eq!((sampling.max_tokens, sampling.seed, sampling.stop), (Some(12), Some(3), vec!["\n".to_string()]));
         assert!(request.sampling.stream);
+    }
+
+    #[test]
+    fn benchmark_extensions_pass_through_and_usage_names_cached_tokens() {
+        let request: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "ignore_eos": true, "top_k": 5})).unwrap();
+        let sampling = request.to_proto().unwrap().sampling.unwrap();
+        assert_eq!((sampling.ignore_eos, sampling.top_k), (Some(true), Some(5)));
+        let plain: CompletionRequest = serde_json::from_value(json!({"prompt": "a"})).unwrap();
+        assert_eq!(plain.to_proto().unwrap().sampling.unwrap().ignore_eos, None);
+        let response = proto::PredictResponse { prompt_tokens: 100, completion_tokens: 5, cached_tokens: 90, ..Default::default() };
+        assert_eq!(usage(&response)["prompt_tokens_details"]["cached_tokens"], 90);
+        let envelope = Envelope { kind: Kind::Chat, id: "x".into(), created: 0, model: "m".into() };
+        assert!(envelope.chunk(Some("hi"), true, None, false).get("usage").is_none());
+        assert!(envelope.chunk(None, false, Some(&response), true)["usage"].is_null());
+        assert_eq!(envelope.usage_chunk(&response)["usage"]["total_tokens"], 105);
     }
 
     #[test]

@@ -11,11 +11,11 @@ use modelpool::PoolError;
 use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::{self, worker_client::WorkerClient};
 use tokio::sync::{mpsc, oneshot};
-use tonic::Code;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::registry::Registry;
+use crate::worker_client;
 
 /// How the scheduler behaves; see the `serve` flags for what each means.
 #[derive(Debug, Clone)]
@@ -25,13 +25,6 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     pub max_attempts: u32,
     pub attempt_timeout: Duration,
-    /// The pool's token and CA: sent on every call to a worker (the token is also required by the
-    /// server; see `serve`).
-    pub credentials: Credentials,
-    /// Serve TLS with this identity (see `serve`).
-    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
-    /// Longest an HTTP API request may take before it fails with 504 (see `http`).
-    pub http_request_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -42,9 +35,6 @@ impl Default for SchedulerConfig {
             max_queue: 1024,
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(120),
-            credentials: Credentials::default(),
-            server_tls: None,
-            http_request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -60,8 +50,7 @@ struct Submission {
     pieces: Option<Pieces>,
 }
 
-/// Where a streamed prompt's text goes as it is generated (whole UTF-8 characters per piece).
-pub type Pieces = mpsc::UnboundedSender<String>;
+pub use crate::worker_client::Pieces;
 
 /// A prompt accepted by the coordinator, waiting or running.
 struct Job {
@@ -93,16 +82,19 @@ pub struct Scheduler {
     commands: mpsc::Sender<Command>,
 }
 
-fn stopped() -> PoolError {
+/// The one answer to a caller whose prompt the coordinator can no longer run because it is stopping.
+pub fn stopped() -> PoolError {
     PoolError::Unavailable("the coordinator is shutting down".into())
 }
 
 impl Scheduler {
-    /// Starts the scheduler task; it stops when every handle is dropped.
-    pub fn start(config: SchedulerConfig) -> Self {
+    /// Starts the scheduler task; it stops when every handle is dropped. `credentials` go on every call
+    /// to a worker.
+    pub fn start(config: SchedulerConfig, credentials: Credentials) -> Self {
         let (commands, inbox) = mpsc::channel(1024);
         let actor = Actor {
             config,
+            credentials,
             registry: Registry::default(),
             channels: HashMap::new(),
             queue: VecDeque::new(),
@@ -176,6 +168,7 @@ impl Scheduler {
 
 struct Actor {
     config: SchedulerConfig,
+    credentials: Credentials,
     registry: Registry,
     /// One connection per worker, reused by every attempt sent to it.
     channels: HashMap<String, Channel>,
@@ -208,7 +201,7 @@ impl Actor {
         match command {
             Command::Register { info, reply } => {
                 let address = info.address.clone();
-                let result = channel_for(&self.config.credentials, &address).and_then(|channel| {
+                let result = worker_client::channel_for(&self.credentials, &address).and_then(|channel| {
                     self.registry.register(info, now).map(|worker_id| {
                         info!(%worker_id, %address, "worker registered");
                         self.channels.retain(|id, _| self.registry.get(id).is_some());
@@ -292,7 +285,7 @@ impl Actor {
             entry.in_flight += 1;
             job.attempts += 1;
             job.tried.push(worker_id.clone());
-            let client = WorkerClient::with_interceptor(channel.clone(), self.config.credentials.attach());
+            let client = worker_client::client(channel.clone(), &self.credentials);
             let Some(commands) = self.commands.upgrade() else { return };
             tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, commands));
         }
@@ -314,12 +307,12 @@ impl Actor {
                 let _ = job.reply.send(Ok(response));
             }
             Err(status) => {
-                let worker_gone = matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+                let worker_gone = worker_client::means_worker_may_be_dead(status.code());
                 if let Some(entry) = entry {
                     entry.in_flight = entry.in_flight.saturating_sub(1);
                     entry.failed_attempts += 1;
-                    // A transport failure means the worker may be dead: send it nothing until it heartbeats.
-                    if worker_gone && status.code() != Code::Cancelled {
+                    // Send it nothing until it heartbeats again.
+                    if worker_gone {
                         entry.suspect = true;
                     }
                 }
@@ -330,10 +323,7 @@ impl Actor {
 
     fn retry_or_fail(&mut self, mut job: Job, worker_id: &str, status: tonic::Status) {
         let error = PoolError::from_status(&status);
-        let retryable = matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Internal
-        );
+        let retryable = worker_client::is_worth_retrying_elsewhere(status.code());
         if job.reply.is_closed() {
             return;
         }
@@ -387,77 +377,34 @@ fn no_workers_left(last_error: Option<&PoolError>) -> PoolError {
     }
 }
 
-/// A lazily connecting channel to a worker. tonic multiplexes calls over one HTTP/2 connection per channel.
-/// Refuses an address that is not a valid URI, which a worker (or anything else) could send, and an
-/// https:// address when no CA was given.
-fn channel_for(credentials: &Credentials, address: &str) -> Result<Channel, PoolError> {
-    let endpoint = credentials.endpoint(address).map_err(|e| match e {
-        PoolError::InvalidArgument { field, reason } if field == "address" => PoolError::invalid("info.address", reason),
-        other => other,
-    })?;
-    Ok(endpoint.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy())
-}
-
-/// One try of one prompt on one worker. Ends early if the caller goes away, which cancels the call on
-/// the worker and frees its slot.
+/// One try of one prompt on one worker, reported back to the scheduler. Ends early if the caller goes
+/// away, which cancels the call on the worker and frees its slot.
 async fn attempt(
-    mut client: WorkerClient<AuthChannel>,
+    client: WorkerClient<AuthChannel>,
     worker_id: String,
     mut job: Job,
     timeout: Duration,
     commands: mpsc::Sender<Command>,
 ) {
     let dispatched = Instant::now();
-    let mut request = tonic::Request::new(job.request.clone());
-    request.set_timeout(timeout);
     let result = {
-        let call = async {
-            match job.pieces.clone() {
-                None => client.predict(request).await.map(tonic::Response::into_inner),
-                Some(pieces) => stream_attempt(&mut client, request, &pieces, &mut job.streamed).await,
-            }
-        };
+        let call = worker_client::call(client, &worker_id, job.request.clone(), job.pieces.as_ref(), &mut job.streamed, timeout);
         tokio::select! {
-            result = tokio::time::timeout(timeout, call) => match result {
-                Ok(result) => result,
-                Err(_) => Err(tonic::Status::deadline_exceeded(format!("worker {worker_id} did not answer within {timeout:?}"))),
-            },
+            result = call => result,
             () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
         }
     };
     let _ = commands.send(Command::AttemptDone { worker_id, job, dispatched, result }).await;
 }
 
-/// A streamed attempt: forwards each piece of text to the caller as it arrives and returns the final
-/// response. `streamed` turns true with the first piece forwarded.
-async fn stream_attempt(
-    client: &mut WorkerClient<AuthChannel>,
-    request: tonic::Request<proto::PredictRequest>,
-    pieces: &Pieces,
-    streamed: &mut bool,
-) -> Result<proto::PredictResponse, tonic::Status> {
-    let mut stream = client.predict_stream(request).await?.into_inner();
-    while let Some(chunk) = stream.message().await? {
-        if let Some(done) = chunk.done {
-            return Ok(done);
-        }
-        if !chunk.text.is_empty() {
-            *streamed = true;
-            if pieces.send(chunk.text).is_err() {
-                return Err(tonic::Status::cancelled("the caller went away"));
-            }
-        }
-    }
-    Err(tonic::Status::unavailable("the worker ended the stream without a final message"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[tokio::test]
     async fn a_malformed_address_is_refused_not_a_crash() {
-        let scheduler = Scheduler::start(SchedulerConfig::default());
+        let scheduler = Scheduler::start(SchedulerConfig::default(), Credentials::default());
         let info = proto::WorkerInfo { address: "http://bad host:1".into(), slots: 1, ..Default::default() };
         let error = scheduler.register(info).await.unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);

@@ -2,47 +2,28 @@
 //! validated here (the same rules as a worker's) before they are queued.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use modelpool::PoolError;
 use modelpool::proto::{self, ProtocolVersion, coordinator_server::Coordinator};
-use modelpool::{PoolError, PredictRequest};
 use tonic::{Request, Response, Status};
 
+use crate::admission::Admission;
 use crate::metrics::CoordinatorMetrics;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, stopped};
 
 pub struct CoordinatorService {
     scheduler: Scheduler,
     metrics: Arc<CoordinatorMetrics>,
-    next_request: AtomicU64,
+    admission: Arc<Admission>,
 }
 
 /// Most prompts in one PredictBatch.
 pub const MAX_BATCH: usize = 1024;
 
 impl CoordinatorService {
-    pub fn new(scheduler: Scheduler, metrics: Arc<CoordinatorMetrics>) -> Self {
-        Self { scheduler, metrics, next_request: AtomicU64::new(1) }
-    }
-
-    /// Validates a prompt and gives it an id if it has none. Returns the request and its max_tokens.
-    fn admit(&self, mut request: proto::PredictRequest, field: &str) -> Result<(proto::PredictRequest, u32), PoolError> {
-        let validated = PredictRequest::try_from(request.clone()).map_err(|e| prefix(e, field))?;
-        if request.request_id.is_empty() {
-            request.request_id = format!("r{}", self.next_request.fetch_add(1, Ordering::Relaxed));
-        }
-        Ok((request, validated.sampling.max_tokens))
-    }
-}
-
-/// Puts `requests[i].` in front of a field name, so a refusal inside a batch says which prompt.
-fn prefix(error: PoolError, field: &str) -> PoolError {
-    match error {
-        PoolError::InvalidArgument { field: inner, reason } if !field.is_empty() => {
-            PoolError::InvalidArgument { field: format!("{field}.{inner}"), reason }
-        }
-        other => other,
+    pub fn new(scheduler: Scheduler, metrics: Arc<CoordinatorMetrics>, admission: Arc<Admission>) -> Self {
+        Self { scheduler, metrics, admission }
     }
 }
 
@@ -88,10 +69,8 @@ impl Coordinator for CoordinatorService {
 
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let started = Instant::now();
-        let result = match self.admit(request.into_inner(), "") {
-            Ok((request, max_tokens)) => self.scheduler.predict(request, max_tokens).await,
-            Err(error) => Err(error),
-        };
+        let admitted = self.admission.admit(request.into_inner(), "", started)?;
+        let result = self.scheduler.predict(admitted.request, admitted.max_tokens).await;
         self.metrics.record(result.as_ref(), started);
         Ok(Response::new(result?))
     }
@@ -110,22 +89,19 @@ impl Coordinator for CoordinatorService {
         let mut valid = Vec::new();
         let mut positions = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
-            match self.admit(request, &format!("requests[{index}]")) {
+            match self.admission.admit(request, &format!("requests[{index}]"), started) {
                 Ok(admitted) => {
-                    valid.push(admitted);
+                    valid.push((admitted.request, admitted.max_tokens));
                     positions.push(index);
                 }
-                Err(error) => {
-                    self.metrics.record(Err(&error), started);
-                    results[index] = Some(error_result(index, &error));
-                }
+                Err(error) => results[index] = Some(error_result(index, &error)),
             }
         }
         if !valid.is_empty() {
             let receivers = self.scheduler.submit(valid).await?;
             let answers = futures::future::join_all(receivers).await;
             for (index, answer) in positions.into_iter().zip(answers) {
-                let answer = answer.unwrap_or_else(|_| Err(PoolError::Unavailable("the coordinator is shutting down".into())));
+                let answer = answer.unwrap_or_else(|_| Err(stopped()));
                 self.metrics.record(answer.as_ref(), started);
                 results[index] = Some(match answer {
                     Ok(response) => proto::PredictResult {

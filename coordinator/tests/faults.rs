@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestPool, chat, fast_scheduler};
 use coordinator::SchedulerConfig;
-use coordinator::local_pool::{LocalCoordinator, LocalPool};
+use coordinator::bench::local_pool::{LocalCoordinator, LocalPool};
 use modelpool::proto::{self, WorkerState, predict_result::Outcome};
 use tonic::Code;
 
@@ -94,8 +94,8 @@ async fn workers_rejoin_a_restarted_coordinator_and_clients_get_unavailable_mean
     let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
     let coordinator = LocalCoordinator::start(fast_scheduler()).await.unwrap();
     let address = coordinator.url.trim_start_matches("http://").to_string();
-    let spec = coordinator::local_pool::WorkerSpec {
-        binary: coordinator::local_pool::find_worker_binary(None).unwrap(),
+    let spec = coordinator::bench::local_pool::WorkerSpec {
+        binary: coordinator::bench::local_pool::find_worker_binary(None).unwrap(),
         model,
         coordinator: coordinator.url.clone(),
         threads: 1,
@@ -115,7 +115,7 @@ async fn workers_rejoin_a_restarted_coordinator_and_clients_get_unavailable_mean
     assert!(asked.elapsed() < Duration::from_secs(3), "refused in {:?}", asked.elapsed());
 
     // Back on the same address: the same worker process registers again by itself.
-    let coordinator = LocalCoordinator::start_on(fast_scheduler(), &address).await.unwrap();
+    let coordinator = LocalCoordinator::start_on(fast_scheduler().into(), &address).await.unwrap();
     eventually(Duration::from_secs(10), "the worker registers with the new coordinator", || async {
         let list = coordinator.client.clone().list_workers(proto::ListWorkersRequest {}).await;
         list.ok().and_then(|l| serving(&l.into_inner().workers, pid))

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestPool, chat, fast_scheduler};
-use coordinator::SchedulerConfig;
+use coordinator::Config;
 use modelpool::auth::{Credentials, Token};
 use modelpool::proto::worker_client::WorkerClient;
 use modelpool::proto::{self, ListWorkersRequest};
@@ -18,7 +18,7 @@ const SECRET: &str = "test-secret-0123456789";
 async fn only_token_holders_join_the_pool_or_call_it() {
     let token = Token::new(Some(SECRET.into())).unwrap();
     let credentials = Credentials { token: token.clone(), ..Credentials::default() };
-    let scheduler = SchedulerConfig { credentials, ..fast_scheduler() };
+    let scheduler = Config { credentials, ..Config::from(fast_scheduler()) };
     let pool = TestPool::start(1, scheduler, &["--token", SECRET]).await;
 
     // The pool's own client carries the token: the worker registered with it and prompts run.
@@ -51,7 +51,7 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     // A worker started with another secret never joins.
     let mut impostor_spec = pool.spec.clone();
     impostor_spec.extra_args = vec!["--token".into(), "another-secret-0123456789".into()];
-    let impostor = coordinator::local_pool::WorkerProcess::spawn(&impostor_spec).unwrap();
+    let impostor = coordinator::bench::local_pool::WorkerProcess::spawn(&impostor_spec).unwrap();
     // It loads in well under a second and then tries to register every second.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let workers = pool.list().await;
@@ -100,7 +100,7 @@ async fn every_link_can_run_over_tls() {
     let pki = TestPki::new();
     let server_tls = modelpool::tls::server_config(Some(pki.path("cert.pem").as_ref()), Some(pki.path("key.pem").as_ref())).unwrap();
     let credentials = Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Credentials::default() };
-    let scheduler = SchedulerConfig { credentials, server_tls, ..fast_scheduler() };
+    let scheduler = Config { credentials, server_tls, ..Config::from(fast_scheduler()) };
     let (cert, key, ca) = (pki.path("cert.pem"), pki.path("key.pem"), pki.path("ca.pem"));
     // The worker serves TLS too (so it advertises https://) and trusts the CA for the coordinator's.
     let pool = TestPool::start(1, scheduler, &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]).await;

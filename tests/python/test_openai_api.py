@@ -76,3 +76,40 @@ def test_a_saturated_queue_answers_429_with_retry_after(client):
     assert refused, outcomes
     assert all(retry == "1" for retry in refused)
     assert any(kind == "ok" for kind, _ in outcomes), "admitted requests still complete"
+
+
+def test_ignore_eos_generates_exactly_max_tokens(client):
+    # A question the model answers in a few tokens: without ignore_eos it stops early.
+    short = ask(client, "Say yes.", max_tokens=48)
+    assert short.usage.completion_tokens < 48, "the model ends this answer on its own"
+    forced = ask(client, "Say yes.", max_tokens=48, extra_body={"ignore_eos": True})
+    assert forced.usage.completion_tokens == 48
+    assert forced.choices[0].finish_reason == "length"
+
+
+def test_usage_is_streamed_only_when_asked(client):
+    # Without stream_options.include_usage OpenAI sends no usage at all.
+    chunks = list(ask(client, "Write one sentence about snow.", max_tokens=16, stream=True))
+    assert chunks and all(chunk.usage is None for chunk in chunks)
+    assert all("usage" not in chunk.model_dump(exclude_unset=True) for chunk in chunks)
+    # With it: every chunk has usage null except one last chunk with no choices and the whole usage.
+    chunks = list(ask(client, "Write one sentence about snow.", max_tokens=16, stream=True, stream_options={"include_usage": True}))
+    *body, last = chunks
+    assert all(chunk.usage is None and "usage" in chunk.model_dump(exclude_unset=True) for chunk in body)
+    assert last.choices == [] and last.usage.completion_tokens > 0
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens(client):
+    messages = [
+        {"role": "system", "content": "You extract entities. " * 40},
+        {"role": "user", "content": "Text: Ada Lovelace worked in London."},
+    ]
+    first = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=4, temperature=0)
+    again = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=4, temperature=0)
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    # The one worker kept the prompt's keys and values: all of it is reused but the last attention tile
+    # (64 tokens, recomputed so that greedy text does not depend on the cache).
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert again.usage.prompt_tokens - 64 <= cached < again.usage.prompt_tokens
+    assert again.choices[0].message.content == first.choices[0].message.content

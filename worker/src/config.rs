@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
     /// Context (prompt + generated tokens) available to each slot.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = modelpool::DEFAULT_CONTEXT_PER_SLOT)]
     pub ctx_per_slot: u32,
     /// One KV buffer shared by all slots instead of one stream per slot. Measured no faster here, and a
     /// prompt's greedy output can then depend on the prompts batched with it (see the README).
@@ -49,6 +49,10 @@ pub struct Args {
     /// About 20% slower decode here; greedy near-ties then fall as the MLX engine's do.
     #[arg(long)]
     pub no_flash_attention: bool,
+    /// Compute every prompt in full: no reuse of the keys and values a slot kept from an earlier
+    /// request with the same prefix (for measuring what the prefix cache buys).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Requests that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once.
     #[arg(long, default_value_t = 64)]
     pub queue: u32,
@@ -58,20 +62,8 @@ pub struct Args {
     /// Longest time to finish in-flight requests after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
-    /// The pool's shared secret (at least 16 visible ASCII characters): required on every call to this
-    /// worker and sent to the coordinator. Prefer the environment variable: command lines are visible
-    /// to every user of the machine.
-    #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Serve TLS with this certificate (PEM); needs --tls-key. The advertised address becomes https://.
-    #[arg(long, env = "MODELPOOL_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long, env = "MODELPOOL_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// CA certificate (PEM) to trust when the coordinator's address is https://.
-    #[arg(long, env = "MODELPOOL_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: modelpool::security_args::SecurityArgs,
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -89,6 +81,8 @@ pub struct Config {
     pub queue: u32,
     pub kv_unified: bool,
     pub flash_attention: bool,
+    /// Reuse a slot's cached keys and values for prompts sharing their prefix (see engine::prefix_cache).
+    pub prefix_cache: bool,
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
@@ -111,10 +105,11 @@ impl Default for Config {
             threads,
             threads_batch: threads,
             slots: 1,
-            context_per_slot: 2048,
+            context_per_slot: modelpool::DEFAULT_CONTEXT_PER_SLOT,
             queue: 64,
             kv_unified: false,
             flash_attention: true,
+            prefix_cache: true,
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
@@ -171,19 +166,16 @@ impl TryFrom<&Args> for Config {
             queue: args.queue,
             kv_unified: args.kv_unified,
             flash_attention: !args.no_flash_attention,
+            prefix_cache: !args.no_prefix_cache,
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
-            credentials: modelpool::auth::Credentials {
-                token: modelpool::auth::Token::new(args.token.clone()).map_err(flag_error("token"))?,
-                tls: modelpool::tls::ClientTls::from_ca_file(args.tls_ca.as_deref()).map_err(flag_error("tls-ca"))?,
-            },
-            server_tls: modelpool::tls::server_config(args.tls_cert.as_deref(), args.tls_key.as_deref())
-                .map_err(flag_error("tls-cert"))?,
+            credentials: args.security.credentials().map_err(flag_error)?,
+            server_tls: args.security.server_tls().map_err(flag_error)?,
         })
     }
 }
 
-fn flag_error(flag: &'static str) -> impl Fn(modelpool::PoolError) -> ConfigError {
-    move |e| ConfigError { flag, reason: e.to_string() }
+fn flag_error(e: modelpool::security_args::FlagError) -> ConfigError {
+    ConfigError { flag: e.flag, reason: e.reason }
 }

@@ -146,6 +146,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 threads_batch: config.threads_batch,
                 kv_unified: config.kv_unified,
                 flash_attention: config.flash_attention,
+                prefix_cache: config.prefix_cache,
             };
             Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
@@ -155,6 +156,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 slots: config.slots,
                 context_per_slot: config.context_per_slot,
                 queue_capacity: config.queue,
+                prefix_cache: config.prefix_cache,
             };
             Arc::new(tokio::task::spawn_blocking(move || MlxEngine::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }

@@ -39,7 +39,13 @@ impl WorkerMetrics {
         out.gauge("modelpool_worker_slots", "Slots (sequences decoded together).", f64::from(slots));
         out.gauge("modelpool_worker_slots_in_use", "Slots generating now.", f64::from(load.slots_in_use));
         out.gauge("modelpool_worker_queued", "Requests waiting for a slot.", f64::from(load.queued));
-        out.gauge("modelpool_worker_kv_cells_used", "KV cache cells in use across slots.", f64::from(load.kv_cells_used));
+        out.gauge("modelpool_worker_kv_cells_used", "KV cache cells in use across slots, idle slots' cached prefixes included.", f64::from(load.kv_cells_used));
+        out.counter("modelpool_worker_prompt_tokens_computed_total", "Prompt tokens the model evaluated.", load.prompt_tokens_computed);
+        out.counter(
+            "modelpool_worker_prompt_tokens_reused_total",
+            "Prompt tokens whose keys and values came from the prefix cache instead.",
+            load.prompt_tokens_reused,
+        );
         out.gauge("modelpool_worker_rss_bytes", "Resident memory of this process.", memory.rss_bytes as f64);
         out.gauge("modelpool_worker_pss_bytes", "Proportional memory: shared pages split among their users.", memory.pss_bytes as f64);
         out.gauge("modelpool_worker_uss_bytes", "Memory only this process uses.", memory.uss_bytes as f64);

@@ -50,6 +50,8 @@ fn response(request_id: String, completion: Completion) -> proto::PredictRespons
         text: completion.text,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
+        cached_tokens: completion.cached_tokens,
+        copied_tokens: completion.copied_tokens,
         finish_reason: completion.finish_reason as i32,
         timings: Some(completion.timings),
         worker_id: String::new(),

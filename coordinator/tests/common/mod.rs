@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use coordinator::SchedulerConfig;
-use coordinator::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use coordinator::{Config, SchedulerConfig};
+use coordinator::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ListWorkersRequest};
 use modelpool::auth::AuthChannel;
@@ -29,7 +29,7 @@ pub fn fast_scheduler() -> SchedulerConfig {
 }
 
 impl TestPool {
-    pub async fn start(workers: usize, scheduler: SchedulerConfig, extra_args: &[&str]) -> Self {
+    pub async fn start(workers: usize, scheduler: impl Into<Config>, extra_args: &[&str]) -> Self {
         let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().expect("default model");
         let coordinator = LocalCoordinator::start(scheduler).await.unwrap();
         let spec = WorkerSpec {

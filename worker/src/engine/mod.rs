@@ -4,6 +4,7 @@
 
 pub mod llama;
 pub mod mlx;
+pub mod prefix_cache;
 pub mod queue;
 pub mod sampling;
 pub mod slot;
@@ -14,28 +15,7 @@ use modelpool::proto;
 use modelpool::{PoolError, PredictRequest, SamplingParams};
 use tokio::sync::mpsc;
 
-/// Which engine a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum EngineKind {
-    /// llama.cpp through llama-cpp-2: the GGUF is memory-mapped and shared between worker processes.
-    Llama,
-    /// MLX through mlx-rs: Metal on Apple Silicon, MLX's (slow) CPU backend elsewhere.
-    Mlx,
-}
-
-impl EngineKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Llama => "llama",
-            EngineKind::Mlx => "mlx",
-        }
-    }
-
-    /// MLX where it has its GPU backend (macOS), llama.cpp elsewhere.
-    pub fn platform_default() -> Self {
-        if cfg!(target_os = "macos") { EngineKind::Mlx } else { EngineKind::Llama }
-    }
-}
+pub use modelpool::EngineKind;
 
 /// A prompt ready to run: its tokens, counted and checked against the slot's context.
 #[derive(Debug, Clone)]
@@ -72,6 +52,10 @@ pub struct Completion {
     pub text: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens reused from the prefix cache (not computed for this request).
+    pub cached_tokens: u32,
+    /// Of the reused tokens, those copied from another slot's cache.
+    pub copied_tokens: u32,
     pub finish_reason: proto::FinishReason,
     pub timings: proto::Timings,
 }
@@ -100,6 +84,9 @@ pub struct EngineLoad {
     pub failed: u64,
     pub cancelled: u64,
     pub kv_cells_used: u32,
+    /// Prompt tokens evaluated by the model, and prompt tokens whose keys and values were reused.
+    pub prompt_tokens_computed: u64,
+    pub prompt_tokens_reused: u64,
 }
 
 impl From<EngineLoad> for proto::WorkerLoad {
@@ -111,6 +98,8 @@ impl From<EngineLoad> for proto::WorkerLoad {
             failed: l.failed,
             cancelled: l.cancelled,
             kv_cells_used: l.kv_cells_used,
+            prompt_tokens_computed: l.prompt_tokens_computed,
+            prompt_tokens_reused: l.prompt_tokens_reused,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct LoadCounters {
     pub failed: AtomicU64,
     pub cancelled: AtomicU64,
     pub kv_cells_used: AtomicU32,
+    pub prompt_tokens_computed: AtomicU64,
+    pub prompt_tokens_reused: AtomicU64,
 }
 
 impl LoadCounters {
@@ -31,7 +33,15 @@ impl LoadCounters {
             failed: self.failed.load(Ordering::Relaxed),
             cancelled: self.cancelled.load(Ordering::Relaxed),
             kv_cells_used: self.kv_cells_used.load(Ordering::Relaxed),
+            prompt_tokens_computed: self.prompt_tokens_computed.load(Ordering::Relaxed),
+            prompt_tokens_reused: self.prompt_tokens_reused.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts a prompt of `total` tokens of which `reused` came from the prefix cache.
+    pub fn record_prompt(&self, total: usize, reused: usize) {
+        self.prompt_tokens_computed.fetch_add((total - reused) as u64, Ordering::Relaxed);
+        self.prompt_tokens_reused.fetch_add(reused as u64, Ordering::Relaxed);
     }
 }
 

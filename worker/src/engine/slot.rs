@@ -27,6 +27,10 @@ pub struct Slot<S> {
     stop: StopMatcher,
     text: String,
     pub generated: u32,
+    /// Prompt tokens whose keys and values came from the prefix cache rather than being computed.
+    cached_tokens: u32,
+    /// Of those, tokens copied from another sequence's cache.
+    copied_tokens: u32,
     admitted: Instant,
     prefill_done: Option<Instant>,
     first_token: Option<Instant>,
@@ -55,12 +59,24 @@ impl<S> Slot<S> {
             stop,
             text: String::new(),
             generated: 0,
+            cached_tokens: 0,
+            copied_tokens: 0,
             admitted: Instant::now(),
             prefill_done: None,
             first_token: None,
             last_token: None,
             inter_token_ms: Vec::new(),
         }
+    }
+
+    /// Starts the slot past the first `reuse` prompt tokens, which its cache already holds (`copied` of
+    /// them were copied from another sequence).
+    pub fn with_cached_prefix(mut self, reuse: usize, copied: usize) -> Self {
+        self.prefilled = reuse;
+        self.position = reuse as i32;
+        self.cached_tokens = reuse as u32;
+        self.copied_tokens = copied as u32;
+        self
     }
 
     pub fn is_prefilling(&self) -> bool {
@@ -139,6 +155,8 @@ impl<S> Slot<S> {
             text: std::mem::take(&mut self.text),
             prompt_tokens: self.job.prompt.tokens.len() as u32,
             completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens,
+            copied_tokens: self.copied_tokens,
             finish_reason: reason,
             timings,
         };

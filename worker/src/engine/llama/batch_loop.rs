@@ -1,9 +1,20 @@
 //! Continuous batching on one llama.cpp context. Each step: admit queued jobs into free slots, drop
-//! abandoned ones, build one batch holding the next token of every decoding slot plus a bounded chunk of
-//! prompt for prefilling slots, decode it, and sample one token for each slot that got logits. A job that
-//! finishes leaves at once and its slot (sequence id and KV cells) takes the next job at the next step.
+//! abandoned ones, decode the next token of every decoding slot in one call, then prefill a bounded
+//! amount of prompt, one call per prompt chunk, and sample one token for each slot that got logits. A
+//! job that finishes leaves at once and its slot (sequence id and KV cells) takes the next job.
+//!
+//! A finished sequence keeps its keys and values: the next prompt sharing a prefix with it (or with any
+//! other sequence, whose prefix is then copied over) computes only the rest ([`PrefixCache`]).
+//!
+//! Why prompt chunks are decoded alone and cover fixed position ranges: llama.cpp's CPU attention picks
+//! its kernel by the number of a sequence's tokens in a micro-batch (a tiled kernel from
+//! [`ATTENTION_TILE`] query tokens up, a row-by-row one below), and the two round differently. A
+//! chunk mixed with other sequences' tokens is split by llama.cpp into micro-batches with an equal
+//! number of tokens per sequence, so its tokens would be computed by whichever kernel its neighbours'
+//! counts select. Alone, and over the same ranges whether or not a prefix was reused (see
+//! [`aligned_reuse`]), every prompt token is computed by the same kernel in every run, and greedy text
+//! does not depend on the cache or on the neighbours (tested).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -11,41 +22,73 @@ use std::sync::mpsc::Receiver;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use modelpool::PoolError;
 use tracing::warn;
 
-use crate::engine::queue::{LoadCounters, NextJob, next_job};
-use llama_cpp_2::sampling::LlamaSampler;
-
 use super::sampler::sampler_for;
+use crate::engine::prefix_cache::PrefixCache;
+use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
 
 /// Tokens in one decode call (llama.cpp's n_batch and n_ubatch).
 pub(super) const BATCH_TOKENS: u32 = 512;
-/// Prompt tokens one slot may add to a step: a long prompt is prefilled over several steps, so the
-/// slots already decoding keep getting a token every step instead of waiting for the whole prompt.
+/// Prompts are computed in chunks covering positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK): a long
+/// prompt is prefilled over several steps, so the slots already decoding keep getting a token every
+/// step instead of waiting for the whole prompt.
 const PREFILL_CHUNK: usize = 256;
+/// Prompt tokens prefilled per step at most, over all slots (at least one chunk runs).
+const PREFILL_PER_STEP: usize = 256;
+/// llama.cpp's CPU flash attention uses its tiled kernel for micro-batches of at least this many query
+/// tokens of one sequence (GGML_FA_TILE_Q in ggml-cpu).
+pub(super) const ATTENTION_TILE: usize = 64;
+
+/// This engine's [`crate::engine::prefix_cache::ReusePolicy`]: how much of a cached match can be reused
+/// with every token's keys and values exactly as a run without reuse computes them. Reused positions
+/// must have been computed by the kernel the new prompt's own chunks would use (chunks are the same
+/// but the last, whose length decides the kernel; generated tokens were decoded one at a time and are
+/// never reused), and the rest must be too ([`aligned_reuse`]).
+pub fn reusable(matched: usize, cached_prompt_len: usize, prompt_len: usize) -> usize {
+    let matched = matched.min(cached_prompt_len);
+    let chunk_start = matched / PREFILL_CHUNK * PREFILL_CHUNK;
+    let tiled = |len: usize| len.min(PREFILL_CHUNK) >= ATTENTION_TILE;
+    let same_kernel = tiled(cached_prompt_len - chunk_start) == tiled(prompt_len - chunk_start);
+    aligned_reuse(if same_kernel { matched } else { chunk_start }, prompt_len)
+}
+
+/// The reuse point at or below `matched` that leaves every remaining prompt token to be computed by the
+/// same attention kernel as in a run without reuse: the chunk the reuse point falls in is computed from
+/// there to its end, which must stay at least [`ATTENTION_TILE`] tokens long when the whole chunk is.
+pub fn aligned_reuse(matched: usize, prompt_len: usize) -> usize {
+    let start = matched / PREFILL_CHUNK * PREFILL_CHUNK;
+    let end = (start + PREFILL_CHUNK).min(prompt_len);
+    if matched == start || end - start < ATTENTION_TILE || end - matched >= ATTENTION_TILE {
+        matched
+    } else {
+        end - ATTENTION_TILE
+    }
+}
 
 pub(super) struct BatchLoop<'m> {
     model: &'m LlamaModel,
     context: LlamaContext<'m>,
     /// Running slots, kept in increasing sequence id order (see `build_batch`).
     slots: Vec<Slot<LlamaSampler>>,
-    free_seqs: BTreeSet<i32>,
+    cache: PrefixCache,
     batch: LlamaBatch<'static>,
     counters: Arc<LoadCounters>,
     piece: Vec<u8>,
 }
 
 impl<'m> BatchLoop<'m> {
-    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, slots: u32, counters: Arc<LoadCounters>) -> Self {
+    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, slots: u32, prefix_cache: bool, counters: Arc<LoadCounters>) -> Self {
         Self {
             model,
             context,
             slots: Vec::with_capacity(slots as usize),
-            free_seqs: (0..slots as i32).collect(),
+            cache: PrefixCache::new(slots as usize, prefix_cache, reusable),
             batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
             counters,
             piece: Vec::with_capacity(32),
@@ -64,9 +107,8 @@ impl<'m> BatchLoop<'m> {
                 continue;
             }
             self.drop_abandoned();
-            if self.build_batch() {
-                self.decode_and_sample();
-            }
+            self.decode_step();
+            self.prefill_step();
             self.publish_load();
         }
     }
@@ -74,19 +116,32 @@ impl<'m> BatchLoop<'m> {
     /// Moves queued jobs into free slots. Blocks only when nothing is running. Returns false once the
     /// queue is closed (the engine is shutting down).
     fn admit(&mut self, queue: &Receiver<Job>) -> bool {
-        while !self.free_seqs.is_empty() {
+        while self.cache.has_free() {
             let job = match next_job(queue, self.slots.is_empty(), &self.counters) {
                 NextJob::Job(job) => job,
                 NextJob::Empty => return true,
                 NextJob::Closed => return false,
             };
-            // The lowest free id, so the running ids stay as contiguous as possible (see `build_batch`).
-            let seq = self.free_seqs.pop_first().expect("checked non-empty");
-            // Whatever an earlier job left in this sequence must not leak into the new one.
-            let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+            let placement = self.cache.place(&job.prompt.tokens).expect("checked a free sequence");
+            let seq = placement.seq as i32;
+            let mut reuse = placement.reuse;
+            if let Some(source) = placement.copy_from {
+                // Across KV streams llama.cpp copies the whole buffer (at the next decode); the part
+                // past the shared prefix is dropped just below.
+                let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+                let _ = self.context.copy_kv_cache_seq(source as i32, seq, None, None);
+            }
+            // Whatever this sequence held past the reused prefix must not leak into the new job.
+            if !matches!(self.context.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None), Ok(true)) {
+                let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+                self.cache.forget(placement.seq);
+                reuse = 0;
+            }
+            let copied = if placement.copy_from.is_some() { reuse } else { 0 };
+            self.counters.record_prompt(job.prompt.tokens.len(), reuse);
             let sampler = sampler_for(&job.sampling);
             let at = self.slots.partition_point(|s| s.seq < seq);
-            self.slots.insert(at, Slot::new(seq, job, sampler));
+            self.slots.insert(at, Slot::new(seq, job, sampler).with_cached_prefix(reuse, copied));
         }
         true
     }
@@ -104,100 +159,145 @@ impl<'m> BatchLoop<'m> {
         }
     }
 
-    /// Fills the batch: decode tokens first (one per decoding slot), then prompt chunks. Returns false
-    /// when there is nothing to run. Tokens go in increasing sequence id order: with one KV stream per
-    /// sequence (non-unified cache) llama.cpp puts sequences into one micro-batch only while their ids
-    /// are consecutive and increasing in the batch, and splits the rest into further micro-batches.
-    fn build_batch(&mut self) -> bool {
+    /// One token for every decoding slot, in one call. Tokens go in increasing sequence id order: with
+    /// one KV stream per sequence (non-unified cache) llama.cpp puts sequences into one micro-batch only
+    /// while their ids are consecutive and increasing in the batch.
+    fn decode_step(&mut self) {
         self.batch.clear();
-        let mut room = BATCH_TOKENS as usize;
-        for slot in &mut self.slots {
-            slot.logits_index = None;
+        let mut members = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Some(token) = slot.next_token.take() {
-                let index = self.batch.n_tokens();
                 self.batch.add(LlamaToken(token), slot.position, &[slot.seq], true).expect("room for one token per slot");
                 slot.position += 1;
-                slot.logits_index = Some(index);
-                room -= 1;
+                members.push((i, self.batch.n_tokens() - 1, vec![token]));
             }
         }
-        for slot in &mut self.slots {
-            if room == 0 {
-                break;
-            }
+        if !members.is_empty() {
+            self.decode_and_sample(members);
+        }
+    }
+
+    /// Prefills prompt chunks, oldest slot first, up to [`PREFILL_PER_STEP`] tokens; each chunk is one
+    /// call of its own (see the module's comment). A prompt's last chunk yields its first token.
+    fn prefill_step(&mut self) {
+        let mut budget = PREFILL_PER_STEP;
+        let mut i = 0;
+        while i < self.slots.len() && budget > 0 {
+            let slot = &mut self.slots[i];
             if !slot.is_prefilling() {
+                i += 1;
                 continue;
             }
             let prompt = &slot.job.prompt.tokens;
-            let take = (prompt.len() - slot.prefilled).min(PREFILL_CHUNK).min(room);
-            let end = slot.prefilled + take;
-            for (offset, &token) in prompt[slot.prefilled..end].iter().enumerate() {
+            let chunk_end = ((slot.prefilled / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(prompt.len());
+            let chunk = prompt[slot.prefilled..chunk_end].to_vec();
+            self.batch.clear();
+            for (offset, &token) in chunk.iter().enumerate() {
                 let last_of_prompt = slot.prefilled + offset + 1 == prompt.len();
-                let index = self.batch.n_tokens();
-                self.batch.add(LlamaToken(token), slot.position, &[slot.seq], last_of_prompt).expect("room was counted");
+                self.batch.add(LlamaToken(token), slot.position, &[slot.seq], last_of_prompt).expect("a chunk fits the batch");
                 slot.position += 1;
-                if last_of_prompt {
-                    slot.logits_index = Some(index);
-                }
             }
-            slot.prefilled = end;
-            room -= take;
+            slot.prefilled = chunk_end;
+            budget = budget.saturating_sub(chunk.len());
+            let logits = (!slot.is_prefilling()).then(|| self.batch.n_tokens() - 1);
+            let before = self.slots.len();
+            self.decode_and_sample(vec![(i, logits.unwrap_or(-1), chunk)]);
+            // A slot that finished or failed left the list; the next one moved into its place.
+            if self.slots.len() == before {
+                i += 1;
+            }
         }
-        self.batch.n_tokens() > 0
     }
 
-    fn decode_and_sample(&mut self) {
+    /// Decodes the batch built for `members` (slot index, index of its logits in the batch or -1, the
+    /// tokens it added) and samples a token for each member that has logits.
+    fn decode_and_sample(&mut self, members: Vec<(usize, i32, Vec<i32>)>) {
         if let Err(e) = self.context.decode(&mut self.batch) {
-            // A failed decode leaves the sequences' KV state unknown: fail every job in the batch rather
-            // than produce text from a corrupt cache.
-            warn!(error = %e, slots = self.slots.len(), "llama.cpp decode failed; failing the running jobs");
-            for slot in std::mem::take(&mut self.slots) {
+            // A failed decode leaves the sequences' KV state unknown: fail their jobs rather than
+            // produce text from a corrupt cache.
+            warn!(error = %e, sequences = members.len(), "llama.cpp decode failed; failing the jobs in the batch");
+            for &(index, _, _) in members.iter().rev() {
+                let slot = self.slots.remove(index);
                 let _ = slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("decode failed: {e}"))));
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = self.context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+                self.cache.forget(slot.seq as usize);
                 self.release(slot.seq);
             }
             return;
         }
         let vocab = self.model.vocab();
-        let mut i = 0;
-        while i < self.slots.len() {
-            let Some(index) = self.slots[i].logits_index else {
-                i += 1;
+        let mut finished = Vec::new();
+        for (index, logits_index, tokens) in members {
+            let slot = &mut self.slots[index];
+            self.cache.extend(slot.seq as usize, &tokens);
+            if logits_index < 0 {
                 continue;
-            };
-            let slot = &mut self.slots[i];
+            }
             let token = match slot.sampler.as_mut() {
-                Some(sampler) => sampler.sample(&self.context, index),
-                None => LlamaToken(argmax(self.context.get_logits_ith(index))),
+                Some(sampler) => sampler.sample(&self.context, logits_index),
+                None => LlamaToken(argmax(self.context.get_logits_ith(logits_index))),
             };
             let is_end = vocab.is_eog(token);
             self.piece.clear();
             if !is_end {
                 vocab.token_to_piece_into(token, &mut self.piece, false, None);
             }
-            match slot.accept(token.0, &self.piece, is_end) {
-                Progress::Continue => i += 1,
-                Progress::Finished(reason) => {
-                    let slot = self.slots.remove(i);
-                    let seq = slot.seq;
-                    // Counted before the reply goes out, so a client that asks right after sees it.
-                    self.counters.served.fetch_add(1, Ordering::Relaxed);
-                    self.release(seq);
-                    slot.finish(reason);
-                }
+            if let Progress::Finished(reason) = slot.accept(token.0, &self.piece, is_end) {
+                finished.push((index, reason));
             }
+        }
+        // Highest index first, so the earlier indices stay valid while removing.
+        for (index, reason) in finished.into_iter().rev() {
+            let slot = self.slots.remove(index);
+            // Counted before the reply goes out, so a client that asks right after sees it.
+            self.counters.served.fetch_add(1, Ordering::Relaxed);
+            self.release(slot.seq);
+            slot.finish(reason);
         }
     }
 
+    /// Frees the slot; its keys and values stay for a later prompt with the same prefix.
     fn release(&mut self, seq: i32) {
-        let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
-        self.free_seqs.insert(seq);
+        self.cache.release(seq as usize);
         self.publish_load();
     }
 
     fn publish_load(&self) {
         self.counters.slots_in_use.store(self.slots.len() as u32, Ordering::Relaxed);
-        let cells: i32 = self.slots.iter().map(|s| s.position).sum();
-        self.counters.kv_cells_used.store(cells as u32, Ordering::Relaxed);
+        self.counters.kv_cells_used.store(self.cache.cached_tokens() as u32, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reuse_point_keeps_the_rest_of_its_chunk_on_the_same_kernel() {
+        // On a chunk boundary, or with a whole tile left in the chunk: as matched.
+        assert_eq!(aligned_reuse(256, 1000), 256);
+        assert_eq!(aligned_reuse(300, 1000), 300);
+        assert_eq!(aligned_reuse(512 - 64, 1000), 512 - 64);
+        // Closer to the chunk's end than a tile: moved back to leave one tile.
+        assert_eq!(aligned_reuse(500, 1000), 512 - 64);
+        // A prompt's last, short chunk: the whole repeated prompt but its last token.
+        assert_eq!(aligned_reuse(999, 1000), 1000 - 64);
+        assert_eq!(aligned_reuse(1040, 1050), 1040, "the last chunk is shorter than a tile: one kernel either way");
+        assert_eq!(aligned_reuse(0, 10), 0);
+    }
+
+    #[test]
+    fn reused_tokens_come_from_chunks_computed_by_the_same_kernel() {
+        // A 55-token prompt was computed row by row; a 67-token one is computed tiled: nothing of the
+        // first chunk can be shared.
+        assert_eq!(reusable(54, 55, 67), 0);
+        // Both long: the match, less what the last tile needs.
+        assert_eq!(reusable(1230, 1300, 1310), 1216);
+        assert_eq!(reusable(300, 1300, 1310), 300);
+        // Generated tokens are never reused.
+        assert_eq!(reusable(140, 100, 400), 100);
+        // Full chunks are tiled in both; the partial one differs: stop at its start.
+        assert_eq!(reusable(530, 540, 900), 512);
     }
 }

@@ -31,6 +31,8 @@ pub struct LlamaConfig {
     pub kv_unified: bool,
     /// See [`base_context_params`].
     pub flash_attention: bool,
+    /// Keep each slot's keys and values after its request for prompts that share their prefix.
+    pub prefix_cache: bool,
 }
 
 pub struct LlamaEngine {
@@ -109,6 +111,7 @@ impl LlamaEngine {
         let loop_model = Arc::clone(&model);
         let loop_counters = Arc::clone(&queue.counters);
         let slots = config.slots;
+        let prefix_cache = config.prefix_cache;
         std::thread::Builder::new()
             .name("llama-engine".into())
             .spawn(move || {
@@ -120,7 +123,7 @@ impl LlamaEngine {
                     }
                 };
                 let _ = started_tx.send(Ok(()));
-                batch_loop::BatchLoop::new(&loop_model, context, slots, loop_counters).run(jobs);
+                batch_loop::BatchLoop::new(&loop_model, context, slots, prefix_cache, loop_counters).run(jobs);
             })
             .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
         started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;

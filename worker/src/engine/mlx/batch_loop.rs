@@ -4,6 +4,10 @@
 //!
 //! Unlike llama.cpp's single batch, a prompt chunk and the decode tokens are two forward passes here:
 //! the model's forward takes the same number of new tokens from every sequence it is given.
+//!
+//! Each slot's cache outlives its request: a prompt sharing a prefix with any slot's cache reuses those
+//! keys and values (sliced, or shared from another slot: MLX arrays are immutable, so sharing is free)
+//! and computes only the rest ([`PrefixCache`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -12,6 +16,7 @@ use modelpool::PoolError;
 use modelpool::tokenizer::Tokenizer;
 
 use super::model::{KvCache, LlamaModel};
+use crate::engine::prefix_cache::PrefixCache;
 use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::{Progress, Slot, argmax};
@@ -22,23 +27,41 @@ use crate::engine::{Job, JobEvent};
 /// longer.
 const PREFILL_CHUNK: usize = 32;
 
+/// This engine's [`crate::engine::prefix_cache::ReusePolicy`]: prompts are prefilled in chunks covering
+/// positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK), and MLX's CPU kernels round by shape, so only whole
+/// chunks of the cached prompt are reused and the rest is computed in the chunks a run without reuse
+/// would use.
+fn reusable(matched: usize, cached_prompt_len: usize, _prompt_len: usize) -> usize {
+    matched.min(cached_prompt_len) / PREFILL_CHUNK * PREFILL_CHUNK
+}
+
 struct Running {
     slot: Slot<SeededSampler>,
-    cache: KvCache,
+    /// Which of the loop's caches is this slot's.
+    seq: usize,
 }
 
 pub(super) struct BatchLoop<'m> {
     model: &'m LlamaModel,
     tokenizer: &'m Tokenizer,
     counters: &'m LoadCounters,
-    capacity: usize,
+    /// One per slot, kept between requests.
+    caches: Vec<KvCache>,
+    prefixes: PrefixCache,
     /// In admission order, so the oldest waiting prompt is prefilled first.
     running: Vec<Running>,
 }
 
 impl<'m> BatchLoop<'m> {
-    pub fn new(model: &'m LlamaModel, tokenizer: &'m Tokenizer, counters: &'m LoadCounters, slots: u32) -> Self {
-        Self { model, tokenizer, counters, capacity: slots as usize, running: Vec::with_capacity(slots as usize) }
+    pub fn new(model: &'m LlamaModel, tokenizer: &'m Tokenizer, counters: &'m LoadCounters, slots: u32, prefix_cache: bool) -> Self {
+        Self {
+            model,
+            tokenizer,
+            counters,
+            caches: (0..slots).map(|_| model.new_cache()).collect(),
+            prefixes: PrefixCache::new(slots as usize, prefix_cache, reusable),
+            running: Vec::with_capacity(slots as usize),
+        }
     }
 
     /// Runs until every sender of `queue` is gone and the last job has finished.
@@ -62,22 +85,45 @@ impl<'m> BatchLoop<'m> {
     /// Moves queued jobs into free slots. Blocks only when nothing is running. Returns false once the
     /// queue is closed.
     fn admit(&mut self, queue: &Receiver<Job>) -> bool {
-        while self.running.len() < self.capacity {
+        while self.prefixes.has_free() {
             let job = match next_job(queue, self.running.is_empty(), self.counters) {
                 NextJob::Job(job) => job,
                 NextJob::Empty => return true,
                 NextJob::Closed => return false,
             };
+            let placement = self.prefixes.place(&job.prompt.tokens).expect("checked a free slot");
+            let seq = placement.seq;
+            let reused = match placement.copy_from {
+                Some(source) => self.caches[source].prefix(placement.reuse as i32),
+                None => self.caches[seq].prefix(placement.reuse as i32),
+            };
+            let (cache, reuse, copied) = match reused {
+                Ok(cache) => (cache, placement.reuse, if placement.copy_from.is_some() { placement.reuse } else { 0 }),
+                Err(error) => {
+                    tracing::warn!(%error, "reusing a cached prefix failed; computing the whole prompt");
+                    self.prefixes.forget(seq);
+                    (self.model.new_cache(), 0, 0)
+                }
+            };
+            self.caches[seq] = cache;
+            self.counters.record_prompt(job.prompt.tokens.len(), reuse);
             let sampler = SeededSampler::for_params(&job.sampling);
-            let seq = self.running.len() as i32;
-            self.running.push(Running { slot: Slot::new(seq, job, sampler), cache: self.model.new_cache() });
+            let slot = Slot::new(seq as i32, job, sampler).with_cached_prefix(reuse, copied);
+            self.running.push(Running { slot, seq });
         }
         true
     }
 
     fn drop_abandoned(&mut self) {
         let before = self.running.len();
-        self.running.retain(|r| !r.slot.is_abandoned());
+        let prefixes = &mut self.prefixes;
+        self.running.retain(|r| {
+            let keep = !r.slot.is_abandoned();
+            if !keep {
+                prefixes.release(r.seq);
+            }
+            keep
+        });
         self.counters.cancelled.fetch_add((before - self.running.len()) as u64, Ordering::Relaxed);
     }
 
@@ -87,11 +133,12 @@ impl<'m> BatchLoop<'m> {
         let Some(index) = self.running.iter().position(|r| r.slot.is_prefilling()) else { return };
         let running = &mut self.running[index];
         let prompt = &running.slot.job.prompt.tokens;
-        let end = (running.slot.prefilled + PREFILL_CHUNK).min(prompt.len());
+        let end = ((running.slot.prefilled / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(prompt.len());
         let chunk = prompt[running.slot.prefilled..end].to_vec();
-        let result = eval_logits(self.model.forward(&chunk, chunk.len() as i32, &mut [&mut running.cache]));
+        let result = eval_logits(self.model.forward(&chunk, chunk.len() as i32, &mut [&mut self.caches[running.seq]]));
         match result {
             Ok(logits) => {
+                self.prefixes.extend(running.seq, &chunk);
                 running.slot.prefilled = end;
                 if !running.slot.is_prefilling() {
                     self.sample_into(&[index], &logits);
@@ -108,10 +155,21 @@ impl<'m> BatchLoop<'m> {
             return;
         }
         let tokens: Vec<i32> = decoding.iter().map(|&i| self.running[i].slot.next_token.take().expect("filtered")).collect();
+        let seqs: Vec<usize> = decoding.iter().map(|&i| self.running[i].seq).collect();
         let mut caches: Vec<&mut KvCache> =
-            self.running.iter_mut().enumerate().filter(|(i, _)| decoding.contains(i)).map(|(_, r)| &mut r.cache).collect();
-        match eval_logits(self.model.forward(&tokens, 1, &mut caches)) {
-            Ok(logits) => self.sample_into(&decoding, &logits),
+            self.caches.iter_mut().enumerate().filter(|(seq, _)| seqs.contains(seq)).map(|(_, cache)| cache).collect();
+        // `caches` is in sequence order; the forward pass takes tokens in the same order.
+        let mut order: Vec<usize> = (0..decoding.len()).collect();
+        order.sort_by_key(|&k| seqs[k]);
+        let ordered_tokens: Vec<i32> = order.iter().map(|&k| tokens[k]).collect();
+        match eval_logits(self.model.forward(&ordered_tokens, 1, &mut caches)) {
+            Ok(logits) => {
+                for (&seq, &token) in seqs.iter().zip(&tokens) {
+                    self.prefixes.extend(seq, &[token]);
+                }
+                let indices: Vec<usize> = order.iter().map(|&k| decoding[k]).collect();
+                self.sample_into(&indices, &logits)
+            }
             Err(e) => self.fail(&decoding, &e),
         }
     }
@@ -135,8 +193,10 @@ impl<'m> BatchLoop<'m> {
             }
         }
         // Highest index first, so the earlier indices stay valid while removing.
+        finished.sort_by_key(|&(index, _)| index);
         for (index, reason) in finished.into_iter().rev() {
             let running = self.running.remove(index);
+            self.prefixes.release(running.seq);
             // Counted before the reply goes out, so a client that asks right after sees it.
             self.counters.served.fetch_add(1, Ordering::Relaxed);
             running.slot.finish(reason);
@@ -146,8 +206,13 @@ impl<'m> BatchLoop<'m> {
     /// A failed forward pass leaves these sequences' caches unknown: fail their jobs.
     fn fail(&mut self, indices: &[usize], error: &str) {
         tracing::warn!(%error, sequences = indices.len(), "MLX forward pass failed; failing its jobs");
+        let mut indices = indices.to_vec();
+        indices.sort_unstable();
         for &index in indices.iter().rev() {
             let running = self.running.remove(index);
+            self.prefixes.forget(running.seq);
+            self.prefixes.release(running.seq);
+            self.caches[running.seq] = self.model.new_cache();
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             let _ = running.slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("MLX: {error}"))));
         }
@@ -155,8 +220,7 @@ impl<'m> BatchLoop<'m> {
 
     fn publish_load(&self) {
         self.counters.slots_in_use.store(self.running.len() as u32, Ordering::Relaxed);
-        let cells: i32 = self.running.iter().map(|r| r.cache.len).sum();
-        self.counters.kv_cells_used.store(cells as u32, Ordering::Relaxed);
+        self.counters.kv_cells_used.store(self.prefixes.cached_tokens() as u32, Ordering::Relaxed);
     }
 }
 

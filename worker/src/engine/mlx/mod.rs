@@ -26,6 +26,8 @@ pub struct MlxConfig {
     pub slots: u32,
     pub context_per_slot: u32,
     pub queue_capacity: u32,
+    /// Keep each slot's keys and values after its request for prompts that share their prefix.
+    pub prefix_cache: bool,
 }
 
 pub struct MlxEngine {
@@ -74,6 +76,7 @@ impl MlxEngine {
         let thread_tokenizer = Arc::clone(&tokenizer);
         let counters = Arc::clone(&queue.counters);
         let slots = config.slots;
+        let prefix_cache = config.prefix_cache;
         std::thread::Builder::new()
             .name("mlx-engine".into())
             .spawn(move || {
@@ -81,7 +84,7 @@ impl MlxEngine {
                 match LlamaModel::load(&path) {
                     Ok(model) => {
                         let _ = started_tx.send(Ok(()));
-                        batch_loop::BatchLoop::new(&model, &thread_tokenizer, &counters, slots).run(jobs);
+                        batch_loop::BatchLoop::new(&model, &thread_tokenizer, &counters, slots, prefix_cache).run(jobs);
                     }
                     Err(e) => {
                         let _ = started_tx.send(Err(PoolError::FailedPrecondition(format!("loading with MLX: {e}"))));

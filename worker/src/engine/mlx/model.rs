@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::fast::ScaledDotProductAttentionMask;
 use mlx_rs::io::GgufFile as MlxGguf;
 use mlx_rs::{Array, Dtype};
@@ -118,6 +119,28 @@ pub struct LlamaModel {
 pub struct KvCache {
     layers: Vec<Option<(Array, Array)>>,
     pub len: i32,
+}
+
+impl KvCache {
+    /// The keys and values of the first `len` positions, sharing this cache's arrays (MLX arrays are
+    /// immutable: appending later makes new ones, so neither cache sees the other's additions).
+    pub fn prefix(&self, len: i32) -> MlxResult<KvCache> {
+        if len > self.len || len < 0 {
+            return Err(format!("a prefix of {len} positions from a cache of {}", self.len));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Some((k, v)) if len > 0 => {
+                    let cut = |a: &Array| a.index((.., .., ..len, ..));
+                    Some((cut(k), cut(v)))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(KvCache { layers, len })
+    }
 }
 
 impl LlamaModel {

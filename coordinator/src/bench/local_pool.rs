@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use modelpool::auth::AuthChannel;
 
-use crate::SchedulerConfig;
+use crate::Config;
 
 /// A coordinator served by this process on 127.0.0.1:0, for run-bench, engine-bench and tests.
 pub struct LocalCoordinator {
@@ -26,12 +26,12 @@ pub struct LocalCoordinator {
 }
 
 impl LocalCoordinator {
-    pub async fn start(config: SchedulerConfig) -> std::io::Result<Self> {
-        Self::start_on(config, "127.0.0.1:0").await
+    pub async fn start(config: impl Into<Config>) -> std::io::Result<Self> {
+        Self::start_on(config.into(), "127.0.0.1:0").await
     }
 
     /// On a given address: a coordinator restarted on the address it had is found again by its workers.
-    pub async fn start_on(config: SchedulerConfig, address: &str) -> std::io::Result<Self> {
+    pub async fn start_on(config: Config, address: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let http_url = format!("http://{}", http.local_addr()?);

@@ -17,7 +17,7 @@ use modelpool::memory::{ProcessMemory, mib};
 use tokio::process::{Child, Command};
 
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::local_pool::{LocalPool, WorkerSpec, find_worker_binary};
+use crate::bench::local_pool::{LocalPool, WorkerSpec, find_worker_binary};
 
 #[derive(Debug, clap::Args)]
 pub struct OverloadBenchArgs {

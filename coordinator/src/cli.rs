@@ -1,0 +1,37 @@
+//! The coordinator's command line: the daemon (`serve`) and the experiment harness's commands, each
+//! of which owns its flags.
+
+use clap::{Parser, Subcommand};
+
+use crate::bench::engine_bench::EngineBenchArgs;
+use crate::bench::multihost::MultihostArgs;
+use crate::bench::overload_bench::OverloadBenchArgs;
+use crate::bench::run_bench::RunBenchArgs;
+use crate::config::ServeArgs;
+/// The modelpool coordinator: a registry of workers, a scheduler that shards prompts across them, and
+/// the one-command experiment (run-bench).
+#[derive(Debug, Parser)]
+#[command(name = "coordinator", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator daemon: workers register with it, applications send prompts to it.
+    Serve(ServeArgs),
+    /// Start local workers, run the serial baseline and the parallel configurations, print the table.
+    RunBench(RunBenchArgs),
+    /// Compare one worker's decode speed with llama.cpp's llama-bench, and --slots B against --slots 1.
+    EngineBench(EngineBenchArgs),
+    /// Offer many times the pool's capacity and report what was admitted, refused, how long admitted
+    /// requests took and the coordinator's memory.
+    OverloadBench(OverloadBenchArgs),
+    /// Run a coordinator here and workers on the hosts of a hosts file (ssh or network namespaces),
+    /// bench through it and report by host.
+    Multihost(MultihostArgs),
+}

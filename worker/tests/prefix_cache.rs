@@ -1,0 +1,158 @@
+//! The prefix cache on a real worker with the real model (llama.cpp): greedy text is the same with and
+//! without reuse, a cold slot copies a prefix from another slot, eviction, and the prompt shapes that
+//! reuse must handle (a strict prefix, an extension, a divergence mid-way).
+
+mod common;
+
+use common::{TestWorker, config};
+use modelpool::proto;
+use modelpool::{ChatMessage, PredictRequest, Prompt, SamplingParams};
+use tonic::Code;
+
+/// A DSPy-style call cut to its system message and chunk (about 250 tokens), so that a worker without
+/// reuse computes it quickly enough for a test.
+fn short_messages(program: usize, chunk: usize) -> Vec<ChatMessage> {
+    let messages = bench_client::shared_prefix::call(program, chunk);
+    vec![messages[0].clone(), messages[messages.len() - 1].clone()]
+}
+
+fn short_call(program: usize, chunk: usize, max_tokens: u32) -> proto::PredictRequest {
+    request(Prompt::Chat(short_messages(program, chunk)), max_tokens, false)
+}
+
+fn raw(text: &str, max_tokens: u32) -> proto::PredictRequest {
+    request(Prompt::Raw(text.into()), max_tokens, false)
+}
+
+fn request(prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> proto::PredictRequest {
+    let sampling = SamplingParams { max_tokens, ignore_eos, ..SamplingParams::default() };
+    proto::PredictRequest::from(&PredictRequest { request_id: String::new(), prompt, sampling })
+}
+
+const STORY: &str = "The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a can of oil \
+    and a cloth for the great lens. From the gallery he could see the fishing boats coming home across the bay, \
+    their lamps swinging, and beyond them the dark line of the cliffs where the gulls nested in spring. He kept a \
+    logbook of every ship that passed, the weather at each hour, and the state of the light, and in forty years \
+    he had missed only one entry, on the night his daughter was born in the cottage below. In winter the storms \
+    came from the west and the spray reached the top of the tower, so that the glass had to be wiped every hour \
+    until dawn. The supply boat came once a fortnight with flour, paraffin, letters and the newspapers, which he \
+    read in order, a day at a time, as if the news were still new. When the light was electrified the board sent \
+    him a pension and a clock, and he moved to the village, but every evening at dusk he still walked to the \
+    harbour wall to watch the beam come round and count the seconds between the flashes.";
+
+async fn no_reuse_worker(slots: u32) -> TestWorker {
+    let mut config = config(slots).await;
+    config.prefix_cache = false;
+    TestWorker::start(config).await
+}
+
+async fn predict(worker: &TestWorker, request: &proto::PredictRequest) -> proto::PredictResponse {
+    worker.client.clone().predict(request.clone()).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn greedy_text_is_the_same_with_and_without_reuse() {
+    let cached = TestWorker::start(config(2).await).await;
+    let plain = no_reuse_worker(2).await;
+    let words: Vec<&str> = STORY.split(' ').collect();
+    let half = words[..words.len() / 2].join(" ");
+    let mut diverging = words.clone();
+    diverging[words.len() / 3] = "lantern";
+    let requests = [
+        ("program 0, chunk 0", short_call(0, 0, 16)),
+        ("program 0, chunk 1", short_call(0, 1, 16)),
+        ("program 1, chunk 0", short_call(1, 0, 16)),
+        ("program 0, chunk 2", short_call(0, 2, 16)),
+        ("story", raw(STORY, 16)),
+        ("the story again", raw(STORY, 16)),
+        ("a strict prefix of the story", raw(&half, 16)),
+        ("the prefix extended", raw(&format!("{half} The next morning a storm came in from the west."), 16)),
+        ("the story diverging", raw(&diverging.join(" "), 16)),
+    ];
+    let mut answers = Vec::new();
+    for (name, request) in &requests {
+        let with = predict(&cached, request).await;
+        let without = predict(&plain, request).await;
+        assert_eq!(with.text, without.text, "{name}: greedy text with reuse equals text without");
+        assert_eq!(with.completion_tokens, without.completion_tokens, "{name}");
+        assert_eq!(with.prompt_tokens, without.prompt_tokens, "{name}");
+        assert_eq!(without.cached_tokens, 0, "{name}: the worker without reuse computes everything");
+        answers.push(with);
+    }
+    let preamble = answers[0].prompt_tokens / 2;
+    assert_eq!(answers[0].cached_tokens, 0, "the first call finds nothing cached");
+    assert!(answers[1].cached_tokens > preamble, "same program: its system message is reused ({:?})", answers[1].cached_tokens);
+    assert!(answers[2].cached_tokens < 32, "another program shares only the opening words");
+    assert!(answers[3].cached_tokens > preamble, "program 0 is still cached beside program 1");
+    // The same prompt again: all of it but the last attention tile (see batch_loop::aligned_reuse).
+    let (story, again) = (&answers[4], &answers[5]);
+    assert!(again.cached_tokens + 64 >= story.prompt_tokens && again.cached_tokens < story.prompt_tokens, "{again:?}");
+    // A strict prefix: all of it but the last tile.
+    let half = &answers[6];
+    assert!(half.cached_tokens + 64 >= half.prompt_tokens && half.cached_tokens < half.prompt_tokens, "{half:?}");
+    // The prefix extended: the prefix is reused, the extension computed.
+    let extended = &answers[7];
+    assert!(extended.cached_tokens + 66 >= half.prompt_tokens && extended.cached_tokens < extended.prompt_tokens, "{extended:?}");
+    // Diverging a third of the way in: the part before the divergence.
+    let diverged = &answers[8];
+    assert!(diverged.cached_tokens > 10 && diverged.cached_tokens < story.prompt_tokens / 2, "{:?}", diverged.cached_tokens);
+    assert!(answers.iter().all(|a| a.copied_tokens == 0), "one request at a time: nothing needs copying");
+
+    // The worker counts what it computed and what it reused.
+    let load = cached.load().await;
+    let reused: u64 = answers.iter().map(|a| u64::from(a.cached_tokens)).sum();
+    assert_eq!(load.prompt_tokens_reused, reused);
+    cached.stop().await;
+    plain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_slot_copies_the_prefix_from_a_busy_one() {
+    let cached = TestWorker::start(config(2).await).await;
+    // Slot 0 is busy generating for a while with program 0's preamble in its cache.
+    let long = request(Prompt::Chat(short_messages(0, 0)), 400, true);
+    let mut running = cached.client.clone().predict_stream(long).await.unwrap().into_inner();
+    running.message().await.unwrap().expect("the first request is generating");
+    let second = short_call(0, 1, 16);
+    let copied = predict(&cached, &second).await;
+    assert!(copied.copied_tokens > 100, "the cold slot copied the preamble: {copied:?}");
+    assert_eq!(copied.cached_tokens, copied.copied_tokens);
+    drop(running);
+
+    let plain = no_reuse_worker(1).await;
+    let reference = predict(&plain, &second).await;
+    assert_eq!(copied.text, reference.text, "text from copied keys and values equals text computed in full");
+    cached.stop().await;
+    plain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_least_recently_used_prefix_is_evicted_when_slots_hold_others() {
+    let cached = TestWorker::start(config(2).await).await;
+    let mut cached_tokens = Vec::new();
+    // Three programs through two slots: the third evicts the first, the second survives.
+    for program in [0, 1, 2, 1, 0] {
+        cached_tokens.push(predict(&cached, &short_call(program, 3, 4)).await.cached_tokens);
+    }
+    assert!(cached_tokens[..3].iter().all(|&c| c < 32), "{cached_tokens:?}");
+    assert!(cached_tokens[3] > 100, "program 1 was still cached: {cached_tokens:?}");
+    assert!(cached_tokens[4] < 32, "program 0 was evicted by program 2: {cached_tokens:?}");
+    cached.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reused_prefix_does_not_stretch_the_context() {
+    let mut config = config(1).await;
+    config.context_per_slot = 512;
+    let cached = TestWorker::start(config).await;
+    let first = predict(&cached, &short_call(0, 0, 8)).await;
+    // The same preamble again, asking for more than the context has left after the prompt: refused with
+    // the numbers, although most of the prompt is cached.
+    let too_long = short_call(0, 1, 512 - first.prompt_tokens + 8);
+    let status = cached.client.clone().predict(too_long).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("512"), "{}", status.message());
+    let fits = predict(&cached, &short_call(0, 1, 8)).await;
+    assert!(fits.cached_tokens > 100, "{fits:?}");
+    cached.stop().await;
+}
