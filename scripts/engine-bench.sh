@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p worker -p coordinator
-llama_bench=$(scripts/build-llama-bench.sh)
+llama_bench=$(scripts/build-llama-tool.sh llama-bench)
 exec target/release/coordinator engine-bench --llama-bench "$llama_bench" "$@"

@@ -5,11 +5,22 @@ use std::path::PathBuf;
 
 use modelpool::proto::{ListWorkersRequest, WorkerState};
 
-use crate::memory::MemorySampler;
+use crate::memory::{MemorySampler, PoolMemory};
+use crate::openai_client::OpenAiClient;
 use crate::report::{Report, ScenarioRun};
-use crate::runner::{poisson_arrivals, progress_bar, run_closed_loop_with_progress, run_open_loop};
+use crate::runner::{Target, poisson_arrivals, progress_bar, run_closed_loop_with_progress, run_open_loop};
 use crate::slo::Slo;
-use crate::workload;
+use crate::{shared_prefix, workload};
+
+/// Which prompts to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Short extraction tasks and questions (the built-in set).
+    Builtin,
+    /// DSPy ChatAdapter-shaped extraction calls: a 1,000+ token preamble shared by every call of one
+    /// program, then a short chunk; `--programs` programs interleaved.
+    SharedPrefix,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -27,6 +38,23 @@ pub struct Args {
     /// The coordinator to send prompts to.
     #[arg(long, env = "MODELPOOL_COORDINATOR", default_value = "http://127.0.0.1:50050")]
     pub coordinator: String,
+    /// Bench an OpenAI-compatible endpoint instead of a coordinator (this pool's HTTP API,
+    /// llama-server, vLLM, mlx_lm.server, Ollama), e.g. http://127.0.0.1:8080/v1. Every request is
+    /// streamed; time to first token and inter-token gaps are measured at the client.
+    #[arg(long)]
+    pub openai: Option<String>,
+    /// Bearer key for --openai (this pool's token, or the server's API key).
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The `model` field of --openai requests.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Which prompts to send (--prompts and --synthetic override it).
+    #[arg(long, value_enum, default_value_t = Workload::Builtin)]
+    pub workload: Workload,
+    /// Distinct programs interleaved in the shared-prefix workload.
+    #[arg(long, default_value_t = 1)]
+    pub programs: usize,
     /// The pool's shared secret, if the coordinator requires one.
     #[arg(long, env = "MODELPOOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -100,10 +128,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
     anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
-    let mut prompts = match &args.prompts {
-        Some(path) => workload::load_jsonl(path, args.max_tokens)?,
-        None => workload::builtin_workload(args.num_prompts, args.max_tokens),
+    let mut prompts = match (&args.prompts, args.workload) {
+        (Some(path), _) => workload::load_jsonl(path, args.max_tokens)?,
+        (None, Workload::Builtin) => workload::builtin_workload(args.num_prompts, args.max_tokens),
+        (None, Workload::SharedPrefix) => shared_prefix::workload(args.num_prompts, args.programs, args.max_tokens),
     };
+    if let Some(url) = &args.openai {
+        anyhow::ensure!(args.synthetic.is_none(), "--synthetic needs the pool's model file; with --openai send --prompts instead");
+        let client = OpenAiClient::new(url, args.api_key.clone(), args.model.clone()).map_err(anyhow::Error::msg)?;
+        let report = run_scenarios(&args, Target::OpenAi(client), &prompts, None, "openai", args.model.as_deref().unwrap_or("openai"), 1, args.concurrency.unwrap_or(4), (0, 0)).await?;
+        args.report.emit(&report)?;
+        return Ok(report);
+    }
     let credentials = modelpool::auth::Credentials {
         token: modelpool::auth::Token::new(args.token.clone())?,
         tls: modelpool::tls::ClientTls::from_ca_file(args.tls_ca.as_deref())?,
@@ -127,32 +163,60 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         prompts = workload::synthetic(&tokenizer, input, output, args.num_prompts)?;
     }
 
+    let concurrency = args.concurrency.unwrap_or(total_slots);
+    let mut report =
+        run_scenarios(&args, Target::Pool(client.clone()), &prompts, Some(&client), &info.engine, &info.model_name, serving.len(), concurrency, (info.slots, info.threads))
+            .await?;
+    // The roofline needs the model file; workers on this host name a path that is readable here.
+    if std::path::Path::new(&info.model_path).is_file()
+        && let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
+            tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
+        }
+    args.report.emit(&report)?;
+    Ok(report)
+}
+
+/// Runs every scenario `repeats` times, taking turns, against `target`. `pool` samples the workers'
+/// memory when the target is a coordinator.
+#[allow(clippy::too_many_arguments)]
+async fn run_scenarios(
+    args: &Args,
+    target: Target,
+    prompts: &[modelpool::PredictRequest],
+    pool: Option<&modelpool::proto::coordinator_client::CoordinatorClient<modelpool::auth::AuthChannel>>,
+    engine: &str,
+    model: &str,
+    workers: usize,
+    concurrency: usize,
+    (slots, threads): (u32, u32),
+) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     for repeat in 0..args.repeats {
         let closed = args.scenario.iter().map(|scenario| match scenario {
             Scenario::Serial => ("serial".to_string(), 1, None),
-            Scenario::Parallel => {
-                let c = args.concurrency.unwrap_or(total_slots);
-                (format!("parallel-c{c}"), c, None)
-            }
+            Scenario::Parallel => (format!("parallel-c{concurrency}"), concurrency, None),
         });
         let open = args.rate.iter().map(|&rate| (format!("open@{rate}/s"), 0, Some(rate)));
         for (name, concurrency, rate) in closed.chain(open).collect::<Vec<_>>() {
-            eprintln!("== {name} (run {}/{}): {} prompts, {concurrency} in flight, {} workers", repeat + 1, args.repeats, prompts.len(), serving.len());
-            let sampler = MemorySampler::start(client.clone(), &[]);
+            eprintln!("== {name} (run {}/{}): {} prompts, {concurrency} in flight", repeat + 1, args.repeats, prompts.len());
+            let sampler = pool.map(|client| MemorySampler::start(client.clone(), &[]));
             let progress = progress_bar(&name, prompts.len());
             let (records, wall_s) = match rate {
-                Some(rate) => run_open_loop(client.clone(), &prompts, &poisson_arrivals(prompts.len(), rate, 42), Some(&progress)).await,
-                None => run_closed_loop_with_progress(client.clone(), &prompts, concurrency, Some(&progress)).await,
+                Some(rate) => run_open_loop(target.clone(), prompts, &poisson_arrivals(prompts.len(), rate, 42), Some(&progress)).await,
+                None => run_closed_loop_with_progress(target.clone(), prompts, concurrency, Some(&progress)).await,
             };
             progress.finish();
-            let memory = sampler.finish().await;
+            let memory = match sampler {
+                Some(sampler) => sampler.finish().await,
+                None => PoolMemory::default(),
+            };
             runs.push(ScenarioRun {
                 name,
+                engine: engine.to_string(),
                 repeat,
-                workers: serving.len(),
-                slots_per_worker: info.slots,
-                threads_per_worker: info.threads,
+                workers,
+                slots_per_worker: slots,
+                threads_per_worker: threads,
                 concurrency,
                 wall_s,
                 records,
@@ -161,12 +225,5 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             });
         }
     }
-    let mut report = Report::new("bench-client", info.model_name.clone(), args.max_tokens, args.report.slo(), runs);
-    // The roofline needs the model file; workers on this host name a path that is readable here.
-    if std::path::Path::new(&info.model_path).is_file()
-        && let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
-            tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
-        }
-    args.report.emit(&report)?;
-    Ok(report)
+    Ok(Report::new("bench-client", model.to_string(), args.max_tokens, args.report.slo(), runs))
 }

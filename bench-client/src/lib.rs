@@ -5,6 +5,7 @@ pub mod cli;
 pub mod hosts;
 pub mod html;
 pub mod memory;
+pub mod openai_client;
 pub mod recommend;
 pub mod report;
 pub mod roofline;

@@ -16,6 +16,9 @@ use crate::stats::Summary;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioRun {
     pub name: String,
+    /// What served it: a worker engine (`llama`, `mlx`), or `openai` for an OpenAI-compatible endpoint
+    /// whose engine the bench cannot see.
+    pub engine: String,
     /// Which repetition of the configuration this is (0-based).
     pub repeat: usize,
     pub workers: usize,
@@ -61,6 +64,8 @@ impl Spread {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioSummary {
     pub name: String,
+    /// What served it (see [`ScenarioRun::engine`]).
+    pub engine: String,
     pub repeats: usize,
     pub workers: usize,
     pub slots_per_worker: u32,
@@ -89,6 +94,10 @@ pub struct ScenarioSummary {
     pub peak_uss_per_worker_bytes: u64,
     pub peak_pool_pss_bytes: u64,
     pub peak_pool_rss_bytes: u64,
+    /// Share of the prompt tokens the servers reused from their prefix caches instead of computing.
+    pub prompt_cached_share: f64,
+    /// Prompt tokens computed (not reused) per successful request, on average.
+    pub prefill_tokens_per_request: f64,
 }
 
 impl ScenarioSummary {
@@ -110,8 +119,11 @@ impl ScenarioSummary {
         let ttfts: Vec<f64> = ok.iter().map(|r| r.ttft_ms).collect();
         let tpots: Vec<f64> = ok.iter().filter(|r| r.completion_tokens > 1).map(|r| r.tpot_ms).collect();
         let gaps: Vec<f64> = ok.iter().flat_map(|r| r.inter_token_ms.iter().map(|&g| f64::from(g))).collect();
+        let prompt_tokens: u64 = ok.iter().map(|r| u64::from(r.prompt_tokens)).sum();
+        let cached_tokens: u64 = ok.iter().map(|r| u64::from(r.cached_tokens.min(r.prompt_tokens))).sum();
         Self {
             name: first.name.clone(),
+            engine: first.engine.clone(),
             repeats: runs.len(),
             workers: first.workers,
             slots_per_worker: first.slots_per_worker,
@@ -136,6 +148,8 @@ impl ScenarioSummary {
             peak_uss_per_worker_bytes: peak(|w| w.peak.uss_bytes),
             peak_pool_pss_bytes: runs.iter().map(|r| r.memory.peak_pool_pss_bytes).max().unwrap_or(0),
             peak_pool_rss_bytes: runs.iter().map(|r| r.memory.peak_pool_rss_bytes).max().unwrap_or(0),
+            prompt_cached_share: if prompt_tokens > 0 { cached_tokens as f64 / prompt_tokens as f64 } else { 0.0 },
+            prefill_tokens_per_request: (prompt_tokens - cached_tokens) as f64 / ok.len().max(1) as f64,
         }
     }
 }
@@ -306,6 +320,14 @@ impl Report {
         }
         let itl: Vec<String> = self.summaries.iter().map(|s| format!("{} {:.0}/{:.0}", s.name, s.itl_ms.p50, s.itl_ms.p99)).collect();
         let _ = writeln!(out, "inter-token latency, ms p50/p99: {}", itl.join(", "));
+        let reuse: Vec<String> = self
+            .summaries
+            .iter()
+            .map(|s| format!("{} {:.0}% ({:.0} computed/request)", s.name, s.prompt_cached_share * 100.0, s.prefill_tokens_per_request))
+            .collect();
+        let _ = writeln!(out, "prompt tokens reused from prefix caches: {}", reuse.join(", "));
+        let engines: Vec<String> = self.summaries.iter().map(|s| format!("{} {}", s.name, s.engine)).collect();
+        let _ = writeln!(out, "served by: {}", engines.join(", "));
         if self.slo.is_set() {
             let targets = [("ttft", self.slo.ttft_ms), ("e2e", self.slo.e2e_ms)]
                 .iter()
@@ -397,13 +419,13 @@ impl Report {
             "config,workers,slots,threads,concurrency,repeats,prompts,ok,failed,prompts_per_s,output_tokens_per_s,\
              output_tokens_per_s_min,output_tokens_per_s_max,noisy,latency_p50_ms,latency_p90_ms,latency_p95_ms,latency_p99_ms,\
              ttft_p50_ms,ttft_p95_ms,tpot_p50_ms,itl_p50_ms,itl_p99_ms,speedup,efficiency,goodput,peak_rss_per_worker_bytes,peak_pss_per_worker_bytes,\
-             peak_uss_per_worker_bytes,peak_pool_pss_bytes,peak_pool_rss_bytes\n",
+             peak_uss_per_worker_bytes,peak_pool_pss_bytes,peak_pool_rss_bytes,engine,prompt_cached_share,prefill_tokens_per_request\n",
         );
         for s in &self.summaries {
             let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{},{},{:.4},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.2},{:.2},{:.2},{},{},{:.4},{},{},{},{},{},{},{:.4},{:.1}",
                 s.name.replace(',', ";"),
                 s.workers,
                 s.slots_per_worker,
@@ -435,6 +457,9 @@ impl Report {
                 s.peak_uss_per_worker_bytes,
                 s.peak_pool_pss_bytes,
                 s.peak_pool_rss_bytes,
+                s.engine,
+                s.prompt_cached_share,
+                s.prefill_tokens_per_request,
             );
         }
         out
@@ -473,6 +498,7 @@ mod tests {
     fn run(name: &str, repeat: usize, workers: usize, wall_s: f64, tokens: &[u32]) -> ScenarioRun {
         ScenarioRun {
             name: name.into(),
+            engine: "llama".into(),
             repeat,
             workers,
             slots_per_worker: 1,

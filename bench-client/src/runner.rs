@@ -1,13 +1,44 @@
-//! Load generation: a closed loop that keeps `concurrency` requests in flight through the coordinator's
-//! Predict, the path production requests take, and records what happened to each.
+//! Load generation: a closed loop that keeps `concurrency` requests in flight, or an open loop of
+//! Poisson arrivals, through the coordinator's Predict (the path production requests take) or any
+//! OpenAI-compatible endpoint, and records what happened to each request.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use modelpool::PredictRequest;
+use modelpool::auth::AuthChannel;
 use modelpool::proto::{self, coordinator_client::CoordinatorClient};
 use tokio::sync::Semaphore;
-use modelpool::auth::AuthChannel;
+
+use crate::openai_client::OpenAiClient;
+
+/// What a bench sends its requests to.
+#[derive(Clone)]
+pub enum Target {
+    /// A coordinator's gRPC Predict: timings come from the pool's own accounting.
+    Pool(CoordinatorClient<AuthChannel>),
+    /// An OpenAI-compatible HTTP endpoint, streamed: timings are measured at the client.
+    OpenAi(OpenAiClient),
+}
+
+impl From<CoordinatorClient<AuthChannel>> for Target {
+    fn from(client: CoordinatorClient<AuthChannel>) -> Self {
+        Target::Pool(client)
+    }
+}
+
+impl Target {
+    async fn send(&self, request: &PredictRequest, index: usize, client_wait_ms: f64, progress: Option<&indicatif::ProgressBar>) -> RequestRecord {
+        let record = match self {
+            Target::Pool(client) => send(&mut client.clone(), proto::PredictRequest::from(request), index, client_wait_ms).await,
+            Target::OpenAi(client) => client.send(request, index, client_wait_ms).await,
+        };
+        if let Some(progress) = progress {
+            progress.inc(1);
+        }
+        record
+    }
+}
 
 /// What happened to one request, as the client saw it and as the pool reported it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -27,6 +58,8 @@ pub struct RequestRecord {
     /// Decode time divided by the tokens after the first (time per output token).
     pub tpot_ms: f64,
     pub prompt_tokens: u32,
+    /// Prompt tokens the server reused from its prefix cache instead of computing them.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub worker_id: String,
     pub attempts: u32,
@@ -38,11 +71,11 @@ pub struct RequestRecord {
 /// Sends every request, at most `concurrency` at a time, and returns one record per request in input
 /// order together with the wall-clock time of the whole run in seconds.
 pub async fn run_closed_loop(
-    client: CoordinatorClient<AuthChannel>,
+    target: impl Into<Target>,
     requests: &[PredictRequest],
     concurrency: usize,
 ) -> (Vec<RequestRecord>, f64) {
-    run_closed_loop_with_progress(client, requests, concurrency, None).await
+    run_closed_loop_with_progress(target, requests, concurrency, None).await
 }
 
 /// A progress bar on stderr for `total` requests, labelled `label` (hidden when stderr is not a terminal).
@@ -59,35 +92,30 @@ pub fn progress_bar(label: &str, total: usize) -> indicatif::ProgressBar {
 
 /// [`run_closed_loop`], advancing `progress` as requests finish.
 pub async fn run_closed_loop_with_progress(
-    client: CoordinatorClient<AuthChannel>,
+    target: impl Into<Target>,
     requests: &[PredictRequest],
     concurrency: usize,
     progress: Option<&indicatif::ProgressBar>,
 ) -> (Vec<RequestRecord>, f64) {
+    let target = target.into();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
     for (index, request) in requests.iter().enumerate() {
-        let wire = proto::PredictRequest::from(request);
+        let request = request.clone();
         let permits = Arc::clone(&permits);
-        let mut client = client.clone();
+        let target = target.clone();
         let progress = progress.cloned();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore never closed");
-            send(&mut client, wire, index, ms(start.elapsed()), progress.as_ref()).await
+            target.send(&request, index, ms(start.elapsed()), progress.as_ref()).await
         }));
     }
     (collect(tasks).await, start.elapsed().as_secs_f64())
 }
 
-/// Sends one request and records what happened to it.
-async fn send(
-    client: &mut CoordinatorClient<AuthChannel>,
-    wire: proto::PredictRequest,
-    index: usize,
-    client_wait_ms: f64,
-    progress: Option<&indicatif::ProgressBar>,
-) -> RequestRecord {
+/// Sends one request to a coordinator and records what happened to it.
+async fn send(client: &mut CoordinatorClient<AuthChannel>, wire: proto::PredictRequest, index: usize, client_wait_ms: f64) -> RequestRecord {
     let sent = Instant::now();
     let mut record = RequestRecord { index, request_id: wire.request_id.clone(), client_wait_ms, ..Default::default() };
     let result = client.predict(wire).await;
@@ -95,9 +123,6 @@ async fn send(
     match result {
         Ok(response) => fill(&mut record, response.into_inner()),
         Err(status) => record.error = Some(format!("{:?}: {}", status.code(), status.message())),
-    }
-    if let Some(progress) = progress {
-        progress.inc(1);
     }
     record
 }
@@ -128,6 +153,7 @@ fn fill(record: &mut RequestRecord, response: proto::PredictResponse) {
         0.0
     };
     record.prompt_tokens = response.prompt_tokens;
+    record.cached_tokens = response.cached_tokens;
     record.completion_tokens = response.completion_tokens;
     record.worker_id = response.worker_id;
     record.attempts = response.attempts;
@@ -155,22 +181,23 @@ pub fn poisson_arrivals(count: usize, rate: f64, seed: u64) -> Vec<f64> {
 /// independent users would send them; what the pool cannot absorb queues (or is refused, and recorded
 /// as failed). `client_wait_ms` is how late a request was sent relative to its arrival time.
 pub async fn run_open_loop(
-    client: CoordinatorClient<AuthChannel>,
+    target: impl Into<Target>,
     requests: &[PredictRequest],
     arrivals: &[f64],
     progress: Option<&indicatif::ProgressBar>,
 ) -> (Vec<RequestRecord>, f64) {
+    let target = target.into();
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
     for (index, (request, &at)) in requests.iter().zip(arrivals).enumerate() {
-        let wire = proto::PredictRequest::from(request);
-        let mut client = client.clone();
+        let request = request.clone();
+        let target = target.clone();
         let progress = progress.cloned();
         let due = start + std::time::Duration::from_secs_f64(at);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(due).await;
             let late = ms(tokio::time::Instant::now().saturating_duration_since(due).into());
-            send(&mut client, wire, index, late, progress.as_ref()).await
+            target.send(&request, index, late, progress.as_ref()).await
         }));
     }
     (collect(tasks).await, start.elapsed().as_secs_f64())

@@ -7,6 +7,7 @@ use crate::bench::engine_bench::EngineBenchArgs;
 use crate::bench::multihost::MultihostArgs;
 use crate::bench::overload_bench::OverloadBenchArgs;
 use crate::bench::run_bench::RunBenchArgs;
+use crate::bench::server_bench::ServerBenchArgs;
 use crate::config::ServeArgs;
 /// The modelpool coordinator: a registry of workers, a scheduler that shards prompts across them, and
 /// the one-command experiment (run-bench).
@@ -34,4 +35,7 @@ pub enum Command {
     /// Run a coordinator here and workers on the hosts of a hosts file (ssh or network namespaces),
     /// bench through it and report by host.
     Multihost(MultihostArgs),
+    /// The pool against llama-server on the same model, cores and prompts, through both OpenAI
+    /// endpoints; prints pool ÷ llama-server per workload.
+    ServerBench(ServerBenchArgs),
 }

@@ -7,6 +7,7 @@ use modelpool::auth::Credentials;
 use modelpool::security_args::{FlagError, SecurityArgs};
 use tonic::transport::ServerTlsConfig;
 
+use crate::routing::Routing;
 use crate::scheduler::SchedulerConfig;
 
 /// Scheduler settings shared by `serve` and `run-bench`.
@@ -27,6 +28,10 @@ pub struct SchedulerArgs {
     /// Longest one attempt on one worker may take before it is retried elsewhere.
     #[arg(long, default_value_t = 120)]
     pub attempt_timeout_secs: u64,
+    /// prefix: send a prompt to the worker most likely to hold its prefix in its cache (while it has a
+    /// free slot); least-loaded: to the least-loaded worker with a free slot.
+    #[arg(long, value_enum, default_value_t = Routing::Prefix)]
+    pub routing: Routing,
 }
 
 /// A flag and why its value was refused.
@@ -66,7 +71,7 @@ impl TryFrom<&SchedulerArgs> for SchedulerConfig {
             max_queue: args.max_queue,
             max_attempts: args.max_attempts,
             attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
-            ..SchedulerConfig::default()
+            routing: args.routing,
         })
     }
 }

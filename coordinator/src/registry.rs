@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use modelpool::PoolError;
 use modelpool::proto::{self, WorkerState};
 
+use crate::prefix_index::PrefixIndex;
+use crate::routing::{self, Candidate, Routing, Waiting};
+
 /// One registered worker as the coordinator sees it.
 #[derive(Debug, Clone)]
 pub struct WorkerEntry {
@@ -178,27 +181,23 @@ impl Registry {
         self.workers.values().map(|w| w.info.context_per_slot).filter(|&c| c > 0).min()
     }
 
-    /// The least-loaded worker with a free slot, preferring workers this prompt has not failed on.
-    /// A worker already tried is used again only when every live worker has been tried.
+    /// Where least-loaded routing sends one prompt that failed on the workers in `tried`: the
+    /// least-loaded worker with a free slot, an untried one while any untried worker is alive.
     pub fn pick(&self, tried: &[String]) -> Option<String> {
-        let least_loaded = |candidates: &mut dyn Iterator<Item = &WorkerEntry>| {
-            candidates
-                .min_by(|a, b| {
-                    let load_a = f64::from(a.in_flight) / f64::from(a.capacity());
-                    let load_b = f64::from(b.in_flight) / f64::from(b.capacity());
-                    load_a.total_cmp(&load_b).then(a.in_flight.cmp(&b.in_flight)).then(a.id.cmp(&b.id))
-                })
-                .map(|w| w.id.clone())
-        };
-        let fresh = least_loaded(&mut self.workers.values().filter(|w| w.has_room() && !tried.contains(&w.id)));
-        if fresh.is_some() {
-            return fresh;
-        }
-        let untried_live = self.workers.values().any(|w| w.is_live() && !tried.contains(&w.id));
-        if untried_live {
-            return None; // wait for an untried worker to free up
-        }
-        least_loaded(&mut self.workers.values().filter(|w| w.has_room()))
+        let waiting = [Waiting { key: &[], tried }];
+        routing::assign(Routing::LeastLoaded, &mut self.candidates(), &PrefixIndex::default(), &waiting).pop().map(|(_, id)| id)
+    }
+
+    /// The live workers, as routing sees them.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut live: Vec<Candidate> = self
+            .workers
+            .values()
+            .filter(|w| w.is_live())
+            .map(|w| Candidate { id: w.id.clone(), in_flight: w.in_flight, capacity: w.capacity() })
+            .collect();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        live
     }
 
     pub fn statuses(&self, now: Instant) -> Vec<proto::WorkerStatus> {

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
+use crate::prefix_index::{PrefixIndex, capacity_for, prefix_key};
 use crate::registry::Registry;
+use crate::routing::{self, Routing, Waiting};
 use crate::worker_client;
 
 /// How the scheduler behaves; see the `serve` flags for what each means.
@@ -25,6 +27,7 @@ pub struct SchedulerConfig {
     pub max_queue: usize,
     pub max_attempts: u32,
     pub attempt_timeout: Duration,
+    pub routing: Routing,
 }
 
 impl Default for SchedulerConfig {
@@ -35,6 +38,7 @@ impl Default for SchedulerConfig {
             max_queue: 1024,
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(120),
+            routing: Routing::default(),
         }
     }
 }
@@ -55,6 +59,8 @@ pub use crate::worker_client::Pieces;
 /// A prompt accepted by the coordinator, waiting or running.
 struct Job {
     request: proto::PredictRequest,
+    /// The prompt's prefix key for routing (see `prefix_index`).
+    key: Vec<u64>,
     reply: Reply,
     /// Set for streamed prompts: the text goes here piece by piece, and `reply` gets the final response.
     pieces: Option<Pieces>,
@@ -96,6 +102,7 @@ impl Scheduler {
             config,
             credentials,
             registry: Registry::default(),
+            index: PrefixIndex::default(),
             channels: HashMap::new(),
             queue: VecDeque::new(),
             commands: commands.downgrade(),
@@ -170,6 +177,8 @@ struct Actor {
     config: SchedulerConfig,
     credentials: Credentials,
     registry: Registry,
+    /// Which prefixes each worker was sent, for prefix routing.
+    index: PrefixIndex,
     /// One connection per worker, reused by every attempt sent to it.
     channels: HashMap<String, Channel>,
     queue: VecDeque<Job>,
@@ -219,6 +228,7 @@ impl Actor {
             }
             Command::Deregister { worker_id, reply } => {
                 self.channels.remove(&worker_id);
+                self.index.remove_worker(&worker_id);
                 let result = self.registry.deregister(&worker_id).map(|entry| {
                     info!(%worker_id, in_flight = entry.in_flight, "worker deregistered");
                 });
@@ -256,33 +266,35 @@ impl Actor {
                 ));
             }
         for Submission { request, reply, pieces, .. } in jobs {
-            self.queue.push_back(Job { request, reply, pieces, streamed: false, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
+            let key = prefix_key(&request);
+            self.queue.push_back(Job { request, key, reply, pieces, streamed: false, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
         }
         Ok(())
     }
 
-    /// Hands queued prompts to workers with free slots, in queue order.
+    /// Hands queued prompts to workers with free slots, as the routing policy matches them.
     fn dispatch(&mut self) {
-        let mut index = 0;
-        while index < self.queue.len() {
-            if self.queue[index].reply.is_closed() {
-                // The caller gave up while the prompt waited; nobody is left to answer.
-                self.queue.remove(index);
-                continue;
-            }
-            let Some(worker_id) = self.registry.pick(&self.queue[index].tried) else {
-                if self.registry.pick(&[]).is_none() {
-                    return; // no worker has room for anyone
-                }
-                index += 1;
-                continue;
-            };
-            let mut job = self.queue.remove(index).expect("index in range");
+        // Callers that gave up while their prompt waited: nobody is left to answer, nothing to run.
+        self.queue.retain(|job| !job.reply.is_closed());
+        if self.queue.is_empty() {
+            return;
+        }
+        let mut candidates = self.registry.candidates();
+        let waiting: Vec<Waiting> = self.queue.iter().map(|job| Waiting { key: &job.key, tried: &job.tried }).collect();
+        let assigned = routing::assign(self.config.routing, &mut candidates, &self.index, &waiting);
+        drop(waiting);
+        // Highest position first, so the lower positions stay valid while removing.
+        let mut jobs: Vec<(Job, String)> =
+            assigned.into_iter().rev().map(|(position, worker_id)| (self.queue.remove(position).expect("position in range"), worker_id)).collect();
+        jobs.reverse();
+        for (mut job, worker_id) in jobs {
             let (Some(entry), Some(channel)) = (self.registry.get_mut(&worker_id), self.channels.get(&worker_id)) else {
-                self.queue.insert(index, job);
-                return;
+                self.queue.push_front(job);
+                continue;
             };
             entry.in_flight += 1;
+            let capacity = capacity_for(entry.info.slots, entry.info.context_per_slot);
+            self.index.record(&worker_id, &job.key, capacity);
             job.attempts += 1;
             job.tried.push(worker_id.clone());
             let client = worker_client::client(channel.clone(), &self.credentials);
@@ -352,6 +364,7 @@ impl Actor {
         let evicted = self.registry.expire(Instant::now(), self.config.heartbeat_timeout);
         for worker_id in &evicted {
             self.channels.remove(worker_id);
+            self.index.remove_worker(worker_id);
             warn!(%worker_id, timeout_ms = self.config.heartbeat_timeout.as_millis() as u64, "worker missed its heartbeats; evicted");
         }
         if !evicted.is_empty() {

@@ -30,7 +30,7 @@ pub struct EngineBenchArgs {
     /// Repetitions of each measurement; medians are reported.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
-    /// llama.cpp's llama-bench binary (scripts/build-llama-bench.sh builds it). Without it the single-stream
+    /// llama.cpp's llama-bench binary (scripts/build-llama-tool.sh builds it). Without it the single-stream
     /// ratio is not computed.
     #[arg(long, env = "MODELPOOL_LLAMA_BENCH")]
     pub llama_bench: Option<PathBuf>,

@@ -6,6 +6,7 @@ pub mod local_pool;
 pub mod multihost;
 pub mod overload_bench;
 pub mod run_bench;
+pub mod server_bench;
 
 use std::time::Duration;
 

@@ -363,6 +363,7 @@ async fn measure_configuration(
     wait_until_empty(client).await;
     Ok(ScenarioRun {
         name: configuration.name.clone(),
+        engine: configuration.engine.as_str().to_string(),
         repeat,
         workers: configuration.workers,
         slots_per_worker: spec.slots,

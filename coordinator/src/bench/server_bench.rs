@@ -1,0 +1,382 @@
+//! `server-bench`: the pool against llama-server, the server a user would run instead, on the same
+//! model, the same cores and the same prompts, both through their OpenAI endpoints (streamed, timed at
+//! the client). A small sweep first picks each side's best parallelism on short prompts (llama-server's
+//! `-np`, the pool's workers x slots), so neither is handicapped; then every workload runs in
+//! interleaved rounds (the order alternates) and each round gives one pool ÷ llama-server ratio.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use bench_client::openai_client::OpenAiClient;
+use bench_client::report::Spread;
+use bench_client::runner::{RequestRecord, Target, run_closed_loop};
+use bench_client::stats::quantile;
+use bench_client::{shared_prefix, workload};
+use modelpool::PredictRequest;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
+use crate::scheduler::SchedulerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerWorkload {
+    /// The built-in chat prompts (extraction tasks and questions), natural stop.
+    Builtin,
+    /// Fixed shape: 128 prompt tokens, exactly max-tokens generated (`ignore_eos`).
+    Synthetic,
+    /// DSPy ChatAdapter-shaped calls: a 1,000+ token preamble per program, --programs interleaved.
+    SharedPrefix,
+}
+
+impl ServerWorkload {
+    fn name(self) -> &'static str {
+        match self {
+            ServerWorkload::Builtin => "builtin",
+            ServerWorkload::Synthetic => "synthetic",
+            ServerWorkload::SharedPrefix => "shared-prefix",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerBenchArgs {
+    /// The llama-server binary (scripts/server-bench.sh builds it from the pinned llama.cpp source).
+    #[arg(long, env = "MODELPOOL_LLAMA_SERVER")]
+    pub llama_server: PathBuf,
+    /// Cores both sides get: llama-server's threads, the pool's threads over all its workers.
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServerWorkload::Builtin, ServerWorkload::Synthetic, ServerWorkload::SharedPrefix])]
+    pub workloads: Vec<ServerWorkload>,
+    /// Prompts per round and workload (the built-in ones each twice when 16 or more).
+    #[arg(long, default_value_t = 16)]
+    pub prompts: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// Rounds per workload; each gives one ratio.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// llama-server parallelism to sweep (`-np`).
+    #[arg(long, value_delimiter = ',', default_values_t = [2, 4, 8])]
+    pub np: Vec<u32>,
+    /// Pool shapes to sweep, WORKERSxSLOTS (threads are split evenly between workers).
+    #[arg(long, value_delimiter = ',', default_values = ["1x4", "1x8", "2x2"])]
+    pub pool_shapes: Vec<String>,
+    /// Distinct programs interleaved in the shared-prefix workload.
+    #[arg(long, default_value_t = 2)]
+    pub programs: usize,
+    /// Context per slot on both sides.
+    #[arg(long, default_value_t = 2048)]
+    pub ctx_per_slot: u32,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+/// A pool shape: workers x slots.
+fn parse_shape(shape: &str) -> anyhow::Result<(usize, u32)> {
+    let (workers, slots) = shape.split_once('x').with_context(|| format!("--pool-shapes {shape:?}: expected WORKERSxSLOTS"))?;
+    let (workers, slots): (usize, u32) = (workers.parse()?, slots.parse()?);
+    anyhow::ensure!(workers >= 1 && slots >= 1, "--pool-shapes {shape:?}: at least 1x1");
+    Ok((workers, slots))
+}
+
+/// One side's figures for one round.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    prompts_per_s: f64,
+    output_tokens_per_s: f64,
+}
+
+fn round_of(records: &[RequestRecord], wall_s: f64) -> Round {
+    let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok).collect();
+    Round {
+        prompts_per_s: ok.len() as f64 / wall_s.max(1e-9),
+        output_tokens_per_s: ok.iter().map(|r| f64::from(r.completion_tokens)).sum::<f64>() / wall_s.max(1e-9),
+    }
+}
+
+/// One side's figures for one workload over all its rounds.
+fn side_summary(rounds: &[Round], records: &[RequestRecord]) -> Value {
+    let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok).collect();
+    let q = |values: &[f64], p: f64| quantile(values, p).unwrap_or(0.0);
+    let ttft: Vec<f64> = ok.iter().map(|r| r.ttft_ms).collect();
+    let e2e: Vec<f64> = ok.iter().map(|r| r.e2e_ms).collect();
+    let prompt: u64 = ok.iter().map(|r| u64::from(r.prompt_tokens)).sum();
+    let cached: u64 = ok.iter().map(|r| u64::from(r.cached_tokens.min(r.prompt_tokens))).sum();
+    let spread = |f: fn(&Round) -> f64| {
+        let s = Spread::of(&rounds.iter().map(f).collect::<Vec<_>>());
+        json!({"median": s.median, "min": s.min, "max": s.max})
+    };
+    json!({
+        "prompts_per_s": spread(|r| r.prompts_per_s),
+        "output_tokens_per_s": spread(|r| r.output_tokens_per_s),
+        "ttft_ms": {"p50": q(&ttft, 0.5), "p95": q(&ttft, 0.95)},
+        "e2e_ms": {"p50": q(&e2e, 0.5), "p95": q(&e2e, 0.95)},
+        "ok": ok.len(),
+        "failed": records.len() - ok.len(),
+        "first_error": records.iter().find_map(|r| r.error.clone()),
+        "prompt_cached_share": if prompt > 0 { cached as f64 / prompt as f64 } else { 0.0 },
+    })
+}
+
+/// llama-server on a free port of 127.0.0.1, killed when dropped.
+struct LlamaServer {
+    child: Child,
+    url: String,
+}
+
+impl LlamaServer {
+    async fn start(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(binary)
+            .args(["-m", &model.display().to_string(), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-np", &np.to_string(), "-t", &threads.to_string(), "-tb", &threads.to_string()])
+            .args(["-c", &(ctx_per_slot * np).to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let address = self.url.trim_start_matches("http://").to_string();
+        loop {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+                let mut response = Vec::new();
+                if stream.write_all(request.as_bytes()).await.is_ok() && stream.read_to_end(&mut response).await.is_ok() && response.starts_with(b"HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "llama-server did not become ready within {STARTUP_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A pool of `workers` x `slots` behind an in-process coordinator with its HTTP API.
+struct Pool {
+    coordinator: LocalCoordinator,
+    workers: LocalPool,
+}
+
+impl Pool {
+    async fn start(worker_bin: &Path, model: &Path, (workers, slots): (usize, u32), threads: u32, ctx_per_slot: u32) -> anyhow::Result<Self> {
+        let coordinator = LocalCoordinator::start(SchedulerConfig::default()).await?;
+        let spec = WorkerSpec {
+            binary: worker_bin.to_path_buf(),
+            model: model.to_path_buf(),
+            coordinator: coordinator.url.clone(),
+            threads: (threads / workers as u32).max(1),
+            slots,
+            extra_args: vec!["--ctx-per-slot".into(), ctx_per_slot.to_string()],
+        };
+        let workers = LocalPool::start(&spec, workers, &coordinator.client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
+        Ok(Self { coordinator, workers })
+    }
+
+    async fn stop(self) {
+        self.workers.stop(STOP_GRACE).await;
+        self.coordinator.stop().await;
+    }
+}
+
+fn prompts_for(workload: ServerWorkload, args: &ServerBenchArgs, model: &Path) -> anyhow::Result<Vec<PredictRequest>> {
+    Ok(match workload {
+        ServerWorkload::Builtin => workload::builtin_workload(args.prompts, args.max_tokens),
+        ServerWorkload::Synthetic => {
+            let tokenizer = modelpool::tokenizer::Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(model)?)?;
+            workload::synthetic(&tokenizer, 128, args.max_tokens, args.prompts)?
+        }
+        ServerWorkload::SharedPrefix => shared_prefix::workload(args.prompts, args.programs, args.max_tokens),
+    })
+}
+
+async fn measure(url: &str, prompts: &[PredictRequest], clients: usize) -> (Vec<RequestRecord>, f64) {
+    let client = OpenAiClient::new(url, None, Some("bench".into())).expect("an http:// URL");
+    run_closed_loop(Target::OpenAi(client), prompts, clients).await
+}
+
+pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(args.llama_server.is_file(), "--llama-server {} does not exist", args.llama_server.display());
+    anyhow::ensure!(args.rounds >= 1 && args.prompts >= 1 && args.clients >= 1, "--rounds, --prompts and --clients must be at least 1");
+    let shapes = args.pool_shapes.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
+    let explicit = args.model.clone();
+    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+
+    // The sweep: short prompts, one round each; the best prompts/s wins on each side.
+    let sweep_prompts = workload::builtin_workload(args.prompts.min(16), args.max_tokens);
+    let mut best_np = (args.np[0], 0.0);
+    for &np in &args.np {
+        let server = LlamaServer::start(&args.llama_server, &model, np, args.threads, args.ctx_per_slot).await?;
+        let (records, wall) = measure(&server.url, &sweep_prompts, args.clients).await;
+        server.stop().await;
+        let round = round_of(&records, wall);
+        eprintln!("== sweep: llama-server -np {np}: {:.2} prompts/s", round.prompts_per_s);
+        if round.prompts_per_s > best_np.1 {
+            best_np = (np, round.prompts_per_s);
+        }
+    }
+    let mut best_shape = (shapes[0], 0.0);
+    for &shape in &shapes {
+        let pool = Pool::start(&worker_bin, &model, shape, args.threads, args.ctx_per_slot).await?;
+        let (records, wall) = measure(&pool.coordinator.http_url, &sweep_prompts, args.clients).await;
+        pool.stop().await;
+        let round = round_of(&records, wall);
+        eprintln!("== sweep: pool {}x{}: {:.2} prompts/s", shape.0, shape.1, round.prompts_per_s);
+        if round.prompts_per_s > best_shape.1 {
+            best_shape = (shape, round.prompts_per_s);
+        }
+    }
+    let (np, shape) = (best_np.0, best_shape.0);
+    eprintln!("== llama-server -np {np} -t {} against the pool {}x{} ({} thread(s) per worker)", args.threads, shape.0, shape.1, (args.threads / shape.0 as u32).max(1));
+
+    let mut workloads = serde_json::Map::new();
+    for &workload in &args.workloads {
+        let prompts = prompts_for(workload, &args, &model)?;
+        // Fresh servers per workload: one workload's cached prefixes do not help the next.
+        let server = LlamaServer::start(&args.llama_server, &model, np, args.threads, args.ctx_per_slot).await?;
+        let pool = Pool::start(&worker_bin, &model, shape, args.threads, args.ctx_per_slot).await?;
+        let (mut pool_rounds, mut server_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pool_records, mut server_records) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let mut measured = [None, None];
+            // Alternate who goes first, so drift on the machine hits both alike.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let url = if side == 0 { pool.coordinator.http_url.clone() } else { server.url.clone() };
+                let (records, wall) = measure(&url, &prompts, args.clients).await;
+                measured[side] = Some((round_of(&records, wall), records));
+            }
+            let [Some((pool_round, p)), Some((server_round, s))] = measured else { unreachable!("both sides ran") };
+            eprintln!(
+                "== {} round {}: pool {:.3} prompts/s, llama-server {:.3} prompts/s",
+                workload.name(),
+                round + 1,
+                pool_round.prompts_per_s,
+                server_round.prompts_per_s
+            );
+            ratios.push(pool_round.prompts_per_s / server_round.prompts_per_s.max(1e-9));
+            pool_rounds.push(pool_round);
+            server_rounds.push(server_round);
+            pool_records.extend(p);
+            server_records.extend(s);
+        }
+        pool.stop().await;
+        server.stop().await;
+        let ratio = Spread::of(&ratios);
+        workloads.insert(
+            workload.name().into(),
+            json!({
+                "pool": side_summary(&pool_rounds, &pool_records),
+                "llama_server": side_summary(&server_rounds, &server_records),
+                "ratio_prompts_per_s": {"median": ratio.median, "min": ratio.min, "max": ratio.max},
+            }),
+        );
+    }
+    let machine = bench_client::report::Machine::this();
+    let result = json!({
+        "machine": machine.describe(),
+        "model": model.display().to_string(),
+        "threads": args.threads,
+        "clients": args.clients,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "llama_server": {"binary": args.llama_server.display().to_string(), "np": np, "sweep_prompts_per_s": best_np.1},
+        "pool": {"workers": shape.0, "slots": shape.1, "sweep_prompts_per_s": best_shape.1},
+        "workloads": workloads,
+    });
+    print_result(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(result)
+}
+
+fn print_result(result: &Value) {
+    println!("\nmachine: {}", result["machine"].as_str().unwrap_or(""));
+    println!(
+        "pool {}x{} vs llama-server -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
+        result["pool"]["workers"], result["pool"]["slots"], result["llama_server"]["np"], result["threads"], result["clients"], result["max_tokens"], result["rounds"]
+    );
+    println!(
+        "{:<14} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}",
+        "workload", "server", "prompt/s", "out tok/s", "ttft p50", "ttft p95", "e2e p50", "e2e p95", "cached", "failed"
+    );
+    let Some(workloads) = result["workloads"].as_object() else { return };
+    for (name, w) in workloads {
+        for (side, label) in [("pool", "pool"), ("llama_server", "llama-server")] {
+            let s = &w[side];
+            println!(
+                "{:<14} {:<13} {:>9.3} {:>9.1} {:>8.0}ms {:>8.0}ms {:>8.2}s {:>8.2}s {:>6.0}% {:>6}",
+                name,
+                label,
+                s["prompts_per_s"]["median"].as_f64().unwrap_or(0.0),
+                s["output_tokens_per_s"]["median"].as_f64().unwrap_or(0.0),
+                s["ttft_ms"]["p50"].as_f64().unwrap_or(0.0),
+                s["ttft_ms"]["p95"].as_f64().unwrap_or(0.0),
+                s["e2e_ms"]["p50"].as_f64().unwrap_or(0.0) / 1000.0,
+                s["e2e_ms"]["p95"].as_f64().unwrap_or(0.0) / 1000.0,
+                s["prompt_cached_share"].as_f64().unwrap_or(0.0) * 100.0,
+                s["failed"],
+            );
+            if let Some(error) = s["first_error"].as_str() {
+                println!("{:<14} {:<13} first error: {error}", "", "");
+            }
+        }
+        let r = &w["ratio_prompts_per_s"];
+        println!(
+            "{:<14} pool ÷ llama-server prompts/s: {:.2} (range {:.2}-{:.2})",
+            name,
+            r["median"].as_f64().unwrap_or(0.0),
+            r["min"].as_f64().unwrap_or(0.0),
+            r["max"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_shape("2x2").unwrap(), (2, 2));
+        assert!(parse_shape("0x4").is_err());
+        assert!(parse_shape("4").is_err());
+    }
+
+    #[test]
+    fn a_round_counts_only_answered_prompts() {
+        let records = vec![
+            RequestRecord { ok: true, completion_tokens: 10, ..Default::default() },
+            RequestRecord { ok: false, completion_tokens: 99, ..Default::default() },
+        ];
+        let round = round_of(&records, 2.0);
+        assert_eq!((round.prompts_per_s, round.output_tokens_per_s), (0.5, 5.0));
+    }
+}

@@ -1,0 +1,205 @@
+//! Which waiting prompt goes to which worker. Plain data in, assignments out: the scheduler applies
+//! them. A worker is only ever given as many prompts as it has slots (waiting happens here, where any
+//! worker that frees up can take the next prompt), which is also the load guard of prefix routing: a
+//! worker that holds a prompt's prefix gets it only while it has a free slot, never a queue in front of
+//! it (SGLang's router fell into a "death spiral" sending cache misses to an overloaded worker).
+
+use crate::prefix_index::PrefixIndex;
+
+/// How prompts are matched with workers (`--routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Routing {
+    /// To the worker most likely to hold the prompt's longest prefix in its cache, while it has a free
+    /// slot; prompts whose workers are busy wait while later prompts that fit a free worker go, and no
+    /// worker idles while prompts wait.
+    #[default]
+    Prefix,
+    /// In queue order, each to the least-loaded worker with a free slot.
+    LeastLoaded,
+}
+
+/// A worker as routing sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub in_flight: u32,
+    pub capacity: u32,
+}
+
+impl Candidate {
+    fn has_room(&self) -> bool {
+        self.in_flight < self.capacity
+    }
+
+    fn load(&self) -> f64 {
+        f64::from(self.in_flight) / f64::from(self.capacity.max(1))
+    }
+}
+
+/// A waiting prompt as routing sees it: its prefix key and the workers it already failed on.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiting<'a> {
+    pub key: &'a [u64],
+    pub tried: &'a [String],
+}
+
+/// Prompts further down the queue than this are not looked at for affinity in one round.
+const LOOKAHEAD: usize = 256;
+
+/// Assigns waiting prompts (in queue order) to the live workers in `candidates` for one round; returns
+/// (index in `waiting`, worker id) pairs, each prompt at most once, each worker at most its free slots.
+pub fn assign(routing: Routing, candidates: &mut [Candidate], index: &PrefixIndex, waiting: &[Waiting]) -> Vec<(usize, String)> {
+    let mut assigned = Vec::new();
+    let mut deferred = Vec::new();
+    for (position, prompt) in waiting.iter().enumerate() {
+        if !candidates.iter().any(Candidate::has_room) {
+            return assigned;
+        }
+        if routing == Routing::Prefix && position < LOOKAHEAD {
+            match holder(candidates, index, prompt) {
+                Some(worker) if candidates[worker].has_room() => take(candidates, worker, position, &mut assigned),
+                // Its prefix is on a busy worker: later prompts may fit the free ones better.
+                Some(_) => deferred.push(position),
+                // A prefix no worker holds goes where the fewest prefixes are, load being equal, so that
+                // distinct programs spread over the workers' caches instead of piling on the first.
+                None => match least_loaded_by(candidates, prompt, |c| index.blocks_of(&c.id)) {
+                    Some(worker) => take(candidates, worker, position, &mut assigned),
+                    None => deferred.push(position),
+                },
+            }
+        } else {
+            deferred.push(position);
+        }
+    }
+    // Whatever is still waiting goes to whichever worker has room: no worker idles while prompts wait.
+    for position in deferred {
+        if let Some(worker) = least_loaded(candidates, &waiting[position]) {
+            take(candidates, worker, position, &mut assigned);
+        }
+    }
+    assigned.sort_by_key(|(position, _)| *position);
+    assigned
+}
+
+fn take(candidates: &mut [Candidate], worker: usize, position: usize, assigned: &mut Vec<(usize, String)>) {
+    candidates[worker].in_flight += 1;
+    assigned.push((position, candidates[worker].id.clone()));
+}
+
+/// The workers a prompt may go to: those it has not failed on, or any once it has failed on all.
+fn eligible<'c>(candidates: &'c [Candidate], prompt: &Waiting) -> impl Iterator<Item = usize> + 'c {
+    let untried = candidates.iter().any(|c| !prompt.tried.contains(&c.id));
+    let tried: Vec<String> = if untried { prompt.tried.to_vec() } else { Vec::new() };
+    (0..candidates.len()).filter(move |&i| !tried.contains(&candidates[i].id))
+}
+
+/// The eligible worker with the longest match for the prompt's prefix (the less loaded on a tie), if
+/// any worker matches at all.
+fn holder(candidates: &[Candidate], index: &PrefixIndex, prompt: &Waiting) -> Option<usize> {
+    eligible(candidates, prompt)
+        .map(|i| (i, index.matched(&candidates[i].id, prompt.key)))
+        .filter(|&(_, matched)| matched > 0)
+        .max_by(|a, b| a.1.cmp(&b.1).then(candidates[b.0].load().total_cmp(&candidates[a.0].load())))
+        .map(|(i, _)| i)
+}
+
+/// The least-loaded eligible worker with a free slot. A prompt that failed somewhere waits for an
+/// untried worker rather than going back to one it failed on, while an untried one is alive.
+fn least_loaded(candidates: &[Candidate], prompt: &Waiting) -> Option<usize> {
+    least_loaded_by(candidates, prompt, |_| 0)
+}
+
+/// [`least_loaded`], with `tie` deciding between equally loaded workers before their ids do.
+fn least_loaded_by(candidates: &[Candidate], prompt: &Waiting, tie: impl Fn(&Candidate) -> usize) -> Option<usize> {
+    eligible(candidates, prompt)
+        .filter(|&i| candidates[i].has_room())
+        .min_by(|&a, &b| {
+            let (ca, cb) = (&candidates[a], &candidates[b]);
+            ca.load().total_cmp(&cb.load()).then(ca.in_flight.cmp(&cb.in_flight)).then(tie(ca).cmp(&tie(cb))).then(ca.id.cmp(&cb.id))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(slots: &[u32]) -> Vec<Candidate> {
+        slots.iter().enumerate().map(|(i, &capacity)| Candidate { id: format!("w{i}"), in_flight: 0, capacity }).collect()
+    }
+
+    fn waiting<'a>(keys: &'a [Vec<u64>], tried: &'a [String]) -> Vec<Waiting<'a>> {
+        keys.iter().map(|key| Waiting { key, tried }).collect()
+    }
+
+    /// Keys of `count` prompts of program `p`: a shared preamble of 20 blocks, then their own block.
+    fn program(p: u64, count: u64) -> Vec<Vec<u64>> {
+        (0..count).map(|i| (0..20).map(|b| p * 1000 + b).chain([p * 1000 + 500 + i]).collect()).collect()
+    }
+
+    #[test]
+    fn a_prompt_goes_where_its_prefix_was_sent() {
+        let mut index = PrefixIndex::default();
+        index.record("w1", &program(7, 1)[0], 1000);
+        let mut candidates = workers(&[4, 4]);
+        let keys = program(7, 1);
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w1".to_string())]);
+        // Least-loaded routing ignores the index.
+        let mut candidates = workers(&[4, 4]);
+        assert_eq!(assign(Routing::LeastLoaded, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w0".to_string())]);
+    }
+
+    #[test]
+    fn interleaved_programs_stay_with_their_workers_and_no_worker_idles() {
+        let mut index = PrefixIndex::default();
+        index.record("w0", &program(1, 1)[0], 1000);
+        index.record("w1", &program(2, 1)[0], 1000);
+        let (one, two) = (program(1, 4), program(2, 4));
+        let keys: Vec<Vec<u64>> = one.iter().zip(&two).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+        let mut candidates = workers(&[2, 2]);
+        let assigned = assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[]));
+        // Two slots each: the first two of each program go to their holder.
+        assert_eq!(assigned, vec![(0, "w0".into()), (1, "w1".into()), (2, "w0".into()), (3, "w1".into())]);
+
+        // A worker with room takes a prompt of another program rather than idle.
+        let keys = program(1, 3);
+        let mut candidates = workers(&[2, 2]);
+        let assigned = assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[]));
+        assert_eq!(assigned, vec![(0, "w0".into()), (1, "w0".into()), (2, "w1".into())]);
+    }
+
+    #[test]
+    fn a_prefix_nobody_holds_goes_to_the_emptiest_cache() {
+        let mut index = PrefixIndex::default();
+        index.record("w0", &program(1, 1)[0], 1000);
+        let keys = program(2, 1);
+        let mut candidates = workers(&[1, 1]);
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w1".to_string())]);
+    }
+
+    #[test]
+    fn the_load_guard_never_gives_a_busy_holder_more_than_its_slots() {
+        let mut index = PrefixIndex::default();
+        index.record("w0", &program(1, 1)[0], 1000);
+        let mut candidates = workers(&[1, 1]);
+        candidates[0].in_flight = 1;
+        let keys = program(1, 1);
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w1".to_string())]);
+        // Every worker full: nothing is assigned, the prompt waits.
+        candidates[1].in_flight = 1;
+        assert!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_prompt_avoids_a_worker_it_failed_on_and_a_worker_that_left() {
+        let mut index = PrefixIndex::default();
+        index.record("w0", &program(1, 1)[0], 1000);
+        let keys = program(1, 1);
+        let tried = ["w0".to_string()];
+        let mut candidates = workers(&[1, 1]);
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &tried)), vec![(0, "w1".to_string())]);
+        // The holder left: its entries went with it, and the prompt goes to the one that is there.
+        index.remove_worker("w0");
+        let mut candidates = vec![Candidate { id: "w2".into(), in_flight: 0, capacity: 1 }];
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w2".to_string())]);
+    }
+}
