@@ -135,7 +135,13 @@ impl OpenAiClient {
                 if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
                     record.prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0) as u32;
                     record.completion_tokens = usage["completion_tokens"].as_u64().unwrap_or(0) as u32;
-                    record.cached_tokens = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0) as u32;
+                    if let Some(cached) = usage["prompt_tokens_details"]["cached_tokens"].as_u64() {
+                        record.cached_tokens = cached as u32;
+                    }
+                }
+                // llama-server says how much of the prompt its slot reused in its own timings block.
+                if let Some(cached) = chunk["timings"]["cache_n"].as_u64() {
+                    record.cached_tokens = record.cached_tokens.max(cached as u32);
                 }
             }
         }

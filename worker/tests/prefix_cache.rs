@@ -127,6 +127,28 @@ async fn a_cold_slot_copies_the_prefix_from_a_busy_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prompts_arriving_together_compute_their_shared_prefix_once() {
+    let cached = TestWorker::start(config(3).await).await;
+    let plain = no_reuse_worker(1).await;
+    let requests: Vec<_> = (0..3).map(|chunk| short_call(2, chunk, 8)).collect();
+    let together = futures::future::join_all(requests.iter().map(|r| predict(&cached, r))).await;
+    // One computed the preamble; the other two waited for it and copied it.
+    let copied: Vec<u32> = together.iter().map(|r| r.copied_tokens).collect();
+    assert_eq!(copied.iter().filter(|&&c| c > 100).count(), 2, "{copied:?}");
+    let load = cached.load().await;
+    let prompt_tokens: u64 = together.iter().map(|r| u64::from(r.prompt_tokens)).sum();
+    let copied_total: u64 = copied.iter().map(|&c| u64::from(c)).sum();
+    // Everything not copied was computed, once (the warm-up's few tokens besides).
+    assert!(load.prompt_tokens_computed + copied_total <= prompt_tokens + 16, "computed {} + copied {copied_total} of {prompt_tokens}", load.prompt_tokens_computed);
+    assert_eq!(load.prompt_tokens_reused, copied_total);
+    for (request, answer) in requests.iter().zip(&together) {
+        assert_eq!(answer.text, predict(&plain, request).await.text, "copied keys and values give the text computed in full");
+    }
+    cached.stop().await;
+    plain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_least_recently_used_prefix_is_evicted_when_slots_hold_others() {
     let cached = TestWorker::start(config(2).await).await;
     let mut cached_tokens = Vec::new();

@@ -34,6 +34,10 @@ pub struct EngineBenchArgs {
     /// ratio is not computed.
     #[arg(long, env = "MODELPOOL_LLAMA_BENCH")]
     pub llama_bench: Option<PathBuf>,
+    /// llama.cpp's llama-batched-bench binary: its own batch-of-`slots` ÷ batch-of-1 decode ratio, the
+    /// yardstick for ours, measured in the same rounds.
+    #[arg(long, env = "MODELPOOL_LLAMA_BATCHED_BENCH")]
+    pub llama_batched_bench: Option<PathBuf>,
     #[arg(long, env = "MODELPOOL_MODEL")]
     pub model: Option<PathBuf>,
     #[arg(long, env = "MODELPOOL_WORKER_BIN")]
@@ -58,6 +62,10 @@ pub struct EngineBenchResult {
     /// The same with `--kv-unified` (one KV buffer for all slots instead of one stream per slot).
     pub unified_aggregate: Spread,
     pub unified_ratio: f64,
+    /// llama-batched-bench's text-generation tokens/s with `slots` sequences ÷ with one, per round.
+    pub llama_batched_ratio: Option<Spread>,
+    /// Our batched ratio ÷ llama-batched-bench's median (target >= 0.95).
+    pub batched_vs_llama: Option<f64>,
 }
 
 /// A prompt that makes the model write at length, so decode dominates. End-of-sequence is ignored so
@@ -98,10 +106,14 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         records.iter().filter(|r| r.ok).map(|r| f64::from(r.completion_tokens)).sum::<f64>() / wall_s.max(1e-9)
     };
     let (mut llama, mut single, mut slots1, mut batched, mut unified) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut llama_batched = Vec::new();
     for round in 0..args.repeats {
         eprintln!("== round {}/{}", round + 1, args.repeats);
         if let Some(binary) = &args.llama_bench {
             llama.push(llama_bench(binary, &model, threads, args.max_tokens)?);
+        }
+        if let Some(binary) = &args.llama_batched_bench {
+            llama_batched.push(llama_batched_bench(binary, &model, threads, args.max_tokens, args.slots)?);
         }
         let slots1_client = pools[0].0.client.clone();
         let (records, _) = run_closed_loop(slots1_client.clone(), &[long_request(args.max_tokens, round)], 1).await;
@@ -117,6 +129,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         coordinator.stop().await;
     }
     let llama_bench_tg = (!llama.is_empty()).then(|| Spread::of(&llama));
+    let llama_batched_ratio = (!llama_batched.is_empty()).then(|| Spread::of(&llama_batched));
 
     let worker_single_decode = Spread::of(&single);
     let slots1_aggregate = Spread::of(&slots1);
@@ -135,6 +148,8 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         batched_aggregate,
         unified_ratio: unified_aggregate.median / slots1_aggregate.median,
         unified_aggregate,
+        batched_vs_llama: llama_batched_ratio.map(|l| (batched_aggregate.median / slots1_aggregate.median) / l.median),
+        llama_batched_ratio,
     };
     print_result(&result);
     if let Some(path) = &args.json {
@@ -163,7 +178,17 @@ fn print_result(r: &EngineBenchResult) {
     }
     println!("  --slots 1, {} in flight, aggregate: {}", r.slots, tok_s(&r.slots1_aggregate));
     println!("  --slots {}, {} in flight, aggregate: {}", r.slots, r.slots, tok_s(&r.batched_aggregate));
-    println!("  batched ratio:                    {:.3} (target >= 1.5)", r.batched_ratio);
+    println!("  batched ratio:                    {:.3}", r.batched_ratio);
+    match (&r.llama_batched_ratio, r.batched_vs_llama) {
+        (Some(theirs), Some(versus)) => {
+            println!(
+                "  llama-batched-bench B={} / B=1:    {:.3} (median; range {:.3}-{:.3})",
+                r.slots, theirs.median, theirs.min, theirs.max
+            );
+            println!("  ours / llama.cpp's batched ratio: {versus:.3} (target >= 0.95)");
+        }
+        _ => println!("  llama.cpp's own batched ratio:    not measured (pass --llama-batched-bench)"),
+    }
     println!("  --slots {} --kv-unified:           {} (ratio {:.3})", r.slots, tok_s(&r.unified_aggregate), r.unified_ratio);
 }
 
@@ -180,4 +205,29 @@ fn llama_bench(binary: &Path, model: &Path, threads: u32, tokens: u32) -> anyhow
         .and_then(|r| r.get("avg_ts"))
         .and_then(serde_json::Value::as_f64)
         .ok_or_else(|| anyhow::anyhow!("llama-bench printed no avg_ts"))
+}
+
+/// Runs llama-batched-bench's text generation with one sequence and with `batch`, and returns the
+/// batch's tokens/s over the single sequence's.
+fn llama_batched_bench(binary: &Path, model: &Path, threads: u32, tokens: u32, batch: u32) -> anyhow::Result<f64> {
+    let context = (32 + tokens) * batch.max(1);
+    let output = Command::new(binary)
+        .arg("-m")
+        .arg(model)
+        .args(["-t", &threads.to_string(), "-tb", &threads.to_string(), "-c", &context.to_string()])
+        .args(["-npp", "32", "-ntg", &tokens.to_string(), "-npl", &format!("1,{batch}"), "--output-format", "jsonl"])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "llama-batched-bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let speed = |lines: &str, pl: u32| {
+        lines
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
+            .find(|v| v["pl"].as_u64() == Some(u64::from(pl)))
+            .and_then(|v| v["speed_tg"].as_f64())
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    match (speed(&text, 1), speed(&text, batch)) {
+        (Some(one), Some(many)) if one > 0.0 => Ok(many / one),
+        _ => anyhow::bail!("llama-batched-bench printed no speed_tg for pl 1 and {batch}"),
+    }
 }

@@ -6,6 +6,8 @@
 //! llama-server's slots do). Beyond that: when another sequence (free or running) holds a longer prefix,
 //! that prefix is copied into the chosen sequence, so a shared preamble is computed once per worker
 //! rather than once per slot. A sequence whose cache helps nobody is taken least recently used first.
+//! And when the longer prefix is still being computed by a running sequence (prompts that arrive
+//! together), the new prompt waits for it and copies it then, instead of computing it a second time.
 
 /// Where a new prompt runs and what of it is already computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct Placement {
     /// Copy the first `reuse` tokens' keys and values from this sequence first; `None` means the chosen
     /// sequence already holds them.
     pub copy_from: Option<usize>,
+    /// `copy_from` is still computing the prefix: copy it once [`PrefixCache::holds`] says it has.
+    pub wait: bool,
 }
 
 /// How much of a match an engine can reuse without changing greedy output: given the tokens matched, the
@@ -29,9 +33,11 @@ pub type ReusePolicy = fn(matched: usize, cached_prompt_len: usize, prompt_len: 
 struct Entry {
     /// The tokens whose keys and values this sequence's cache holds, in position order.
     tokens: Vec<i32>,
-    /// How long the prompt was whose run filled this cache (the rest of `tokens` were generated).
-    prompt_len: usize,
+    /// The prompt whose run fills this cache (the rest of `tokens` were generated).
+    prompt: Vec<i32>,
     busy: bool,
+    /// Waiting to copy a prefix another sequence is computing: computing nothing itself.
+    waiting: bool,
     last_used: u64,
 }
 
@@ -71,32 +77,57 @@ impl PrefixCache {
     pub fn place(&mut self, prompt: &[i32]) -> Option<Placement> {
         let limit = if self.enabled { prompt.len().saturating_sub(1) } else { 0 };
         let policy = self.policy;
-        let matched = |e: &Entry| policy(common_prefix(&e.tokens, prompt).min(limit), e.prompt_len, prompt.len());
+        let matched = |e: &Entry| policy(common_prefix(&e.tokens, prompt).min(limit), e.prompt.len(), prompt.len());
+        // What a running sequence will hold once its prompt is in, if it has not got that far yet.
+        let pending = |e: &Entry| {
+            let will_hold = policy(common_prefix(&e.prompt, prompt).min(limit), e.prompt.len(), prompt.len());
+            if e.busy && !e.waiting && e.tokens.len() < will_hold { will_hold } else { 0 }
+        };
         let free: Vec<usize> = (0..self.entries.len()).filter(|&i| !self.entries[i].busy).collect();
         let best_own = free.iter().map(|&i| matched(&self.entries[i])).max()?;
         let (source, best_any) = (0..self.entries.len())
             .map(|i| (i, matched(&self.entries[i])))
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .expect("at least one sequence");
+        let (computing, best_pending) = (0..self.entries.len())
+            .map(|i| (i, pending(&self.entries[i])))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .expect("at least one sequence");
         let least_recently_used = || *free.iter().min_by_key(|&&i| (self.entries[i].last_used, i)).expect("a free sequence");
-        let placement = if best_any >= best_own + MIN_USEFUL_PREFIX {
+        let placement = if best_pending >= best_any.max(best_own) + MIN_USEFUL_PREFIX {
+            let seq = least_recently_used();
+            Placement { seq, reuse: best_pending, copy_from: Some(computing), wait: true }
+        } else if best_any >= best_own + MIN_USEFUL_PREFIX {
             // The target's own cache is overwritten: take the one used least recently.
             let seq = least_recently_used();
-            Placement { seq, reuse: best_any, copy_from: Some(source).filter(|&s| s != seq) }
+            Placement { seq, reuse: best_any, copy_from: Some(source).filter(|&s| s != seq), wait: false }
         } else if !self.enabled {
-            Placement { seq: free[0], reuse: 0, copy_from: None }
+            Placement { seq: free[0], reuse: 0, copy_from: None, wait: false }
         } else if best_own < MIN_USEFUL_PREFIX {
             let seq = least_recently_used();
-            Placement { seq, reuse: matched(&self.entries[seq]), copy_from: None }
+            Placement { seq, reuse: matched(&self.entries[seq]), copy_from: None, wait: false }
         } else {
             let seq = *free.iter().find(|&&i| matched(&self.entries[i]) + TIE_TOKENS >= best_own).expect("the best is free");
-            Placement { seq, reuse: matched(&self.entries[seq]), copy_from: None }
+            Placement { seq, reuse: matched(&self.entries[seq]), copy_from: None, wait: false }
         };
-        let tokens = prompt[..placement.reuse].to_vec();
+        let tokens = if placement.wait { Vec::new() } else { prompt[..placement.reuse].to_vec() };
         self.clock += 1;
         let entry = &mut self.entries[placement.seq];
-        *entry = Entry { tokens, prompt_len: prompt.len(), busy: true, last_used: self.clock };
+        *entry = Entry { tokens, prompt: prompt.to_vec(), busy: true, waiting: placement.wait, last_used: self.clock };
         Some(placement)
+    }
+
+    /// Whether `seq`'s cache now holds `prefix` (a waiting sequence checks its source with this).
+    pub fn holds(&self, seq: usize, prefix: &[i32]) -> bool {
+        self.entries[seq].tokens.starts_with(prefix)
+    }
+
+    /// A waiting sequence got its prefix copied (or gave up waiting, with an empty `prefix`): its cache
+    /// holds `prefix` and it computes the rest itself.
+    pub fn stop_waiting(&mut self, seq: usize, prefix: &[i32]) {
+        let entry = &mut self.entries[seq];
+        entry.waiting = false;
+        entry.tokens = prefix.to_vec();
     }
 
     /// Records tokens whose keys and values just entered `seq`'s cache.
@@ -109,6 +140,7 @@ impl PrefixCache {
         self.clock += 1;
         let entry = &mut self.entries[seq];
         entry.busy = false;
+        entry.waiting = false;
         entry.last_used = self.clock;
     }
 
@@ -142,11 +174,11 @@ mod tests {
     fn a_free_sequence_holding_the_prefix_is_reused() {
         let mut cache = PrefixCache::new(2, true, reuse_all);
         let first = cache.place(&prompt(1, 100, 7)).unwrap();
-        assert_eq!(first, Placement { seq: 0, reuse: 0, copy_from: None });
+        assert_eq!(first, Placement { seq: 0, reuse: 0, copy_from: None, wait: false });
         cache.extend(0, &prompt(1, 100, 7));
         cache.release(0);
         let second = cache.place(&prompt(1, 100, 8)).unwrap();
-        assert_eq!(second, Placement { seq: 0, reuse: 100, copy_from: None });
+        assert_eq!(second, Placement { seq: 0, reuse: 100, copy_from: None, wait: false });
     }
 
     #[test]
@@ -156,9 +188,27 @@ mod tests {
         cache.extend(0, &prompt(1, 100, 7));
         // Sequence 0 is still running; the next prompt with the same preamble copies it into 1.
         let second = cache.place(&prompt(1, 100, 8)).unwrap();
-        assert_eq!(second, Placement { seq: 1, reuse: 100, copy_from: Some(0) });
+        assert_eq!(second, Placement { seq: 1, reuse: 100, copy_from: Some(0), wait: false });
         assert!(!cache.has_free());
         assert_eq!(cache.place(&prompt(1, 100, 9)), None);
+    }
+
+    #[test]
+    fn a_prompt_waits_for_a_prefix_another_sequence_is_computing() {
+        let mut cache = PrefixCache::new(3, true, reuse_all);
+        let first = prompt(1, 100, 7);
+        cache.place(&first).unwrap();
+        cache.extend(0, &first[..10]);
+        // Arrived together: the first has 10 of its 100 preamble tokens in; the second waits for it.
+        let second = cache.place(&prompt(1, 100, 8)).unwrap();
+        assert_eq!(second, Placement { seq: 1, reuse: 100, copy_from: Some(0), wait: true });
+        // A third does not wait on the waiting one, but on the one computing.
+        assert_eq!(cache.place(&prompt(1, 100, 9)).unwrap().copy_from, Some(0));
+        assert!(!cache.holds(0, &first[..100]));
+        cache.extend(0, &first[10..]);
+        assert!(cache.holds(0, &first[..100]));
+        cache.stop_waiting(1, &first[..100]);
+        assert_eq!(cache.cached_tokens(), 101 + 100);
     }
 
     #[test]
@@ -167,7 +217,7 @@ mod tests {
         cache.place(&prompt(1, MIN_USEFUL_PREFIX - 1, 7)).unwrap();
         cache.extend(0, &prompt(1, MIN_USEFUL_PREFIX - 1, 7));
         let second = cache.place(&prompt(1, MIN_USEFUL_PREFIX - 1, 8)).unwrap();
-        assert_eq!(second, Placement { seq: 1, reuse: 0, copy_from: None });
+        assert_eq!(second, Placement { seq: 1, reuse: 0, copy_from: None, wait: false });
     }
 
     #[test]
@@ -183,12 +233,12 @@ mod tests {
             cache.release(seq);
         }
         let fourth = cache.place(&prompt(4, 50, 0)).unwrap();
-        assert_eq!(fourth, Placement { seq: 1, reuse: 0, copy_from: None });
+        assert_eq!(fourth, Placement { seq: 1, reuse: 0, copy_from: None, wait: false });
         // Programs 1 and 3 are still cached where they were.
         cache.extend(1, &prompt(4, 50, 0));
         cache.release(1);
-        assert_eq!(cache.place(&prompt(3, 50, 5)).unwrap(), Placement { seq: 2, reuse: 50, copy_from: None });
-        assert_eq!(cache.place(&prompt(1, 50, 5)).unwrap(), Placement { seq: 0, reuse: 50, copy_from: None });
+        assert_eq!(cache.place(&prompt(3, 50, 5)).unwrap(), Placement { seq: 2, reuse: 50, copy_from: None, wait: false });
+        assert_eq!(cache.place(&prompt(1, 50, 5)).unwrap(), Placement { seq: 0, reuse: 50, copy_from: None, wait: false });
     }
 
     #[test]
@@ -243,7 +293,7 @@ mod tests {
         cache.place(&a).unwrap();
         cache.extend(0, &a);
         cache.release(0);
-        assert_eq!(cache.place(&b).unwrap(), Placement { seq: 1, reuse: 0, copy_from: None });
+        assert_eq!(cache.place(&b).unwrap(), Placement { seq: 1, reuse: 0, copy_from: None, wait: false });
     }
 
     #[test]
@@ -266,7 +316,7 @@ mod tests {
         cache.place(&p).unwrap();
         cache.extend(0, &p);
         cache.release(0);
-        assert_eq!(cache.place(&p).unwrap(), Placement { seq: 0, reuse: 0, copy_from: None });
+        assert_eq!(cache.place(&p).unwrap(), Placement { seq: 0, reuse: 0, copy_from: None, wait: false });
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Slot<S> {
     pub position: i32,
     /// Index in the current batch whose logits belong to this slot, if it gets logits this step.
     pub logits_index: Option<i32>,
+    /// Waiting for this sequence to compute this many tokens of a prefix the slot will copy; the slot
+    /// computes nothing meanwhile (see engine::prefix_cache).
+    pub waiting_for: Option<(usize, usize)>,
     /// None for greedy decoding, which takes the arg-max of the logits directly.
     pub sampler: Option<S>,
     utf8: Utf8Stream,
@@ -54,6 +57,7 @@ impl<S> Slot<S> {
             next_token: None,
             position: 0,
             logits_index: None,
+            waiting_for: None,
             sampler,
             utf8: Utf8Stream::default(),
             stop,
@@ -71,15 +75,19 @@ impl<S> Slot<S> {
 
     /// Starts the slot past the first `reuse` prompt tokens, which its cache already holds (`copied` of
     /// them were copied from another sequence).
-    pub fn with_cached_prefix(mut self, reuse: usize, copied: usize) -> Self {
+    pub fn set_cached_prefix(&mut self, reuse: usize, copied: usize) {
         self.prefilled = reuse;
         self.position = reuse as i32;
         self.cached_tokens = reuse as u32;
         self.copied_tokens = copied as u32;
-        self
     }
 
+    /// Whether it is computing its prompt (not waiting to copy a prefix, not decoding).
     pub fn is_prefilling(&self) -> bool {
+        self.waiting_for.is_none() && self.has_prompt_left()
+    }
+
+    pub fn has_prompt_left(&self) -> bool {
         self.prefilled < self.job.prompt.tokens.len()
     }
 

@@ -107,6 +107,7 @@ impl<'m> BatchLoop<'m> {
                 continue;
             }
             self.drop_abandoned();
+            self.resolve_waiting();
             self.decode_step();
             self.prefill_step();
             self.publish_load();
@@ -124,26 +125,57 @@ impl<'m> BatchLoop<'m> {
             };
             let placement = self.cache.place(&job.prompt.tokens).expect("checked a free sequence");
             let seq = placement.seq as i32;
-            let mut reuse = placement.reuse;
-            if let Some(source) = placement.copy_from {
-                // Across KV streams llama.cpp copies the whole buffer (at the next decode); the part
-                // past the shared prefix is dropped just below.
-                let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
-                let _ = self.context.copy_kv_cache_seq(source as i32, seq, None, None);
-            }
-            // Whatever this sequence held past the reused prefix must not leak into the new job.
-            if !matches!(self.context.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None), Ok(true)) {
-                let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
-                self.cache.forget(placement.seq);
-                reuse = 0;
-            }
-            let copied = if placement.copy_from.is_some() { reuse } else { 0 };
-            self.counters.record_prompt(job.prompt.tokens.len(), reuse);
             let sampler = sampler_for(&job.sampling);
             let at = self.slots.partition_point(|s| s.seq < seq);
-            self.slots.insert(at, Slot::new(seq, job, sampler).with_cached_prefix(reuse, copied));
+            self.slots.insert(at, Slot::new(seq, job, sampler));
+            match placement.copy_from {
+                Some(source) if placement.wait => self.slots[at].waiting_for = Some((source, placement.reuse)),
+                source => self.start_prompt(at, placement.reuse, source),
+            }
         }
         true
+    }
+
+    /// Readies the sequence of slot `index` for its prompt: the first `reuse` tokens' keys and values
+    /// copied from `source` (or already in the sequence when `None`), everything after them dropped.
+    fn start_prompt(&mut self, index: usize, reuse: usize, source: Option<usize>) {
+        let seq = self.slots[index].seq;
+        let mut reuse = reuse;
+        if let Some(source) = source {
+            // Across KV streams llama.cpp copies the whole buffer (at the next decode); the part past
+            // the shared prefix is dropped just below.
+            let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+            let _ = self.context.copy_kv_cache_seq(source as i32, seq, None, None);
+        }
+        // Whatever this sequence held past the reused prefix must not leak into the new job.
+        if !matches!(self.context.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None), Ok(true)) {
+            let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+            reuse = 0;
+        }
+        let slot = &mut self.slots[index];
+        self.cache.stop_waiting(seq as usize, &slot.job.prompt.tokens[..reuse]);
+        let copied = if source.is_some() { reuse } else { 0 };
+        self.counters.record_prompt(slot.job.prompt.tokens.len(), reuse);
+        slot.waiting_for = None;
+        slot.set_cached_prefix(reuse, copied);
+    }
+
+    /// Slots waiting for a prefix another sequence computes: copy it once it is in; if that sequence
+    /// stopped short of it (its client left, it failed), compute the prompt in full.
+    fn resolve_waiting(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some((source, reuse)) = self.slots[i].waiting_for else { continue };
+            let prefix = &self.slots[i].job.prompt.tokens[..reuse];
+            let source_running = self.slots.iter().any(|s| s.seq as usize == source && s.has_prompt_left());
+            let (reuse, from) = if self.cache.holds(source, prefix) {
+                (reuse, Some(source))
+            } else if source_running {
+                continue;
+            } else {
+                (0, None)
+            };
+            self.start_prompt(i, reuse, from);
+        }
     }
 
     fn drop_abandoned(&mut self) {

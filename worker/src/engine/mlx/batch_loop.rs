@@ -76,6 +76,7 @@ impl<'m> BatchLoop<'m> {
                 continue;
             }
             self.drop_abandoned();
+            self.resolve_waiting();
             self.prefill_chunk();
             self.decode_step();
             self.publish_load();
@@ -92,26 +93,50 @@ impl<'m> BatchLoop<'m> {
                 NextJob::Closed => return false,
             };
             let placement = self.prefixes.place(&job.prompt.tokens).expect("checked a free slot");
-            let seq = placement.seq;
-            let reused = match placement.copy_from {
-                Some(source) => self.caches[source].prefix(placement.reuse as i32),
-                None => self.caches[seq].prefix(placement.reuse as i32),
-            };
-            let (cache, reuse, copied) = match reused {
-                Ok(cache) => (cache, placement.reuse, if placement.copy_from.is_some() { placement.reuse } else { 0 }),
-                Err(error) => {
-                    tracing::warn!(%error, "reusing a cached prefix failed; computing the whole prompt");
-                    self.prefixes.forget(seq);
-                    (self.model.new_cache(), 0, 0)
-                }
-            };
-            self.caches[seq] = cache;
-            self.counters.record_prompt(job.prompt.tokens.len(), reuse);
             let sampler = SeededSampler::for_params(&job.sampling);
-            let slot = Slot::new(seq as i32, job, sampler).with_cached_prefix(reuse, copied);
-            self.running.push(Running { slot, seq });
+            self.running.push(Running { slot: Slot::new(placement.seq as i32, job, sampler), seq: placement.seq });
+            let index = self.running.len() - 1;
+            match placement.copy_from {
+                Some(source) if placement.wait => self.running[index].slot.waiting_for = Some((source, placement.reuse)),
+                source => self.start_prompt(index, placement.reuse, source),
+            }
         }
         true
+    }
+
+    /// Readies the cache of running slot `index` for its prompt: the first `reuse` positions taken from
+    /// `source`'s cache (or its own when `None`); MLX arrays are immutable, so this shares, not copies.
+    fn start_prompt(&mut self, index: usize, reuse: usize, source: Option<usize>) {
+        let seq = self.running[index].seq;
+        let reused = self.caches[source.unwrap_or(seq)].prefix(reuse as i32);
+        let (cache, reuse) = match reused {
+            Ok(cache) => (cache, reuse),
+            Err(error) => {
+                tracing::warn!(%error, "reusing a cached prefix failed; computing the whole prompt");
+                (self.model.new_cache(), 0)
+            }
+        };
+        self.caches[seq] = cache;
+        let slot = &mut self.running[index].slot;
+        self.prefixes.stop_waiting(seq, &slot.job.prompt.tokens[..reuse]);
+        self.counters.record_prompt(slot.job.prompt.tokens.len(), reuse);
+        slot.waiting_for = None;
+        slot.set_cached_prefix(reuse, if source.is_some() { reuse } else { 0 });
+    }
+
+    /// Slots waiting for a prefix another slot computes: take it once it is in; if that slot stopped
+    /// short of it, compute the prompt in full.
+    fn resolve_waiting(&mut self) {
+        for i in 0..self.running.len() {
+            let Some((source, reuse)) = self.running[i].slot.waiting_for else { continue };
+            let prefix = &self.running[i].slot.job.prompt.tokens[..reuse];
+            let source_running = self.running.iter().any(|r| r.seq == source && r.slot.has_prompt_left());
+            if self.prefixes.holds(source, prefix) {
+                self.start_prompt(i, reuse, Some(source));
+            } else if !source_running {
+                self.start_prompt(i, 0, None);
+            }
+        }
     }
 
     fn drop_abandoned(&mut self) {
