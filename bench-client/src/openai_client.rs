@@ -33,7 +33,10 @@ impl OpenAiClient {
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
+        // A connection per request: servers close idle keep-alive connections on their own schedule
+        // (llama-server after a few requests), and a pooled connection closed under the client fails
+        // the request that picked it up. On 127.0.0.1 a connection costs a fraction of a millisecond.
+        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
         Ok(Self { base, api_key, model: model.unwrap_or_else(|| "default".into()), http })
     }
 

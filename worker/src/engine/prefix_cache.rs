@@ -155,6 +155,16 @@ impl PrefixCache {
     }
 }
 
+/// Where the prefill chunk that starts at `prefilled` ends. A prompt's body (all but its last token) is
+/// computed in chunks covering positions [k·chunk, (k+1)·chunk), and its last token alone: so a prompt
+/// computed in full and the same prompt with all but its last token reused compute every position in
+/// chunks of the same shape (engines' kernels can round by shape), and reusing a whole repeated prompt
+/// leaves one token to compute.
+pub fn chunk_end(prefilled: usize, prompt_len: usize, chunk: usize) -> usize {
+    let body = prompt_len.saturating_sub(1);
+    if prefilled >= body { prompt_len } else { ((prefilled / chunk + 1) * chunk).min(body) }
+}
+
 /// For engines whose computation of a token does not depend on how the prompt was chunked.
 pub fn reuse_all(matched: usize, _cached_prompt_len: usize, _prompt_len: usize) -> usize {
     matched
@@ -307,6 +317,14 @@ mod tests {
         cache.extend(0, &first);
         cache.release(0);
         assert_eq!(cache.place(&prompt(1, 55, 1)).unwrap().reuse, 50);
+    }
+
+    #[test]
+    fn a_prompt_body_goes_in_aligned_chunks_and_its_last_token_alone() {
+        let ends: Vec<usize> = std::iter::successors(Some(0), |&p| (p < 600).then(|| chunk_end(p, 600, 256))).skip(1).collect();
+        assert_eq!(ends, vec![256, 512, 599, 600]);
+        assert_eq!(chunk_end(300, 600, 256), 512, "a reused prefix ends mid-chunk: the chunk's rest");
+        assert_eq!(chunk_end(0, 1, 256), 1);
     }
 
     #[test]

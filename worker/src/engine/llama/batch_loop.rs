@@ -28,16 +28,16 @@ use modelpool::PoolError;
 use tracing::warn;
 
 use super::sampler::sampler_for;
-use crate::engine::prefix_cache::PrefixCache;
+use crate::engine::prefix_cache::{PrefixCache, chunk_end};
 use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
 
 /// Tokens in one decode call (llama.cpp's n_batch and n_ubatch).
 pub(super) const BATCH_TOKENS: u32 = 512;
-/// Prompts are computed in chunks covering positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK): a long
-/// prompt is prefilled over several steps, so the slots already decoding keep getting a token every
-/// step instead of waiting for the whole prompt.
+/// Prompts are computed in chunks covering positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK) (and the
+/// last token alone, see [`chunk_end`]): a long prompt is prefilled over several steps, so the slots
+/// already decoding keep getting a token every step instead of waiting for the whole prompt.
 const PREFILL_CHUNK: usize = 256;
 /// Prompt tokens prefilled per step at most, over all slots (at least one chunk runs).
 const PREFILL_PER_STEP: usize = 256;
@@ -46,24 +46,30 @@ const PREFILL_PER_STEP: usize = 256;
 pub(super) const ATTENTION_TILE: usize = 64;
 
 /// This engine's [`crate::engine::prefix_cache::ReusePolicy`]: how much of a cached match can be reused
-/// with every token's keys and values exactly as a run without reuse computes them. Reused positions
-/// must have been computed by the kernel the new prompt's own chunks would use (chunks are the same
-/// but the last, whose length decides the kernel; generated tokens were decoded one at a time and are
-/// never reused), and the rest must be too ([`aligned_reuse`]).
+/// with every token's keys and values exactly as a run without reuse computes them. Prompts are computed
+/// as [`chunk_end`] says: the body in aligned chunks, the last token alone. A reused position must have
+/// been computed by the kernel the new prompt's own run would use: the cached prompt's last token (alone)
+/// and its generated tokens (one at a time) are never reused, and in the chunk where the match ends the
+/// two bodies' chunks must pick the same kernel; the rest must be computed by it too ([`aligned_reuse`]).
 pub fn reusable(matched: usize, cached_prompt_len: usize, prompt_len: usize) -> usize {
-    let matched = matched.min(cached_prompt_len);
+    let (cached_body, body) = (cached_prompt_len.saturating_sub(1), prompt_len.saturating_sub(1));
+    let matched = matched.min(cached_body).min(body);
     let chunk_start = matched / PREFILL_CHUNK * PREFILL_CHUNK;
     let tiled = |len: usize| len.min(PREFILL_CHUNK) >= ATTENTION_TILE;
-    let same_kernel = tiled(cached_prompt_len - chunk_start) == tiled(prompt_len - chunk_start);
-    aligned_reuse(if same_kernel { matched } else { chunk_start }, prompt_len)
+    let same_kernel = tiled(cached_body - chunk_start) == tiled(body - chunk_start);
+    aligned_reuse(if same_kernel { matched } else { chunk_start }, body)
 }
 
-/// The reuse point at or below `matched` that leaves every remaining prompt token to be computed by the
-/// same attention kernel as in a run without reuse: the chunk the reuse point falls in is computed from
-/// there to its end, which must stay at least [`ATTENTION_TILE`] tokens long when the whole chunk is.
-pub fn aligned_reuse(matched: usize, prompt_len: usize) -> usize {
+/// The reuse point at or below `matched` that leaves every remaining body token (of a body of `body`
+/// tokens) to be computed by the same attention kernel as in a run without reuse: the chunk the reuse
+/// point falls in is computed from there to its end, which must stay at least [`ATTENTION_TILE`] tokens
+/// long when the whole chunk is. A whole body reused leaves only the last token, computed alone anyway.
+pub fn aligned_reuse(matched: usize, body: usize) -> usize {
+    if matched >= body {
+        return body;
+    }
     let start = matched / PREFILL_CHUNK * PREFILL_CHUNK;
-    let end = (start + PREFILL_CHUNK).min(prompt_len);
+    let end = (start + PREFILL_CHUNK).min(body);
     if matched == start || end - start < ATTENTION_TILE || end - matched >= ATTENTION_TILE {
         matched
     } else {
@@ -221,7 +227,7 @@ impl<'m> BatchLoop<'m> {
                 continue;
             }
             let prompt = &slot.job.prompt.tokens;
-            let chunk_end = ((slot.prefilled / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(prompt.len());
+            let chunk_end = chunk_end(slot.prefilled, prompt.len(), PREFILL_CHUNK);
             let chunk = prompt[slot.prefilled..chunk_end].to_vec();
             self.batch.clear();
             for (offset, &token) in chunk.iter().enumerate() {
@@ -313,22 +319,25 @@ mod tests {
         assert_eq!(aligned_reuse(512 - 64, 1000), 512 - 64);
         // Closer to the chunk's end than a tile: moved back to leave one tile.
         assert_eq!(aligned_reuse(500, 1000), 512 - 64);
-        // A prompt's last, short chunk: the whole repeated prompt but its last token.
-        assert_eq!(aligned_reuse(999, 1000), 1000 - 64);
+        assert_eq!(aligned_reuse(980, 999), 999 - 64);
+        // The whole body: only the last token is left, and it is always computed alone.
+        assert_eq!(aligned_reuse(999, 999), 999);
         assert_eq!(aligned_reuse(1040, 1050), 1040, "the last chunk is shorter than a tile: one kernel either way");
         assert_eq!(aligned_reuse(0, 10), 0);
     }
 
     #[test]
     fn reused_tokens_come_from_chunks_computed_by_the_same_kernel() {
-        // A 55-token prompt was computed row by row; a 67-token one is computed tiled: nothing of the
+        // A repeated prompt: everything but its last token.
+        assert_eq!(reusable(1299, 1300, 1300), 1299);
+        // A 55-token prompt's body was computed row by row; a 67-token one's is tiled: nothing of the
         // first chunk can be shared.
         assert_eq!(reusable(54, 55, 67), 0);
         // Both long: the match, less what the last tile needs.
-        assert_eq!(reusable(1230, 1300, 1310), 1216);
+        assert_eq!(reusable(1230, 1300, 1310), 1280 - 64);
         assert_eq!(reusable(300, 1300, 1310), 300);
-        // Generated tokens are never reused.
-        assert_eq!(reusable(140, 100, 400), 100);
+        // Generated tokens and the cached prompt's last token are never reused.
+        assert_eq!(reusable(140, 100, 400), 99);
         // Full chunks are tiled in both; the partial one differs: stop at its start.
         assert_eq!(reusable(530, 540, 900), 512);
     }

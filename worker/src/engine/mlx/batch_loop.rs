@@ -16,7 +16,7 @@ use modelpool::PoolError;
 use modelpool::tokenizer::Tokenizer;
 
 use super::model::{KvCache, LlamaModel};
-use crate::engine::prefix_cache::PrefixCache;
+use crate::engine::prefix_cache::{PrefixCache, chunk_end};
 use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::{Progress, Slot, argmax};
@@ -27,12 +27,17 @@ use crate::engine::{Job, JobEvent};
 /// longer.
 const PREFILL_CHUNK: usize = 32;
 
-/// This engine's [`crate::engine::prefix_cache::ReusePolicy`]: prompts are prefilled in chunks covering
-/// positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK), and MLX's CPU kernels round by shape, so only whole
-/// chunks of the cached prompt are reused and the rest is computed in the chunks a run without reuse
-/// would use.
-fn reusable(matched: usize, cached_prompt_len: usize, _prompt_len: usize) -> usize {
-    matched.min(cached_prompt_len) / PREFILL_CHUNK * PREFILL_CHUNK
+/// This engine's [`crate::engine::prefix_cache::ReusePolicy`]: prompts are prefilled as [`chunk_end`]
+/// says (the body in chunks covering positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK), the last token
+/// alone), and MLX's CPU kernels round by shape, so reused positions must lie in chunks of the same
+/// shape in both prompts' runs: whole chunks, or the chunk where the match ends when both bodies end it
+/// at the same place; the cached prompt's last token and its generated tokens are never reused.
+fn reusable(matched: usize, cached_prompt_len: usize, prompt_len: usize) -> usize {
+    let (cached_body, body) = (cached_prompt_len.saturating_sub(1), prompt_len.saturating_sub(1));
+    let matched = matched.min(cached_body).min(body);
+    let chunk_start = matched / PREFILL_CHUNK * PREFILL_CHUNK;
+    let chunk_of = |len: usize| (chunk_start + PREFILL_CHUNK).min(len);
+    if chunk_of(cached_body) == chunk_of(body) && (matched == body || matched == chunk_start) { matched } else { chunk_start }
 }
 
 struct Running {
@@ -158,7 +163,7 @@ impl<'m> BatchLoop<'m> {
         let Some(index) = self.running.iter().position(|r| r.slot.is_prefilling()) else { return };
         let running = &mut self.running[index];
         let prompt = &running.slot.job.prompt.tokens;
-        let end = ((running.slot.prefilled / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(prompt.len());
+        let end = chunk_end(running.slot.prefilled, prompt.len(), PREFILL_CHUNK);
         let chunk = prompt[running.slot.prefilled..end].to_vec();
         let result = eval_logits(self.model.forward(&chunk, chunk.len() as i32, &mut [&mut self.caches[running.seq]]));
         match result {
