@@ -13,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 # The Python tests run in a virtualenv; Debian's python3 needs python3-venv for that.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# scripts/routing-bench.sh polls the coordinator's /ready with curl.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The multi-host simulation (a test) puts workers in network namespaces with `ip`.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 

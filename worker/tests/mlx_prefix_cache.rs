@@ -69,3 +69,29 @@ async fn mlx_greedy_text_is_the_same_with_and_without_reuse_and_copies_work() {
     cached.stop().await;
     plain.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mlx_evicts_the_least_recently_used_prefix_and_keeps_the_context_limit() {
+    let mut config = config(2).await;
+    config.engine = EngineKind::Mlx;
+    config.context_per_slot = 128;
+    let cached = TestWorker::start(config).await;
+    let texts = [
+        "Marie Curie was born in Warsaw and moved to Paris, where she studied physics and chemistry at the Sorbonne for years.",
+        "Ada Lovelace worked with Charles Babbage on the Analytical Engine in London and wrote the first published program.",
+        "The Danube flows through Vienna, Bratislava, Budapest and Belgrade before it reaches the Black Sea in Romania.",
+    ];
+    let mut cached_tokens = Vec::new();
+    // Three prompts through two slots: the third evicts the first, the second survives.
+    for i in [0, 1, 2, 1, 0] {
+        cached_tokens.push(predict(&cached, &raw(texts[i], 2, false)).await.cached_tokens);
+    }
+    assert!(cached_tokens[..3].iter().all(|&c| c == 0), "{cached_tokens:?}");
+    assert!(cached_tokens[3] >= 16, "the second prompt was still cached: {cached_tokens:?}");
+    assert_eq!(cached_tokens[4], 0, "the first was evicted: {cached_tokens:?}");
+    // A cached prompt asking for more than its slot's context has left is still refused, with the numbers.
+    let status = cached.client.clone().predict(raw(texts[1], 120, false)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("128"), "{}", status.message());
+    cached.stop().await;
+}
