@@ -14,15 +14,15 @@ use modelpool::auth::Token;
 use modelpool::memory::ProcessMemory;
 use serde_json::json;
 
-use crate::state::WorkerState;
+use crate::state::SharedState;
 
 #[derive(Clone)]
 struct HttpState {
-    worker: Arc<WorkerState>,
+    worker: Arc<SharedState>,
     token: Token,
 }
 
-pub fn router(worker: Arc<WorkerState>, token: Token) -> Router {
+pub fn router(worker: Arc<SharedState>, token: Token) -> Router {
     let state = HttpState { worker, token };
     Router::new()
         .route("/metrics", get(metrics))
@@ -43,7 +43,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let engine = state.worker.engine();
-    let text = state.worker.metrics.render(engine.map(|e| e.load()), engine.map_or(0, |e| e.info().slots), ProcessMemory::of_self());
+    let text = state.worker.metrics.render(engine.map(|e| e.stats()), engine.map_or(0, |e| e.info().slots), ProcessMemory::of_self());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

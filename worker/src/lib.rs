@@ -29,7 +29,7 @@ use engine::mlx::{MlxConfig, MlxEngine};
 use engine::{Engine, EngineKind};
 use membership::Membership;
 use service::WorkerService;
-use state::WorkerState;
+use state::SharedState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -51,7 +51,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let bound = listener.local_addr()?;
     let scheme = if config.server_tls.is_some() { "https" } else { "http" };
     let address = advertised_address(config.advertise.as_deref(), scheme, bound);
-    let state = WorkerState::new(address.clone());
+    let state = SharedState::new(address.clone());
 
     // Liveness comes from the server answering at all; readiness is the health status, NOT_SERVING
     // until the model is loaded and has produced a token.

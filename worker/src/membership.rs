@@ -14,7 +14,7 @@ use modelpool::PoolError;
 use modelpool::auth::{AuthChannel, Credentials};
 use tracing::{debug, info, warn};
 
-use crate::state::WorkerState;
+use crate::state::SharedState;
 
 /// Each call to the coordinator gets this long; a coordinator that does not answer is treated as down.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +27,7 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn start(coordinator: &str, credentials: &Credentials, state: Arc<WorkerState>) -> Result<Self, PoolError> {
+    pub fn start(coordinator: &str, credentials: &Credentials, state: Arc<SharedState>) -> Result<Self, PoolError> {
         let channel = credentials
             .endpoint(coordinator)?
             .connect_timeout(CALL_TIMEOUT)
@@ -45,7 +45,7 @@ impl Membership {
     }
 }
 
-async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<WorkerState>, mut leave: oneshot::Receiver<()>) {
+async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>, mut leave: oneshot::Receiver<()>) {
     let mut worker_id: Option<String> = None;
     let mut interval = DEFAULT_INTERVAL;
     let mut draining = state.watch_draining();
@@ -106,11 +106,11 @@ async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<WorkerState>
     }
 }
 
-fn heartbeat(worker_id: &str, state: &WorkerState) -> proto::HeartbeatRequest {
+fn heartbeat(worker_id: &str, state: &SharedState) -> proto::HeartbeatRequest {
     proto::HeartbeatRequest {
         worker_id: worker_id.to_string(),
         state: if state.is_draining() { WireState::Draining } else { WireState::Serving } as i32,
-        load: state.engine().map(|e| e.load().into()),
+        load: state.engine().map(|e| e.stats().into()),
         memory: Some(ProcessMemory::of_self().into()),
     }
 }

@@ -13,14 +13,14 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use crate::engine::{Completion, Job, JobEvent};
-use crate::state::{InFlight, WorkerState};
+use crate::state::{InFlight, SharedState};
 
 pub struct WorkerService {
-    state: Arc<WorkerState>,
+    state: Arc<SharedState>,
 }
 
 impl WorkerService {
-    pub fn new(state: Arc<WorkerState>) -> Self {
+    pub fn new(state: Arc<SharedState>) -> Self {
         Self { state }
     }
 
@@ -95,7 +95,7 @@ impl Worker for WorkerService {
         let worker = Arc::clone(&self.state);
         let stream = futures::stream::unfold(
             Some((events, request_id, in_flight, worker)),
-            |state: Option<(mpsc::UnboundedReceiver<JobEvent>, String, InFlight, Arc<WorkerState>)>| async move {
+            |state: Option<(mpsc::UnboundedReceiver<JobEvent>, String, InFlight, Arc<SharedState>)>| async move {
                 let (mut events, request_id, in_flight, worker) = state?;
                 match events.recv().await {
                     Some(JobEvent::Text(text)) => {

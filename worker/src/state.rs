@@ -12,7 +12,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::engine::Engine;
 
-pub struct WorkerState {
+pub struct SharedState {
     engine: OnceLock<Arc<dyn Engine>>,
     /// The address clients should use, e.g. `http://127.0.0.1:50051`.
     pub address: String,
@@ -25,7 +25,7 @@ pub struct WorkerState {
     idle: Notify,
 }
 
-impl WorkerState {
+impl SharedState {
     pub fn new(address: String) -> Arc<Self> {
         Arc::new(Self {
             engine: OnceLock::new(),
@@ -116,14 +116,14 @@ impl WorkerState {
             info.queue_capacity = e.queue_capacity;
             info.threads = e.threads;
             info.threads_batch = e.threads_batch;
-            info.load = Some(engine.load().into());
+            info.load = Some(engine.stats().into());
         }
         info
     }
 }
 
 /// An in-flight request; dropping it (response sent or client gone) counts it out.
-pub struct InFlight(Arc<WorkerState>);
+pub struct InFlight(Arc<SharedState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

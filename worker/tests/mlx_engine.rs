@@ -46,7 +46,7 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
     let backend = worker::engine::llama::backend().unwrap();
     let llama = llama_cpp_2::model::LlamaModel::load_from_file(backend, &path, &Default::default()).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
-    let mlx = worker::engine::mlx::model::LlamaModel::load(&path).unwrap();
+    let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();
 
     let mut margins = Vec::new();
     let mut worst = 0.0f32;
@@ -140,7 +140,7 @@ fn chunked_prefill_and_batched_decode_match_one_sequence_at_once() {
     let path = modelpool::model_cache::ensure_default_model().unwrap();
     let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
-    let mlx = worker::engine::mlx::model::LlamaModel::load(&path).unwrap();
+    let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();
     let prompts = builtin_prompts();
     let tokens = |i: usize| -> Vec<i32> {
         tokenizer.encode(&worker::engine::mlx::chatml(&prompts[i]), true).into_iter().map(|t| t as i32).collect()

@@ -106,7 +106,8 @@ impl From<EngineLoad> for proto::WorkerLoad {
 
 pub trait Engine: Send + Sync + 'static {
     fn info(&self) -> &EngineInfo;
-    fn load(&self) -> EngineLoad;
+    /// What the engine is doing now and has done: slots in use, queue, counters.
+    fn stats(&self) -> EngineLoad;
     /// Formats and tokenizes a request and checks that prompt plus max_tokens fit one slot's context.
     /// CPU work: call it from a blocking thread, not from the async runtime.
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError>;

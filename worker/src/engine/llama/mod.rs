@@ -179,7 +179,7 @@ impl Engine for LlamaEngine {
         &self.info
     }
 
-    fn load(&self) -> EngineLoad {
+    fn stats(&self) -> EngineLoad {
         self.queue.counters.snapshot()
     }
 

@@ -15,7 +15,7 @@ use std::sync::mpsc::Receiver;
 use modelpool::PoolError;
 use modelpool::tokenizer::Tokenizer;
 
-use super::model::{KvCache, LlamaModel};
+use super::model::{KvCache, MlxLlama};
 use crate::engine::prefix_cache::{PrefixCache, chunk_end};
 use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::sampling::SeededSampler;
@@ -47,7 +47,7 @@ struct Running {
 }
 
 pub(super) struct BatchLoop<'m> {
-    model: &'m LlamaModel,
+    model: &'m MlxLlama,
     tokenizer: &'m Tokenizer,
     counters: &'m LoadCounters,
     /// One per slot, kept between requests.
@@ -58,7 +58,7 @@ pub(super) struct BatchLoop<'m> {
 }
 
 impl<'m> BatchLoop<'m> {
-    pub fn new(model: &'m LlamaModel, tokenizer: &'m Tokenizer, counters: &'m LoadCounters, slots: u32, prefix_cache: bool) -> Self {
+    pub fn new(model: &'m MlxLlama, tokenizer: &'m Tokenizer, counters: &'m LoadCounters, slots: u32, prefix_cache: bool) -> Self {
         Self {
             model,
             tokenizer,

@@ -18,7 +18,7 @@ use modelpool::{PoolError, PredictRequest, Prompt};
 
 use super::queue::{JobQueue, warm_up};
 use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, PreparedPrompt, check_context_fit};
-use model::LlamaModel;
+use model::MlxLlama;
 
 #[derive(Debug, Clone)]
 pub struct MlxConfig {
@@ -81,7 +81,7 @@ impl MlxEngine {
             .name("mlx-engine".into())
             .spawn(move || {
                 mlx_rs::Device::set_default(&device());
-                match LlamaModel::load(&path) {
+                match MlxLlama::load(&path) {
                     Ok(model) => {
                         let _ = started_tx.send(Ok(()));
                         batch_loop::BatchLoop::new(&model, &thread_tokenizer, &counters, slots, prefix_cache).run(jobs);
@@ -119,7 +119,7 @@ impl Engine for MlxEngine {
         &self.info
     }
 
-    fn load(&self) -> EngineLoad {
+    fn stats(&self) -> EngineLoad {
         self.queue.counters.snapshot()
     }
 

@@ -106,7 +106,7 @@ impl Config {
     }
 }
 
-pub struct LlamaModel {
+pub struct MlxLlama {
     pub config: Config,
     embedding: QuantizedLinear,
     output: Option<QuantizedLinear>,
@@ -143,7 +143,7 @@ impl KvCache {
     }
 }
 
-impl LlamaModel {
+impl MlxLlama {
     pub fn load(path: &Path) -> MlxResult<Self> {
         let meta = GgufFile::open(path).map_err(|e| e.to_string())?;
         let config = Config::from_gguf(&meta)?;
