@@ -101,14 +101,18 @@ pub async fn run_closed_loop_with_progress(
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
+    // Requests start in input order: each waits here for a free place before its task is spawned (tasks
+    // spawned together would take the places in whatever order the runtime first polls them).
     for (index, request) in requests.iter().enumerate() {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore never closed");
         let request = request.clone();
-        let permits = Arc::clone(&permits);
         let target = target.clone();
         let progress = progress.cloned();
+        let client_wait_ms = ms(start.elapsed());
         tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore never closed");
-            target.send(&request, index, ms(start.elapsed()), progress.as_ref()).await
+            let record = target.send(&request, index, client_wait_ms, progress.as_ref()).await;
+            drop(permit);
+            record
         }));
     }
     (collect(tasks).await, start.elapsed().as_secs_f64())

@@ -32,6 +32,10 @@ pub struct SchedulerArgs {
     /// free slot); least-loaded: to the least-loaded worker with a free slot.
     #[arg(long, value_enum, default_value_t = Routing::Prefix)]
     pub routing: Routing,
+    /// With prefix routing: how long a prompt may wait for the busy worker holding its prefix while
+    /// another worker has a free slot (a miss recomputes the whole prefix). 0: never wait.
+    #[arg(long, default_value_t = 3000)]
+    pub affinity_wait_ms: u64,
 }
 
 /// A flag and why its value was refused.
@@ -72,6 +76,7 @@ impl TryFrom<&SchedulerArgs> for SchedulerConfig {
             max_attempts: args.max_attempts,
             attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
             routing: args.routing,
+            affinity_wait: Duration::from_millis(args.affinity_wait_ms),
         })
     }
 }

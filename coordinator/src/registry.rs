@@ -25,6 +25,9 @@ pub struct WorkerEntry {
     pub suspect: bool,
     pub completed: u64,
     pub failed_attempts: u64,
+    /// Prefix keys of prompts that finished here since the last dispatch to it: the slots they freed
+    /// hold those prefixes (see `routing`).
+    pub freed: Vec<Vec<u64>>,
 }
 
 impl WorkerEntry {
@@ -115,6 +118,7 @@ impl Registry {
             suspect: false,
             completed: 0,
             failed_attempts: 0,
+            freed: Vec::new(),
         };
         self.workers.insert(id.clone(), entry);
         Ok(id)
@@ -184,7 +188,7 @@ impl Registry {
     /// Where least-loaded routing sends one prompt that failed on the workers in `tried`: the
     /// least-loaded worker with a free slot, an untried one while any untried worker is alive.
     pub fn pick(&self, tried: &[String]) -> Option<String> {
-        let waiting = [Waiting { key: &[], tried }];
+        let waiting = [Waiting { key: &[], tried, may_wait: false }];
         routing::assign(Routing::LeastLoaded, &mut self.candidates(), &PrefixIndex::default(), &waiting).pop().map(|(_, id)| id)
     }
 
@@ -194,7 +198,7 @@ impl Registry {
             .workers
             .values()
             .filter(|w| w.is_live())
-            .map(|w| Candidate { id: w.id.clone(), in_flight: w.in_flight, capacity: w.capacity() })
+            .map(|w| Candidate { id: w.id.clone(), in_flight: w.in_flight, capacity: w.capacity(), freed: w.freed.clone() })
             .collect();
         live.sort_by(|a, b| a.id.cmp(&b.id));
         live

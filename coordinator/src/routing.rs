@@ -24,6 +24,9 @@ pub struct Candidate {
     pub id: String,
     pub in_flight: u32,
     pub capacity: u32,
+    /// Prefix keys of the prompts that finished on it since it was last given one: its free slots hold
+    /// those prefixes.
+    pub freed: Vec<Vec<u64>>,
 }
 
 impl Candidate {
@@ -36,24 +39,37 @@ impl Candidate {
     }
 }
 
-/// A waiting prompt as routing sees it: its prefix key and the workers it already failed on.
+/// A waiting prompt as routing sees it: its prefix key, the workers it already failed on, and whether
+/// it may still wait for the worker holding its prefix (see [`assign`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Waiting<'a> {
     pub key: &'a [u64],
     pub tried: &'a [String],
+    pub may_wait: bool,
 }
 
 /// Prompts further down the queue than this are not looked at for affinity in one round.
 const LOOKAHEAD: usize = 256;
+/// Blocks a waiting prompt must share with a freed slot's prefix to be given that slot first.
+const SAME_PROGRAM_BLOCKS: usize = 4;
+/// Blocks (1 KiB of conversation, a few hundred tokens) a prompt must share with a busy worker's
+/// prefixes to wait for it: a shorter prefix is cheaper to compute than to wait for.
+const WORTH_WAITING_BLOCKS: usize = 8;
 
 /// Assigns waiting prompts (in queue order) to the live workers in `candidates` for one round; returns
 /// (index in `waiting`, worker id) pairs, each prompt at most once, each worker at most its free slots.
 pub fn assign(routing: Routing, candidates: &mut [Candidate], index: &PrefixIndex, waiting: &[Waiting]) -> Vec<(usize, String)> {
-    let mut assigned = Vec::new();
+    let mut assigned: Vec<(usize, String)> = Vec::new();
     let mut deferred = Vec::new();
+    if routing == Routing::Prefix {
+        refill_freed_slots(candidates, waiting, &mut assigned);
+    }
     for (position, prompt) in waiting.iter().enumerate() {
+        if assigned.iter().any(|(p, _)| *p == position) {
+            continue;
+        }
         if !candidates.iter().any(Candidate::has_room) {
-            return assigned;
+            break;
         }
         if routing == Routing::Prefix && position < LOOKAHEAD {
             match holder(candidates, index, prompt) {
@@ -71,14 +87,45 @@ pub fn assign(routing: Routing, candidates: &mut [Candidate], index: &PrefixInde
             deferred.push(position);
         }
     }
-    // Whatever is still waiting goes to whichever worker has room: no worker idles while prompts wait.
+    // Whatever is still waiting goes to whichever worker has room, except a prompt whose prefix is on a
+    // busy worker and which may still wait for it: a miss costs its whole prefix's prefill (seconds for a
+    // DSPy preamble on a CPU), more than waiting a little for the holder's next free slot. Once its wait
+    // is over (`--affinity-wait-ms`), no worker idles while it waits.
     for position in deferred {
-        if let Some(worker) = least_loaded(candidates, &waiting[position]) {
+        let prompt = &waiting[position];
+        let holds_much = |worker: usize| index.matched(&candidates[worker].id, prompt.key) >= WORTH_WAITING_BLOCKS;
+        if routing == Routing::Prefix && prompt.may_wait && holder(candidates, index, prompt).is_some_and(holds_much) {
+            continue;
+        }
+        if let Some(worker) = least_loaded(candidates, prompt) {
             take(candidates, worker, position, &mut assigned);
         }
     }
     assigned.sort_by_key(|(position, _)| *position);
     assigned
+}
+
+/// A slot that just freed holds the prefix of the prompt that finished in it: the first waiting prompt
+/// of that prefix goes there. Otherwise, on a worker with as many hot prefixes as slots, a prompt of
+/// another prefix would take the freed slot (copying its prefix from the slot running it) and evict the
+/// freed one's, and the prompts of that prefix would find it gone.
+fn refill_freed_slots(candidates: &mut [Candidate], waiting: &[Waiting], assigned: &mut Vec<(usize, String)>) {
+    for worker in 0..candidates.len() {
+        for freed in std::mem::take(&mut candidates[worker].freed) {
+            if !candidates[worker].has_room() {
+                break;
+            }
+            let same = waiting.iter().enumerate().take(LOOKAHEAD).find(|(position, prompt)| {
+                let shared = prompt.key.iter().zip(&freed).take_while(|(a, b)| a == b).count();
+                shared >= SAME_PROGRAM_BLOCKS
+                    && !prompt.tried.contains(&candidates[worker].id)
+                    && !assigned.iter().any(|(p, _)| p == position)
+            });
+            if let Some((position, _)) = same {
+                take(candidates, worker, position, assigned);
+            }
+        }
+    }
 }
 
 fn take(candidates: &mut [Candidate], worker: usize, position: usize, assigned: &mut Vec<(usize, String)>) {
@@ -124,11 +171,11 @@ mod tests {
     use super::*;
 
     fn workers(slots: &[u32]) -> Vec<Candidate> {
-        slots.iter().enumerate().map(|(i, &capacity)| Candidate { id: format!("w{i}"), in_flight: 0, capacity }).collect()
+        slots.iter().enumerate().map(|(i, &capacity)| Candidate { id: format!("w{i}"), in_flight: 0, capacity, freed: Vec::new() }).collect()
     }
 
     fn waiting<'a>(keys: &'a [Vec<u64>], tried: &'a [String]) -> Vec<Waiting<'a>> {
-        keys.iter().map(|key| Waiting { key, tried }).collect()
+        keys.iter().map(|key| Waiting { key, tried, may_wait: false }).collect()
     }
 
     /// Keys of `count` prompts of program `p`: a shared preamble of 20 blocks, then their own block.
@@ -168,12 +215,39 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_may_wait_a_while_for_its_busy_holder() {
+        let mut index = PrefixIndex::default();
+        index.record("w0", &program(1, 1)[0], 1000);
+        let keys = program(1, 1);
+        let mut candidates = workers(&[1, 1]);
+        candidates[0].in_flight = 1;
+        let waits = [Waiting { key: &keys[0], tried: &[], may_wait: true }];
+        assert!(assign(Routing::Prefix, &mut candidates, &index, &waits).is_empty(), "waits for w0");
+        let done_waiting = [Waiting { may_wait: false, ..waits[0] }];
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &done_waiting), vec![(0, "w1".to_string())]);
+    }
+
+    #[test]
     fn a_prefix_nobody_holds_goes_to_the_emptiest_cache() {
         let mut index = PrefixIndex::default();
         index.record("w0", &program(1, 1)[0], 1000);
         let keys = program(2, 1);
         let mut candidates = workers(&[1, 1]);
         assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w1".to_string())]);
+    }
+
+    #[test]
+    fn a_freed_slot_gets_a_prompt_of_the_prefix_it_holds() {
+        // w0 runs programs 1 and 2 in its two slots; program 1's call finished, freeing its slot.
+        let mut index = PrefixIndex::default();
+        index.record("w0", &program(1, 1)[0], 1000);
+        index.record("w0", &program(2, 1)[0], 1000);
+        let mut candidates = workers(&[2]);
+        candidates[0].in_flight = 1;
+        candidates[0].freed = vec![program(1, 1)[0].clone()];
+        // Program 2's call waits first in the queue, but the freed slot holds program 1.
+        let keys = vec![program(2, 2)[1].clone(), program(1, 2)[1].clone()];
+        assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(1, "w0".to_string())]);
     }
 
     #[test]
@@ -199,7 +273,7 @@ mod tests {
         assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &tried)), vec![(0, "w1".to_string())]);
         // The holder left: its entries went with it, and the prompt goes to the one that is there.
         index.remove_worker("w0");
-        let mut candidates = vec![Candidate { id: "w2".into(), in_flight: 0, capacity: 1 }];
+        let mut candidates = vec![Candidate { id: "w2".into(), in_flight: 0, capacity: 1, freed: Vec::new() }];
         assert_eq!(assign(Routing::Prefix, &mut candidates, &index, &waiting(&keys, &[])), vec![(0, "w2".to_string())]);
     }
 }

@@ -28,6 +28,8 @@ pub struct SchedulerConfig {
     pub max_attempts: u32,
     pub attempt_timeout: Duration,
     pub routing: Routing,
+    /// How long a prompt may wait for the busy worker holding its prefix while another has room.
+    pub affinity_wait: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -39,6 +41,7 @@ impl Default for SchedulerConfig {
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(120),
             routing: Routing::default(),
+            affinity_wait: Duration::from_millis(3000),
         }
     }
 }
@@ -280,7 +283,13 @@ impl Actor {
             return;
         }
         let mut candidates = self.registry.candidates();
-        let waiting: Vec<Waiting> = self.queue.iter().map(|job| Waiting { key: &job.key, tried: &job.tried }).collect();
+        let now = Instant::now();
+        let affinity_wait = self.config.affinity_wait;
+        let waiting: Vec<Waiting> = self
+            .queue
+            .iter()
+            .map(|job| Waiting { key: &job.key, tried: &job.tried, may_wait: now.saturating_duration_since(job.accepted) < affinity_wait })
+            .collect();
         let assigned = routing::assign(self.config.routing, &mut candidates, &self.index, &waiting);
         drop(waiting);
         // Highest position first, so the lower positions stay valid while removing.
@@ -293,6 +302,7 @@ impl Actor {
                 continue;
             };
             entry.in_flight += 1;
+            entry.freed.clear();
             let capacity = capacity_for(entry.info.slots, entry.info.context_per_slot);
             self.index.record(&worker_id, &job.key, capacity);
             job.attempts += 1;
@@ -310,6 +320,9 @@ impl Actor {
                 if let Some(entry) = entry {
                     entry.in_flight = entry.in_flight.saturating_sub(1);
                     entry.completed += 1;
+                    if entry.freed.len() < entry.capacity() as usize {
+                        entry.freed.push(job.key.clone());
+                    }
                 }
                 response.worker_id = worker_id;
                 response.attempts = job.attempts;

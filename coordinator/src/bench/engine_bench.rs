@@ -13,7 +13,7 @@ use bench_client::report::Spread;
 use modelpool::PredictRequest;
 
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]
@@ -38,10 +38,8 @@ pub struct EngineBenchArgs {
     /// yardstick for ours, measured in the same rounds.
     #[arg(long, env = "MODELPOOL_LLAMA_BATCHED_BENCH")]
     pub llama_batched_bench: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_MODEL")]
-    pub model: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
-    pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: crate::bench::WorkerFiles,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -81,9 +79,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     anyhow::ensure!(args.repeats >= 1 && args.slots >= 1 && args.max_tokens >= 2, "--repeats, --slots >= 1 and --max-tokens >= 2");
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let threads = args.threads.unwrap_or(cores);
-    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
-    let explicit = args.model.clone();
-    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    let (worker_bin, model) = args.files.resolve().await?;
 
     let batch: Vec<PredictRequest> = (0..args.slots as usize).map(|i| long_request(args.max_tokens, i)).collect();
     let variants = [

