@@ -1,5 +1,5 @@
 //! The prefix cache on a real MLX worker (MLX's CPU backend, the default model): greedy text is the same
-//! with and without reuse for a repeated prompt, an extension and a divergence, a cold slot takes a prefix
+//! with and without reuse for a repeated prompt, a strict prefix, an extension and a divergence, a cold slot takes a prefix
 //! from a busy one, and eviction. Prompts are short: MLX's CPU prefill runs at about 14 tokens/s here.
 
 mod common;
@@ -37,9 +37,12 @@ async fn mlx_greedy_text_is_the_same_with_and_without_reuse_and_copies_work() {
     let mut diverging: Vec<&str> = TEXT.split(' ').collect();
     let at = diverging.len() * 2 / 3;
     diverging[at] = "lantern";
+    let words: Vec<&str> = TEXT.split(' ').collect();
+    let half = words[..words.len() / 2].join(" ");
     let requests = [
         ("text", raw(TEXT, 6, false)),
         ("the text again", raw(TEXT, 6, false)),
+        ("a strict prefix of the text", raw(&half, 6, false)),
         ("the text extended", raw(&format!("{TEXT} A storm came in from the west."), 6, false)),
         ("the text diverging", raw(&diverging.join(" "), 6, false)),
     ];
@@ -55,8 +58,9 @@ async fn mlx_greedy_text_is_the_same_with_and_without_reuse_and_copies_work() {
     // loop's reuse policy).
     assert_eq!(answers[0].cached_tokens, 0);
     assert_eq!(answers[1].cached_tokens, answers[1].prompt_tokens - 1);
-    assert!(answers[2].cached_tokens >= 32 && answers[2].cached_tokens <= answers[0].prompt_tokens, "{:?}", answers[2]);
-    assert!(answers[3].cached_tokens >= 32 && answers[3].cached_tokens < answers[0].prompt_tokens, "{:?}", answers[3]);
+    assert!(answers[2].cached_tokens >= 32 && answers[2].cached_tokens < answers[2].prompt_tokens, "{:?}", answers[2]);
+    assert!(answers[3].cached_tokens >= 32 && answers[3].cached_tokens <= answers[0].prompt_tokens, "{:?}", answers[3]);
+    assert!(answers[4].cached_tokens >= 32 && answers[4].cached_tokens < answers[0].prompt_tokens, "{:?}", answers[4]);
 
     // A cold slot takes the prefix from the busy one.
     let mut running = cached.client.clone().predict_stream(raw(TEXT, 40, true)).await.unwrap().into_inner();
