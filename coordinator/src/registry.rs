@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use modelpool::PoolError;
 use modelpool::proto::{self, WorkerState};
 
-use crate::prefix_index::PrefixIndex;
-use crate::routing::{self, Candidate, Routing, Waiting};
+use crate::routing::Candidate;
 
 /// One registered worker as the coordinator sees it.
 #[derive(Debug, Clone)]
@@ -39,10 +38,6 @@ impl WorkerEntry {
 
     pub fn is_live(&self) -> bool {
         self.state == WorkerState::Serving && !self.suspect
-    }
-
-    pub fn has_room(&self) -> bool {
-        self.is_live() && self.in_flight < self.capacity()
     }
 
     pub fn status(&self, now: Instant) -> proto::WorkerStatus {
@@ -185,13 +180,6 @@ impl Registry {
         self.workers.values().map(|w| w.info.context_per_slot).filter(|&c| c > 0).min()
     }
 
-    /// Where least-loaded routing sends one prompt that failed on the workers in `tried`: the
-    /// least-loaded worker with a free slot, an untried one while any untried worker is alive.
-    pub fn pick(&self, tried: &[String]) -> Option<String> {
-        let waiting = [Waiting { key: &[], tried, may_wait: false }];
-        routing::assign(Routing::LeastLoaded, &mut self.candidates(), &PrefixIndex::default(), &waiting).pop().map(|(_, id)| id)
-    }
-
     /// The live workers, as routing sees them.
     pub fn candidates(&self) -> Vec<Candidate> {
         let mut live: Vec<Candidate> = self
@@ -214,6 +202,14 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefix_index::PrefixIndex;
+    use crate::routing::{self, Routing, Waiting};
+
+    /// Where least-loaded routing sends one prompt that failed on the workers in `tried`.
+    fn pick(registry: &Registry, tried: &[String]) -> Option<String> {
+        let waiting = [Waiting { key: &[], tried, may_wait: false }];
+        routing::assign(Routing::LeastLoaded, &mut registry.candidates(), &PrefixIndex::default(), &waiting).pop().map(|(_, id)| id)
+    }
 
     fn info(port: u16, slots: u32) -> proto::WorkerInfo {
         proto::WorkerInfo {
@@ -233,12 +229,12 @@ mod tests {
         let a = registry.register(info(1, 1), now).unwrap();
         let b = registry.register(info(2, 4), now).unwrap();
         registry.get_mut(&a).unwrap().in_flight = 1;
-        assert_eq!(registry.pick(&[]), Some(b.clone()));
+        assert_eq!(pick(&registry, &[]), Some(b.clone()));
         registry.get_mut(&b).unwrap().in_flight = 4;
-        assert_eq!(registry.pick(&[]), None, "both full");
+        assert_eq!(pick(&registry, &[]), None, "both full");
         registry.get_mut(&b).unwrap().in_flight = 1; // 1/4 loaded beats 1/1
         registry.get_mut(&a).unwrap().in_flight = 0;
-        assert_eq!(registry.pick(&[]), Some(a.clone()), "0/1 beats 1/4");
+        assert_eq!(pick(&registry, &[]), Some(a.clone()), "0/1 beats 1/4");
     }
 
     #[test]
@@ -247,10 +243,10 @@ mod tests {
         let mut registry = Registry::default();
         let a = registry.register(info(1, 1), now).unwrap();
         let b = registry.register(info(2, 1), now).unwrap();
-        assert_eq!(registry.pick(&[a.clone()]), Some(b.clone()));
+        assert_eq!(pick(&registry, &[a.clone()]), Some(b.clone()));
         registry.get_mut(&b).unwrap().in_flight = 1;
-        assert_eq!(registry.pick(&[a.clone()]), None, "b is busy but untried: wait for it");
-        assert_eq!(registry.pick(&[a.clone(), b.clone()]), Some(a));
+        assert_eq!(pick(&registry, &[a.clone()]), None, "b is busy but untried: wait for it");
+        assert_eq!(pick(&registry, &[a.clone(), b.clone()]), Some(a));
     }
 
     #[test]
@@ -259,12 +255,12 @@ mod tests {
         let mut registry = Registry::default();
         let a = registry.register(info(1, 1), now).unwrap();
         registry.get_mut(&a).unwrap().suspect = true;
-        assert_eq!(registry.pick(&[]), None);
+        assert_eq!(pick(&registry, &[]), None);
         let beat = |state: WorkerState| proto::HeartbeatRequest { worker_id: a.clone(), state: state as i32, ..Default::default() };
         registry.heartbeat(beat(WorkerState::Serving), now).unwrap();
-        assert_eq!(registry.pick(&[]), Some(a.clone()));
+        assert_eq!(pick(&registry, &[]), Some(a.clone()));
         registry.heartbeat(beat(WorkerState::Draining), now).unwrap();
-        assert_eq!(registry.pick(&[]), None);
+        assert_eq!(pick(&registry, &[]), None);
     }
 
     #[test]

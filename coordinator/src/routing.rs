@@ -59,13 +59,14 @@ const WORTH_WAITING_BLOCKS: usize = 8;
 /// Assigns waiting prompts (in queue order) to the live workers in `candidates` for one round; returns
 /// (index in `waiting`, worker id) pairs, each prompt at most once, each worker at most its free slots.
 pub fn assign(routing: Routing, candidates: &mut [Candidate], index: &PrefixIndex, waiting: &[Waiting]) -> Vec<(usize, String)> {
-    let mut assigned: Vec<(usize, String)> = Vec::new();
-    let mut deferred = Vec::new();
+    let mut round = Round { assigned: Vec::new(), taken: vec![false; waiting.len()] };
+    // Deferred prompts, with how many blocks their holder matched when pass one looked (None: not looked).
+    let mut deferred: Vec<(usize, Option<usize>)> = Vec::new();
     if routing == Routing::Prefix {
-        refill_freed_slots(candidates, waiting, &mut assigned);
+        refill_freed_slots(candidates, waiting, &mut round);
     }
     for (position, prompt) in waiting.iter().enumerate() {
-        if assigned.iter().any(|(p, _)| *p == position) {
+        if round.taken[position] {
             continue;
         }
         if !candidates.iter().any(Candidate::has_room) {
@@ -73,43 +74,45 @@ pub fn assign(routing: Routing, candidates: &mut [Candidate], index: &PrefixInde
         }
         if routing == Routing::Prefix && position < LOOKAHEAD {
             match holder(candidates, index, prompt) {
-                Some(worker) if candidates[worker].has_room() => take(candidates, worker, position, &mut assigned),
+                Some((worker, _)) if candidates[worker].has_room() => round.take(candidates, worker, position),
                 // Its prefix is on a busy worker: later prompts may fit the free ones better.
-                Some(_) => deferred.push(position),
+                Some((_, matched)) => deferred.push((position, Some(matched))),
                 // A prefix no worker holds goes where the fewest prefixes are, load being equal, so that
                 // distinct programs spread over the workers' caches instead of piling on the first.
                 None => match least_loaded_by(candidates, prompt, |c| index.blocks_of(&c.id)) {
-                    Some(worker) => take(candidates, worker, position, &mut assigned),
-                    None => deferred.push(position),
+                    Some(worker) => round.take(candidates, worker, position),
+                    None => deferred.push((position, Some(0))),
                 },
             }
         } else {
-            deferred.push(position);
+            deferred.push((position, None));
         }
     }
     // Whatever is still waiting goes to whichever worker has room, except a prompt whose prefix is on a
     // busy worker and which may still wait for it: a miss costs its whole prefix's prefill (seconds for a
     // DSPy preamble on a CPU), more than waiting a little for the holder's next free slot. Once its wait
     // is over (`--affinity-wait-ms`), no worker idles while it waits.
-    for position in deferred {
+    for (position, held) in deferred {
         let prompt = &waiting[position];
-        let holds_much = |worker: usize| index.matched(&candidates[worker].id, prompt.key) >= WORTH_WAITING_BLOCKS;
-        if routing == Routing::Prefix && prompt.may_wait && holder(candidates, index, prompt).is_some_and(holds_much) {
-            continue;
+        if routing == Routing::Prefix && prompt.may_wait {
+            let held = held.unwrap_or_else(|| holder(candidates, index, prompt).map_or(0, |(_, matched)| matched));
+            if held >= WORTH_WAITING_BLOCKS {
+                continue;
+            }
         }
         if let Some(worker) = least_loaded(candidates, prompt) {
-            take(candidates, worker, position, &mut assigned);
+            round.take(candidates, worker, position);
         }
     }
-    assigned.sort_by_key(|(position, _)| *position);
-    assigned
+    round.assigned.sort_by_key(|(position, _)| *position);
+    round.assigned
 }
 
 /// A slot that just freed holds the prefix of the prompt that finished in it: the first waiting prompt
 /// of that prefix goes there. Otherwise, on a worker with as many hot prefixes as slots, a prompt of
 /// another prefix would take the freed slot (copying its prefix from the slot running it) and evict the
 /// freed one's, and the prompts of that prefix would find it gone.
-fn refill_freed_slots(candidates: &mut [Candidate], waiting: &[Waiting], assigned: &mut Vec<(usize, String)>) {
+fn refill_freed_slots(candidates: &mut [Candidate], waiting: &[Waiting], round: &mut Round) {
     for worker in 0..candidates.len() {
         for freed in std::mem::take(&mut candidates[worker].freed) {
             if !candidates[worker].has_room() {
@@ -117,37 +120,44 @@ fn refill_freed_slots(candidates: &mut [Candidate], waiting: &[Waiting], assigne
             }
             let same = waiting.iter().enumerate().take(LOOKAHEAD).find(|(position, prompt)| {
                 let shared = prompt.key.iter().zip(&freed).take_while(|(a, b)| a == b).count();
-                shared >= SAME_PROGRAM_BLOCKS
-                    && !prompt.tried.contains(&candidates[worker].id)
-                    && !assigned.iter().any(|(p, _)| p == position)
+                shared >= SAME_PROGRAM_BLOCKS && !prompt.tried.contains(&candidates[worker].id) && !round.taken[*position]
             });
             if let Some((position, _)) = same {
-                take(candidates, worker, position, assigned);
+                round.take(candidates, worker, position);
             }
         }
     }
 }
 
-fn take(candidates: &mut [Candidate], worker: usize, position: usize, assigned: &mut Vec<(usize, String)>) {
-    candidates[worker].in_flight += 1;
-    assigned.push((position, candidates[worker].id.clone()));
+/// The assignments of one round so far.
+struct Round {
+    assigned: Vec<(usize, String)>,
+    /// By position in the waiting list: whether that prompt has a worker already.
+    taken: Vec<bool>,
+}
+
+impl Round {
+    fn take(&mut self, candidates: &mut [Candidate], worker: usize, position: usize) {
+        candidates[worker].in_flight += 1;
+        self.taken[position] = true;
+        self.assigned.push((position, candidates[worker].id.clone()));
+    }
 }
 
 /// The workers a prompt may go to: those it has not failed on, or any once it has failed on all.
-fn eligible<'c>(candidates: &'c [Candidate], prompt: &Waiting) -> impl Iterator<Item = usize> + 'c {
-    let untried = candidates.iter().any(|c| !prompt.tried.contains(&c.id));
-    let tried: Vec<String> = if untried { prompt.tried.to_vec() } else { Vec::new() };
-    (0..candidates.len()).filter(move |&i| !tried.contains(&candidates[i].id))
+fn eligible<'c>(candidates: &'c [Candidate], prompt: &Waiting<'c>) -> impl Iterator<Item = usize> + 'c {
+    let tried = prompt.tried;
+    let untried_left = candidates.iter().any(|c| !tried.contains(&c.id));
+    (0..candidates.len()).filter(move |&i| !untried_left || !tried.contains(&candidates[i].id))
 }
 
-/// The eligible worker with the longest match for the prompt's prefix (the less loaded on a tie), if
-/// any worker matches at all.
-fn holder(candidates: &[Candidate], index: &PrefixIndex, prompt: &Waiting) -> Option<usize> {
+/// The eligible worker with the longest match for the prompt's prefix (the less loaded on a tie) and
+/// the blocks it matched, if any worker matches at all.
+fn holder(candidates: &[Candidate], index: &PrefixIndex, prompt: &Waiting) -> Option<(usize, usize)> {
     eligible(candidates, prompt)
         .map(|i| (i, index.matched(&candidates[i].id, prompt.key)))
         .filter(|&(_, matched)| matched > 0)
         .max_by(|a, b| a.1.cmp(&b.1).then(candidates[b.0].load().total_cmp(&candidates[a.0].load())))
-        .map(|(i, _)| i)
 }
 
 /// The least-loaded eligible worker with a free slot. A prompt that failed somewhere waits for an
