@@ -23,6 +23,14 @@ pub struct Placement {
     pub wait: bool,
 }
 
+/// See [`PrefixCache::wait_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Ready,
+    Pending,
+    GiveUp,
+}
+
 /// How much of a match an engine can reuse without changing greedy output: given the tokens matched, the
 /// length of the prompt that filled the cache and the length of the new prompt, the reuse point (at most
 /// the match). Engines compute a prompt in chunks whose shape can decide the floating-point rounding of
@@ -117,9 +125,23 @@ impl PrefixCache {
         Some(placement)
     }
 
-    /// Whether `seq`'s cache now holds `prefix` (a waiting sequence checks its source with this).
+    /// Whether `seq`'s cache now holds `prefix`.
     pub fn holds(&self, seq: usize, prefix: &[i32]) -> bool {
         self.entries[seq].tokens.starts_with(prefix)
+    }
+
+    /// What a sequence waiting for `source` to compute `prefix` does now: copy it once `source` holds
+    /// it; keep waiting while `source` is still computing a prompt; compute everything itself when
+    /// `source` stopped short of it (its request failed, was cancelled, or it moved on to another).
+    pub fn wait_for(&self, source: usize, prefix: &[i32]) -> Wait {
+        let entry = &self.entries[source];
+        if self.holds(source, prefix) {
+            Wait::Ready
+        } else if entry.busy && entry.tokens.len() < entry.prompt.len() {
+            Wait::Pending
+        } else {
+            Wait::GiveUp
+        }
     }
 
     /// A waiting sequence got its prefix copied (or gave up waiting, with an empty `prefix`): its cache
@@ -215,8 +237,17 @@ mod tests {
         // A third does not wait on the waiting one, but on the one computing.
         assert_eq!(cache.place(&prompt(1, 100, 9)).unwrap().copy_from, Some(0));
         assert!(!cache.holds(0, &first[..100]));
+        assert_eq!(cache.wait_for(0, &first[..100]), Wait::Pending);
         cache.extend(0, &first[10..]);
         assert!(cache.holds(0, &first[..100]));
+        assert_eq!(cache.wait_for(0, &first[..100]), Wait::Ready);
+        // Had the first request ended short of the preamble, the waiting ones compute it themselves.
+        let mut short = PrefixCache::new(2, true, reuse_all);
+        short.place(&first).unwrap();
+        short.extend(0, &first[..10]);
+        short.place(&prompt(1, 100, 8)).unwrap();
+        short.release(0);
+        assert_eq!(short.wait_for(0, &first[..100]), Wait::GiveUp);
         cache.stop_waiting(1, &first[..100]);
         assert_eq!(cache.cached_tokens(), 101 + 100);
     }

@@ -73,9 +73,10 @@ impl<S> Slot<S> {
         }
     }
 
-    /// Starts the slot past the first `reuse` prompt tokens, which its cache already holds (`copied` of
-    /// them were copied from another sequence).
+    /// Starts the slot's prompt past the first `reuse` tokens, which its cache now holds (`copied` of
+    /// them were copied from another sequence); a slot that was waiting for a prefix waits no longer.
     pub fn set_cached_prefix(&mut self, reuse: usize, copied: usize) {
+        self.waiting_for = None;
         self.prefilled = reuse;
         self.position = reuse as i32;
         self.cached_tokens = reuse as u32;
@@ -84,11 +85,7 @@ impl<S> Slot<S> {
 
     /// Whether it is computing its prompt (not waiting to copy a prefix, not decoding).
     pub fn is_prefilling(&self) -> bool {
-        self.waiting_for.is_none() && self.has_prompt_left()
-    }
-
-    pub fn has_prompt_left(&self) -> bool {
-        self.prefilled < self.job.prompt.tokens.len()
+        self.waiting_for.is_none() && self.prefilled < self.job.prompt.tokens.len()
     }
 
     /// The client has gone away (its receiver was dropped): stop working for it.

@@ -28,7 +28,7 @@ use modelpool::PoolError;
 use tracing::warn;
 
 use super::sampler::sampler_for;
-use crate::engine::prefix_cache::{PrefixCache, chunk_end};
+use crate::engine::prefix_cache::{PrefixCache, Wait, chunk_end};
 use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
@@ -162,7 +162,6 @@ impl<'m> BatchLoop<'m> {
         self.cache.stop_waiting(seq as usize, &slot.job.prompt.tokens[..reuse]);
         let copied = if source.is_some() { reuse } else { 0 };
         self.counters.record_prompt(slot.job.prompt.tokens.len(), reuse);
-        slot.waiting_for = None;
         slot.set_cached_prefix(reuse, copied);
     }
 
@@ -171,16 +170,11 @@ impl<'m> BatchLoop<'m> {
     fn resolve_waiting(&mut self) {
         for i in 0..self.slots.len() {
             let Some((source, reuse)) = self.slots[i].waiting_for else { continue };
-            let prefix = &self.slots[i].job.prompt.tokens[..reuse];
-            let source_running = self.slots.iter().any(|s| s.seq as usize == source && s.has_prompt_left());
-            let (reuse, from) = if self.cache.holds(source, prefix) {
-                (reuse, Some(source))
-            } else if source_running {
-                continue;
-            } else {
-                (0, None)
-            };
-            self.start_prompt(i, reuse, from);
+            match self.cache.wait_for(source, &self.slots[i].job.prompt.tokens[..reuse]) {
+                Wait::Ready => self.start_prompt(i, reuse, Some(source)),
+                Wait::Pending => {}
+                Wait::GiveUp => self.start_prompt(i, 0, None),
+            }
         }
     }
 

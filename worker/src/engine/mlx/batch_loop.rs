@@ -16,7 +16,7 @@ use modelpool::PoolError;
 use modelpool::tokenizer::Tokenizer;
 
 use super::model::{KvCache, MlxLlama};
-use crate::engine::prefix_cache::{PrefixCache, chunk_end};
+use crate::engine::prefix_cache::{PrefixCache, Wait, chunk_end};
 use crate::engine::queue::{LoadCounters, NextJob, next_job};
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::{Progress, Slot, argmax};
@@ -125,7 +125,6 @@ impl<'m> BatchLoop<'m> {
         let slot = &mut self.running[index].slot;
         self.prefixes.stop_waiting(seq, &slot.job.prompt.tokens[..reuse]);
         self.counters.record_prompt(slot.job.prompt.tokens.len(), reuse);
-        slot.waiting_for = None;
         slot.set_cached_prefix(reuse, if source.is_some() { reuse } else { 0 });
     }
 
@@ -134,12 +133,10 @@ impl<'m> BatchLoop<'m> {
     fn resolve_waiting(&mut self) {
         for i in 0..self.running.len() {
             let Some((source, reuse)) = self.running[i].slot.waiting_for else { continue };
-            let prefix = &self.running[i].slot.job.prompt.tokens[..reuse];
-            let source_running = self.running.iter().any(|r| r.seq == source && r.slot.has_prompt_left());
-            if self.prefixes.holds(source, prefix) {
-                self.start_prompt(i, reuse, Some(source));
-            } else if !source_running {
-                self.start_prompt(i, 0, None);
+            match self.prefixes.wait_for(source, &self.running[i].slot.job.prompt.tokens[..reuse]) {
+                Wait::Ready => self.start_prompt(i, reuse, Some(source)),
+                Wait::Pending => {}
+                Wait::GiveUp => self.start_prompt(i, 0, None),
             }
         }
     }
@@ -180,25 +177,22 @@ impl<'m> BatchLoop<'m> {
 
     /// One token for every slot whose prompt is in, in one forward pass.
     fn decode_step(&mut self) {
-        let decoding: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].slot.next_token.is_some()).collect();
+        let mut decoding: Vec<usize> = (0..self.running.len()).filter(|&i| self.running[i].slot.next_token.is_some()).collect();
         if decoding.is_empty() {
             return;
         }
-        let tokens: Vec<i32> = decoding.iter().map(|&i| self.running[i].slot.next_token.take().expect("filtered")).collect();
+        // In cache order, the order in which the caches are handed to the forward pass below.
+        decoding.sort_by_key(|&i| self.running[i].seq);
         let seqs: Vec<usize> = decoding.iter().map(|&i| self.running[i].seq).collect();
+        let tokens: Vec<i32> = decoding.iter().map(|&i| self.running[i].slot.next_token.take().expect("filtered")).collect();
         let mut caches: Vec<&mut KvCache> =
             self.caches.iter_mut().enumerate().filter(|(seq, _)| seqs.contains(seq)).map(|(_, cache)| cache).collect();
-        // `caches` is in sequence order; the forward pass takes tokens in the same order.
-        let mut order: Vec<usize> = (0..decoding.len()).collect();
-        order.sort_by_key(|&k| seqs[k]);
-        let ordered_tokens: Vec<i32> = order.iter().map(|&k| tokens[k]).collect();
-        match eval_logits(self.model.forward(&ordered_tokens, 1, &mut caches)) {
+        match eval_logits(self.model.forward(&tokens, 1, &mut caches)) {
             Ok(logits) => {
                 for (&seq, &token) in seqs.iter().zip(&tokens) {
                     self.prefixes.extend(seq, &[token]);
                 }
-                let indices: Vec<usize> = order.iter().map(|&k| decoding[k]).collect();
-                self.sample_into(&indices, &logits)
+                self.sample_into(&decoding, &logits)
             }
             Err(e) => self.fail(&decoding, &e),
         }
