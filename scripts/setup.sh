@@ -15,6 +15,9 @@ python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # scripts/routing-bench.sh polls the coordinator's /ready with curl.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# scripts/mlx-bench.sh measures MLX's float32 path (--mlx-dense) with an optimized BLAS preloaded; the
+# mlx-cpu wheel bundles the reference BLAS.
+ls /usr/lib/*/libopenblas.so.0 >/dev/null 2>&1 || missing+=(libopenblas0-pthread)
 # The multi-host simulation (a test) puts workers in network namespaces with `ip`.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 

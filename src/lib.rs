@@ -3,17 +3,22 @@
 //! This root crate holds what the worker, the coordinator and the bench client share: the generated gRPC
 //! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
-//! ([`text`]), a GGUF metadata reader ([`gguf`]) and the model's own tokenizer ([`tokenizer`]),
+//! ([`text`]), a GGUF metadata reader ([`gguf`]), an mlx-lm folder's text files ([`model_folder`]), the
+//! model's tokenizer ([`tokenizer`]) and chat template ([`chat_template`]) and the two together
+//! ([`prompt_format`]),
 //! the pool's shared secret ([`auth`]), TLS settings ([`tls`]) and the flags for both ([`security_args`]),
 //! the engine kind both daemons name ([`engine_kind`]), telemetry and the shutdown signal.
 
 pub mod auth;
+pub mod chat_template;
 pub mod engine_kind;
 pub mod error;
 pub mod gguf;
 pub mod memory;
 pub mod metrics;
 pub mod model_cache;
+pub mod model_folder;
+pub mod prompt_format;
 pub mod proto;
 pub mod request;
 pub mod rng;

@@ -1,11 +1,16 @@
-//! The model's own tokenizer, built from a GGUF file's metadata: byte-level BPE (`tokenizer.ggml.model =
-//! gpt2`) with the vocabulary, merges and token types stored there, and the pre-tokenizer the file names
-//! (`tokenizer.ggml.pre`). It must agree token for token with llama.cpp's, which a test checks on hard
-//! strings. Engines without a tokenizer of their own (MLX) use it, and the bench counts tokens with it.
+//! The model's tokenizer, through Hugging Face's `tokenizers` library: loaded from an mlx-lm folder's
+//! `tokenizer.json`, or for a GGUF built into the same kind of tokenizer from the vocabulary, merges and
+//! token types stored in its metadata (byte-level BPE, with the pre-tokenizer `tokenizer.ggml.pre`
+//! names). A GGUF's must agree token for token with llama.cpp's, which a test checks on hard strings; a
+//! folder's with the Python `tokenizers` package's, which the MLX reference test checks.
+//!
+//! Two encodings of the same text: with special-token markers (`<|im_start|>`) parsed into their ids,
+//! for the parts a chat template writes and for raw prompts, whose caller owns the whole text; and with
+//! every marker read as plain text, for what users write ([`crate::chat_template`] keeps them apart).
 
-use std::collections::HashMap;
+use std::path::Path;
 
-use fancy_regex::Regex;
+use serde_json::{Value, json};
 
 use crate::gguf::{GgufError, GgufFile};
 
@@ -15,208 +20,276 @@ pub enum TokenizerError {
     Gguf(#[from] GgufError),
     #[error("tokenizer.ggml.model is {0:?}; only byte-level BPE (\"gpt2\") is supported")]
     Model(String),
-    #[error("tokenizer.ggml.pre is {0:?}; supported: smollm, gpt2, default")]
+    #[error("tokenizer.ggml.pre is {0:?}; supported: {SUPPORTED_PRE_TOKENIZERS}")]
     PreTokenizer(String),
-    #[error("malformed merge {0:?}")]
-    Merge(String),
+    #[error("reading {path}: {message}")]
+    File { path: String, message: String },
+    #[error("the tokenizer cannot encode this text: {0}")]
+    Encode(String),
+    #[error("the tokenizer's decoder is {0}; supported: ByteLevel (GPT-2 style) and byte-fallback BPE")]
+    Decoder(String),
 }
 
-/// llama.cpp's token types that are matched literally in text (when special tokens are parsed).
+/// llama.cpp's token types: control tokens are special (matched literally only where special tokens are
+/// parsed); user-defined tokens are matched literally everywhere.
 const TYPE_CONTROL: u64 = 3;
 const TYPE_USER_DEFINED: u64 = 4;
 
-/// GPT-2's split of text into words, numbers, punctuation runs and spaces (as llama.cpp writes it).
-const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const SUPPORTED_PRE_TOKENIZERS: &str = "smollm, gpt2, default, llama-bpe, qwen2";
+
+/// Llama 3's split (llama.cpp's `llama-bpe`): numbers in runs of up to three digits.
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split: single digits.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct Tokenizer {
-    vocab: HashMap<String, u32>,
-    pieces: Vec<String>,
-    merges: HashMap<(String, String), u32>,
-    /// Special tokens matched literally, longest first.
-    specials: Vec<(String, u32)>,
-    /// Regexes applied one after another, each to the pieces of the previous.
-    splits: Vec<Regex>,
-    byte_to_char: [char; 256],
-    char_to_byte: HashMap<char, u8>,
+    /// Special-token markers in text become their ids.
+    parsing: tokenizers::Tokenizer,
+    /// Special-token markers in text are text.
+    literal: tokenizers::Tokenizer,
+    /// Each token's bytes, as they appear in decoded text (special tokens: their marker).
+    bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
+    /// The special tokens' markers and ids, longest marker first.
+    pub specials: Vec<(String, u32)>,
     pub bos: Option<u32>,
+    /// Whether a raw prompt starts with `bos` (the tokenizer's post-processor adds it, or the GGUF says so).
     pub add_bos: bool,
-    pub eos: Option<u32>,
+    /// Every id that ends a generation (Qwen declares several).
+    pub eos: Vec<u32>,
 }
 
-/// GPT-2's reversible map from bytes to printable characters, so that BPE works on text.
-fn byte_chars() -> [char; 256] {
-    let mut map = ['\0'; 256];
-    let mut next = 256u32;
-    for byte in 0..=255u8 {
-        let printable = matches!(byte, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        map[byte as usize] = if printable {
-            char::from(byte)
-        } else {
-            let c = char::from_u32(next).expect("valid code point");
-            next += 1;
-            c
-        };
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("vocab", &self.bytes.len()).field("bos", &self.bos).field("eos", &self.eos).finish()
     }
-    map
 }
 
 impl Tokenizer {
+    /// The GGUF's tokenizer, as the `tokenizers` library's JSON describes it, then loaded by that library.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
         let model = file.str("tokenizer.ggml.model")?;
         if model != "gpt2" {
             return Err(TokenizerError::Model(model.into()));
         }
+        let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
         let pre = file.str("tokenizer.ggml.pre").unwrap_or("default");
-        let splits = match pre {
-            // Every digit on its own first, then GPT-2's split.
-            "smollm" => vec![r"\p{N}", GPT2_SPLIT],
-            "gpt2" | "default" => vec![GPT2_SPLIT],
+        let pre_tokenizer = match pre {
+            "smollm" => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            "gpt2" | "default" => byte_level(true),
+            "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]}),
+            "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]}),
             other => return Err(TokenizerError::PreTokenizer(other.into())),
         };
-        let splits = splits.into_iter().map(|p| Regex::new(p).expect("pattern compiles")).collect();
-        let pieces: Vec<String> = file.strings("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
-        let vocab = pieces.iter().enumerate().map(|(id, p)| (p.clone(), id as u32)).collect();
-        let mut merges = HashMap::new();
-        for (rank, merge) in file.strings("tokenizer.ggml.merges")?.into_iter().enumerate() {
-            let (left, right) = merge.split_once(' ').ok_or_else(|| TokenizerError::Merge(merge.into()))?;
-            merges.insert((left.to_string(), right.to_string()), rank as u32);
-        }
+        let tokens = file.strings("tokenizer.ggml.tokens")?;
         let types: Vec<u64> = file
             .get("tokenizer.ggml.token_type")
             .ok()
             .and_then(|v| v.as_array())
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_default();
-        let mut specials: Vec<(String, u32)> = types
+        let merges: Vec<Value> = file
+            .strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| m.split_once(' ').map(|(l, r)| json!([l, r])).unwrap_or_else(|| json!([m, ""])))
+            .collect();
+        let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+        let added: Vec<Value> = tokens
             .iter()
             .enumerate()
-            .filter(|(_, t)| matches!(**t, TYPE_CONTROL | TYPE_USER_DEFINED))
-            .map(|(id, _)| (pieces[id].clone(), id as u32))
-            .filter(|(text, _)| !text.is_empty())
+            .filter(|(i, _)| matches!(types.get(*i), Some(&TYPE_CONTROL) | Some(&TYPE_USER_DEFINED)))
+            .map(|(i, t)| {
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": types[i] == TYPE_CONTROL})
+            })
             .collect();
-        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-        let byte_to_char = byte_chars();
-        let char_to_byte = byte_to_char.iter().enumerate().map(|(b, c)| (*c, b as u8)).collect();
-        let id = |key: &str| file.u64(key).ok().map(|v| v as u32);
-        let add_bos = matches!(file.get("tokenizer.ggml.add_bos_token"), Ok(crate::gguf::Value::Bool(true)));
-        Ok(Self {
-            vocab,
-            pieces,
-            merges,
-            specials,
-            splits,
-            byte_to_char,
-            char_to_byte,
-            bos: id("tokenizer.ggml.bos_token_id"),
-            add_bos,
-            eos: id("tokenizer.ggml.eos_token_id"),
-        })
+        let bos = file.u64("tokenizer.ggml.bos_token_id").ok().map(|v| v as u32);
+        let add_bos = file.get("tokenizer.ggml.add_bos_token").ok().and_then(|v| v.as_u64()).map(|v| v != 0).unwrap_or(false);
+        let description = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": byte_level(true),
+            "decoder": byte_level(true),
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges},
+        });
+        let parsing = description.to_string().parse::<tokenizers::Tokenizer>().map_err(|e| TokenizerError::File {
+            path: "the GGUF's tokenizer metadata".into(),
+            message: e.to_string(),
+        })?;
+        let eos = file.u64("tokenizer.ggml.eos_token_id").ok().map(|v| vec![v as u32]).unwrap_or_default();
+        let mut eos = eos;
+        if let Ok(eot) = file.u64("tokenizer.ggml.eot_token_id") {
+            eos.push(eot as u32);
+        }
+        Self::new(parsing, bos, add_bos, eos)
+    }
+
+    /// An mlx-lm (Hugging Face) folder's `tokenizer.json`, with the BOS and EOS tokens its configuration
+    /// names (see [`crate::model_folder`]).
+    pub fn from_file(path: &Path, bos: Option<&str>, eos: &[u32]) -> Result<Self, TokenizerError> {
+        let parsing = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::File { path: path.display().to_string(), message: e.to_string() })?;
+        let bos = bos.and_then(|b| parsing.token_to_id(b));
+        // The post-processor decides whether encoding with special tokens adds BOS (Llama 3's does).
+        let add_bos = match (bos, parsing.encode("", true)) {
+            (Some(bos), Ok(encoding)) => encoding.get_ids().first() == Some(&bos),
+            _ => false,
+        };
+        Self::new(parsing, bos, add_bos, eos.to_vec())
+    }
+
+    fn new(parsing: tokenizers::Tokenizer, bos: Option<u32>, add_bos: bool, mut eos: Vec<u32>) -> Result<Self, TokenizerError> {
+        let mut literal = parsing.clone();
+        literal.set_encode_special_tokens(true);
+        let size = parsing.get_vocab_size(true);
+        let decoder = token_decoder(&parsing)?;
+        let mut special = vec![false; size];
+        let mut specials = Vec::new();
+        for (id, token) in parsing.get_added_tokens_decoder() {
+            if token.special && (id as usize) < size {
+                special[id as usize] = true;
+                specials.push((token.content.clone(), id));
+            }
+        }
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let bytes = (0..size as u32)
+            .map(|id| {
+                let piece = parsing.id_to_token(id).unwrap_or_default();
+                if special[id as usize] { piece.into_bytes() } else { decoder.bytes(&piece) }
+            })
+            .collect();
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(Self { parsing, literal, bytes, special, specials, bos, add_bos, eos })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.pieces.len()
+        self.bytes.len()
     }
 
-    /// Token ids of `text`. With `parse_special`, special tokens written in the text (such as
-    /// `<|im_start|>`) become their ids, as llama.cpp does for chat templates.
+    /// The ids of `text`: with special-token markers parsed into their ids, or all of it as text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
-        let mut ids = Vec::new();
-        if self.add_bos {
-            ids.extend(self.bos);
-        }
-        let mut rest = text;
-        while !rest.is_empty() {
-            let next_special = if parse_special {
-                self.specials.iter().filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id))).min_by_key(|&(at, len, _)| (at, usize::MAX - len))
-            } else {
-                None
-            };
-            match next_special {
-                Some((at, len, id)) => {
-                    self.encode_plain(&rest[..at], &mut ids);
-                    ids.push(id);
-                    rest = &rest[at + len..];
-                }
-                None => {
-                    self.encode_plain(rest, &mut ids);
-                    break;
-                }
-            }
-        }
-        ids
+        self.try_encode(text, parse_special).unwrap_or_default()
     }
 
-    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {
-        if text.is_empty() {
-            return;
-        }
-        let mut pieces = vec![text];
-        for regex in &self.splits {
-            pieces = pieces.into_iter().flat_map(|p| split_keeping_gaps(regex, p)).collect();
-        }
-        for piece in pieces {
-            self.bpe(piece, ids);
-        }
+    pub fn try_encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let tokenizer = if parse_special { &self.parsing } else { &self.literal };
+        tokenizer.encode_fast(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
-    /// Merges the byte-level symbols of one piece, lowest merge rank first, and looks them up.
-    fn bpe(&self, piece: &str, ids: &mut Vec<u32>) {
-        let mut symbols: Vec<String> = piece.bytes().map(|b| self.byte_to_char[b as usize].to_string()).collect();
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, pair)| self.merges.get(&(pair[0].clone(), pair[1].clone())).map(|rank| (*rank, i)))
-                .min();
-            let Some((_, i)) = best else { break };
-            let right = symbols.remove(i + 1);
-            symbols[i].push_str(&right);
+    /// A raw prompt's ids, as mlx-lm encodes one: special-token markers parsed, and BOS first when the
+    /// tokenizer adds it and the text does not already start with it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = self.try_encode(text, true)?;
+        if let Some(bos) = self.bos.filter(|_| self.add_bos)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
-        for symbol in symbols {
-            match self.vocab.get(&symbol) {
-                Some(id) => ids.push(*id),
-                // Not in the vocabulary (a broken file): fall back to its single bytes.
-                None => ids.extend(symbol.chars().filter_map(|c| self.vocab.get(&c.to_string()).copied())),
-            }
-        }
+        Ok(ids)
     }
 
-    /// The bytes a token stands for; special tokens give their text only when `special` is set.
+    /// The bytes of one token in decoded text; special tokens give their marker only when `special`.
     pub fn token_bytes(&self, id: u32, special: bool) -> Vec<u8> {
-        let Some(piece) = self.pieces.get(id as usize) else { return Vec::new() };
-        if self.specials.iter().any(|(_, s)| *s == id) {
-            return if special { piece.as_bytes().to_vec() } else { Vec::new() };
+        match self.bytes.get(id as usize) {
+            Some(_) if self.is_special(id) && !special => Vec::new(),
+            Some(bytes) => bytes.clone(),
+            None => Vec::new(),
         }
-        piece.chars().filter_map(|c| self.char_to_byte.get(&c).copied()).collect()
     }
 
     pub fn decode(&self, ids: &[u32], special: bool) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|id| self.token_bytes(*id, special)).collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id, special)).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub fn is_special(&self, id: u32) -> bool {
-        self.specials.iter().any(|(_, s)| *s == id)
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos.contains(&id)
+    }
+
+    /// The id of a token given by its text (`<|im_end|>`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.parsing.token_to_id(token)
     }
 }
 
-/// Splits `text` into the regex's matches and the text between them, in order: nothing is dropped.
-fn split_keeping_gaps<'t>(regex: &Regex, text: &'t str) -> Vec<&'t str> {
-    let mut out = Vec::new();
-    let mut last = 0;
-    for m in regex.find_iter(text).filter_map(Result::ok) {
-        if m.start() > last {
-            out.push(&text[last..m.start()]);
+/// How a token's vocabulary entry turns into the bytes it stands for.
+enum TokenDecoder {
+    /// GPT-2's byte-to-character map (each byte a printable character).
+    ByteLevel(Box<[Option<u8>; 512]>),
+    /// SentencePiece-style BPE: `▁` is a space, `<0x0A>` is that byte.
+    ByteFallback,
+}
+
+impl TokenDecoder {
+    fn bytes(&self, piece: &str) -> Vec<u8> {
+        match self {
+            TokenDecoder::ByteLevel(map) => piece
+                .chars()
+                .flat_map(|c| match map.get(c as usize).copied().flatten() {
+                    Some(byte) => vec![byte],
+                    None => c.to_string().into_bytes(),
+                })
+                .collect(),
+            TokenDecoder::ByteFallback => {
+                if let Some(hex) = piece.strip_prefix("<0x").and_then(|p| p.strip_suffix('>'))
+                    && let Ok(byte) = u8::from_str_radix(hex, 16)
+                {
+                    return vec![byte];
+                }
+                piece.replace('\u{2581}', " ").into_bytes()
+            }
         }
-        if m.end() > m.start() {
-            out.push(m.as_str());
-        }
-        last = m.end();
     }
-    if last < text.len() {
-        out.push(&text[last..]);
+}
+
+fn token_decoder(tokenizer: &tokenizers::Tokenizer) -> Result<TokenDecoder, TokenizerError> {
+    let description = serde_json::to_value(tokenizer.get_decoder()).unwrap_or(Value::Null);
+    let kinds = decoder_kinds(&description);
+    if kinds.iter().any(|k| k == "ByteLevel") {
+        return Ok(TokenDecoder::ByteLevel(Box::new(byte_level_map())));
     }
-    out
+    if kinds.iter().any(|k| k == "ByteFallback" || k == "Metaspace") {
+        return Ok(TokenDecoder::ByteFallback);
+    }
+    Err(TokenizerError::Decoder(if kinds.is_empty() { "missing".into() } else { kinds.join("+") }))
+}
+
+/// The decoder types in a decoder description (a Sequence lists several).
+fn decoder_kinds(description: &Value) -> Vec<String> {
+    let mut kinds = Vec::new();
+    if let Some(kind) = description.get("type").and_then(Value::as_str) {
+        kinds.push(kind.to_string());
+    }
+    if let Some(parts) = description.get("decoders").and_then(Value::as_array) {
+        kinds.extend(parts.iter().flat_map(decoder_kinds));
+    }
+    kinds
+}
+
+/// GPT-2's reversible map between bytes and printable characters, inverted: character → byte.
+fn byte_level_map() -> [Option<u8>; 512] {
+    let mut map = [None; 512];
+    let mut next = 256usize;
+    for byte in 0..=255u8 {
+        let printable = matches!(byte, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let c = if printable { byte as usize } else { next += 1; next - 1 };
+        map[c] = Some(byte);
+    }
+    map
 }
 
 #[cfg(test)]
@@ -224,20 +297,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn byte_map_is_a_bijection_onto_printable_characters() {
-        let map = byte_chars();
-        let distinct: std::collections::HashSet<char> = map.iter().copied().collect();
-        assert_eq!(distinct.len(), 256);
-        assert_eq!(map[b'a' as usize], 'a');
-        assert_eq!(map[b' ' as usize], 'Ġ');
-        assert_eq!(map[b'\n' as usize], 'Ċ');
+    fn the_byte_map_covers_every_byte_once() {
+        let map = byte_level_map();
+        let mut seen: Vec<u8> = map.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..=255u8).collect::<Vec<_>>());
+        assert_eq!(map['Ġ' as usize], Some(b' '));
+        assert_eq!(map['Ċ' as usize], Some(b'\n'));
     }
 
     #[test]
-    fn splitting_keeps_every_character() {
-        let digits = Regex::new(r"\p{N}").unwrap();
-        assert_eq!(split_keeping_gaps(&digits, "ab 12c"), vec!["ab ", "1", "2", "c"]);
-        let gpt2 = Regex::new(GPT2_SPLIT).unwrap();
-        assert_eq!(split_keeping_gaps(&gpt2, "Hi  there\t!"), vec!["Hi", " ", " there", "\t", "!"]);
+    fn byte_fallback_pieces_decode_to_their_bytes() {
+        assert_eq!(TokenDecoder::ByteFallback.bytes("<0x0A>"), b"\n");
+        assert_eq!(TokenDecoder::ByteFallback.bytes("\u{2581}Hello"), b" Hello");
     }
 }

@@ -158,9 +158,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if let Some(shape) = &args.synthetic {
         let (input, output) = workload::parse_shape(shape).map_err(anyhow::Error::msg)?;
         let model = std::path::Path::new(&info.model_path);
-        anyhow::ensure!(model.is_file(), "--synthetic needs the model file to count tokens; {} is not on this host", info.model_path);
-        let tokenizer = modelpool::tokenizer::Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(model)?)?;
-        prompts = workload::synthetic(&tokenizer, input, output, args.num_prompts)?;
+        anyhow::ensure!(model.exists(), "--synthetic needs the model to count tokens; {} is not on this host", info.model_path);
+        let format = modelpool::prompt_format::PromptFormat::load(model)?;
+        prompts = workload::synthetic(&format.tokenizer, input, output, args.num_prompts)?;
     }
 
     let concurrency = args.concurrency.unwrap_or(total_slots);

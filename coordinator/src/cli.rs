@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::bench::engine_bench::EngineBenchArgs;
+use crate::bench::mlx_bench::MlxBenchArgs;
 use crate::bench::multihost::MultihostArgs;
 use crate::bench::overload_bench::OverloadBenchArgs;
 use crate::bench::run_bench::RunBenchArgs;
@@ -38,4 +39,7 @@ pub enum Command {
     /// The pool against llama-server on the same model, cores and prompts, through both OpenAI
     /// endpoints; prints pool ÷ llama-server per workload.
     ServerBench(ServerBenchArgs),
+    /// The MLX engine against Python mlx-lm on the same model folder, interleaved: prefill, decode,
+    /// end-to-end output tokens/s, TTFT and memory (scripts/mlx-bench.sh sets it up).
+    MlxBench(MlxBenchArgs),
 }

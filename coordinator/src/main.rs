@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
         Command::OverloadBench(args) => {
             coordinator::bench::overload_bench::run_overload_bench(args).await?;
         }
+        Command::MlxBench(args) => {
+            coordinator::bench::mlx_bench::run_mlx_bench(args).await?;
+        }
         Command::ServerBench(args) => {
             coordinator::bench::server_bench::run_server_bench(args).await?;
         }

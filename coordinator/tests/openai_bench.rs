@@ -29,7 +29,7 @@ async fn the_openai_target_times_streamed_chunks_and_reports_what_served() {
     }
 
     // ignore_eos: exactly max_tokens, although the model would stop sooner on its own.
-    let mut fixed = modelpool::PredictRequest::user("Say yes.", 40);
+    let mut fixed = modelpool::PredictRequest::user("Which city is the capital of France?", 40);
     let (natural, _) = run_closed_loop(Target::OpenAi(client.clone()), std::slice::from_ref(&fixed), 1).await;
     assert!(natural[0].completion_tokens < 40, "{:?}", natural[0]);
     fixed.sampling.ignore_eos = true;

@@ -19,7 +19,7 @@ def ask(client, text, max_tokens=24, temperature=0.0, **extra):
 
 
 def test_a_chat_completion_knows_paris(client):
-    response = ask(client, "What is the capital of France?")
+    response = ask(client, "Which city is the capital of France?")
     assert "Paris" in response.choices[0].message.content
     assert response.choices[0].message.role == "assistant"
     assert response.choices[0].finish_reason in ("stop", "length")
@@ -80,9 +80,9 @@ def test_a_saturated_queue_answers_429_with_retry_after(client):
 
 def test_ignore_eos_generates_exactly_max_tokens(client):
     # A question the model answers in a few tokens: without ignore_eos it stops early.
-    short = ask(client, "Say yes.", max_tokens=48)
+    short = ask(client, "Which city is the capital of France?", max_tokens=48)
     assert short.usage.completion_tokens < 48, "the model ends this answer on its own"
-    forced = ask(client, "Say yes.", max_tokens=48, extra_body={"ignore_eos": True})
+    forced = ask(client, "Which city is the capital of France?", max_tokens=48, extra_body={"ignore_eos": True})
     assert forced.usage.completion_tokens == 48
     assert forced.choices[0].finish_reason == "length"
 

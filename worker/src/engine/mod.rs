@@ -52,6 +52,8 @@ pub struct Completion {
     pub text: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// The generated token ids (what `completion_tokens` counts).
+    pub token_ids: Vec<u32>,
     /// Prompt tokens reused from the prefix cache (not computed for this request).
     pub cached_tokens: u32,
     /// Of the reused tokens, those copied from another slot's cache.

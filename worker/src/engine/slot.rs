@@ -30,6 +30,8 @@ pub struct Slot<S> {
     stop: StopMatcher,
     text: String,
     pub generated: u32,
+    /// The generated token ids, in order.
+    token_ids: Vec<u32>,
     /// Prompt tokens whose keys and values came from the prefix cache rather than being computed.
     cached_tokens: u32,
     /// Of those, tokens copied from another sequence's cache.
@@ -63,6 +65,7 @@ impl<S> Slot<S> {
             stop,
             text: String::new(),
             generated: 0,
+            token_ids: Vec::new(),
             cached_tokens: 0,
             copied_tokens: 0,
             admitted: Instant::now(),
@@ -105,6 +108,7 @@ impl<S> Slot<S> {
             return Progress::Finished(FinishReason::Eos);
         }
         self.generated += 1;
+        self.token_ids.push(token as u32);
         let piece = self.utf8.push(bytes);
         let step = self.stop.push(&piece);
         self.emit(step.emit);
@@ -160,6 +164,7 @@ impl<S> Slot<S> {
             text: std::mem::take(&mut self.text),
             prompt_tokens: self.job.prompt.tokens.len() as u32,
             completion_tokens: self.generated,
+            token_ids: std::mem::take(&mut self.token_ids),
             cached_tokens: self.cached_tokens,
             copied_tokens: self.copied_tokens,
             finish_reason: reason,

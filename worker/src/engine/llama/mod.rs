@@ -12,8 +12,10 @@ use std::sync::{Arc, OnceLock};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use modelpool::{PoolError, PredictRequest, Prompt};
+use llama_cpp_2::model::LlamaModel;
+use modelpool::gguf::GgufFile;
+use modelpool::prompt_format::PromptFormat;
+use modelpool::{PoolError, PredictRequest};
 
 use super::queue::{JobQueue, warm_up};
 use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, PreparedPrompt, check_context_fit};
@@ -37,8 +39,7 @@ pub struct LlamaConfig {
 
 pub struct LlamaEngine {
     info: EngineInfo,
-    model: Arc<LlamaModel>,
-    template: Option<LlamaChatTemplate>,
+    format: PromptFormat,
     queue: JobQueue,
 }
 
@@ -82,7 +83,11 @@ impl LlamaEngine {
         let model = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
             .map_err(|e| PoolError::FailedPrecondition(format!("loading {}: {e}", config.model_path.display())))?;
         let model = Arc::new(model);
-        let template = model.chat_template(None).ok();
+        // Chats are rendered by the GGUF's Jinja template and tokenized by our tokenizer (the same
+        // tokens as llama.cpp's, tested), so that special tokens are parsed only where the template
+        // writes them and both engines see the same ids for the same conversation.
+        let format = PromptFormat::from_gguf(&GgufFile::open(&config.model_path).map_err(|e| PoolError::FailedPrecondition(e.to_string()))?)
+            .map_err(|e| PoolError::FailedPrecondition(e.to_string()))?;
         let model_size_bytes = std::fs::metadata(&config.model_path).map(|m| m.len()).unwrap_or(0);
         let model_name = model
             .meta_val_str("general.name")
@@ -141,36 +146,11 @@ impl LlamaEngine {
                 threads: config.threads,
                 threads_batch: config.threads_batch,
             },
-            model,
-            template,
+            format,
             queue,
         };
         warm_up(&engine, &engine.queue.counters)?;
         Ok(engine)
-    }
-
-    /// The text the model sees: chat messages through the GGUF's own chat template, or the raw prompt.
-    fn prompt_text(&self, prompt: &Prompt) -> Result<String, PoolError> {
-        match prompt {
-            Prompt::Raw(text) => Ok(text.clone()),
-            Prompt::Chat(messages) => {
-                let template = self.template.as_ref().ok_or_else(|| {
-                    PoolError::FailedPrecondition("the model file has no chat template; send a raw prompt".into())
-                })?;
-                let chat = messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        LlamaChatMessage::new(m.role.as_str().into(), m.content.clone()).map_err(|_| {
-                            PoolError::invalid(format!("chat.messages[{i}].content"), "contains a NUL character")
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.model
-                    .apply_chat_template(template, &chat, true)
-                    .map_err(|e| PoolError::Internal(format!("applying the chat template: {e}")))
-            }
-        }
     }
 }
 
@@ -184,9 +164,7 @@ impl Engine for LlamaEngine {
     }
 
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError> {
-        let text = self.prompt_text(&request.prompt)?;
-        // parse_special: the chat template's <|im_start|> markers must become their control tokens.
-        let tokens: Vec<i32> = self.model.vocab().tokenize(text.as_bytes(), true, true).into_iter().map(|t| t.0).collect();
+        let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
         check_context_fit(tokens.len(), request.sampling.max_tokens, self.info.context_per_slot)?;
         Ok(PreparedPrompt { tokens })
     }

@@ -25,7 +25,7 @@ use crate::engine::{Job, JobEvent};
 /// Prompt tokens prefilled per step. MLX's CPU backend prefills at about 14 tokens/s here, so a chunk
 /// stalls the decoding slots for about two seconds; a whole long prompt at once would stall them far
 /// longer.
-const PREFILL_CHUNK: usize = 32;
+pub const PREFILL_CHUNK: usize = 32;
 
 /// This engine's [`crate::engine::prefix_cache::ReusePolicy`]: prompts are prefilled as [`chunk_end`]
 /// says (the body in chunks covering positions [k·PREFILL_CHUNK, (k+1)·PREFILL_CHUNK), the last token
@@ -210,7 +210,9 @@ impl<'m> BatchLoop<'m> {
                 Some(sampler) => sampler.sample(row_logits),
                 None => argmax(row_logits),
             };
-            let is_end = self.tokenizer.is_special(token as u32) || self.tokenizer.eos == Some(token as u32);
+            // Only the model's EOS ids end a generation (mlx-lm's rule); another control token is
+            // generated like any token, and like llama.cpp's output it adds no text.
+            let is_end = self.tokenizer.is_eos(token as u32);
             let bytes = if is_end { Vec::new() } else { self.tokenizer.token_bytes(token as u32, false) };
             if let Progress::Finished(reason) = slot.accept(token, &bytes, is_end) {
                 finished.push((index, reason));

@@ -1,15 +1,21 @@
-//! A Llama-architecture forward pass in mlx-rs over a GGUF's weights, kept quantized as MLX loads them:
-//! Q4_1 as 4-bit affine with groups of 32, the tied Q8_0 embedding as 8-bit. RMSNorm, RoPE in the
-//! traditional (interleaved) layout that GGUF weights use, grouped-query attention with a KV cache,
-//! SwiGLU MLP, and the embedding reused as the output projection.
+//! A Llama-family decoder in mlx-rs (Llama, Mistral, Qwen2, Qwen3), computed as mlx-lm's model classes
+//! compute it, op for op: RMSNorm, rotary positions (halves for Hugging Face weights, interleaved for a
+//! GGUF's permuted ones; Llama 3 frequency scaling), grouped-query attention over a KV cache with Qwen2's
+//! q/k/v biases and Qwen3's per-head q/k norms, SwiGLU MLP, tied or separate output. Weights stay as
+//! stored: MLX affine-quantized layers (any group size and bits, per layer) or dense ones. On the CPU
+//! every float is computed in float32 (float16/bfloat16 arithmetic is emulated on x86 and far slower);
+//! on Metal the stored float type is kept.
 
 use std::path::Path;
 
-use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::fast::ScaledDotProductAttentionMask;
-use mlx_rs::io::GgufFile as MlxGguf;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 use modelpool::gguf::GgufFile;
+use modelpool::model_folder::{is_folder, read_json};
+
+use super::architecture::{Architecture, RopeScaling};
+use super::weights::{Storage, Weights};
 
 pub type MlxResult<T> = Result<T, String>;
 
@@ -17,101 +23,117 @@ fn err(context: &str) -> impl Fn(mlx_rs::error::Exception) -> String + '_ {
     move |e| format!("{context}: {e}")
 }
 
-/// A quantized linear layer: packed weight, scales and biases, as MLX loads them from GGUF.
-struct QuantizedLinear {
-    weight: Array,
-    scales: Array,
-    biases: Array,
-    bits: i32,
+/// The float type the engine computes in: float32 on the CPU, the stored type on Metal.
+fn compute_dtype(stored: Dtype) -> Dtype {
+    if cfg!(target_os = "macos") { stored } else { Dtype::Float32 }
 }
 
-const GROUP_SIZE: i32 = 32;
+fn to_compute(array: Array) -> MlxResult<Array> {
+    match array.dtype() {
+        Dtype::Float16 | Dtype::Bfloat16 | Dtype::Float32 => {
+            let target = compute_dtype(array.dtype());
+            if target == array.dtype() { Ok(array) } else { array.as_dtype(target).map_err(err("converting a weight")) }
+        }
+        _ => Ok(array),
+    }
+}
 
-impl QuantizedLinear {
-    fn load(file: &MlxGguf, name: &str) -> MlxResult<Self> {
-        let get = |suffix: &str| -> MlxResult<Array> {
-            file.get_array(&format!("{name}.{suffix}"))
-                .map_err(|e| format!("reading {name}.{suffix}: {e}"))?
-                .ok_or_else(|| format!("the model has no tensor {name}.{suffix} (is it Q4_0/Q4_1/Q8_0?)"))
+/// A linear layer (or an embedding table, which is the same matrix read by rows), as mlx-lm's
+/// `nn.Linear`/`nn.QuantizedLinear`/`nn.Embedding`/`nn.QuantizedEmbedding` store and apply it.
+enum Linear {
+    Dense { weight: Array, bias: Option<Array> },
+    Quantized { weight: Array, scales: Array, biases: Array, group_size: i32, bits: i32, bias: Option<Array> },
+}
+
+impl Linear {
+    fn load(weights: &mut Weights, path: &str, in_dims: i32, dense: bool) -> MlxResult<Self> {
+        let bias_name = format!("{path}.bias");
+        let bias = if weights.has(&bias_name) { Some(to_compute(weights.take(&bias_name)?)?) } else { None };
+        let linear = match weights.storage(path, in_dims)? {
+            Storage::Dense => Linear::Dense { weight: to_compute(weights.take(&format!("{path}.weight"))?)?, bias },
+            Storage::Quantized { group_size, bits } => Linear::Quantized {
+                weight: weights.take(&format!("{path}.weight"))?,
+                scales: to_compute(weights.take(&format!("{path}.scales"))?)?,
+                biases: to_compute(weights.take(&format!("{path}.biases"))?)?,
+                group_size,
+                bits,
+                bias,
+            },
         };
-        let weight = get("weight")?;
-        // Float16 arithmetic is emulated on x86 CPUs and very slow: keep scales and biases in float32.
-        let scales = get("scales")?.as_dtype(Dtype::Float32).map_err(err("scales to f32"))?;
-        let biases = get("biases")?.as_dtype(Dtype::Float32).map_err(err("biases to f32"))?;
-        let packed_columns = weight.shape()[1];
-        let columns = scales.shape()[1] * GROUP_SIZE;
-        let bits = 32 * packed_columns / columns;
-        Ok(Self { weight, scales, biases, bits })
+        if dense { linear.dequantized() } else { Ok(linear) }
     }
 
+    /// The same layer with its weight dequantized to the compute type: a dense product, which MLX's CPU
+    /// backend hands to BLAS (fast with an optimized BLAS, at 4-8x the memory of 4- or 8-bit weights).
+    fn dequantized(self) -> MlxResult<Self> {
+        match self {
+            Linear::Quantized { weight, scales, biases, group_size, bits, bias } => {
+                let weight = mlx_rs::ops::dequantize(&weight, &scales, &biases, group_size, bits).map_err(err("dequantize"))?;
+                Ok(Linear::Dense { weight: to_compute(weight)?, bias })
+            }
+            dense => Ok(dense),
+        }
+    }
+
+    /// `x · Wᵀ (+ bias)`: `mx.addmm` for a dense layer with a bias, a quantized product plus the bias
+    /// for a quantized one, as mlx-lm does (the two round differently).
     fn forward(&self, x: &Array) -> MlxResult<Array> {
-        mlx_rs::ops::quantized_matmul(x, &self.weight, &self.scales, &self.biases, true, GROUP_SIZE, self.bits)
-            .map_err(err("quantized matmul"))
+        match self {
+            Linear::Dense { weight, bias: None } => x.matmul(weight.t()).map_err(err("matmul")),
+            Linear::Dense { weight, bias: Some(bias) } => mlx_rs::ops::addmm(bias, x, weight.t(), None, None).map_err(err("addmm")),
+            Linear::Quantized { weight, scales, biases, group_size, bits, bias } => {
+                let y = mlx_rs::ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits).map_err(err("quantized matmul"))?;
+                match bias {
+                    Some(bias) => y.add(bias).map_err(err("bias")),
+                    None => Ok(y),
+                }
+            }
+        }
     }
 
-    /// Rows `ids` of the weight, dequantized: the embedding lookup.
+    /// Rows `ids` of the matrix: the embedding lookup.
     fn rows(&self, ids: &Array) -> MlxResult<Array> {
         let take = |a: &Array| a.take_axis(ids, 0).map_err(err("embedding lookup"));
-        let biases = take(&self.biases)?;
-        mlx_rs::ops::dequantize(take(&self.weight)?, take(&self.scales)?, &biases, GROUP_SIZE, self.bits)
-            .map_err(err("dequantize"))
+        match self {
+            Linear::Dense { weight, .. } => take(weight),
+            Linear::Quantized { weight, scales, biases, group_size, bits, .. } => {
+                let biases = take(biases)?;
+                mlx_rs::ops::dequantize(take(weight)?, take(scales)?, &biases, *group_size, *bits).map_err(err("dequantize"))
+            }
+        }
+    }
+
+    /// Arrays to materialise at load time (converted scales and weights).
+    fn arrays(&self) -> Vec<&Array> {
+        match self {
+            Linear::Dense { weight, bias } => std::iter::once(weight).chain(bias.as_ref()).collect(),
+            Linear::Quantized { weight, scales, biases, bias, .. } => [weight, scales, biases].into_iter().chain(bias.as_ref()).collect(),
+        }
     }
 }
 
 struct Layer {
     attn_norm: Array,
-    q: QuantizedLinear,
-    k: QuantizedLinear,
-    v: QuantizedLinear,
-    o: QuantizedLinear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Array>,
+    k_norm: Option<Array>,
     ffn_norm: Array,
-    gate: QuantizedLinear,
-    up: QuantizedLinear,
-    down: QuantizedLinear,
-}
-
-/// Hyper-parameters from the GGUF metadata.
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    pub layers: usize,
-    pub hidden: i32,
-    pub heads: i32,
-    pub kv_heads: i32,
-    pub head_dim: i32,
-    pub rope_base: f32,
-    pub norm_eps: f32,
-    pub context_train: u32,
-}
-
-impl Config {
-    fn from_gguf(file: &GgufFile) -> MlxResult<Self> {
-        let arch = file.str("general.architecture").map_err(|e| e.to_string())?.to_string();
-        if arch != "llama" {
-            return Err(format!("general.architecture is {arch:?}; the MLX engine runs Llama-architecture models"));
-        }
-        let int = |key: &str| file.u64(&format!("llama.{key}")).map_err(|e| e.to_string());
-        let float = |key: &str| file.get(&format!("llama.{key}")).ok().and_then(|v| v.as_f64());
-        let hidden = int("embedding_length")? as i32;
-        let heads = int("attention.head_count")? as i32;
-        Ok(Self {
-            layers: int("block_count")? as usize,
-            hidden,
-            heads,
-            kv_heads: int("attention.head_count_kv").unwrap_or(heads as u64) as i32,
-            head_dim: hidden / heads,
-            rope_base: float("rope.freq_base").unwrap_or(10_000.0) as f32,
-            norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
-            context_train: int("context_length").unwrap_or(2048) as u32,
-        })
-    }
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 pub struct MlxLlama {
-    pub config: Config,
-    embedding: QuantizedLinear,
-    output: Option<QuantizedLinear>,
+    pub config: Architecture,
+    embedding: Linear,
+    output: Option<Linear>,
     layers: Vec<Layer>,
     output_norm: Array,
+    /// Llama 3's scaled rotary frequencies (`None`: the plain base).
+    rope_freqs: Option<Array>,
 }
 
 /// Keys and values of every layer for one sequence (or a batch of them), grown as tokens are decoded.
@@ -144,48 +166,61 @@ impl KvCache {
 }
 
 impl MlxLlama {
+    /// An mlx-lm folder or a GGUF file, its weights as stored.
     pub fn load(path: &Path) -> MlxResult<Self> {
-        let meta = GgufFile::open(path).map_err(|e| e.to_string())?;
-        let config = Config::from_gguf(&meta)?;
-        let file = MlxGguf::load(path).map_err(|e| format!("loading {} with MLX: {e}", path.display()))?;
-        let norm = |name: &str| -> MlxResult<Array> {
-            file.get_array(name).map_err(|e| format!("{name}: {e}"))?.ok_or_else(|| format!("the model has no {name}"))
+        Self::load_with(path, false)
+    }
+
+    /// With `dense`, quantized layers are dequantized once at load (see [`Linear::dequantized`]).
+    pub fn load_with(path: &Path, dense: bool) -> MlxResult<Self> {
+        let (config, mut weights) = if is_folder(path) {
+            let json = read_json(&path.join("config.json")).map_err(|e| e.to_string())?;
+            (Architecture::from_config(&json)?, Weights::from_folder(path, &json)?)
+        } else {
+            let meta = GgufFile::open(path).map_err(|e| e.to_string())?;
+            (Architecture::from_gguf(&meta)?, Weights::from_gguf(path, &meta)?)
         };
-        let layers = (0..config.layers)
+        let c = &config;
+        let norm = |weights: &mut Weights, name: &str| weights.take(name).and_then(to_compute);
+        let layers = (0..c.layers)
             .map(|i| {
-                let linear = |part: &str| QuantizedLinear::load(&file, &format!("blk.{i}.{part}"));
+                let p = format!("model.layers.{i}");
+                let w = &mut weights;
                 Ok(Layer {
-                    attn_norm: norm(&format!("blk.{i}.attn_norm.weight"))?,
-                    q: linear("attn_q")?,
-                    k: linear("attn_k")?,
-                    v: linear("attn_v")?,
-                    o: linear("attn_output")?,
-                    ffn_norm: norm(&format!("blk.{i}.ffn_norm.weight"))?,
-                    gate: linear("ffn_gate")?,
-                    up: linear("ffn_up")?,
-                    down: linear("ffn_down")?,
+                    attn_norm: norm(w, &format!("{p}.input_layernorm.weight"))?,
+                    q: Linear::load(w, &format!("{p}.self_attn.q_proj"), c.hidden, dense)?,
+                    k: Linear::load(w, &format!("{p}.self_attn.k_proj"), c.hidden, dense)?,
+                    v: Linear::load(w, &format!("{p}.self_attn.v_proj"), c.hidden, dense)?,
+                    o: Linear::load(w, &format!("{p}.self_attn.o_proj"), c.heads * c.head_dim, dense)?,
+                    q_norm: if c.qk_norm { Some(norm(w, &format!("{p}.self_attn.q_norm.weight"))?) } else { None },
+                    k_norm: if c.qk_norm { Some(norm(w, &format!("{p}.self_attn.k_norm.weight"))?) } else { None },
+                    ffn_norm: norm(w, &format!("{p}.post_attention_layernorm.weight"))?,
+                    gate: Linear::load(w, &format!("{p}.mlp.gate_proj"), c.hidden, dense)?,
+                    up: Linear::load(w, &format!("{p}.mlp.up_proj"), c.hidden, dense)?,
+                    down: Linear::load(w, &format!("{p}.mlp.down_proj"), c.intermediate, dense)?,
                 })
             })
             .collect::<MlxResult<Vec<_>>>()?;
-        let output = match file.get_array("output.weight") {
-            Ok(Some(_)) => Some(QuantizedLinear::load(&file, "output")?),
-            _ => None,
+        let embedding = Linear::load(&mut weights, "model.embed_tokens", c.hidden, dense)?;
+        // mlx-lm drops a stored lm_head when the config ties the embeddings.
+        let output = if c.tie_embeddings { None } else { Some(Linear::load(&mut weights, "lm_head", c.hidden, dense)?) };
+        let output_norm = norm(&mut weights, "model.norm.weight")?;
+        let rope_freqs = match c.rope_scaling {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+                Some(llama3_frequencies(c.head_dim, c.rope_base, factor, low_freq_factor, high_freq_factor, original_context)?)
+            }
+            RopeScaling::Uniform { .. } => None,
         };
-        let model = Self {
-            config,
-            embedding: QuantizedLinear::load(&file, "token_embd")?,
-            output,
-            layers,
-            output_norm: norm("output_norm.weight")?,
-        };
-        // Materialise the f32 scale and bias conversions now, not on the first request.
-        let mut arrays = vec![&model.embedding.scales, &model.embedding.biases];
+        let model = Self { config, embedding, output, layers, output_norm, rope_freqs };
+        // Materialise the conversions now, not on the first request.
+        let mut arrays = model.embedding.arrays();
+        arrays.extend(model.output.iter().flat_map(Linear::arrays));
         for layer in &model.layers {
             for linear in [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down] {
-                arrays.push(&linear.scales);
-                arrays.push(&linear.biases);
+                arrays.extend(linear.arrays());
             }
         }
+        arrays.extend(model.rope_freqs.iter());
         mlx_rs::transforms::eval(arrays).map_err(err("evaluating the weights"))?;
         Ok(model)
     }
@@ -202,7 +237,7 @@ impl MlxLlama {
     /// attention are per sequence, each over its own cache: sequences of unequal length need neither
     /// padding nor masks, and a sequence's attention is computed exactly as if it ran alone.
     pub fn forward(&self, tokens: &[i32], n: i32, caches: &mut [&mut KvCache]) -> MlxResult<Array> {
-        let c = self.config;
+        let c = &self.config;
         let batch = caches.len() as i32;
         if batch == 0 || n < 1 || tokens.len() as i32 != batch * n {
             return Err(format!("forward: {} tokens for {batch} sequences of {n}", tokens.len()));
@@ -211,12 +246,18 @@ impl MlxLlama {
         let mut x = self.embedding.rows(&ids)?.reshape(&[batch, n, c.hidden]).map_err(err("reshape"))?;
         for (index, layer) in self.layers.iter().enumerate() {
             let h = mlx_rs::fast::rms_norm(&x, Some(&layer.attn_norm), c.norm_eps).map_err(err("attention norm"))?;
-            let heads = |a: Array, count: i32| {
-                a.reshape(&[batch, n, count, c.head_dim]).and_then(|a| a.transpose_axes(&[0, 2, 1, 3])).map_err(err("split heads"))
+            // Qwen3 normalises each head's query and key before the rotation.
+            let heads = |a: Array, count: i32, norm: Option<&Array>| {
+                let a = a.reshape(&[batch, n, count, c.head_dim]).map_err(err("split heads"))?;
+                let a = match norm {
+                    Some(weight) => mlx_rs::fast::rms_norm(&a, Some(weight), c.norm_eps).map_err(err("q/k norm"))?,
+                    None => a,
+                };
+                a.transpose_axes(&[0, 2, 1, 3]).map_err(err("split heads"))
             };
-            let q = heads(layer.q.forward(&h)?, c.heads)?;
-            let k = heads(layer.k.forward(&h)?, c.kv_heads)?;
-            let v = heads(layer.v.forward(&h)?, c.kv_heads)?;
+            let q = heads(layer.q.forward(&h)?, c.heads, layer.q_norm.as_ref())?;
+            let k = heads(layer.k.forward(&h)?, c.kv_heads, layer.k_norm.as_ref())?;
+            let v = heads(layer.v.forward(&h)?, c.kv_heads, None)?;
             let attention = if batch == 1 {
                 self.attend(q, k, v, n, caches[0], index)?
             } else {
@@ -255,8 +296,17 @@ impl MlxLlama {
     /// One sequence's attention in one layer: rotary positions after what its cache holds, the new keys
     /// and values appended to the cache, causal within the new tokens. Shapes [1, heads, n, head_dim].
     fn attend(&self, q: Array, k: Array, v: Array, n: i32, cache: &mut KvCache, layer: usize) -> MlxResult<Array> {
-        let c = self.config;
-        let rope = |a: &Array| mlx_rs::fast::rope(a, c.head_dim, true, c.rope_base, 1.0, cache.len, None).map_err(err("rope"));
+        let c = &self.config;
+        let rope = |a: &Array| {
+            match (&self.rope_freqs, &c.rope_scaling) {
+                (Some(freqs), _) => mlx_rs::fast::rope(a, c.head_dim, c.rope_traditional, None, 1.0, cache.len, freqs),
+                (None, RopeScaling::Uniform { scale }) => {
+                    mlx_rs::fast::rope(a, c.head_dim, c.rope_traditional, c.rope_base, *scale, cache.len, None)
+                }
+                (None, RopeScaling::Llama3 { .. }) => unreachable!("llama3 scaling always has its frequencies"),
+            }
+            .map_err(err("rope"))
+        };
         let (q, k) = (rope(&q)?, rope(&k)?);
         let (k, v) = match cache.layers[layer].take() {
             Some((past_k, past_v)) => (
@@ -267,9 +317,44 @@ impl MlxLlama {
         };
         // MLX aligns a causal mask to the end of the keys: new token i sees the cache and new tokens 0..=i.
         let mask = (n > 1).then_some(ScaledDotProductAttentionMask::Causal);
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        // As Python computes `head_dim ** -0.5` (in double precision, then rounded once to f32).
+        let scale = (c.head_dim as f64).powf(-0.5) as f32;
         let attention = mlx_rs::fast::scaled_dot_product_attention(&q, &k, &v, scale, mask, None).map_err(err("attention"))?;
         cache.layers[layer] = Some((k, v));
         Ok(attention)
     }
+}
+
+/// Llama 3's rotary frequencies, with the same MLX operations in the same order as mlx-lm's `Llama3RoPE`
+/// (so that both round alike).
+fn llama3_frequencies(dims: i32, base: f32, factor: f32, low_freq_factor: f32, high_freq_factor: f32, old_context: f32) -> MlxResult<Array> {
+    let e = err("llama3 rope frequencies");
+    let scalar = Array::from_f32;
+    let exponents = Array::arange::<_, i32>(0, dims, 2).map_err(&e)?.divide(Array::from_int(dims)).map_err(&e)?;
+    let freqs = scalar(base).power(&exponents).map_err(&e)?;
+    let wavelens = scalar((2.0 * std::f64::consts::PI) as f32).multiply(&freqs).map_err(&e)?;
+    let low_freq_wavelen = old_context / low_freq_factor;
+    let high_freq_wavelen = old_context / high_freq_factor;
+    let freqs = mlx_rs::ops::select(
+        &wavelens.gt(scalar(low_freq_wavelen)).map_err(&e)?,
+        &freqs.multiply(scalar(factor)).map_err(&e)?,
+        &freqs,
+    )
+    .map_err(&e)?;
+    let is_medium = wavelens
+        .gt(scalar(high_freq_wavelen))
+        .and_then(|a| a.logical_and(wavelens.lt(scalar(low_freq_wavelen))?))
+        .map_err(&e)?;
+    let smooth = scalar(old_context)
+        .divide(&wavelens)
+        .and_then(|a| a.subtract(scalar(low_freq_factor)))
+        .and_then(|a| a.divide(scalar(high_freq_factor - low_freq_factor)))
+        .map_err(&e)?;
+    let denominator = scalar(1.0)
+        .subtract(&smooth)
+        .and_then(|a| a.divide(scalar(factor)))
+        .and_then(|a| a.add(&smooth))
+        .map_err(&e)?;
+    let smooth_freqs = freqs.divide(&denominator).map_err(&e)?;
+    mlx_rs::ops::select(&is_medium, &smooth_freqs, &freqs).map_err(&e)
 }

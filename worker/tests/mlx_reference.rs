@@ -1,0 +1,154 @@
+//! mlx-lm is the reference for what an mlx-lm model folder means. scripts/mlx-fixture.sh builds the
+//! folders (the default model converted; random Qwen2, Qwen3 and Llama 3 models, quantized and not, made
+//! and saved by mlx-lm's own classes) and records what Python mlx-lm, `tokenizers` and transformers make
+//! of them (scripts/mlx/make_fixtures.py). Here the worker's MLX engine and its tokenizer and template
+//! must give exactly the same: ids for hard strings, rendered chats, and the first 32 greedy tokens of
+//! eight prompts in every folder.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use modelpool::chat_template::TemplateMessage;
+use modelpool::prompt_format::PromptFormat;
+use modelpool::{ChatMessage, PredictRequest, Prompt, Role, SamplingParams};
+use serde_json::Value;
+use worker::engine::mlx::{MlxConfig, MlxEngine};
+use worker::engine::{Completion, Engine, Job, JobEvent};
+
+/// The fixtures' folder: $MODELPOOL_MLX_FIXTURES (scripts/test.sh sets it), else built (or found in the
+/// cache) by the script.
+fn fixtures() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELPOOL_MLX_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlx-fixture.sh");
+    let output = std::process::Command::new(&script).arg("--dir").output().expect("running scripts/mlx-fixture.sh");
+    assert!(output.status.success(), "scripts/mlx-fixture.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+fn reference(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+fn messages(value: &Value) -> Vec<(String, String)> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn token_ids_are_the_tokenizers_packages_on_hard_strings() {
+    let dir = fixtures();
+    let reference = reference(&dir);
+    let format = PromptFormat::load(&dir.join("smollm2-135m-q4")).unwrap();
+    // The GGUF's tokenizer, built here from its vocabulary, must be the same tokenizer.
+    let gguf = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap();
+    for row in reference["tokenizer"].as_array().unwrap() {
+        let text = row["text"].as_str().unwrap();
+        let shown: String = text.chars().take(40).collect();
+        for tokenizer in [&format.tokenizer, &gguf.tokenizer] {
+            assert_eq!(tokenizer.encode(text, true), ids(&row["ids"]), "{shown:?}, markers parsed");
+            assert_eq!(tokenizer.encode(text, false), ids(&row["ids_special_as_text"]), "{shown:?}, markers as text");
+            assert_eq!(tokenizer.decode(&ids(&row["ids"]), true), row["decoded"].as_str().unwrap(), "{shown:?}, decoded");
+        }
+    }
+}
+
+#[test]
+fn rendered_chats_are_transformers_renderings() {
+    let dir = fixtures();
+    let reference = reference(&dir);
+    for (name, folder) in reference["folders"].as_object().unwrap() {
+        let format = PromptFormat::load(&dir.join(name)).unwrap();
+        let template = modelpool::model_folder::FolderText::read(&dir.join(name)).unwrap();
+        let chat_template = modelpool::chat_template::ChatTemplate::new(
+            template.chat_template.as_deref().unwrap(),
+            template.bos_token.as_deref(),
+            template.eos_token.as_deref(),
+        )
+        .unwrap();
+        for chat in folder["chats"].as_array().unwrap() {
+            let conversation = messages(&chat["messages"]);
+            let conversation: Vec<TemplateMessage<'_>> =
+                conversation.iter().map(|(role, content)| TemplateMessage { role, content }).collect();
+            let generation_prompt = chat["add_generation_prompt"].as_bool().unwrap();
+            let ours = chat_template.render(&conversation, generation_prompt).unwrap();
+            assert_eq!(ours, chat["text"].as_str().unwrap(), "{name}: {conversation:?}");
+        }
+        if let Some(expected) = folder["bad_conversation_error"].as_str() {
+            let conversation = messages(&folder["bad_conversation"]);
+            let conversation: Vec<TemplateMessage<'_>> =
+                conversation.iter().map(|(role, content)| TemplateMessage { role, content }).collect();
+            let error = chat_template.render(&conversation, true).unwrap_err().to_string();
+            assert!(error.contains(expected), "{name}: {error} should carry {expected:?}");
+        }
+        // Every EOS id the folder declares ends a generation.
+        assert_eq!(format.tokenizer.eos, ids(&folder["eos_token_ids"]), "{name}: EOS ids");
+    }
+}
+
+/// One greedy generation through the engine's queue and batch loop, as the worker serves it.
+fn generate(engine: &MlxEngine, messages: &[ChatMessage], max_tokens: u32) -> (Vec<u32>, Completion) {
+    let request = PredictRequest {
+        request_id: String::new(),
+        prompt: Prompt::Chat(messages.to_vec()),
+        sampling: SamplingParams { max_tokens, ..SamplingParams::default() },
+    };
+    let prompt = engine.prepare(&request).unwrap();
+    let prompt_ids = prompt.tokens.iter().map(|&t| t as u32).collect();
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    engine
+        .submit(Job { request_id: "reference".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false })
+        .unwrap();
+    loop {
+        match received.blocking_recv().expect("the engine answers") {
+            JobEvent::Done(completion) => return (prompt_ids, completion),
+            JobEvent::Failed(error) => panic!("generation failed: {error}"),
+            JobEvent::Text(_) => {}
+        }
+    }
+}
+
+#[test]
+fn greedy_tokens_are_mlx_lms_in_every_fixture_folder() {
+    let dir = fixtures();
+    let reference = reference(&dir);
+    let chunk = reference["prefill_step_size"].as_u64().unwrap() as usize;
+    assert_eq!(chunk, worker::engine::mlx::PREFILL_CHUNK, "mlx-lm prefilled in steps of the engine's chunk");
+    let mut failures = Vec::new();
+    for (name, folder) in reference["folders"].as_object().unwrap() {
+        let engine = MlxEngine::load(MlxConfig {
+            model_path: dir.join(name),
+            slots: 1,
+            context_per_slot: 1024,
+            queue_capacity: 4,
+            prefix_cache: false,
+            dense: false,
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut agreeing = 0;
+        let prompts = folder["prompts"].as_array().unwrap();
+        for prompt in prompts {
+            let question = prompt["messages"][0]["content"].as_str().unwrap();
+            let (prompt_ids, completion) = generate(&engine, &[ChatMessage::new(Role::User, question)], 32);
+            assert_eq!(prompt_ids, ids(&prompt["prompt_ids"]), "{name}: prompt ids of {question:?}");
+            let expected = ids(&prompt["generated"]);
+            if completion.token_ids == expected {
+                agreeing += 1;
+            } else {
+                let same = completion.token_ids.iter().zip(&expected).take_while(|(a, b)| a == b).count();
+                failures.push(format!("{name}, {question:?}: first {same} of {} tokens agree", expected.len()));
+            }
+        }
+        println!("{name}: {agreeing}/{} prompts give mlx-lm's 32 greedy tokens", prompts.len());
+    }
+    assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+}
