@@ -1,6 +1,9 @@
 """Python mlx-lm as a benchmark peer: loads one model folder once, then answers requests read from stdin,
 one JSON object per line ({"messages": [...], "max_tokens": N}), with one JSON line of timings each.
 
+With a second argument `dense`, the quantized layers are dequantized after loading (mlx-lm's own
+`dequantize_model`), the same float32 products the worker's --mlx-dense computes.
+
 Each request is run as `mlx_lm.generate` runs it (its chat template, its defaults: prefill steps of 2048,
 greedy), except that it decodes exactly max_tokens (EOS does not stop it), so that both engines of
 `coordinator mlx-bench` do the same work. Timings are taken here, around the generation only.
@@ -13,10 +16,14 @@ import time
 import mlx.core as mx
 import mlx_lm
 from mlx_lm.generate import generate_step
+from mlx_lm.utils import dequantize_model
 
 
 def main():
     model, tokenizer = mlx_lm.load(sys.argv[1])
+    if sys.argv[2:] == ["dense"]:
+        model = dequantize_model(model)
+        mx.eval(model.parameters())
     print(json.dumps({"ready": True, "peak_memory_bytes": mx.get_peak_memory()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)

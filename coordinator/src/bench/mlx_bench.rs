@@ -40,6 +40,10 @@ pub struct MlxBenchArgs {
     /// prefill figure compares.
     #[arg(long)]
     pub prefix_cache: bool,
+    /// Dequantize mlx-lm's model after loading (its own dequantize_model): the float32 products the
+    /// worker's --mlx-dense computes, for an engine-to-engine comparison of that path.
+    #[arg(long)]
+    pub mlx_lm_dense: bool,
     /// More worker flags for the MLX side, as they are (e.g. "--mlx-dense").
     #[arg(long, allow_hyphen_values = true)]
     pub worker_flag: Vec<String>,
@@ -101,6 +105,7 @@ pub struct MlxBenchResult {
     pub max_tokens: u32,
     pub worker_flags: Vec<String>,
     pub prefix_cache: bool,
+    pub mlx_lm_dense: bool,
     /// LD_PRELOAD of both processes (an optimized BLAS), if any.
     pub preload: Option<String>,
     pub ours: EngineFigures,
@@ -120,10 +125,11 @@ struct MlxLm {
 }
 
 impl MlxLm {
-    async fn start(python: &PathBuf, runner: &PathBuf, model: &std::path::Path) -> anyhow::Result<Self> {
+    async fn start(python: &PathBuf, runner: &PathBuf, model: &std::path::Path, dense: bool) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(python)
             .arg(runner)
             .arg(model)
+            .args(dense.then_some("dense"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -183,7 +189,7 @@ pub async fn run_mlx_bench(args: MlxBenchArgs) -> anyhow::Result<MlxBenchResult>
     extra_args.extend(args.worker_flag.iter().cloned());
     let spec = WorkerSpec { binary: worker_bin, model: model.clone(), coordinator: coordinator.url.clone(), threads: 1, slots: 1, extra_args };
     let pool = LocalPool::start(&spec, 1, &coordinator.client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
-    let mut mlx_lm = MlxLm::start(&args.python, &args.runner, &model).await?;
+    let mut mlx_lm = MlxLm::start(&args.python, &args.runner, &model, args.mlx_lm_dense).await?;
 
     let request = |messages: &[ChatMessage], i: usize| {
         let mut request = PredictRequest::user("", args.max_tokens);
@@ -225,6 +231,7 @@ pub async fn run_mlx_bench(args: MlxBenchArgs) -> anyhow::Result<MlxBenchResult>
         max_tokens: args.max_tokens,
         worker_flags: args.worker_flag.clone(),
         prefix_cache: args.prefix_cache,
+        mlx_lm_dense: args.mlx_lm_dense,
         preload: std::env::var("LD_PRELOAD").ok().filter(|p| !p.is_empty()),
         prefill_ratio: ours.prefill_tokens_per_s.median / mlx_lm_figures.prefill_tokens_per_s.median,
         decode_ratio: ours.decode_tokens_per_s.median / mlx_lm_figures.decode_tokens_per_s.median,
@@ -243,7 +250,7 @@ pub async fn run_mlx_bench(args: MlxBenchArgs) -> anyhow::Result<MlxBenchResult>
 fn print_result(r: &MlxBenchResult) {
     let cell = |s: &Spread| format!("{:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
     println!(
-        "mlx-bench: {}, {} prompts x {} rounds, {} tokens each (EOS ignored), interleaved; worker prefix cache {}{}{}",
+        "mlx-bench: {}, {} prompts x {} rounds, {} tokens each (EOS ignored), interleaved; worker prefix cache {}{}{}{}",
         r.model,
         r.prompts,
         r.repeats,
@@ -251,6 +258,7 @@ fn print_result(r: &MlxBenchResult) {
         if r.prefix_cache { "on" } else { "off" },
         if r.worker_flags.is_empty() { String::new() } else { format!("; worker {}", r.worker_flags.join(" ")) },
         r.preload.as_ref().map(|p| format!("; LD_PRELOAD={p} (both)")).unwrap_or_default(),
+        if r.mlx_lm_dense { "; mlx-lm dequantized" } else { "" },
     );
     println!("  {:<26} {:>24} {:>24} {:>8}", "median (min-max)", "modelpool MLX", "Python mlx-lm", "ratio");
     let rows = [
