@@ -88,6 +88,38 @@ impl SystemMemory {
 }
 
 /// Formats bytes as mebibytes with one decimal, for tables.
+/// This process's memory, read by a thread of its own every `period` and kept for callers on the async
+/// runtime: reading smaps_rollup walks every mapping of the process (milliseconds with a mapped model),
+/// which a heartbeat, an Info call or a /metrics scrape must not do on a runtime thread.
+pub struct MemoryGauge {
+    latest: std::sync::Mutex<ProcessMemory>,
+}
+
+impl MemoryGauge {
+    /// Reads once now, then every `period` on a background thread for as long as the gauge lives.
+    pub fn start(period: std::time::Duration) -> std::sync::Arc<Self> {
+        let gauge = std::sync::Arc::new(Self { latest: std::sync::Mutex::new(ProcessMemory::of_self()) });
+        let weak = std::sync::Arc::downgrade(&gauge);
+        let spawned = std::thread::Builder::new().name("memory-gauge".into()).spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                let Some(gauge) = weak.upgrade() else { return };
+                let memory = ProcessMemory::of_self();
+                *gauge.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = memory;
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no memory gauge thread; memory figures stay as first read");
+        }
+        gauge
+    }
+
+    /// The latest reading (at most one period old). Never touches /proc.
+    pub fn latest(&self) -> ProcessMemory {
+        *self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 pub fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -339,6 +339,11 @@ impl Report {
                 let _ = writeln!(out, "  {:<12} {:>5.1}% of requests within the targets", s.name, s.goodput * 100.0);
             }
         }
+        // A configuration that lost prompts says why, not only how many.
+        for s in self.summaries.iter().filter(|s| s.failed > 0) {
+            let first = self.runs.iter().filter(|r| r.name == s.name).flat_map(|r| &r.records).find_map(|r| r.error.as_deref());
+            let _ = writeln!(out, "failed: {} lost {}/{} prompts; first error: {}", s.name, s.failed, s.prompts, first.unwrap_or("(none recorded)"));
+        }
         for run in self.runs.iter().filter(|r| r.stopped.is_some()) {
             let _ = writeln!(out, "stopped: {} run {}: {}", run.name, run.repeat, run.stopped.as_deref().unwrap_or_default());
         }
@@ -513,6 +518,17 @@ mod tests {
             memory: PoolMemory::default(),
             stopped: None,
         }
+    }
+
+    #[test]
+    fn a_configuration_that_lost_prompts_prints_its_first_error() {
+        let mut lossy = run("serial", 0, 1, 1.0, &[0, 50, 0]);
+        lossy.records[0].error = Some("UNAUTHENTICATED: missing or wrong pool token".into());
+        lossy.records[2].error = Some("later error".into());
+        let report = Report::new("test", "m".into(), 8, Slo::default(), vec![lossy, run("replicas-2", 0, 2, 1.0, &[50, 50])]);
+        let table = report.table();
+        assert!(table.contains("failed: serial lost 2/3 prompts; first error: UNAUTHENTICATED: missing or wrong pool token"), "{table}");
+        assert!(!table.contains("failed: replicas-2"), "{table}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct Submission {
     max_tokens: u32,
     reply: Reply,
     pieces: Option<Pieces>,
+    /// How the caller names this prompt in errors: "" for a single prompt, "requests[3]." in a batch.
+    field: String,
 }
 
 pub use crate::worker_client::Pieces;
@@ -138,15 +140,20 @@ impl Scheduler {
 
     /// Admits prompts (all or none) and returns one receiver per prompt, in order. `max_tokens` of each
     /// is checked against the smallest context in the pool.
+    /// Queues prompts, each with the name the caller knows it by in errors (its index in a batch). A
+    /// prompt that can never run (it does not fit the pool's context) fails alone, on its own receiver;
+    /// the others run.
     pub async fn submit(
         &self,
-        requests: Vec<(proto::PredictRequest, u32)>,
+        requests: Vec<(proto::PredictRequest, u32, usize)>,
     ) -> Result<Vec<oneshot::Receiver<Result<proto::PredictResponse, PoolError>>>, PoolError> {
         let mut jobs = Vec::with_capacity(requests.len());
         let mut receivers = Vec::with_capacity(requests.len());
-        for (request, max_tokens) in requests {
+        let batch = requests.len() > 1;
+        for (request, max_tokens, index) in requests {
             let (reply, receiver) = oneshot::channel();
-            jobs.push(Submission { request, max_tokens, reply, pieces: None });
+            let field = if batch { format!("requests[{index}].") } else { String::new() };
+            jobs.push(Submission { request, max_tokens, reply, pieces: None, field });
             receivers.push(receiver);
         }
         self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
@@ -164,14 +171,14 @@ impl Scheduler {
     ) -> Result<(mpsc::UnboundedReceiver<String>, oneshot::Receiver<Result<proto::PredictResponse, PoolError>>), PoolError> {
         let (reply, receiver) = oneshot::channel();
         let (pieces, piece_receiver) = mpsc::unbounded_channel();
-        let jobs = vec![Submission { request, max_tokens, reply, pieces: Some(pieces) }];
+        let jobs = vec![Submission { request, max_tokens, reply, pieces: Some(pieces), field: String::new() }];
         self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
         Ok((piece_receiver, receiver))
     }
 
     /// Runs one prompt through the pool and waits for its result.
     pub async fn predict(&self, request: proto::PredictRequest, max_tokens: u32) -> Result<proto::PredictResponse, PoolError> {
-        let receiver = self.submit(vec![(request, max_tokens)]).await?.pop().expect("one receiver per prompt");
+        let receiver = self.submit(vec![(request, max_tokens, 0)]).await?.pop().expect("one receiver per prompt");
         receiver.await.map_err(|_| stopped())?
     }
 }
@@ -260,15 +267,27 @@ impl Actor {
                 self.config.max_queue
             )));
         }
-        if let Some(context) = self.registry.min_context_per_slot()
-            && let Some((index, max_tokens)) = jobs.iter().map(|j| j.max_tokens).enumerate().find(|(_, m)| *m >= context) {
-                let field = if jobs.len() == 1 { "sampling.max_tokens".to_string() } else { format!("requests[{index}].sampling.max_tokens") };
-                return Err(PoolError::invalid(
-                    field,
-                    format!("{max_tokens} does not fit the pool's context of {context} tokens per slot (prompt included)"),
-                ));
+        let context = self.registry.min_context_per_slot();
+        let too_long = |job: &Submission| {
+            context.filter(|&c| job.max_tokens >= c).map(|c| {
+                PoolError::invalid(
+                    format!("{}sampling.max_tokens", job.field),
+                    format!("{} does not fit the pool's context of {c} tokens per slot (prompt included)", job.max_tokens),
+                )
+            })
+        };
+        // A single prompt that cannot run is refused outright; in a batch it fails alone.
+        if jobs.len() == 1
+            && let Some(error) = too_long(&jobs[0])
+        {
+            return Err(error);
+        }
+        for job in jobs {
+            if let Some(error) = too_long(&job) {
+                let _ = job.reply.send(Err(error));
+                continue;
             }
-        for Submission { request, reply, pieces, .. } in jobs {
+            let Submission { request, reply, pieces, .. } = job;
             let key = prefix_key(&request);
             self.queue.push_back(Job { request, key, reply, pieces, streamed: false, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
         }

@@ -91,7 +91,7 @@ impl Coordinator for CoordinatorService {
         for (index, request) in requests.into_iter().enumerate() {
             match self.admission.admit(request, &format!("requests[{index}]"), started) {
                 Ok(admitted) => {
-                    valid.push((admitted.request, admitted.max_tokens));
+                    valid.push((admitted.request, admitted.max_tokens, index));
                     positions.push(index);
                 }
                 Err(error) => results[index] = Some(error_result(index, &error)),

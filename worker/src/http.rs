@@ -11,7 +11,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use modelpool::auth::Token;
-use modelpool::memory::ProcessMemory;
 use serde_json::json;
 
 use crate::state::SharedState;
@@ -43,7 +42,7 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let engine = state.worker.engine();
-    let text = state.worker.metrics.render(engine.map(|e| e.stats()), engine.map_or(0, |e| e.info().slots), ProcessMemory::of_self());
+    let text = state.worker.metrics.render(engine.map(|e| e.stats()), engine.map_or(0, |e| e.info().slots), state.worker.memory.latest());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

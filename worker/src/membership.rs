@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelpool::memory::ProcessMemory;
 use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ProtocolVersion, WorkerState as WireState};
 use tokio::sync::oneshot;
@@ -111,6 +110,6 @@ fn heartbeat(worker_id: &str, state: &SharedState) -> proto::HeartbeatRequest {
         worker_id: worker_id.to_string(),
         state: if state.is_draining() { WireState::Draining } else { WireState::Serving } as i32,
         load: state.engine().map(|e| e.stats().into()),
-        memory: Some(ProcessMemory::of_self().into()),
+        memory: Some(state.memory.latest().into()),
     }
 }

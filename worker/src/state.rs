@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use modelpool::PoolError;
-use modelpool::memory::ProcessMemory;
+use modelpool::memory::MemoryGauge;
 use modelpool::proto;
 use tokio::sync::{Notify, watch};
 
@@ -19,6 +19,8 @@ pub struct SharedState {
     /// Unique to this run of this process; see `WorkerInfo.instance_id`.
     pub instance_id: String,
     pub metrics: crate::metrics::WorkerMetrics,
+    /// This process's memory, read off the runtime (see [`MemoryGauge`]).
+    pub memory: Arc<MemoryGauge>,
     load_ms: OnceLock<f64>,
     draining: watch::Sender<bool>,
     in_flight: AtomicUsize,
@@ -32,6 +34,7 @@ impl SharedState {
             address,
             instance_id: new_instance_id(),
             metrics: Default::default(),
+            memory: MemoryGauge::start(Duration::from_millis(500)),
             load_ms: OnceLock::new(),
             draining: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),
@@ -95,7 +98,7 @@ impl SharedState {
 
     /// The full description of this worker, as Info returns it and Register sends it.
     pub fn info(&self) -> proto::WorkerInfo {
-        let memory = ProcessMemory::of_self();
+        let memory = self.memory.latest();
         let mut info = proto::WorkerInfo {
             address: self.address.clone(),
             instance_id: self.instance_id.clone(),

@@ -118,6 +118,13 @@ impl WorkerProcess {
             .arg("--slots")
             .arg(spec.slots.to_string())
             .args(&spec.extra_args)
+            // The pool's secrets come from the spec (extra_args), never from this process's environment:
+            // an exported MODELPOOL_TOKEN would otherwise close the workers to a coordinator started
+            // without it, and every prompt of a bench would be refused.
+            .env_remove("MODELPOOL_TOKEN")
+            .env_remove("MODELPOOL_TLS_CERT")
+            .env_remove("MODELPOOL_TLS_KEY")
+            .env_remove("MODELPOOL_TLS_CA")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);

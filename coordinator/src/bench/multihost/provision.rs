@@ -41,7 +41,9 @@ pub async fn provision(target: &str, worker: &Path, model: &Path) -> anyhow::Res
         library_dir: format!("{home}/.modelpool/mlx/mlx/lib"),
     };
     for (local, remote_path) in [(worker, &remote.worker), (model, &remote.model)] {
-        let local_sha = modelpool::model_cache::sha256_file(local)?;
+        // Hashing a model reads all of it: on a blocking thread, not the runtime's.
+        let path = local.to_path_buf();
+        let local_sha = tokio::task::spawn_blocking(move || modelpool::model_cache::sha256_file(&path)).await??;
         let remote_sha = ssh(format!("sha256sum {remote_path} 2>/dev/null || true")).await?;
         if remote_sha.split_whitespace().next() != Some(local_sha.as_str()) {
             eprintln!("== {target}: copying {} ({} MiB)", local.display(), std::fs::metadata(local).map(|m| m.len() >> 20).unwrap_or(0));
