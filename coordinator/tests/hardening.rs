@@ -78,3 +78,44 @@ async fn a_batch_prompt_that_cannot_fit_fails_alone_under_its_own_index() {
     assert!(bad.message.contains("requests[1]"), "{}", bad.message);
     pool.shutdown().await;
 }
+
+/// Finding 8: a worker whose engine thread died still heartbeated SERVING and drew the first attempt of
+/// most prompts. Now it goes NOT_SERVING, deregisters and exits non-zero; its prompts are retried on the
+/// healthy worker and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_engine_dies_leaves_the_pool_and_exits_non_zero() {
+    use coordinator::bench::local_pool::WorkerProcess;
+    use std::time::{Duration, Instant};
+    let mut pool = TestPool::start(1, fast_scheduler(), &[]).await;
+    // The engine thread panics on the first job after its warm-up (fault injection, as a bug would).
+    let launcher = ["env".to_string(), "MODELPOOL_FAULT_ENGINE_PANIC_AFTER=1".to_string()];
+    let mut faulty = WorkerProcess::spawn_with(&launcher, &pool.spec).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pool.list().await.len() < 2 {
+        assert!(Instant::now() < deadline, "the second worker registers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Four at once on two single-slot workers: the faulty one takes at least one.
+    let requests: Vec<_> = (0..4).map(|i| common::chat(&format!("Say {i}."), 4)).collect();
+    let answers = futures::future::join_all(requests.into_iter().map(|r| {
+        let mut client = pool.client.clone();
+        async move { client.predict(r).await }
+    }))
+    .await;
+    for answer in &answers {
+        assert!(answer.is_ok(), "no prompt is lost: {answer:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = faulty.try_exit_status() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker with a dead engine exits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "it exits non-zero: {status}");
+    let workers = pool.list().await;
+    assert_eq!(workers.len(), 1, "it left the pool: {workers:?}");
+    pool.workers.workers.push(faulty);
+    pool.shutdown().await;
+}

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::{Args, Config};
 use engine::llama::{LlamaConfig, LlamaEngine};
@@ -41,6 +41,8 @@ pub enum WorkerError {
     Transport(#[from] tonic::transport::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the engine thread died (see the log above); the worker stopped serving")]
+    EngineDied,
 }
 
 const SERVICE_NAME: &str = "modelpool.v1.Worker";
@@ -111,7 +113,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         None => None,
     };
 
-    shutdown.await;
+    // A dead engine thread (a panic in inference) is not a worker that serves: say so, leave the pool,
+    // and exit non-zero so a supervisor restarts the process.
+    let engine_died = tokio::select! {
+        () = shutdown => false,
+        () = engine_death(&state) => true,
+    };
+    if engine_died {
+        error!(in_flight = state.in_flight(), "the engine thread died; not serving, leaving the pool");
+        state.start_draining();
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        if let Some(membership) = membership {
+            membership.leave().await;
+        }
+        let _ = stop_server.send(());
+        let _ = server.await;
+        return Err(WorkerError::EngineDied);
+    }
     info!(in_flight = state.in_flight(), "shutting down: draining");
     state.start_draining();
     health.set_service_status("", ServingStatus::NotServing).await;
@@ -128,6 +147,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         Err(e) => warn!(error = %e, "server task failed"),
     }
     Ok(())
+}
+
+/// Resolves when the engine's inference thread has ended.
+async fn engine_death(state: &SharedState) {
+    loop {
+        if state.engine().is_some_and(|engine| !engine.is_alive()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {

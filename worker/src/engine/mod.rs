@@ -115,6 +115,9 @@ pub trait Engine: Send + Sync + 'static {
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError>;
     /// Queues a job without blocking. A full queue is refused at once with `ResourceExhausted`.
     fn submit(&self, job: Job) -> Result<(), PoolError>;
+    /// Whether the thread that runs inference is still running. A worker whose engine died must stop
+    /// saying it serves (see `lib::run`).
+    fn is_alive(&self) -> bool;
 }
 
 /// Checks that a prompt of `prompt_tokens` plus `max_tokens` new tokens fits in one slot's context, and

@@ -2,7 +2,7 @@
 //! counters the thread updates and the gRPC side reads, and the warm-up that precedes SERVING.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::Instant;
 
@@ -22,6 +22,8 @@ pub struct LoadCounters {
     pub kv_cells_used: AtomicU32,
     pub prompt_tokens_computed: AtomicU64,
     pub prompt_tokens_reused: AtomicU64,
+    /// Jobs the engine thread has taken from the queue (the warm-up included).
+    pub taken: AtomicU64,
 }
 
 impl LoadCounters {
@@ -51,6 +53,25 @@ pub struct JobQueue {
     pub counters: Arc<LoadCounters>,
     capacity: u32,
     slots: u32,
+    /// False once the engine thread has ended (returned or panicked); see [`EngineThread`].
+    alive: Arc<AtomicBool>,
+}
+
+/// Held by the engine thread for its whole life: when the thread ends, returning or unwinding from a
+/// panic, it marks the queue's engine dead, so the worker can stop saying it serves.
+pub struct EngineThread(Arc<AtomicBool>);
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Fault injection for drills and tests (scripts/fault-drill.sh, coordinator/tests/hardening.rs): with
+/// `MODELPOOL_FAULT_ENGINE_PANIC_AFTER=N`, the engine thread panics when it takes job N+1 (the warm-up
+/// is job 1), as a bug in an engine would. Unset, nothing changes.
+fn fault_panic_after() -> Option<u64> {
+    std::env::var("MODELPOOL_FAULT_ENGINE_PANIC_AFTER").ok().and_then(|v| v.parse().ok())
 }
 
 impl JobQueue {
@@ -58,7 +79,18 @@ impl JobQueue {
     /// engine thread, which takes a job only when a slot is free.
     pub fn new(capacity: u32, slots: u32) -> (Self, Receiver<Job>) {
         let (jobs, receiver) = sync_channel(capacity as usize);
-        (Self { jobs, counters: Arc::new(LoadCounters::default()), capacity, slots }, receiver)
+        let alive = Arc::new(AtomicBool::new(true));
+        (Self { jobs, counters: Arc::new(LoadCounters::default()), capacity, slots, alive }, receiver)
+    }
+
+    /// The guard the engine thread holds (see [`EngineThread`]).
+    pub fn engine_thread(&self) -> EngineThread {
+        EngineThread(Arc::clone(&self.alive))
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn engine_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Queues a job without blocking; a full queue is refused at once.
@@ -108,6 +140,10 @@ pub fn next_job(queue: &Receiver<Job>, idle: bool, counters: &LoadCounters) -> N
             }
         };
         counters.queued.fetch_sub(1, Ordering::Relaxed);
+        let taken = counters.taken.fetch_add(1, Ordering::Relaxed) + 1;
+        if fault_panic_after().is_some_and(|n| taken > n) {
+            panic!("fault injection (MODELPOOL_FAULT_ENGINE_PANIC_AFTER): the engine thread dies taking job {taken}");
+        }
         if job.events.is_closed() {
             counters.cancelled.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -117,9 +117,11 @@ impl LlamaEngine {
         let loop_counters = Arc::clone(&queue.counters);
         let slots = config.slots;
         let prefix_cache = config.prefix_cache;
+        let thread_alive = queue.engine_thread();
         std::thread::Builder::new()
             .name("llama-engine".into())
             .spawn(move || {
+                let _alive = thread_alive;
                 let context = match loop_model.new_context(backend, context_params) {
                     Ok(context) => context,
                     Err(e) => {
@@ -171,5 +173,9 @@ impl Engine for LlamaEngine {
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
         self.queue.submit(job)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.queue.engine_alive()
     }
 }

@@ -62,9 +62,11 @@ impl MlxEngine {
         let slots = config.slots;
         let prefix_cache = config.prefix_cache;
         let dense = config.dense;
+        let thread_alive = queue.engine_thread();
         std::thread::Builder::new()
             .name("mlx-engine".into())
             .spawn(move || {
+                let _alive = thread_alive;
                 mlx_rs::Device::set_default(&device());
                 match MlxLlama::load_with(&path, dense) {
                     Ok(model) => {
@@ -116,6 +118,10 @@ impl Engine for MlxEngine {
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {
         self.queue.submit(job)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.queue.engine_alive()
     }
 }
 
