@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use modelpool::PoolError;
 use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::{self, worker_client::WorkerClient};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
@@ -190,7 +190,7 @@ struct Actor {
     /// Which prefixes each worker was sent, for prefix routing.
     index: PrefixIndex,
     /// One connection per worker, reused by every attempt sent to it.
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, WorkerLink>,
     queue: VecDeque<Job>,
     /// For attempt tasks to report back; weak so that the task ends when all handles are gone.
     commands: mpsc::WeakSender<Command>,
@@ -224,7 +224,7 @@ impl Actor {
                     self.registry.register(info, now).map(|worker_id| {
                         info!(%worker_id, %address, "worker registered");
                         self.channels.retain(|id, _| self.registry.get(id).is_some());
-                        self.channels.insert(worker_id.clone(), channel);
+                        self.channels.insert(worker_id.clone(), WorkerLink::new(channel));
                         proto::RegisterResponse {
                             worker_id,
                             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
@@ -316,7 +316,7 @@ impl Actor {
             assigned.into_iter().rev().map(|(position, worker_id)| (self.queue.remove(position).expect("position in range"), worker_id)).collect();
         jobs.reverse();
         for (mut job, worker_id) in jobs {
-            let (Some(entry), Some(channel)) = (self.registry.get_mut(&worker_id), self.channels.get(&worker_id)) else {
+            let (Some(entry), Some(link)) = (self.registry.get_mut(&worker_id), self.channels.get(&worker_id)) else {
                 self.queue.push_front(job);
                 continue;
             };
@@ -326,9 +326,10 @@ impl Actor {
             self.index.record(&worker_id, &job.key, capacity);
             job.attempts += 1;
             job.tried.push(worker_id.clone());
-            let client = worker_client::client(channel.clone(), &self.credentials);
+            let client = worker_client::client(link.channel.clone(), &self.credentials);
+            let gone = link.gone();
             let Some(commands) = self.commands.upgrade() else { return };
-            tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, commands));
+            tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, gone, commands));
         }
     }
 
@@ -395,7 +396,9 @@ impl Actor {
     fn expire(&mut self) {
         let evicted = self.registry.expire(Instant::now(), self.config.heartbeat_timeout);
         for worker_id in &evicted {
-            self.channels.remove(worker_id);
+            if let Some(link) = self.channels.remove(worker_id) {
+                link.evict();
+            }
             self.index.remove_worker(worker_id);
             warn!(%worker_id, timeout_ms = self.config.heartbeat_timeout.as_millis() as u64, "worker missed its heartbeats; evicted");
         }
@@ -424,11 +427,46 @@ fn no_workers_left(last_error: Option<&PoolError>) -> PoolError {
 
 /// One try of one prompt on one worker, reported back to the scheduler. Ends early if the caller goes
 /// away, which cancels the call on the worker and frees its slot.
+/// The channel to a worker, and a signal its attempts watch: when the worker is evicted (it missed its
+/// heartbeats: frozen, or a host that lost power), its in-flight attempts end at once and are retried
+/// elsewhere instead of waiting out the attempt timeout. A worker that deregisters has drained first, so
+/// its attempts are left to finish.
+struct WorkerLink {
+    channel: Channel,
+    evicted: watch::Sender<bool>,
+}
+
+impl WorkerLink {
+    fn new(channel: Channel) -> Self {
+        Self { channel, evicted: watch::channel(false).0 }
+    }
+
+    fn evict(&self) {
+        self.evicted.send_replace(true);
+    }
+
+    /// Resolves when the worker is evicted; never, once the link is dropped without eviction.
+    fn gone(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut evicted = self.evicted.subscribe();
+        async move {
+            loop {
+                if *evicted.borrow_and_update() {
+                    return;
+                }
+                if evicted.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
 async fn attempt(
     client: WorkerClient<AuthChannel>,
     worker_id: String,
     mut job: Job,
     timeout: Duration,
+    gone: impl std::future::Future<Output = ()>,
     commands: mpsc::Sender<Command>,
 ) {
     let dispatched = Instant::now();
@@ -437,6 +475,7 @@ async fn attempt(
         tokio::select! {
             result = call => result,
             () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
+            () = gone => Err(tonic::Status::unavailable(format!("worker {worker_id} was evicted (missed its heartbeats) during the attempt"))),
         }
     };
     let _ = commands.send(Command::AttemptDone { worker_id, job, dispatched, result }).await;

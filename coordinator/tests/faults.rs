@@ -37,7 +37,7 @@ fn serving(workers: &[proto::WorkerStatus], pid: u32) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resumed() {
-    let scheduler = SchedulerConfig { attempt_timeout: Duration::from_secs(6), ..fast_scheduler() };
+    let scheduler = SchedulerConfig { attempt_timeout: Duration::from_secs(30), ..fast_scheduler() };
     let (timeout, attempt_timeout) = (scheduler.heartbeat_timeout, scheduler.attempt_timeout);
     let pool = TestPool::start(2, scheduler, &[]).await;
     let mut client = pool.client.clone();
@@ -59,7 +59,8 @@ async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resum
     })
     .await;
 
-    // Its prompt is retried once its attempt's deadline passes; every prompt has exactly one answer.
+    // Its prompt is retried when it is evicted (its attempt is cancelled then, not left to run out its
+    // deadline on a host that may be gone); every prompt has exactly one answer.
     let results = batch.await.unwrap().unwrap().into_inner().results;
     assert_eq!(results.len(), 6);
     let mut retried = 0;
@@ -72,7 +73,7 @@ async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resum
         }
     }
     assert!(retried >= 1, "the frozen worker's prompt was retried");
-    assert!(frozen_at.elapsed() >= attempt_timeout, "retried after the attempt deadline, not before");
+    assert!(frozen_at.elapsed() < attempt_timeout, "retried at eviction, long before the attempt deadline ({:?})", frozen_at.elapsed());
 
     // Resumed, it notices that the coordinator forgot it, registers again and serves again.
     victim.signal(libc::SIGCONT);
