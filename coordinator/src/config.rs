@@ -36,6 +36,11 @@ pub struct SchedulerArgs {
     /// another worker has a free slot (a miss recomputes the whole prefix). 0: never wait.
     #[arg(long, default_value_t = 3000)]
     pub affinity_wait_ms: u64,
+    /// How long admitted prompts wait for a worker when none is live (all restarting, or frozen past
+    /// the heartbeat timeout) before they fail with UNAVAILABLE (HTTP 503 with Retry-After). 0 refuses
+    /// at once.
+    #[arg(long, default_value_t = 10)]
+    pub no_worker_wait_secs: u64,
 }
 
 /// A flag and why its value was refused.
@@ -77,6 +82,7 @@ impl TryFrom<&SchedulerArgs> for SchedulerConfig {
             attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
             routing: args.routing,
             affinity_wait: Duration::from_millis(args.affinity_wait_ms),
+            no_worker_wait: Duration::from_secs(args.no_worker_wait_secs),
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct SchedulerConfig {
     pub routing: Routing,
     /// How long a prompt may wait for the busy worker holding its prefix while another has room.
     pub affinity_wait: Duration,
+    /// How long admitted prompts wait for a live worker when there is none, before failing; zero fails
+    /// them (and refuses new ones) at once.
+    pub no_worker_wait: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -42,6 +45,7 @@ impl Default for SchedulerConfig {
             attempt_timeout: Duration::from_secs(120),
             routing: Routing::default(),
             affinity_wait: Duration::from_millis(3000),
+            no_worker_wait: Duration::from_secs(10),
         }
     }
 }
@@ -111,6 +115,7 @@ impl Scheduler {
             channels: HashMap::new(),
             queue: VecDeque::new(),
             commands: commands.downgrade(),
+            workerless_since: None,
         };
         tokio::spawn(actor.run(inbox));
         Self { commands }
@@ -194,6 +199,8 @@ struct Actor {
     queue: VecDeque<Job>,
     /// For attempt tasks to report back; weak so that the task ends when all handles are gone.
     commands: mpsc::WeakSender<Command>,
+    /// When the pool last found itself without a live worker (None while it has one).
+    workerless_since: Option<Instant>,
 }
 
 impl Actor {
@@ -256,7 +263,9 @@ impl Actor {
     }
 
     fn admit(&mut self, jobs: Vec<Submission>, now: Instant) -> Result<(), PoolError> {
-        if self.registry.live_count() == 0 {
+        // With no live worker, prompts wait (bounded, see `expire`) for one to join or come back, as a
+        // restart or a frozen host's return takes seconds; only with no wait configured are they refused.
+        if self.registry.live_count() == 0 && self.config.no_worker_wait.is_zero() {
             return Err(PoolError::Unavailable("no workers registered with the coordinator".into()));
         }
         if self.queue.len() + jobs.len() > self.config.max_queue {
@@ -386,7 +395,7 @@ impl Actor {
         }
         debug!(request_id = %job.request.request_id, %worker_id, %error, "attempt failed; requeueing");
         job.last_error = Some(error);
-        if self.registry.live_count() == 0 && self.registry.is_empty() {
+        if self.registry.live_count() == 0 && self.registry.is_empty() && self.config.no_worker_wait.is_zero() {
             let _ = job.reply.send(Err(no_workers_left(job.last_error.as_ref())));
             return;
         }
@@ -394,7 +403,9 @@ impl Actor {
     }
 
     fn expire(&mut self) {
-        let evicted = self.registry.expire(Instant::now(), self.config.heartbeat_timeout);
+        let now = Instant::now();
+        self.fail_prompts_waiting_too_long_for_a_worker(now);
+        let evicted = self.registry.expire(now, self.config.heartbeat_timeout);
         for worker_id in &evicted {
             if let Some(link) = self.channels.remove(worker_id) {
                 link.evict();
@@ -407,9 +418,34 @@ impl Actor {
         }
     }
 
-    /// With no worker left at all, waiting prompts can only time out: fail them now with a clear reason.
+    /// While no worker is live, a queued prompt waits at most `no_worker_wait` (counted from when it was
+    /// accepted or from when the pool lost its last live worker, whichever is later), then fails with a
+    /// clear reason.
+    fn fail_prompts_waiting_too_long_for_a_worker(&mut self, now: Instant) {
+        // Without a wait, the empty pool refuses and fails prompts itself (admit, fail_queue_if_no_workers).
+        if self.registry.live_count() > 0 || self.config.no_worker_wait.is_zero() {
+            self.workerless_since = None;
+            return;
+        }
+        let since = *self.workerless_since.get_or_insert(now);
+        let wait = self.config.no_worker_wait;
+        let (expired, waiting): (Vec<Job>, Vec<Job>) =
+            self.queue.drain(..).partition(|job| now.saturating_duration_since(job.accepted.max(since)) >= wait);
+        self.queue.extend(waiting);
+        for job in expired {
+            let reason = format!("no live worker joined or came back within {} s", wait.as_secs_f64());
+            let error = match &job.last_error {
+                Some(e) => PoolError::Unavailable(format!("{reason}; last error: {e}")),
+                None => PoolError::Unavailable(reason),
+            };
+            let _ = job.reply.send(Err(error));
+        }
+    }
+
+    /// With no worker left at all and no wait configured, waiting prompts can only time out: fail them
+    /// now with a clear reason.
     fn fail_queue_if_no_workers(&mut self) {
-        if !self.registry.is_empty() {
+        if !self.registry.is_empty() || !self.config.no_worker_wait.is_zero() {
             return;
         }
         for job in self.queue.drain(..) {

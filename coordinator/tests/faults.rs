@@ -129,8 +129,9 @@ async fn workers_rejoin_a_restarted_coordinator_and_clients_get_unavailable_mean
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_every_worker_gone_requests_fail_fast_with_unavailable() {
-    let scheduler = fast_scheduler();
+async fn with_every_worker_gone_and_no_wait_requests_fail_fast_with_unavailable() {
+    // --no-worker-wait-secs 0: no waiting for a worker to come back (the default waits, tested below).
+    let scheduler = SchedulerConfig { no_worker_wait: Duration::ZERO, ..fast_scheduler() };
     let timeout = scheduler.heartbeat_timeout;
     let pool = TestPool::start(1, scheduler, &[]).await;
     let mut client = pool.client.clone();
@@ -176,5 +177,42 @@ async fn sigterm_drains_the_running_prompt_deregisters_and_exits_zero() {
     assert!(status.success(), "exit status {status}");
     // Gone because it said so: the heartbeat timeout (30 s) has not passed.
     assert!(pool.list().await.is_empty(), "deregistered");
+    pool.shutdown().await;
+}
+
+/// Finding 10 of the hardening review: a moment without a live worker refused everything at once. Now
+/// an admitted prompt waits (bounded by --no-worker-wait-secs) for a worker to join: the only worker is
+/// killed mid-prompt, a replacement starts, and both the running prompt and one sent while the pool was
+/// empty are answered; with nobody coming, a prompt fails after the wait, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prompts_wait_a_bounded_time_for_a_worker_to_join() {
+    use coordinator::bench::local_pool::WorkerProcess;
+    let wait = Duration::from_secs(8);
+    let scheduler = SchedulerConfig { no_worker_wait: wait, ..fast_scheduler() };
+    let pool = TestPool::start(1, scheduler, &[]).await;
+    let mut client = pool.client.clone();
+    let running = tokio::spawn(async move { client.predict(chat("Tell me a long story.", 200)).await });
+    eventually(Duration::from_secs(30), "the prompt is running", || async { pool.list().await.iter().any(|w| w.in_flight > 0).then_some(()) }).await;
+    pool.workers.workers[0].signal(libc::SIGKILL);
+    eventually(Duration::from_secs(5), "the killed worker is evicted", || async { pool.list().await.is_empty().then_some(()) }).await;
+
+    // Sent while the pool is empty: admitted, waiting.
+    let mut client = pool.client.clone();
+    let sent_while_empty = tokio::spawn(async move { client.predict(chat("Say hi.", 4)).await });
+    let replacement = WorkerProcess::spawn(&pool.spec).unwrap();
+    let answer = sent_while_empty.await.unwrap().expect("answered once the replacement joined").into_inner();
+    assert!(answer.completion_tokens > 0);
+    let retried = running.await.unwrap().expect("the running prompt is retried on the replacement").into_inner();
+    assert!(retried.attempts >= 2, "{retried:?}");
+
+    // Nobody comes: the prompt fails after the wait, not before, with the reason.
+    replacement.signal(libc::SIGKILL);
+    let _ = replacement.stop(Duration::from_secs(1)).await;
+    eventually(Duration::from_secs(5), "the replacement is evicted", || async { pool.list().await.is_empty().then_some(()) }).await;
+    let asked = Instant::now();
+    let status = pool.client.clone().predict(chat("Say hi.", 4)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("no live worker joined"), "{}", status.message());
+    assert!(asked.elapsed() >= wait && asked.elapsed() < wait * 2, "failed after {:?}", asked.elapsed());
     pool.shutdown().await;
 }
