@@ -52,12 +52,11 @@ impl PromptFormat {
 
     pub fn from_folder(folder: &Path) -> Result<Self, PromptFormatError> {
         let text = FolderText::read(folder)?;
-        let mut eos = text.eos_ids.clone();
-        let probe = Tokenizer::from_file(&text.tokenizer_json, text.bos_token.as_deref(), &[])?;
-        if let Some(id) = text.eos_token.as_deref().and_then(|t| probe.token_id(t)) {
-            eos.push(id);
+        let mut tokenizer = Tokenizer::from_file(&text.tokenizer_json, text.bos_token.as_deref(), &text.eos_ids)?;
+        // The EOS token the tokenizer configuration names stops a generation too (mlx-lm adds it).
+        if let Some(id) = text.eos_token.as_deref().and_then(|t| tokenizer.token_id(t)) {
+            tokenizer.add_eos(id);
         }
-        let tokenizer = Tokenizer::from_file(&text.tokenizer_json, text.bos_token.as_deref(), &eos)?;
         let template = match &text.chat_template {
             Some(source) => Some(ChatTemplate::new(source, text.bos_token.as_deref(), text.eos_token.as_deref())?),
             None => None,

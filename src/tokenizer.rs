@@ -176,7 +176,8 @@ impl Tokenizer {
         self.bytes.len()
     }
 
-    /// The ids of `text`: with special-token markers parsed into their ids, or all of it as text.
+    /// The ids of `text`: with special-token markers parsed into their ids, or all of it as text. Empty
+    /// if the library fails (it does not for UTF-8 text); [`Tokenizer::try_encode`] says why.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
         self.try_encode(text, parse_special).unwrap_or_default()
     }
@@ -214,6 +215,14 @@ impl Tokenizer {
 
     pub fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// One more id that ends a generation.
+    pub fn add_eos(&mut self, id: u32) {
+        if !self.eos.contains(&id) {
+            self.eos.push(id);
+            self.eos.sort_unstable();
+        }
     }
 
     pub fn is_eos(&self, id: u32) -> bool {
