@@ -106,6 +106,8 @@ pub struct MultihostReport {
     pub advice: Vec<String>,
     pub fault_at_s: Option<f64>,
     pub heal_at_s: Option<f64>,
+    /// Where the pool's token came from: MODELPOOL_TOKEN, or generated for this run.
+    pub pool_token: String,
 }
 
 
@@ -127,11 +129,19 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
         attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
         ..SchedulerConfig::default()
     };
-    let coordinator = LocalCoordinator::start_on(scheduler.into(), &args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    eprintln!("== coordinator on {} (workers use {advertise})", args.listen);
+    // A pool on a network is closed: every call to the coordinator and to the workers needs the token,
+    // MODELPOOL_TOKEN when set, else a random one made for this run and handed to every worker.
+    let (secret, pool_token) = match std::env::var("MODELPOOL_TOKEN") {
+        Ok(secret) if !secret.is_empty() => (secret, "MODELPOOL_TOKEN".to_string()),
+        _ => (random_token()?, "generated for this run".to_string()),
+    };
+    let mut config: crate::Config = scheduler.into();
+    config.credentials = modelpool::auth::Credentials { token: modelpool::auth::Token::new(Some(secret.clone()))?, ..Default::default() };
+    let coordinator = LocalCoordinator::start_on(config, &args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    eprintln!("== coordinator on {} (workers use {advertise}); pool token: {pool_token}", args.listen);
 
     let mut workers = Vec::new();
-    let started = start_workers(&hosts, &worker_bin, &model, &advertise, &mut workers).await;
+    let started = start_workers(&hosts, &worker_bin, &model, &advertise, &secret, &mut workers).await;
     let result = match started {
         Ok(()) => {
             tokio::select! {
@@ -144,7 +154,8 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     eprintln!("== stopping {} worker(s)", workers.len());
     futures::future::join_all(workers.into_iter().map(|(_, w)| w.stop(Duration::from_secs(10)))).await;
     coordinator.stop().await;
-    let report = result?;
+    let mut report = result?;
+    report.pool_token = pool_token;
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
@@ -158,6 +169,7 @@ async fn start_workers(
     worker_bin: &Path,
     model: &Path,
     coordinator: &str,
+    token: &str,
     workers: &mut Vec<(String, WorkerProcess)>,
 ) -> anyhow::Result<()> {
     for host in hosts {
@@ -193,6 +205,9 @@ async fn start_workers(
                     host.address.clone(),
                     "--engine".into(),
                     host.engine.clone(),
+                    // On the command line: visible to other users of a shared host in `ps`.
+                    "--token".into(),
+                    token.to_string(),
                 ],
             };
             let worker = WorkerProcess::spawn_with(&launcher, &spec).with_context(|| format!("starting a worker on {}", host.name()))?;
@@ -329,6 +344,7 @@ async fn measure(
         advice,
         fault_at_s: args.fault_at,
         heal_at_s: args.heal_at,
+        pool_token: String::new(),
     })
 }
 
@@ -354,7 +370,16 @@ fn phase(
     }
 }
 
+/// 32 hex characters from the kernel's random source.
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom for a pool token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn print_report(report: &MultihostReport) {
+    println!("pool closed: every call needs the token ({})", report.pool_token);
     for phase in &report.phases {
         println!(
             "{}: {} prompts, {} answered ({} after a retry), {} failed, exactly once: {}, {:.1} s",
