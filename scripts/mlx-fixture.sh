@@ -7,6 +7,8 @@
 # `--dir` prints the folder that holds all fixtures and reference.json instead; `--python` the venv's python.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# Python with venv and pip (apt, when missing); its messages go to stderr, stdout is only the path.
+"$root/scripts/setup.sh" >&2
 cache=${MODELPOOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/modelpool}
 mkdir -p "$cache"
 
