@@ -126,6 +126,8 @@ struct Layer {
     down: Linear,
 }
 
+/// The decoder of the Llama family: Llama, Mistral, Qwen2 and Qwen3 differ only in the switches of
+/// [`Architecture`] (biases, q/k norms, rotary layout and scaling, tied output).
 pub struct MlxLlama {
     pub config: Architecture,
     embedding: Linear,
