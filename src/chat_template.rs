@@ -32,6 +32,12 @@ pub struct TemplateMessage<'a> {
     pub content: &'a str,
 }
 
+impl<'a> From<&'a crate::ChatMessage> for TemplateMessage<'a> {
+    fn from(message: &'a crate::ChatMessage) -> Self {
+        Self { role: message.role.as_str(), content: &message.content }
+    }
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,

@@ -75,14 +75,14 @@ impl PromptFormat {
         match prompt {
             Prompt::Raw(text) => self.tokenizer.encode_prompt(text).map_err(|e| PoolError::invalid("prompt", e.to_string())),
             Prompt::Chat(messages) => {
-                let messages: Vec<TemplateMessage<'_>> =
-                    messages.iter().map(|m| TemplateMessage { role: m.role.as_str(), content: &m.content }).collect();
+                let messages: Vec<TemplateMessage<'_>> = messages.iter().map(TemplateMessage::from).collect();
                 self.template()?.encode(&self.tokenizer, &messages, true).map_err(template_error)
             }
         }
     }
 
-    fn template(&self) -> Result<&ChatTemplate, PoolError> {
+    /// The model's chat template; an error when it has none.
+    pub fn template(&self) -> Result<&ChatTemplate, PoolError> {
         self.template.as_ref().ok_or_else(|| {
             PoolError::FailedPrecondition("this model has no chat template; send a raw prompt instead of messages".into())
         })

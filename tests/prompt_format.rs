@@ -14,7 +14,7 @@ fn messages(pairs: &[(Role, &str)]) -> Vec<ChatMessage> {
 }
 
 fn template_messages(messages: &[ChatMessage]) -> Vec<modelpool::chat_template::TemplateMessage<'_>> {
-    messages.iter().map(|m| modelpool::chat_template::TemplateMessage { role: m.role.as_str(), content: &m.content }).collect()
+    messages.iter().map(modelpool::chat_template::TemplateMessage::from).collect()
 }
 
 #[test]

@@ -143,9 +143,7 @@ impl Scheduler {
         self.ask(|reply| Command::List { reply }).await
     }
 
-    /// Admits prompts (all or none) and returns one receiver per prompt, in order. `max_tokens` of each
-    /// is checked against the smallest context in the pool.
-    /// Queues prompts, each with the name the caller knows it by in errors (its index in a batch). A
+    /// Queues prompts and returns one receiver per prompt, in order. Queues prompts, each with the name the caller knows it by in errors (its index in a batch). A
     /// prompt that can never run (it does not fit the pool's context) fails alone, on its own receiver;
     /// the others run.
     pub async fn submit(

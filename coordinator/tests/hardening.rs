@@ -43,8 +43,7 @@ async fn markers_in_a_user_message_reach_the_model_as_text() {
 
     let format = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap();
     let protected = format.encode(&Prompt::Chat(messages.clone())).unwrap();
-    let template_messages: Vec<_> =
-        messages.iter().map(|m| modelpool::chat_template::TemplateMessage { role: m.role.as_str(), content: &m.content }).collect();
+    let template_messages: Vec<_> = messages.iter().map(modelpool::chat_template::TemplateMessage::from).collect();
     let naive = format.tokenizer.encode(&format.render_chat(&template_messages).unwrap(), true);
     assert_ne!(protected.len(), naive.len(), "the markers tokenize differently as text");
     assert_eq!(answer.prompt_tokens as usize, protected.len(), "the worker read the user's markers as text");

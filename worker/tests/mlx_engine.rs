@@ -141,8 +141,7 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
     // The GGUF's Jinja template, rendered by minijinja, writes what llama.cpp's built-in ChatML writes for
     // a conversation that has its own system message.
     let format = PromptFormat::load(&path).unwrap();
-    let ours: Vec<modelpool::chat_template::TemplateMessage<'_>> =
-        messages.iter().map(|m| modelpool::chat_template::TemplateMessage { role: m.role.as_str(), content: &m.content }).collect();
+    let ours: Vec<modelpool::chat_template::TemplateMessage<'_>> = messages.iter().map(Into::into).collect();
     assert_eq!(format.render_chat(&ours).unwrap(), theirs);
 }
 

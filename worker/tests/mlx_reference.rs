@@ -68,13 +68,7 @@ fn rendered_chats_are_transformers_renderings() {
     let reference = reference(&dir);
     for (name, folder) in reference["folders"].as_object().unwrap() {
         let format = PromptFormat::load(&dir.join(name)).unwrap();
-        let template = modelpool::model_folder::FolderText::read(&dir.join(name)).unwrap();
-        let chat_template = modelpool::chat_template::ChatTemplate::new(
-            template.chat_template.as_deref().unwrap(),
-            template.bos_token.as_deref(),
-            template.eos_token.as_deref(),
-        )
-        .unwrap();
+        let chat_template = format.template().unwrap();
         for chat in folder["chats"].as_array().unwrap() {
             let conversation = messages(&chat["messages"]);
             let conversation: Vec<TemplateMessage<'_>> =
