@@ -177,7 +177,7 @@ impl Outcome {
             E::DeadlineExceeded(_) => Outcome::Timeout,
             E::Cancelled(_) => Outcome::Cancelled,
             E::Unauthenticated(_) => Outcome::Unauthenticated,
-            E::Internal(_) => Outcome::Error,
+            E::Internal(_) | E::Aborted(_) => Outcome::Error,
         }
     }
 }

@@ -246,6 +246,7 @@ impl From<&PredictRequest> for proto::PredictRequest {
         proto::PredictRequest {
             request_id: request.request_id.clone(),
             input: Some(input),
+            run_alone: false,
             sampling: Some(proto::SamplingParams {
                 max_tokens: Some(s.max_tokens),
                 temperature: Some(s.temperature),

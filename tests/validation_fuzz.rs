@@ -67,7 +67,7 @@ proptest! {
         input in any_input(),
         sampling in proptest::option::of(any_sampling()),
     ) {
-        check(PredictRequest::try_from(proto::PredictRequest { request_id, input, sampling }))?;
+        check(PredictRequest::try_from(proto::PredictRequest { request_id, input, sampling, run_alone: false }))?;
     }
 
     #[test]
@@ -86,7 +86,7 @@ proptest! {
         input in any_input(),
         sampling in proptest::option::of(any_sampling()),
     ) {
-        let wire = proto::PredictRequest { request_id: "r".into(), input, sampling };
+        let wire = proto::PredictRequest { request_id: "r".into(), input, sampling, run_alone: false };
         if let Ok(request) = PredictRequest::try_from(wire) {
             let again = PredictRequest::try_from(proto::PredictRequest::from(&request)).expect("a valid request stays valid");
             prop_assert_eq!(again, request);

@@ -36,6 +36,9 @@ impl Admission {
                 if request.request_id.is_empty() {
                     request.request_id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
                 }
+                // Running alone is the scheduler's retry tool (it idles the worker's other slots), not
+                // something a client may ask of the pool.
+                request.run_alone = false;
                 Ok(Admitted { request, max_tokens: validated.sampling.max_tokens })
             }
             Err(error) => {
@@ -77,7 +80,10 @@ mod tests {
         assert_eq!(first.max_tokens, 4);
         let mut named = chat("c");
         named.request_id = "mine".into();
-        assert_eq!(admission.admit(named, "", Instant::now()).unwrap().request.request_id, "mine");
+        named.run_alone = true;
+        let named = admission.admit(named, "", Instant::now()).unwrap().request;
+        assert_eq!(named.request_id, "mine");
+        assert!(!named.run_alone, "only the scheduler asks a worker to run a prompt alone");
         let mut bad = chat("d");
         bad.sampling.as_mut().unwrap().max_tokens = Some(0);
         let error = admission.admit(bad, "requests[2]", Instant::now()).unwrap_err();

@@ -158,6 +158,7 @@ impl ChatCompletionRequest {
             request_id: String::new(),
             input: Some(proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
             sampling: Some(self.sampling.to_proto(None)?),
+            run_alone: false,
         })
     }
 }
@@ -175,6 +176,7 @@ impl CompletionRequest {
             request_id: String::new(),
             input: Some(proto::predict_request::Input::Prompt(prompt.into_bytes())),
             sampling: Some(self.sampling.to_proto(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?),
+            run_alone: false,
         })
     }
 }
@@ -303,7 +305,7 @@ impl ApiError {
             PoolError::Unavailable(_) => (503, "service_unavailable_error", Some("no_workers")),
             PoolError::DeadlineExceeded(_) => (504, "timeout_error", Some("timeout")),
             PoolError::Cancelled(_) => (499, "cancelled_error", None),
-            PoolError::Internal(_) => (500, "server_error", None),
+            PoolError::Internal(_) | PoolError::Aborted(_) => (500, "server_error", None),
         };
         let param = match error {
             PoolError::InvalidArgument { field, .. } => Some(openai_param(field)),

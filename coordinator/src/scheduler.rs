@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::prefix_index::{PrefixIndex, capacity_for, prefix_key};
 use crate::registry::Registry;
 use crate::routing::{self, Routing, Waiting};
-use crate::worker_client;
+use crate::worker_client::{self, AfterFailure};
 
 /// How the scheduler behaves; see the `serve` flags for what each means.
 #[derive(Debug, Clone)]
@@ -76,6 +76,8 @@ struct Job {
     /// Some text already went to the caller: a retry would repeat it, so a failure now is final.
     streamed: bool,
     attempts: u32,
+    /// Attempts that ended in an internal error (see `worker_client::after_failure`).
+    internal_errors: u32,
     tried: Vec<String>,
     accepted: Instant,
     last_error: Option<PoolError>,
@@ -296,7 +298,7 @@ impl Actor {
             }
             let Submission { request, reply, pieces, .. } = job;
             let key = prefix_key(&request);
-            self.queue.push_back(Job { request, key, reply, pieces, streamed: false, attempts: 0, tried: Vec::new(), accepted: now, last_error: None });
+            self.queue.push_back(Job { request, key, reply, pieces, streamed: false, attempts: 0, internal_errors: 0, tried: Vec::new(), accepted: now, last_error: None });
         }
         Ok(())
     }
@@ -375,11 +377,14 @@ impl Actor {
 
     fn retry_or_fail(&mut self, mut job: Job, worker_id: &str, status: tonic::Status) {
         let error = PoolError::from_status(&status);
-        let retryable = worker_client::is_worth_retrying_elsewhere(status.code());
+        let next = worker_client::after_failure(status.code(), job.internal_errors);
+        if status.code() == tonic::Code::Internal {
+            job.internal_errors += 1;
+        }
         if job.reply.is_closed() {
             return;
         }
-        if !retryable || job.streamed {
+        if next == AfterFailure::Final || job.streamed {
             let _ = job.reply.send(Err(error));
             return;
         }
@@ -391,7 +396,10 @@ impl Actor {
             ))));
             return;
         }
-        debug!(request_id = %job.request.request_id, %worker_id, %error, "attempt failed; requeueing");
+        debug!(request_id = %job.request.request_id, %worker_id, %error, ?next, "attempt failed; requeueing");
+        if next == AfterFailure::RetryAlone {
+            job.request.run_alone = true;
+        }
         job.last_error = Some(error);
         if self.registry.live_count() == 0 && self.registry.is_empty() && self.config.no_worker_wait.is_zero() {
             let _ = job.reply.send(Err(no_workers_left(job.last_error.as_ref())));

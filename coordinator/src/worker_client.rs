@@ -43,14 +43,31 @@ pub fn means_worker_may_be_dead(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::Unknown)
 }
 
-/// Failures another worker might not share: the worker died, was overloaded, timed out or hit an
-/// internal error. A refusal of the request itself (invalid argument, too long for the context) would
-/// be refused everywhere and is final.
-pub fn is_worth_retrying_elsewhere(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Internal
-    )
+/// What a failed attempt leaves to do for its prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Another worker might not share the failure: the worker died, was overloaded or timed out.
+    RetryElsewhere,
+    /// Run it again with no other sequence beside it (`run_alone`): its batch failed, so the cause may
+    /// be a neighbour's (ABORTED); or it failed with an internal error, which gets one more attempt,
+    /// alone, so that it cannot take neighbours down with it.
+    RetryAlone,
+    /// Retrying cannot help: the request itself was refused (invalid, too long for the context), or it
+    /// failed with an internal error a second time. The prompt fails with this error.
+    Final,
+}
+
+/// The retry rule for a failed attempt with `code`, given how many internal errors the prompt met
+/// before this one.
+pub fn after_failure(code: Code, internal_errors_before: u32) -> AfterFailure {
+    match code {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            AfterFailure::RetryElsewhere
+        }
+        Code::Aborted => AfterFailure::RetryAlone,
+        Code::Internal if internal_errors_before == 0 => AfterFailure::RetryAlone,
+        _ => AfterFailure::Final,
+    }
 }
 
 /// Runs `request` on one worker within `timeout`: unary, or streamed when `pieces` is given, each piece
@@ -98,4 +115,18 @@ async fn stream(
         }
     }
     Err(tonic::Status::unavailable("the worker ended the stream without a final message"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_batch_is_retried_alone_and_an_internal_error_once() {
+        assert_eq!(after_failure(Code::Aborted, 0), AfterFailure::RetryAlone);
+        assert_eq!(after_failure(Code::Internal, 0), AfterFailure::RetryAlone);
+        assert_eq!(after_failure(Code::Internal, 1), AfterFailure::Final, "a second internal error is the prompt's own");
+        assert_eq!(after_failure(Code::Unavailable, 5), AfterFailure::RetryElsewhere);
+        assert_eq!(after_failure(Code::InvalidArgument, 0), AfterFailure::Final);
+    }
 }

@@ -118,3 +118,47 @@ async fn a_worker_whose_engine_dies_leaves_the_pool_and_exits_non_zero() {
     pool.workers.workers.push(faulty);
     pool.shutdown().await;
 }
+
+/// Finding 9: a failed decode failed every prompt of its batch with INTERNAL, each retried: a poison
+/// prompt spent its batch-mates' attempts, and itself ended as "failed after 3 attempts" instead of its
+/// own error. Now a batch's failure is ABORTED and each prompt is retried alone: the batch-mates are
+/// served, and the poison prompt, failing alone, fails with its own internal error after one more try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_prompt_fails_alone_and_its_batch_mates_are_served() {
+    use coordinator::bench::local_pool::WorkerProcess;
+    use proto::predict_result::Outcome;
+    use std::time::{Duration, Instant};
+    let mut pool = TestPool::start(0, fast_scheduler(), &[]).await;
+    let mut spec = pool.spec.clone();
+    spec.slots = 4;
+    // Every decode step that includes a prompt containing the marker fails (fault injection).
+    let launcher = ["env".to_string(), "MODELPOOL_FAULT_POISON=POISON-7f3a".to_string()];
+    let worker = WorkerProcess::spawn_with(&launcher, &spec).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pool.list().await.is_empty() {
+        assert!(Instant::now() < deadline, "the worker registers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests: Vec<_> = ["Say one.", "Say POISON-7f3a.", "Say three.", "Say four."]
+        .iter()
+        .map(|text| {
+            let mut request = common::chat(text, 12);
+            request.sampling.as_mut().unwrap().ignore_eos = Some(true);
+            request
+        })
+        .collect();
+    let results = pool.client.clone().predict_batch(proto::PredictBatchRequest { requests }).await.unwrap().into_inner().results;
+    let mut retried_mates = 0;
+    for i in [0, 2, 3] {
+        let Some(Outcome::Response(response)) = &results[i].outcome else { panic!("batch-mate {i} is served: {:?}", results[i]) };
+        assert_eq!(response.completion_tokens, 12);
+        retried_mates += usize::from(response.attempts > 1);
+    }
+    assert!(retried_mates >= 1, "the poison prompt's first decode step had a neighbour, whose attempt it aborted");
+    let Some(Outcome::Error(poison)) = &results[1].outcome else { panic!("{:?}", results[1]) };
+    assert_eq!(poison.code, tonic::Code::Internal as i32, "{poison:?}");
+    assert!(poison.message.contains("MODELPOOL_FAULT_POISON"), "its own error: {}", poison.message);
+    assert!(!poison.message.contains("attempts"), "not a retry budget spent: {}", poison.message);
+    pool.workers.workers.push(worker);
+    pool.shutdown().await;
+}

@@ -28,7 +28,9 @@ impl WorkerService {
     async fn start(&self, request: proto::PredictRequest, stream: bool) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
         let arrived = Instant::now();
         let engine = self.state.engine_for_new_request()?;
+        let alone = request.run_alone;
         let request = PredictRequest::try_from(request)?;
+        let poisoned = crate::engine::queue::is_poisoned(&request);
         let prepare_engine = Arc::clone(&engine);
         let (prompt, request) = tokio::task::spawn_blocking(move || {
             let prompt = prepare_engine.prepare(&request);
@@ -39,7 +41,7 @@ impl WorkerService {
         let prompt = prompt?;
         debug!(request_id = %request.request_id, prompt_tokens = prompt.tokens.len(), "queued");
         let (events, rx) = mpsc::unbounded_channel();
-        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events, stream })?;
+        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events, stream, alone, poisoned })?;
         Ok((rx, request.request_id))
     }
 }

@@ -100,7 +100,7 @@ fn generate(engine: &MlxEngine, messages: &[ChatMessage], max_tokens: u32) -> (V
     let prompt_ids = prompt.tokens.iter().map(|&t| t as u32).collect();
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     engine
-        .submit(Job { request_id: "reference".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false })
+        .submit(Job { request_id: "reference".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false, alone: false, poisoned: false })
         .unwrap();
     loop {
         match received.blocking_recv().expect("the engine answers") {

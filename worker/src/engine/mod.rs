@@ -36,6 +36,11 @@ pub struct Job {
     /// Send text as it is generated. Off for unary calls: their text comes in `Done` only, which
     /// spares a runtime wake-up per token on cores the decode threads need.
     pub stream: bool,
+    /// Run with no other sequence beside it (the request's `run_alone`, see [`queue::Intake`]).
+    pub alone: bool,
+    /// Fault injection only (see [`queue::is_poisoned`]): every batched decode step that includes this
+    /// job fails, as a kernel bug that one sequence's state triggers would.
+    pub poisoned: bool,
 }
 
 #[derive(Debug)]

@@ -113,6 +113,31 @@ impl JobQueue {
     }
 }
 
+/// Fault injection for drills and tests: with `MODELPOOL_FAULT_POISON=TEXT`, a request whose prompt
+/// contains TEXT is poisoned: every decode step that includes it fails (see [`Job::poisoned`]). Unset,
+/// nothing changes.
+pub fn is_poisoned(request: &PredictRequest) -> bool {
+    let Ok(marker) = std::env::var("MODELPOOL_FAULT_POISON") else { return false };
+    !marker.is_empty()
+        && match &request.prompt {
+            modelpool::Prompt::Raw(text) => text.contains(&marker),
+            modelpool::Prompt::Chat(messages) => messages.iter().any(|m| m.content.contains(&marker)),
+        }
+}
+
+/// The error for the jobs of a forward pass that failed. Alone, the job failed by itself (INTERNAL).
+/// With others, any of them may be the cause: each is told to retry alone (ABORTED) rather than charged
+/// with a failure that may be its neighbour's.
+pub fn forward_failed(sequences: usize, error: impl std::fmt::Display) -> PoolError {
+    if sequences > 1 {
+        PoolError::Aborted(format!(
+            "the forward pass of a batch of {sequences} sequences failed ({error}); this prompt may not be the cause: retry it alone"
+        ))
+    } else {
+        PoolError::Internal(format!("the forward pass of this prompt failed: {error}"))
+    }
+}
+
 /// What an engine thread gets when it asks its queue for work.
 pub enum NextJob {
     Job(Job),
@@ -152,13 +177,52 @@ pub fn next_job(queue: &Receiver<Job>, idle: bool, counters: &LoadCounters) -> N
     }
 }
 
+/// Takes jobs for an engine loop, keeping `alone` jobs (see [`Job::alone`]) alone: one waits, holding
+/// the queue's order, until the running sequences have finished, and nothing joins it while it runs.
+#[derive(Default)]
+pub struct Intake {
+    held: Option<Job>,
+}
+
+impl Intake {
+    /// The next job that may start beside the `running` ones (`running_alone`: one of them runs alone).
+    /// Blocks only when nothing runs and nothing is held.
+    pub fn next(&mut self, queue: &Receiver<Job>, running: usize, running_alone: bool, counters: &LoadCounters) -> NextJob {
+        if running_alone {
+            return NextJob::Empty;
+        }
+        if let Some(job) = self.held.take() {
+            if job.events.is_closed() {
+                counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            } else if running == 0 {
+                return NextJob::Job(job);
+            } else {
+                self.held = Some(job);
+                return NextJob::Empty;
+            }
+        }
+        match next_job(queue, running == 0, counters) {
+            NextJob::Job(job) if job.alone && running > 0 => {
+                self.held = Some(job);
+                NextJob::Empty
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a job is waiting here for the running ones to finish.
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
 /// Generates one token so that the first real request does not pay for first-touch page faults; the
 /// warm-up is not counted as served.
 pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolError> {
     let request = PredictRequest::user("Hi", 1);
     let prompt = engine.prepare(&request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
-    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false })?;
+    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false, alone: false, poisoned: false })?;
     while let Some(event) = rx.blocking_recv() {
         match event {
             JobEvent::Text(_) => {}

@@ -24,12 +24,11 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use modelpool::PoolError;
 use tracing::warn;
 
 use super::sampler::sampler_for;
 use crate::engine::prefix_cache::{PrefixCache, Wait, chunk_end};
-use crate::engine::queue::{LoadCounters, NextJob, next_job};
+use crate::engine::queue::{Intake, LoadCounters, NextJob, forward_failed};
 use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
 
@@ -86,6 +85,7 @@ pub(super) struct BatchLoop<'m> {
     batch: LlamaBatch<'static>,
     counters: Arc<LoadCounters>,
     piece: Vec<u8>,
+    intake: Intake,
 }
 
 impl<'m> BatchLoop<'m> {
@@ -98,6 +98,7 @@ impl<'m> BatchLoop<'m> {
             batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
             counters,
             piece: Vec::with_capacity(32),
+            intake: Intake::default(),
         }
     }
 
@@ -124,7 +125,8 @@ impl<'m> BatchLoop<'m> {
     /// queue is closed (the engine is shutting down).
     fn admit(&mut self, queue: &Receiver<Job>) -> bool {
         while self.cache.has_free() {
-            let job = match next_job(queue, self.slots.is_empty(), &self.counters) {
+            let running_alone = self.slots.iter().any(|s| s.job.alone);
+            let job = match self.intake.next(queue, self.slots.len(), running_alone, &self.counters) {
                 NextJob::Job(job) => job,
                 NextJob::Empty => return true,
                 NextJob::Closed => return false,
@@ -205,7 +207,7 @@ impl<'m> BatchLoop<'m> {
             }
         }
         if !members.is_empty() {
-            self.decode_and_sample(members);
+            self.decode_and_sample(members, true);
         }
     }
 
@@ -233,7 +235,7 @@ impl<'m> BatchLoop<'m> {
             budget = budget.saturating_sub(chunk.len());
             let logits = (!slot.is_prefilling()).then(|| self.batch.n_tokens() - 1);
             let before = self.slots.len();
-            self.decode_and_sample(vec![(i, logits.unwrap_or(-1), chunk)]);
+            self.decode_and_sample(vec![(i, logits.unwrap_or(-1), chunk)], false);
             // A slot that finished or failed left the list; the next one moved into its place.
             if self.slots.len() == before {
                 i += 1;
@@ -243,14 +245,21 @@ impl<'m> BatchLoop<'m> {
 
     /// Decodes the batch built for `members` (slot index, index of its logits in the batch or -1, the
     /// tokens it added) and samples a token for each member that has logits.
-    fn decode_and_sample(&mut self, members: Vec<(usize, i32, Vec<i32>)>) {
-        if let Err(e) = self.context.decode(&mut self.batch) {
+    /// `generating`: a decode step of generated tokens (not a prompt chunk).
+    fn decode_and_sample(&mut self, members: Vec<(usize, i32, Vec<i32>)>, generating: bool) {
+        let decoded = if generating && members.iter().any(|&(index, _, _)| self.slots[index].job.poisoned) {
+            Err("injected fault (MODELPOOL_FAULT_POISON)".to_string())
+        } else {
+            self.context.decode(&mut self.batch).map_err(|e| format!("llama.cpp decode: {e}"))
+        };
+        if let Err(e) = decoded {
             // A failed decode leaves the sequences' KV state unknown: fail their jobs rather than
             // produce text from a corrupt cache.
             warn!(error = %e, sequences = members.len(), "llama.cpp decode failed; failing the jobs in the batch");
+            let error = forward_failed(members.len(), &e);
             for &(index, _, _) in members.iter().rev() {
                 let slot = self.slots.remove(index);
-                let _ = slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("decode failed: {e}"))));
+                let _ = slot.job.events.send(JobEvent::Failed(error.clone()));
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let _ = self.context.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
                 self.cache.forget(slot.seq as usize);

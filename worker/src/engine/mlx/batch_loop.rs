@@ -12,12 +12,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
-use modelpool::PoolError;
 use modelpool::tokenizer::Tokenizer;
 
 use super::model::{KvCache, MlxLlama};
 use crate::engine::prefix_cache::{PrefixCache, Wait, chunk_end};
-use crate::engine::queue::{LoadCounters, NextJob, next_job};
+use crate::engine::queue::{Intake, LoadCounters, NextJob, forward_failed};
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::{Progress, Slot, argmax};
 use crate::engine::{Job, JobEvent};
@@ -55,6 +54,7 @@ pub(super) struct BatchLoop<'m> {
     prefixes: PrefixCache,
     /// In admission order, so the oldest waiting prompt is prefilled first.
     running: Vec<Running>,
+    intake: Intake,
 }
 
 impl<'m> BatchLoop<'m> {
@@ -66,6 +66,7 @@ impl<'m> BatchLoop<'m> {
             caches: (0..slots).map(|_| model.new_cache()).collect(),
             prefixes: PrefixCache::new(slots as usize, prefix_cache, reusable),
             running: Vec::with_capacity(slots as usize),
+            intake: Intake::default(),
         }
     }
 
@@ -92,7 +93,8 @@ impl<'m> BatchLoop<'m> {
     /// queue is closed.
     fn admit(&mut self, queue: &Receiver<Job>) -> bool {
         while self.prefixes.has_free() {
-            let job = match next_job(queue, self.running.is_empty(), self.counters) {
+            let running_alone = self.running.iter().any(|r| r.slot.job.alone);
+            let job = match self.intake.next(queue, self.running.len(), running_alone, self.counters) {
                 NextJob::Job(job) => job,
                 NextJob::Empty => return true,
                 NextJob::Closed => return false,
@@ -187,7 +189,9 @@ impl<'m> BatchLoop<'m> {
         let tokens: Vec<i32> = decoding.iter().map(|&i| self.running[i].slot.next_token.take().expect("filtered")).collect();
         let mut caches: Vec<&mut KvCache> =
             self.caches.iter_mut().enumerate().filter(|(seq, _)| seqs.contains(seq)).map(|(_, cache)| cache).collect();
-        match eval_logits(self.model.forward(&tokens, 1, &mut caches)) {
+        let poisoned = decoding.iter().any(|&i| self.running[i].slot.job.poisoned);
+        let forward = if poisoned { Err("injected fault (MODELPOOL_FAULT_POISON)".to_string()) } else { self.model.forward(&tokens, 1, &mut caches) };
+        match eval_logits(forward) {
             Ok(logits) => {
                 for (&seq, &token) in seqs.iter().zip(&tokens) {
                     self.prefixes.extend(seq, &[token]);
@@ -232,6 +236,7 @@ impl<'m> BatchLoop<'m> {
     /// A failed forward pass leaves these sequences' caches unknown: fail their jobs.
     fn fail(&mut self, indices: &[usize], error: &str) {
         tracing::warn!(%error, sequences = indices.len(), "MLX forward pass failed; failing its jobs");
+        let sequences = indices.len();
         let mut indices = indices.to_vec();
         indices.sort_unstable();
         for &index in indices.iter().rev() {
@@ -240,7 +245,7 @@ impl<'m> BatchLoop<'m> {
             self.prefixes.release(running.seq);
             self.caches[running.seq] = self.model.new_cache();
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = running.slot.job.events.send(JobEvent::Failed(PoolError::Internal(format!("MLX: {error}"))));
+            let _ = running.slot.job.events.send(JobEvent::Failed(forward_failed(sequences, format!("MLX: {error}"))));
         }
     }
 
