@@ -7,3 +7,11 @@ tonic::include_proto!("modelpool.v1");
 
 /// The encoded file descriptor set of the modelpool protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("modelpool_descriptor");
+
+/// Request metadata for `Worker/PredictStream`: send the text gathered at most every this many
+/// milliseconds (and at the first token) instead of piece by piece. A caller that only watches progress
+/// (the coordinator, for unary prompts) then wakes once per interval, not once per token.
+pub const STREAM_INTERVAL_MS_HEADER: &str = "modelpool-stream-interval-ms";
+
+/// The largest interval [`STREAM_INTERVAL_MS_HEADER`] accepts.
+pub const MAX_STREAM_INTERVAL_MS: u64 = 60_000;

@@ -9,6 +9,7 @@ use tonic::transport::ServerTlsConfig;
 
 use crate::routing::Routing;
 use crate::scheduler::SchedulerConfig;
+use crate::worker_client::ProgressTimeouts;
 
 /// Scheduler settings shared by `serve` and `run-bench`.
 #[derive(Debug, Args)]
@@ -25,9 +26,14 @@ pub struct SchedulerArgs {
     /// Workers one prompt is tried on before it fails.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
-    /// Longest one attempt on one worker may take before it is retried elsewhere.
+    /// Longest a worker may take to its first token (its queue and the prompt's prefill) before the
+    /// attempt is retried elsewhere. Bounds progress, not the whole generation.
     #[arg(long, default_value_t = 120)]
-    pub attempt_timeout_secs: u64,
+    pub first_token_timeout_secs: u64,
+    /// Longest a worker may go without generating a token once it has started; then the attempt is
+    /// retried elsewhere (unless text already went to a streaming caller).
+    #[arg(long, default_value_t = 30)]
+    pub token_gap_timeout_secs: u64,
     /// prefix: send a prompt to the worker most likely to hold its prefix in its cache (while it has a
     /// free slot); least-loaded: to the least-loaded worker with a free slot.
     #[arg(long, value_enum, default_value_t = Routing::Prefix)]
@@ -71,15 +77,22 @@ impl TryFrom<&SchedulerArgs> for SchedulerConfig {
         if args.max_attempts < 1 {
             return refuse("max-attempts", "must be at least 1");
         }
-        if args.attempt_timeout_secs < 1 {
-            return refuse("attempt-timeout-secs", "must be at least 1");
+        if args.first_token_timeout_secs < 1 {
+            return refuse("first-token-timeout-secs", "must be at least 1");
+        }
+        // The worker reports progress at least once a second (see worker_client::PROGRESS_INTERVAL).
+        if args.token_gap_timeout_secs < 2 {
+            return refuse("token-gap-timeout-secs", "must be at least 2 (workers report progress once a second)");
         }
         Ok(SchedulerConfig {
             heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
             heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
             max_queue: args.max_queue,
             max_attempts: args.max_attempts,
-            attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
+            progress: ProgressTimeouts {
+                first_token: Duration::from_secs(args.first_token_timeout_secs),
+                between_tokens: Duration::from_secs(args.token_gap_timeout_secs),
+            },
             routing: args.routing,
             affinity_wait: Duration::from_millis(args.affinity_wait_ms),
             no_worker_wait: Duration::from_secs(args.no_worker_wait_secs),

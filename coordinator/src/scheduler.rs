@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::prefix_index::{PrefixIndex, capacity_for, prefix_key};
 use crate::registry::Registry;
 use crate::routing::{self, Routing, Waiting};
-use crate::worker_client::{self, AfterFailure};
+use crate::worker_client::{self, AfterFailure, ProgressTimeouts};
 
 /// How the scheduler behaves; see the `serve` flags for what each means.
 #[derive(Debug, Clone)]
@@ -26,7 +26,8 @@ pub struct SchedulerConfig {
     pub heartbeat_timeout: Duration,
     pub max_queue: usize,
     pub max_attempts: u32,
-    pub attempt_timeout: Duration,
+    /// How long an attempt may go without progress before it is retried elsewhere.
+    pub progress: ProgressTimeouts,
     pub routing: Routing,
     /// How long a prompt may wait for the busy worker holding its prefix while another has room.
     pub affinity_wait: Duration,
@@ -42,7 +43,7 @@ impl Default for SchedulerConfig {
             heartbeat_timeout: Duration::from_secs(5),
             max_queue: 1024,
             max_attempts: 3,
-            attempt_timeout: Duration::from_secs(120),
+            progress: ProgressTimeouts::default(),
             routing: Routing::default(),
             affinity_wait: Duration::from_millis(3000),
             no_worker_wait: Duration::from_secs(10),
@@ -338,7 +339,7 @@ impl Actor {
             let client = worker_client::client(link.channel.clone(), &self.credentials);
             let gone = link.gone();
             let Some(commands) = self.commands.upgrade() else { return };
-            tokio::spawn(attempt(client, worker_id, job, self.config.attempt_timeout, gone, commands));
+            tokio::spawn(attempt(client, worker_id, job, self.config.progress, gone, commands));
         }
     }
 
@@ -507,13 +508,13 @@ async fn attempt(
     client: WorkerClient<AuthChannel>,
     worker_id: String,
     mut job: Job,
-    timeout: Duration,
+    timeouts: ProgressTimeouts,
     gone: impl std::future::Future<Output = ()>,
     commands: mpsc::Sender<Command>,
 ) {
     let dispatched = Instant::now();
     let result = {
-        let call = worker_client::call(client, &worker_id, job.request.clone(), job.pieces.as_ref(), &mut job.streamed, timeout);
+        let call = worker_client::call(client, &worker_id, job.request.clone(), job.pieces.as_ref(), &mut job.streamed, timeouts);
         tokio::select! {
             result = call => result,
             () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),

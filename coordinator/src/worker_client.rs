@@ -70,51 +70,72 @@ pub fn after_failure(code: Code, internal_errors_before: u32) -> AfterFailure {
     }
 }
 
-/// Runs `request` on one worker within `timeout`: unary, or streamed when `pieces` is given, each piece
-/// forwarded as it arrives (`streamed` turns true with the first one).
+/// How long an attempt may go without progress: to its first token (the worker's queue and the
+/// prompt's prefill), then between tokens. A generation that keeps making progress is never cut short,
+/// however long it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressTimeouts {
+    pub first_token: Duration,
+    pub between_tokens: Duration,
+}
+
+impl Default for ProgressTimeouts {
+    fn default() -> Self {
+        Self { first_token: Duration::from_secs(120), between_tokens: Duration::from_secs(30) }
+    }
+}
+
+/// How often a worker reports progress on an attempt for a unary prompt: its text gathered per
+/// interval, so that the coordinator wakes once a second rather than once a token.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs `request` on one worker, always as a stream so that progress is seen: each piece of text is
+/// forwarded to `pieces` when given (`streamed` turns true with the first one); for a unary prompt the
+/// worker gathers the text per [`PROGRESS_INTERVAL`] and the final message carries it whole. The attempt
+/// fails with DEADLINE_EXCEEDED when the worker stops making progress (see [`ProgressTimeouts`]).
 pub async fn call(
     mut client: WorkerClient<AuthChannel>,
     worker_id: &str,
     request: proto::PredictRequest,
     pieces: Option<&Pieces>,
     streamed: &mut bool,
-    timeout: Duration,
+    timeouts: ProgressTimeouts,
 ) -> Result<proto::PredictResponse, tonic::Status> {
     let mut request = tonic::Request::new(request);
-    request.set_timeout(timeout);
-    let call = async {
-        match pieces {
-            None => client.predict(request).await.map(tonic::Response::into_inner),
-            Some(pieces) => stream(&mut client, request, pieces, streamed).await,
-        }
-    };
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result,
-        Err(_) => Err(tonic::Status::deadline_exceeded(format!("worker {worker_id} did not answer within {timeout:?}"))),
+    if pieces.is_none() {
+        let interval = PROGRESS_INTERVAL.as_millis().to_string();
+        request.metadata_mut().insert(proto::STREAM_INTERVAL_MS_HEADER, interval.parse().expect("digits are valid metadata"));
     }
-}
-
-/// A streamed attempt: forwards each piece of text to the caller as it arrives and returns the final
-/// response.
-async fn stream(
-    client: &mut WorkerClient<AuthChannel>,
-    request: tonic::Request<proto::PredictRequest>,
-    pieces: &Pieces,
-    streamed: &mut bool,
-) -> Result<proto::PredictResponse, tonic::Status> {
-    let mut stream = client.predict_stream(request).await?.into_inner();
-    while let Some(chunk) = stream.message().await? {
+    let silent = |wait: Duration, what: &str| {
+        tonic::Status::deadline_exceeded(format!("worker {worker_id} {what} within {} s", wait.as_secs_f64()))
+    };
+    let first = timeouts.first_token;
+    let mut stream = match tokio::time::timeout(first, client.predict_stream(request)).await {
+        Ok(response) => response?.into_inner(),
+        Err(_) => return Err(silent(first, "did not start the prompt")),
+    };
+    let (mut wait, mut what) = (first, "produced no first token");
+    loop {
+        let chunk = match tokio::time::timeout(wait, stream.message()).await {
+            Ok(chunk) => chunk?,
+            Err(_) => return Err(silent(wait, what)),
+        };
+        let Some(chunk) = chunk else {
+            return Err(tonic::Status::unavailable("the worker ended the stream without a final message"));
+        };
         if let Some(done) = chunk.done {
             return Ok(done);
         }
-        if !chunk.text.is_empty() {
+        (wait, what) = (timeouts.between_tokens, "generated no token");
+        if let Some(pieces) = pieces
+            && !chunk.text.is_empty()
+        {
             *streamed = true;
             if pieces.send(chunk.text).is_err() {
                 return Err(tonic::Status::cancelled("the caller went away"));
             }
         }
     }
-    Err(tonic::Status::unavailable("the worker ended the stream without a final message"))
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ fn serving(workers: &[proto::WorkerStatus], pid: u32) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resumed() {
-    let scheduler = SchedulerConfig { attempt_timeout: Duration::from_secs(30), ..fast_scheduler() };
-    let (timeout, attempt_timeout) = (scheduler.heartbeat_timeout, scheduler.attempt_timeout);
+    let scheduler = fast_scheduler();
+    let (timeout, gap_timeout) = (scheduler.heartbeat_timeout, scheduler.progress.between_tokens);
     let pool = TestPool::start(2, scheduler, &[]).await;
     let mut client = pool.client.clone();
     let requests: Vec<_> = (0..6).map(|i| chat(&format!("Write a short story about the number {i}."), 40)).collect();
@@ -73,7 +73,7 @@ async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resum
         }
     }
     assert!(retried >= 1, "the frozen worker's prompt was retried");
-    assert!(frozen_at.elapsed() < attempt_timeout, "retried at eviction, long before the attempt deadline ({:?})", frozen_at.elapsed());
+    assert!(frozen_at.elapsed() < gap_timeout, "retried at eviction, before the token-gap deadline ({:?})", frozen_at.elapsed());
 
     // Resumed, it notices that the coordinator forgot it, registers again and serves again.
     victim.signal(libc::SIGCONT);

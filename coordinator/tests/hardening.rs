@@ -162,3 +162,61 @@ async fn a_poison_prompt_fails_alone_and_its_batch_mates_are_served() {
     pool.workers.workers.push(worker);
     pool.shutdown().await;
 }
+
+/// Finding 6, first half: `--attempt-timeout-secs` bounded a whole call, so a generation longer than
+/// it could never succeed (and was redone on three workers first). Now only progress is bounded: a
+/// generation that runs for several token-gap timeouts succeeds on its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generation_longer_than_any_timeout_succeeds_while_it_makes_progress() {
+    use coordinator::worker_client::ProgressTimeouts;
+    use std::time::{Duration, Instant};
+    let progress = ProgressTimeouts { first_token: Duration::from_secs(10), between_tokens: Duration::from_secs(2) };
+    let pool = TestPool::start(1, coordinator::SchedulerConfig { progress, ..fast_scheduler() }, &[]).await;
+    let mut request = common::chat("Count from one to one thousand in words.", 2000);
+    request.sampling.as_mut().unwrap().ignore_eos = Some(true);
+    let started = Instant::now();
+    let response = pool.client.clone().predict(request).await.expect("a long generation succeeds").into_inner();
+    let took = started.elapsed();
+    assert!(took > 2 * progress.between_tokens, "the generation ran past the timeouts ({took:?}), else this proves nothing");
+    assert_eq!(response.completion_tokens, 2000);
+    assert_eq!(response.attempts, 1, "never cut short and redone");
+    pool.shutdown().await;
+}
+
+/// Finding 6, second half: a worker whose engine stops making progress (a stuck kernel, its heartbeats
+/// still on time) loses the prompt after the token-gap timeout, and it is retried elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_stops_generating_loses_its_prompt_after_the_token_gap_timeout() {
+    use coordinator::bench::local_pool::WorkerProcess;
+    use coordinator::worker_client::ProgressTimeouts;
+    use std::time::{Duration, Instant};
+    let progress = ProgressTimeouts { first_token: Duration::from_secs(5), between_tokens: Duration::from_secs(2) };
+    let mut pool = TestPool::start(1, coordinator::SchedulerConfig { progress, ..fast_scheduler() }, &[]).await;
+    // Its engine thread stops for 60 s at a job's second token (fault injection), far past any bound.
+    let launcher = ["env".to_string(), "MODELPOOL_FAULT_STALL_SECS=60".to_string()];
+    let stuck = WorkerProcess::spawn_with(&launcher, &pool.spec).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pool.list().await.len() < 2 {
+        assert!(Instant::now() < deadline, "the second worker registers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stuck_id = pool.list().await.into_iter().find(|w| w.info.as_ref().is_some_and(|i| i.pid == stuck.pid)).unwrap().worker_id;
+    // Two at once on two single-slot workers: one goes to the stuck worker.
+    let answers = futures::future::join_all(["Say one.", "Say two."].map(|text| {
+        let mut client = pool.client.clone();
+        let mut request = common::chat(text, 8);
+        request.sampling.as_mut().unwrap().ignore_eos = Some(true);
+        async move { client.predict(request).await }
+    }))
+    .await;
+    let mut retried = 0;
+    for answer in answers {
+        let response = answer.expect("no prompt is lost").into_inner();
+        assert_ne!(response.worker_id, stuck_id, "the stuck worker answered nothing");
+        retried += usize::from(response.attempts > 1);
+    }
+    assert_eq!(retried, 1, "the stuck worker's prompt was retried on the other one");
+    stuck.signal(libc::SIGKILL);
+    pool.workers.workers.push(stuck);
+    pool.shutdown().await;
+}

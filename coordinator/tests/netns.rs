@@ -70,7 +70,7 @@ fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_r
         .arg(&hosts)
         .args(["--listen", &format!("{net}.1:50050"), "--prompts-per-worker", "12", "--max-tokens", "48"])
         .args(["--fault-at", "3", "--fault", &cut, "--heal-at", "10", "--heal", &heal])
-        .args(["--heartbeat-timeout-ms", "2000", "--attempt-timeout-secs", "5", "--json"])
+        .args(["--heartbeat-timeout-ms", "2000", "--token-gap-timeout-secs", "5", "--json"])
         .arg(&json)
         .env("RUST_LOG", "warn")
         .output()

@@ -19,4 +19,4 @@ $here/netns.sh hosts $prefix 3 > "$hosts"
 ip netns exec ${prefix}c target/release/coordinator multihost --hosts "$hosts" --listen "$net.1:50050" \
   --prompts-per-worker 12 --max-tokens 48 \
   --fault-at 3 --fault "$here/netns.sh cut $prefix 2" --heal-at 10 --heal "$here/netns.sh heal $prefix 2" \
-  --heartbeat-timeout-ms 2000 --attempt-timeout-secs 5 "$@"
+  --heartbeat-timeout-ms 2000 --token-gap-timeout-secs 5 "$@"

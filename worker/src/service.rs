@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::engine::{Completion, Job, JobEvent};
+use crate::engine::{Completion, Delivery, Job, JobEvent};
 use crate::state::{InFlight, SharedState};
 
 pub struct WorkerService {
@@ -25,12 +25,12 @@ impl WorkerService {
     }
 
     /// Validates, prepares and queues a request; returns the receiver of its events.
-    async fn start(&self, request: proto::PredictRequest, stream: bool) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
+    async fn start(&self, request: proto::PredictRequest, delivery: Delivery) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
         let arrived = Instant::now();
         let engine = self.state.engine_for_new_request()?;
         let alone = request.run_alone;
         let request = PredictRequest::try_from(request)?;
-        let poisoned = crate::engine::queue::is_poisoned(&request);
+        let poisoned = crate::engine::fault::is_poisoned(&request);
         let prepare_engine = Arc::clone(&engine);
         let (prompt, request) = tokio::task::spawn_blocking(move || {
             let prompt = prepare_engine.prepare(&request);
@@ -41,7 +41,7 @@ impl WorkerService {
         let prompt = prompt?;
         debug!(request_id = %request.request_id, prompt_tokens = prompt.tokens.len(), "queued");
         let (events, rx) = mpsc::unbounded_channel();
-        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events, stream, alone, poisoned })?;
+        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events, delivery, alone, poisoned })?;
         Ok((rx, request.request_id))
     }
 }
@@ -61,13 +61,29 @@ fn response(request_id: String, completion: Completion) -> proto::PredictRespons
     }
 }
 
+/// How a stream's caller wants its text: piece by piece, or gathered per interval (see
+/// [`proto::STREAM_INTERVAL_MS_HEADER`]).
+fn stream_delivery(metadata: &tonic::metadata::MetadataMap) -> Result<Delivery, PoolError> {
+    let Some(value) = metadata.get(proto::STREAM_INTERVAL_MS_HEADER) else { return Ok(Delivery::Pieces) };
+    let field = || format!("metadata {}", proto::STREAM_INTERVAL_MS_HEADER);
+    let ms: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| PoolError::invalid(field(), "not a whole number of milliseconds"))?;
+    if ms > proto::MAX_STREAM_INTERVAL_MS {
+        return Err(PoolError::invalid(field(), format!("{ms} ms exceeds the limit of {} ms", proto::MAX_STREAM_INTERVAL_MS)));
+    }
+    Ok(if ms == 0 { Delivery::Pieces } else { Delivery::Every(std::time::Duration::from_millis(ms)) })
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::PredictChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Worker for WorkerService {
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let _in_flight = self.state.track();
-        let (mut events, request_id) = self.start(request.into_inner(), false).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
+        let (mut events, request_id) = self.start(request.into_inner(), Delivery::Whole).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
         while let Some(event) = events.recv().await {
             match event {
                 JobEvent::Text(_) => {}
@@ -93,7 +109,8 @@ impl Worker for WorkerService {
         request: Request<proto::PredictRequest>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         let in_flight = self.state.track();
-        let (events, request_id) = self.start(request.into_inner(), true).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
+        let delivery = stream_delivery(request.metadata()).inspect_err(|e| self.state.metrics.record(Err(e)))?;
+        let (events, request_id) = self.start(request.into_inner(), delivery).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
         let worker = Arc::clone(&self.state);
         let stream = futures::stream::unfold(
             Some((events, request_id, in_flight, worker)),

@@ -13,7 +13,7 @@ use modelpool::prompt_format::PromptFormat;
 use modelpool::{ChatMessage, PredictRequest, Prompt, Role, SamplingParams};
 use serde_json::Value;
 use worker::engine::mlx::{MlxConfig, MlxEngine};
-use worker::engine::{Completion, Engine, Job, JobEvent};
+use worker::engine::{Completion, Delivery, Engine, Job, JobEvent};
 
 /// The fixtures' folder: $MODELPOOL_MLX_FIXTURES (scripts/test.sh sets it), else built (or found in the
 /// cache) by the script.
@@ -100,7 +100,7 @@ fn generate(engine: &MlxEngine, messages: &[ChatMessage], max_tokens: u32) -> (V
     let prompt_ids = prompt.tokens.iter().map(|&t| t as u32).collect();
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     engine
-        .submit(Job { request_id: "reference".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false, alone: false, poisoned: false })
+        .submit(Job { request_id: "reference".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, delivery: Delivery::Whole, alone: false, poisoned: false })
         .unwrap();
     loop {
         match received.blocking_recv().expect("the engine answers") {

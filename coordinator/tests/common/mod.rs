@@ -23,7 +23,6 @@ pub fn fast_scheduler() -> SchedulerConfig {
     SchedulerConfig {
         heartbeat_interval: Duration::from_millis(200),
         heartbeat_timeout: Duration::from_secs(1),
-        attempt_timeout: Duration::from_secs(60),
         ..SchedulerConfig::default()
     }
 }

@@ -2,6 +2,7 @@
 //! inference threads; callers hand it jobs through [`Engine::submit`] and read the job's events from a
 //! channel, so the async runtime only moves messages.
 
+pub mod fault;
 pub mod llama;
 pub mod mlx;
 pub mod prefix_cache;
@@ -9,7 +10,7 @@ pub mod queue;
 pub mod sampling;
 pub mod slot;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use modelpool::proto;
 use modelpool::{PoolError, PredictRequest, SamplingParams};
@@ -33,15 +34,30 @@ pub struct Job {
     /// Where the engine reports progress. When the receiver is dropped (the client went away or its
     /// deadline passed) the engine stops the job at the next decode step and frees its slot.
     pub events: mpsc::UnboundedSender<JobEvent>,
-    /// Send text as it is generated. Off for unary calls: their text comes in `Done` only, which
-    /// spares a runtime wake-up per token on cores the decode threads need.
-    pub stream: bool,
+    /// How the text reaches the caller while it is generated.
+    pub delivery: Delivery,
     /// Run with no other sequence beside it (the request's `run_alone`, see [`queue::Intake`]).
     pub alone: bool,
-    /// Fault injection only (see [`queue::is_poisoned`]): every batched decode step that includes this
+    /// Fault injection only (see [`fault::is_poisoned`]): every batched decode step that includes this
     /// job fails, as a kernel bug that one sequence's state triggers would.
     pub poisoned: bool,
 }
+
+/// How a job's text reaches its caller while it is generated; `Done` always carries the whole text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Only in `Done` (unary calls): no runtime wake-up per token on cores the decode threads need.
+    Whole,
+    /// Text as it is generated, whole UTF-8 characters per piece. Tokens that add no text for
+    /// [`PROGRESS_EVERY`] send an empty piece, so the caller still sees the generation move.
+    Pieces,
+    /// Text gathered and sent at the first token and then at most once per interval: for a caller that
+    /// only watches progress (the coordinator's attempts for unary prompts) at one wake-up per interval.
+    Every(Duration),
+}
+
+/// The longest a streamed generation stays silent while it makes progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub enum JobEvent {

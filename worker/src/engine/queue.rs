@@ -9,7 +9,7 @@ use std::time::Instant;
 use modelpool::{PoolError, PredictRequest};
 use tokio::sync::mpsc;
 
-use super::{Engine, EngineLoad, Job, JobEvent};
+use super::{Delivery, Engine, EngineLoad, Job, JobEvent, fault};
 
 /// Counters the engine thread updates and the gRPC side reads.
 #[derive(Debug, Default)]
@@ -67,13 +67,6 @@ impl Drop for EngineThread {
     }
 }
 
-/// Fault injection for drills and tests (scripts/fault-drill.sh, coordinator/tests/hardening.rs): with
-/// `MODELPOOL_FAULT_ENGINE_PANIC_AFTER=N`, the engine thread panics when it takes job N+1 (the warm-up
-/// is job 1), as a bug in an engine would. Unset, nothing changes.
-fn fault_panic_after() -> Option<u64> {
-    std::env::var("MODELPOOL_FAULT_ENGINE_PANIC_AFTER").ok().and_then(|v| v.parse().ok())
-}
-
 impl JobQueue {
     /// A queue holding at most `capacity` jobs that wait for one of `slots`; the receiver goes to the
     /// engine thread, which takes a job only when a slot is free.
@@ -111,18 +104,6 @@ impl JobQueue {
             }
         }
     }
-}
-
-/// Fault injection for drills and tests: with `MODELPOOL_FAULT_POISON=TEXT`, a request whose prompt
-/// contains TEXT is poisoned: every decode step that includes it fails (see [`Job::poisoned`]). Unset,
-/// nothing changes.
-pub fn is_poisoned(request: &PredictRequest) -> bool {
-    let Ok(marker) = std::env::var("MODELPOOL_FAULT_POISON") else { return false };
-    !marker.is_empty()
-        && match &request.prompt {
-            modelpool::Prompt::Raw(text) => text.contains(&marker),
-            modelpool::Prompt::Chat(messages) => messages.iter().any(|m| m.content.contains(&marker)),
-        }
 }
 
 /// The error for the jobs of a forward pass that failed. Alone, the job failed by itself (INTERNAL).
@@ -166,7 +147,7 @@ pub fn next_job(queue: &Receiver<Job>, idle: bool, counters: &LoadCounters) -> N
         };
         counters.queued.fetch_sub(1, Ordering::Relaxed);
         let taken = counters.taken.fetch_add(1, Ordering::Relaxed) + 1;
-        if fault_panic_after().is_some_and(|n| taken > n) {
+        if fault::panics_taking(taken) {
             panic!("fault injection (MODELPOOL_FAULT_ENGINE_PANIC_AFTER): the engine thread dies taking job {taken}");
         }
         if job.events.is_closed() {
@@ -222,7 +203,7 @@ pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolE
     let request = PredictRequest::user("Hi", 1);
     let prompt = engine.prepare(&request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
-    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, stream: false, alone: false, poisoned: false })?;
+    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, delivery: Delivery::Whole, alone: false, poisoned: false })?;
     while let Some(event) = rx.blocking_recv() {
         match event {
             JobEvent::Text(_) => {}

@@ -7,7 +7,7 @@ use std::time::Instant;
 use modelpool::proto::{FinishReason, Timings};
 use modelpool::text::{StopMatcher, Utf8Stream};
 
-use crate::engine::{Completion, Job, JobEvent};
+use crate::engine::{Completion, Delivery, Job, JobEvent, PROGRESS_EVERY, fault};
 
 pub struct Slot<S> {
     /// Which sequence this slot is: its llama.cpp sequence id (the MLX loop only numbers its slots).
@@ -41,6 +41,9 @@ pub struct Slot<S> {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     inter_token_ms: Vec<f32>,
+    /// Text generated but not yet sent (see [`Delivery`]), and when text was last sent.
+    unsent: String,
+    last_sent: Option<Instant>,
 }
 
 /// What happened to a slot after it received a token.
@@ -73,6 +76,8 @@ impl<S> Slot<S> {
             first_token: None,
             last_token: None,
             inter_token_ms: Vec::new(),
+            unsent: String::new(),
+            last_sent: None,
         }
     }
 
@@ -108,10 +113,12 @@ impl<S> Slot<S> {
             return Progress::Finished(FinishReason::Eos);
         }
         self.generated += 1;
+        fault::stall_once_at_second_token(self.generated);
         self.token_ids.push(token as u32);
         let piece = self.utf8.push(bytes);
         let step = self.stop.push(&piece);
         self.emit(step.emit);
+        self.send_if_due(now);
         if step.stopped {
             return Progress::Finished(FinishReason::StopSequence);
         }
@@ -124,10 +131,24 @@ impl<S> Slot<S> {
 
     fn emit(&mut self, piece: String) {
         if !piece.is_empty() {
-            if self.job.stream {
-                let _ = self.job.events.send(JobEvent::Text(piece.clone()));
+            if self.job.delivery != Delivery::Whole {
+                self.unsent.push_str(&piece);
             }
             self.text.push_str(&piece);
+        }
+    }
+
+    /// Sends the unsent text when the job's delivery says it is time (see [`Delivery`]).
+    fn send_if_due(&mut self, now: Instant) {
+        let since_last = |interval| self.last_sent.is_none_or(|sent| now.saturating_duration_since(sent) >= interval);
+        let due = match self.job.delivery {
+            Delivery::Whole => false,
+            Delivery::Pieces => !self.unsent.is_empty() || since_last(PROGRESS_EVERY),
+            Delivery::Every(interval) => since_last(interval),
+        };
+        if due {
+            self.last_sent = Some(now);
+            let _ = self.job.events.send(JobEvent::Text(std::mem::take(&mut self.unsent)));
         }
     }
 
@@ -139,6 +160,9 @@ impl<S> Slot<S> {
             let mut rest = self.stop.push(&tail).emit;
             rest.push_str(&self.stop.finish());
             self.emit(rest);
+        }
+        if !self.unsent.is_empty() {
+            let _ = self.job.events.send(JobEvent::Text(std::mem::take(&mut self.unsent)));
         }
         let end = Instant::now();
         let arrived = self.job.arrived;

@@ -63,8 +63,12 @@ pub struct MultihostArgs {
     pub heartbeat_timeout_ms: u64,
     #[arg(long, default_value_t = 500)]
     pub heartbeat_interval_ms: u64,
+    /// Longest a worker may take to its first token before the prompt is retried elsewhere.
     #[arg(long, default_value_t = 20)]
-    pub attempt_timeout_secs: u64,
+    pub first_token_timeout_secs: u64,
+    /// Longest a worker may go without a token once started before the prompt is retried elsewhere.
+    #[arg(long, default_value_t = 5)]
+    pub token_gap_timeout_secs: u64,
     #[arg(long, default_value_t = 180)]
     pub startup_timeout_secs: u64,
     /// Write the report as JSON here.
@@ -126,7 +130,10 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     let scheduler = SchedulerConfig {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
-        attempt_timeout: Duration::from_secs(args.attempt_timeout_secs),
+        progress: crate::worker_client::ProgressTimeouts {
+            first_token: Duration::from_secs(args.first_token_timeout_secs),
+            between_tokens: Duration::from_secs(args.token_gap_timeout_secs.max(2)),
+        },
         ..SchedulerConfig::default()
     };
     // A pool on a network is closed: every call to the coordinator and to the workers needs the token,
