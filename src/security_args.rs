@@ -53,6 +53,11 @@ impl SecurityArgs {
         Ok(Credentials { token: Token::new(self.token.clone())?, tls: ClientTls::from_ca_file(self.tls_ca.as_deref())? })
     }
 
+    /// The same identity for an HTTPS server, if a certificate was given.
+    pub fn https(&self) -> Result<Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>, FlagError> {
+        Ok(crate::tls::https_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?)
+    }
+
     /// The identity to serve TLS with, if a certificate was given.
     pub fn server_tls(&self) -> Result<Option<ServerTlsConfig>, FlagError> {
         Ok(server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?)

@@ -3,6 +3,11 @@
 //! Without them everything is plaintext, which is fine on 127.0.0.1 and nowhere else.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
@@ -24,6 +29,32 @@ pub fn server_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<S
         (Some(_), None) => Err(PoolError::invalid("tls-key", "missing: --tls-cert needs --tls-key")),
         (None, Some(_)) => Err(PoolError::invalid("tls-cert", "missing: --tls-key needs --tls-cert")),
     }
+}
+
+/// The same identity for an HTTPS server (the coordinator's HTTP API): `None` without a certificate.
+/// Offers HTTP/1.1 and HTTP/2 by ALPN.
+pub fn https_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Arc<rustls::ServerConfig>>, PoolError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        // A lone certificate or key is refused by `server_config`, which every daemon calls too.
+        return server_config(cert, key).map(|_| None);
+    };
+    let chain = CertificateDer::pem_slice_iter(&read(cert, "tls-cert")?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PoolError::invalid("tls-cert", format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(PoolError::invalid("tls-cert", format!("{}: no certificate in the file", cert.display())));
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(&read(key, "tls-key")?)
+        .map_err(|e| PoolError::invalid("tls-key", format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PoolError::invalid("tls-cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(|e| PoolError::invalid("tls-key", format!("does not match --tls-cert or is unsupported: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 /// The client side: the CA that signed the pool's certificates, if any.

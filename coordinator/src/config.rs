@@ -1,11 +1,15 @@
 //! The daemon's flags (`coordinator serve`) and the validated configuration they become.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use modelpool::auth::Credentials;
 use modelpool::security_args::{FlagError, SecurityArgs};
+use tokio_rustls::rustls;
 use tonic::transport::ServerTlsConfig;
+
+use crate::http_server::HttpLimits;
 
 use crate::routing::Routing;
 use crate::scheduler::SchedulerConfig;
@@ -118,6 +122,21 @@ pub struct ServeArgs {
     /// Longest an HTTP API request may take before it fails with 504.
     #[arg(long, default_value_t = 300)]
     pub http_timeout_secs: u64,
+    /// Longest an HTTP client may take to send a request's headers (and a TLS handshake).
+    #[arg(long, default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Open HTTP connections at most; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 512)]
+    pub http_max_connections: usize,
+    /// Longest the HTTP API waits for a client that accepts no data (a stream it stopped reading);
+    /// then the connection is dropped and its prompt cancelled.
+    #[arg(long, default_value_t = 30)]
+    pub http_write_timeout_secs: u64,
+    /// Serve the HTTP API in plaintext on a non-loopback address although a token is set (the token then
+    /// crosses the network in the clear). Without it that combination is refused: give --tls-cert and
+    /// --tls-key (the API is then HTTPS) or --no-http.
+    #[arg(long)]
+    pub allow_plaintext_http: bool,
     #[command(flatten)]
     pub security: SecurityArgs,
     #[command(flatten)]
@@ -137,7 +156,10 @@ pub struct Config {
     pub credentials: Credentials,
     /// Serve gRPC over TLS with this identity.
     pub server_tls: Option<ServerTlsConfig>,
+    /// The same identity for the HTTP API (HTTPS).
+    pub https: Option<Arc<rustls::ServerConfig>>,
     pub http_request_timeout: Duration,
+    pub http_limits: HttpLimits,
 }
 
 impl Default for Config {
@@ -146,7 +168,9 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             credentials: Credentials::default(),
             server_tls: None,
+            https: None,
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -162,14 +186,45 @@ impl TryFrom<&ServeArgs> for Config {
 
     fn try_from(args: &ServeArgs) -> Result<Self, ConfigError> {
         let security_error = |e: FlagError| ConfigError { flag: e.flag, reason: e.reason };
-        if args.http_timeout_secs < 1 {
-            return refuse("http-timeout-secs", "must be at least 1");
+        for (flag, value) in [
+            ("http-timeout-secs", args.http_timeout_secs),
+            ("http-header-timeout-secs", args.http_header_timeout_secs),
+            ("http-write-timeout-secs", args.http_write_timeout_secs),
+            ("http-max-connections", args.http_max_connections as u64),
+        ] {
+            if value < 1 {
+                return refuse(flag, "must be at least 1");
+            }
+        }
+        let credentials = args.security.credentials().map_err(security_error)?;
+        let https = args.security.https().map_err(security_error)?;
+        if !args.no_http && https.is_none() && credentials.token.is_set() && !is_loopback(&args.bind) && !args.allow_plaintext_http {
+            return refuse(
+                "bind",
+                format!(
+                    "{} is not a loopback address and a token is set, but the HTTP API would be plaintext and send \
+                     the token in the clear: give --tls-cert and --tls-key (the API is then HTTPS), --no-http, or \
+                     --allow-plaintext-http",
+                    args.bind
+                ),
+            );
         }
         Ok(Self {
             scheduler: SchedulerConfig::try_from(&args.scheduler)?,
-            credentials: args.security.credentials().map_err(security_error)?,
+            credentials,
             server_tls: args.security.server_tls().map_err(security_error)?,
+            https,
             http_request_timeout: Duration::from_secs(args.http_timeout_secs),
+            http_limits: HttpLimits {
+                header_read_timeout: Duration::from_secs(args.http_header_timeout_secs),
+                max_connections: args.http_max_connections,
+                write_timeout: Duration::from_secs(args.http_write_timeout_secs),
+            },
         })
     }
+}
+
+/// Whether `bind` only reaches this machine.
+fn is_loopback(bind: &str) -> bool {
+    bind == "localhost" || bind.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

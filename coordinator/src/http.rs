@@ -172,6 +172,12 @@ async fn stream_response(
             let events = events.clone();
             async move { events.send(Ok(Event::default().data(value.to_string()))).await.is_ok() }
         };
+        // The client closed the connection or stopped reading (the listener's write deadline dropped
+        // it): returning drops the receivers, which cancels the prompt, queued or running.
+        let gone = |state: &HttpState| {
+            let error = PoolError::Cancelled("the HTTP client went away or stopped reading".into());
+            state.metrics.record(Err(&error), started);
+        };
         let deadline = tokio::time::sleep(state.request_timeout);
         tokio::pin!(deadline);
         let mut first = true;
@@ -181,12 +187,14 @@ async fn stream_response(
                 piece = pieces.recv() => match piece {
                     Some(text) => {
                         if !send(envelope.chunk(Some(&text), first, None, include_usage)).await {
-                            return; // the client went away: dropping the receivers cancels the prompt
+                            return gone(&state);
                         }
                         first = false;
                     }
                     None => open = false,
                 },
+                // Noticed while the prompt waits in the queue too, so it is never dispatched.
+                () = events.closed() => return gone(&state),
                 () = &mut deadline => {
                     let error = timed_out(state.request_timeout);
                     state.metrics.record(Err(&error), started);

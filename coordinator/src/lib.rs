@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod http_server;
 pub mod metrics;
 pub mod openai;
 pub mod prefix_index;
@@ -20,7 +21,7 @@ pub mod scheduler;
 pub mod service;
 pub mod worker_client;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 
@@ -55,7 +56,7 @@ pub async fn serve(
     if let Some(tls) = config.server_tls.clone() {
         builder = builder.tls_config(tls)?;
     }
-    let request_timeout = config.http_request_timeout;
+    let (request_timeout, http_limits, https) = (config.http_request_timeout, config.http_limits, config.https.clone());
     let scheduler = Scheduler::start(config.scheduler, config.credentials);
     let metrics = Arc::new(CoordinatorMetrics::default());
     let admission = Arc::new(Admission::new(Arc::clone(&metrics)));
@@ -78,7 +79,7 @@ pub async fn serve(
     let http_task = match http {
         Some(http) => {
             let http_address = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            info!(%http_address, "coordinator HTTP API listening");
+            info!(%http_address, https = https.is_some(), "coordinator HTTP API listening");
             let state = HttpState {
                 scheduler: scheduler.clone(),
                 metrics: Arc::clone(&metrics),
@@ -91,7 +92,7 @@ pub async fn serve(
             let stop = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            Some(tokio::spawn(axum::serve(http, app).with_graceful_shutdown(stop).into_future()))
+            Some(tokio::spawn(http_server::serve(http, app, https, http_limits, stop)))
         }
         None => None,
     };

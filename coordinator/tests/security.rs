@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestPool, chat, fast_scheduler};
+use common::{TestPki, TestPool, chat, fast_scheduler};
 use coordinator::Config;
 use modelpool::auth::{Credentials, Token};
 use modelpool::proto::worker_client::WorkerClient;
@@ -59,40 +59,6 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     assert!(workers.iter().all(|w| w.info.as_ref().unwrap().pid != impostor.pid));
     impostor.stop(Duration::from_secs(5)).await;
     pool.shutdown().await;
-}
-
-/// A throwaway CA and a certificate it signed for 127.0.0.1, written as PEM files.
-struct TestPki {
-    dir: std::path::PathBuf,
-    ca_pem: String,
-}
-
-impl TestPki {
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "modelpool test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
-        let dir = std::env::temp_dir().join(format!("modelpool-pki-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Self { dir, ca_pem: ca.pem() }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for TestPki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -34,7 +34,8 @@ impl LocalCoordinator {
     pub async fn start_on(config: Config, address: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let http = TcpListener::bind("127.0.0.1:0").await?;
-        let http_url = format!("http://{}", http.local_addr()?);
+        let http_scheme = if config.https.is_some() { "https" } else { "http" };
+        let http_url = format!("{http_scheme}://{}", http.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let scheme = if config.server_tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}", listener.local_addr()?);

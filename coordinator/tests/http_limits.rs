@@ -1,0 +1,227 @@
+//! The HTTP API as a server on a network (hardening findings 3 and 12), against a real coordinator and,
+//! where prompts run, a real worker: HTTPS with the gRPC port's certificate, plaintext refused where it
+//! would carry the token in the clear, a header deadline, a connection limit, a write deadline for
+//! clients that stop reading, and queued prompts of clients that left never dispatched.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestPki, TestPool, fast_scheduler};
+use coordinator::Config;
+use coordinator::bench::local_pool::LocalCoordinator;
+use coordinator::http_server::HttpLimits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn host_of(url: &str) -> String {
+    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/').to_string()
+}
+
+/// Reads until the server closes the connection or `limit` passes; None if it was still open then.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| String::from_utf8_lossy(&received).into_owned())
+}
+
+fn chat_body(text: &str, max_tokens: u32, stream: bool) -> String {
+    serde_json::json!({
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+        "ignore_eos": true,
+        "stream": stream,
+    })
+    .to_string()
+}
+
+fn post(host: &str, path: &str, body: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// Finding 12: a client that sent part of its headers and then nothing held its connection forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let limits = HttpLimits { header_read_timeout: Duration::from_secs(1), ..HttpLimits::default() };
+    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let mut stream = TcpStream::connect(host_of(&coordinator.http_url)).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(read_until_closed(&mut stream, Duration::from_secs(15)).await.is_some(), "the server closed the connection");
+    coordinator.stop().await;
+}
+
+/// Finding 12: open connections had no limit. One over the limit is answered 503 and closed; once one
+/// closes, a new connection is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_get_503_until_one_closes() {
+    let limits = HttpLimits { max_connections: 3, ..HttpLimits::default() };
+    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let host = host_of(&coordinator.http_url);
+    let request = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        // Kept alive after its answer: each holds a connection.
+        let mut stream = TcpStream::connect(&host).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buffer = [0u8; 1024];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+        open.push(stream);
+    }
+    let mut extra = TcpStream::connect(&host).await.unwrap();
+    extra.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut extra, Duration::from_secs(10)).await.expect("refused and closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections") && answer.contains("limit 3"), "{answer}");
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = common::http_get(&format!("{}/health", coordinator.http_url)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a freed connection slot is used again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    coordinator.stop().await;
+}
+
+/// Finding 12: an SSE client that stopped reading held its stream's task, and its prompt ran to the end.
+/// Now the write deadline drops the connection and the prompt is cancelled on the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streaming_client_that_stops_reading_is_dropped_and_its_prompt_cancelled() {
+    let limits = HttpLimits { write_timeout: Duration::from_secs(2), ..HttpLimits::default() };
+    let config = Config { http_limits: limits, ..Config::from(fast_scheduler()) };
+    let pool = TestPool::start(1, config, &[]).await;
+    let host = host_of(&pool.http_url());
+    // A small receive window, so that the server's writes soon have to wait for this client.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(host.parse().unwrap()).await.unwrap();
+    let body = chat_body("Count from one to one thousand in words.", 2000, true);
+    stream.write_all(post(&host, "/v1/chat/completions", &body).as_bytes()).await.unwrap();
+    // The client never reads. The worker's generation must end long before its 2000 tokens.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let load = pool.list().await[0].load.unwrap_or_default();
+        if load.cancelled >= 1 {
+            assert_eq!(load.served, 0, "cancelled, not finished");
+            break;
+        }
+        assert!(load.served == 0, "the prompt ran to its end for a client that had stopped reading");
+        assert!(Instant::now() < deadline, "the prompt is cancelled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stream);
+    pool.shutdown().await;
+}
+
+/// Finding 12: a streaming client that left while its prompt waited in the queue still had the prompt
+/// dispatched and prefilled. Now it is dropped from the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_prompt_whose_streaming_client_left_is_never_run() {
+    let pool = TestPool::start(1, fast_scheduler(), &[]).await;
+    // The worker's one slot is busy for a while.
+    let mut busy = common::chat("Count from one to one thousand in words.", 300);
+    busy.sampling.as_mut().unwrap().ignore_eos = Some(true);
+    let mut client = pool.client.clone();
+    let running = tokio::spawn(async move { client.predict(busy).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.list().await[0].in_flight == 0 {
+        assert!(Instant::now() < deadline, "the long prompt starts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let host = host_of(&pool.http_url());
+    let mut stream = TcpStream::connect(&host).await.unwrap();
+    stream.write_all(post(&host, "/v1/chat/completions", &chat_body("Say hi.", 4, true)).as_bytes()).await.unwrap();
+    let mut head = [0u8; 512];
+    let n = stream.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "admitted and waiting");
+    drop(stream);
+    let first = running.await.unwrap().expect("the long prompt is served").into_inner();
+    assert_eq!(first.completion_tokens, 300);
+    // Time for the scheduler to have dispatched the queued prompt, had it been kept.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = pool.list().await[0].load.unwrap_or_default();
+    assert_eq!((load.served, load.cancelled), (1, 0), "the worker never saw the abandoned prompt");
+    pool.shutdown().await;
+}
+
+/// Finding 3: with a certificate the HTTP API is HTTPS (the gRPC port's identity); plaintext to it gets
+/// no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_serves_https_with_the_grpc_certificate() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let pki = TestPki::new();
+    let (cert, key) = (pki.path("cert.pem"), pki.path("key.pem"));
+    let config = Config {
+        server_tls: modelpool::tls::server_config(Some(cert.as_ref()), Some(key.as_ref())).unwrap(),
+        https: modelpool::tls::https_config(Some(cert.as_ref()), Some(key.as_ref())).unwrap(),
+        credentials: modelpool::auth::Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Default::default() },
+        ..Config::default()
+    };
+    let coordinator = LocalCoordinator::start(config).await.unwrap();
+    assert!(coordinator.http_url.starts_with("https://"), "{}", coordinator.http_url);
+    let host = host_of(&coordinator.http_url);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(&host).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap().to_owned(), tcp).await.unwrap();
+    tls.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"ok\""), "{answer}");
+
+    let mut plain = TcpStream::connect(&host).await.unwrap();
+    plain.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut plain, Duration::from_secs(15)).await.unwrap_or_default();
+    assert!(!answer.starts_with("HTTP/1.1 200"), "plaintext got an answer: {answer}");
+    coordinator.stop().await;
+}
+
+/// Finding 3: a daemon with a token on a non-loopback address would have served the HTTP API in
+/// plaintext (the token in the clear). It now refuses to start, unless asked for it explicitly.
+#[test]
+fn a_plaintext_http_api_with_a_token_on_the_network_is_refused() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["serve", "--bind", "0.0.0.0", "--port", "0", "--http-port", "0"])
+        .env("MODELPOOL_TOKEN", "a-network-secret-0123456789")
+        .output()
+        .expect("running coordinator serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--bind") && stderr.contains("--tls-cert") && stderr.contains("--allow-plaintext-http"), "{stderr}");
+
+    // Asked for explicitly, it starts (and is stopped here).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["serve", "--bind", "0.0.0.0", "--port", "0", "--http-port", "0", "--allow-plaintext-http"])
+        .env("MODELPOOL_TOKEN", "a-network-secret-0123456789")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("MODELPOOL_COORDINATOR_LISTENING"), "{line}");
+}
