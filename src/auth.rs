@@ -72,6 +72,54 @@ impl Token {
     }
 }
 
+/// A fresh random secret (128 bits from the kernel, as hex): a pool token made for one run, or the lease
+/// a worker's registration is held by.
+pub fn random_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The applications' API keys (`--api-keys-file`): one per line, blank lines and `#` comments skipped,
+/// each held to the token's rules. Apart from the pool token, so that a key opens the client API only
+/// and never lets its holder join the pool as a worker.
+#[derive(Clone)]
+pub struct ApiKeys(Arc<Vec<Token>>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    pub fn load(path: &std::path::Path) -> Result<Self, PoolError> {
+        let field = "api-keys-file";
+        let text = std::fs::read_to_string(path).map_err(|e| PoolError::invalid(field, format!("reading {}: {e}", path.display())))?;
+        let mut keys = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = Token::new(Some(line.to_string()))
+                .map_err(|e| PoolError::invalid(field, format!("{} line {}: {}", path.display(), number + 1, e.to_string().trim_start_matches("invalid token: "))))?;
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(PoolError::invalid(field, format!("{}: no keys in the file", path.display())));
+        }
+        Ok(Self(Arc::new(keys)))
+    }
+
+    /// Whether an `authorization` value carries one of the keys. Every key is compared, so that the
+    /// time taken says nothing about which one matched.
+    pub fn admit_authorization(&self, value: Option<&[u8]>) -> bool {
+        self.0.iter().fold(false, |any, key| key.admits_authorization(value) | any)
+    }
+}
+
 /// Equal length and equal bytes, in time that depends only on the lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut difference = a.len() ^ b.len();

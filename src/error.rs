@@ -26,6 +26,9 @@ pub enum PoolError {
     /// The call lacks the pool's shared secret, or carries the wrong one.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The caller is known but may not do this (another worker's heartbeat, say).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The attempt failed for a reason that need not be this request's own: the forward pass of a batch
     /// it was in failed. Retried alone, it either runs or fails with its own error.
     #[error("aborted: {0}")]
@@ -50,6 +53,7 @@ impl PoolError {
             PoolError::FailedPrecondition(_) => Code::FailedPrecondition,
             PoolError::AlreadyExists(_) => Code::AlreadyExists,
             PoolError::Unauthenticated(_) => Code::Unauthenticated,
+            PoolError::PermissionDenied(_) => Code::PermissionDenied,
             PoolError::Aborted(_) => Code::Aborted,
             PoolError::Internal(_) => Code::Internal,
         }
@@ -79,6 +83,7 @@ impl PoolError {
             Code::FailedPrecondition => PoolError::FailedPrecondition(strip(&message, "failed precondition")),
             Code::AlreadyExists => PoolError::AlreadyExists(strip(&message, "already exists")),
             Code::Unauthenticated => PoolError::Unauthenticated(strip(&message, "unauthenticated")),
+            Code::PermissionDenied => PoolError::PermissionDenied(strip(&message, "permission denied")),
             Code::Aborted => PoolError::Aborted(strip(&message, "aborted")),
             Code::Internal => PoolError::Internal(strip(&message, "internal error")),
             code => PoolError::Internal(format!("{code:?}: {message}")),

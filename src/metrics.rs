@@ -176,7 +176,7 @@ impl Outcome {
             E::Unavailable(_) => Outcome::Unavailable,
             E::DeadlineExceeded(_) => Outcome::Timeout,
             E::Cancelled(_) => Outcome::Cancelled,
-            E::Unauthenticated(_) => Outcome::Unauthenticated,
+            E::Unauthenticated(_) | E::PermissionDenied(_) => Outcome::Unauthenticated,
             E::Internal(_) | E::Aborted(_) => Outcome::Error,
         }
     }

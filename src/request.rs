@@ -17,6 +17,10 @@ pub mod limits {
     pub const MAX_PROMPT_BYTES: usize = 1 << 20;
     pub const MAX_TOP_K: u32 = 1000;
     pub const MAX_REQUEST_ID_BYTES: usize = 128;
+    /// Slots one worker may have (its `--slots`), and so claim at registration.
+    pub const MAX_SLOTS_PER_WORKER: u32 = 64;
+    /// The smallest context per slot a worker may have (its `--ctx-per-slot`), and so claim.
+    pub const MIN_CONTEXT_PER_SLOT: u32 = 64;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,7 +50,12 @@ impl From<PoolError> for FlagError {
 impl SecurityArgs {
     /// The token and CA for outgoing calls.
     pub fn credentials(&self) -> Result<Credentials, FlagError> {
-        Ok(Credentials { token: Token::new(self.token.clone())?, tls: ClientTls::from_ca_file(self.tls_ca.as_deref())? })
+        let mut tls = ClientTls::from_ca_file(self.tls_ca.as_deref())?;
+        // Its own certificate doubles as its client certificate, for servers that check them.
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.with_identity(cert, key)?;
+        }
+        Ok(Credentials { token: Token::new(self.token.clone())?, tls })
     }
 
     /// The same identity for an HTTPS server, if a certificate was given.

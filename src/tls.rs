@@ -57,21 +57,38 @@ pub fn https_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Ar
     Ok(Some(Arc::new(config)))
 }
 
-/// The client side: the CA that signed the pool's certificates, if any.
+/// The client side: the CA that signed the pool's certificates, if any, and this daemon's own
+/// certificate and key, presented when a server asks for one (a coordinator that checks its workers'
+/// certificates, `--tls-worker-ca`).
 #[derive(Clone, Debug, Default)]
-pub struct ClientTls(Option<Certificate>);
+pub struct ClientTls {
+    ca: Option<Certificate>,
+    identity: Option<Identity>,
+}
 
 impl ClientTls {
     pub fn none() -> Self {
-        Self(None)
+        Self::default()
     }
 
     pub fn from_ca_file(ca: Option<&Path>) -> Result<Self, PoolError> {
-        Ok(Self(ca.map(|path| read(path, "tls-ca")).transpose()?.map(Certificate::from_pem)))
+        Ok(Self { ca: ca.map(|path| read(path, "tls-ca")).transpose()?.map(Certificate::from_pem), identity: None })
     }
 
     pub fn from_ca_pem(pem: impl AsRef<[u8]>) -> Self {
-        Self(Some(Certificate::from_pem(pem)))
+        Self { ca: Some(Certificate::from_pem(pem)), identity: None }
+    }
+
+    /// Presents this certificate and key (PEM files) to servers that ask for a client certificate.
+    pub fn with_identity(mut self, cert: &Path, key: &Path) -> Result<Self, PoolError> {
+        self.identity = Some(Identity::from_pem(read(cert, "tls-cert")?, read(key, "tls-key")?));
+        Ok(self)
+    }
+
+    /// The same, from PEM text.
+    pub fn with_identity_pem(mut self, cert: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Self {
+        self.identity = Some(Identity::from_pem(cert, key));
+        self
     }
 
     /// An endpoint for `url`: TLS for `https://` (which needs the CA), plaintext for `http://`.
@@ -81,11 +98,22 @@ impl ClientTls {
         if !url.starts_with("https://") {
             return Ok(endpoint);
         }
-        let ca = self.0.clone().ok_or_else(|| {
+        let ca = self.ca.clone().ok_or_else(|| {
             PoolError::invalid("tls-ca", format!("{url} is https: give the CA that signed its certificate with --tls-ca"))
         })?;
+        let mut config = ClientTlsConfig::new().ca_certificate(ca);
+        if let Some(identity) = &self.identity {
+            config = config.identity(identity.clone());
+        }
         endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(ca))
+            .tls_config(config)
             .map_err(|e| PoolError::invalid("tls-ca", format!("TLS settings for {url}: {e}")))
     }
+}
+
+/// Adds client-certificate checking to a TLS server: a client may present a certificate, which must be
+/// signed by the CA in `ca` (PEM file); whether a call needs one is the service's decision (the
+/// coordinator requires it for membership calls with `--tls-worker-ca`).
+pub fn with_client_ca(server: ServerTlsConfig, ca: &Path, flag: &str) -> Result<ServerTlsConfig, PoolError> {
+    Ok(server.client_ca_root(Certificate::from_pem(read(ca, flag)?)).client_auth_optional(true))
 }

@@ -1,5 +1,6 @@
 //! The daemon's flags (`coordinator serve`) and the validated configuration they become.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,9 @@ use modelpool::security_args::{FlagError, SecurityArgs};
 use tokio_rustls::rustls;
 use tonic::transport::ServerTlsConfig;
 
+use crate::access::Access;
 use crate::http_server::HttpLimits;
+use modelpool::auth::ApiKeys;
 
 use crate::routing::Routing;
 use crate::scheduler::SchedulerConfig;
@@ -137,6 +140,16 @@ pub struct ServeArgs {
     /// --tls-key (the API is then HTTPS) or --no-http.
     #[arg(long)]
     pub allow_plaintext_http: bool,
+    /// Applications' API keys, one per line (`#` comments and blank lines skipped; each at least 16
+    /// visible ASCII characters). With it, the client API (Predict, PredictBatch, ListWorkers, the HTTP
+    /// API) takes only these keys and the pool token only lets workers join; without it the token opens
+    /// both.
+    #[arg(long, env = "MODELPOOL_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Mutual TLS for workers: membership calls (Register, Heartbeat, Deregister) must present a client
+    /// certificate signed by this CA (PEM); needs --tls-cert. Workers present their own --tls-cert.
+    #[arg(long, env = "MODELPOOL_TLS_WORKER_CA")]
+    pub tls_worker_ca: Option<PathBuf>,
     #[command(flatten)]
     pub security: SecurityArgs,
     #[command(flatten)]
@@ -158,6 +171,10 @@ pub struct Config {
     pub server_tls: Option<ServerTlsConfig>,
     /// The same identity for the HTTP API (HTTPS).
     pub https: Option<Arc<rustls::ServerConfig>>,
+    /// The applications' keys; None: the pool token opens the client API too.
+    pub api_keys: Option<ApiKeys>,
+    /// Membership calls need a client certificate (the CA is in `server_tls`).
+    pub worker_certificates: bool,
     pub http_request_timeout: Duration,
     pub http_limits: HttpLimits,
 }
@@ -169,9 +186,18 @@ impl Default for Config {
             credentials: Credentials::default(),
             server_tls: None,
             https: None,
+            api_keys: None,
+            worker_certificates: false,
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             http_limits: HttpLimits::default(),
         }
+    }
+}
+
+impl Config {
+    /// Who may call what (see `access`).
+    pub fn access(&self) -> Access {
+        Access::new(self.credentials.token.clone(), self.api_keys.clone(), self.worker_certificates)
     }
 }
 
@@ -209,11 +235,22 @@ impl TryFrom<&ServeArgs> for Config {
                 ),
             );
         }
+        let mut server_tls = args.security.server_tls().map_err(security_error)?;
+        if let Some(ca) = &args.tls_worker_ca {
+            let Some(tls) = server_tls else { return refuse("tls-worker-ca", "needs --tls-cert and --tls-key (client certificates ride on TLS)") };
+            server_tls = Some(modelpool::tls::with_client_ca(tls, ca, "tls-worker-ca").map_err(|e| ConfigError { flag: "tls-worker-ca", reason: e.to_string() })?);
+        }
+        let api_keys = match &args.api_keys_file {
+            Some(path) => Some(ApiKeys::load(path).map_err(|e| ConfigError { flag: "api-keys-file", reason: e.to_string() })?),
+            None => None,
+        };
         Ok(Self {
             scheduler: SchedulerConfig::try_from(&args.scheduler)?,
             credentials,
-            server_tls: args.security.server_tls().map_err(security_error)?,
+            server_tls,
             https,
+            api_keys,
+            worker_certificates: args.tls_worker_ca.is_some(),
             http_request_timeout: Duration::from_secs(args.http_timeout_secs),
             http_limits: HttpLimits {
                 header_read_timeout: Duration::from_secs(args.http_header_timeout_secs),

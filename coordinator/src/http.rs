@@ -13,13 +13,13 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use modelpool::auth::Token;
 use modelpool::proto::{self, WorkerState};
 use modelpool::PoolError;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::access::Access;
 use crate::admission::Admission;
 use crate::metrics::CoordinatorMetrics;
 use crate::openai::{ApiError, ChatCompletionRequest, CompletionRequest, Envelope, Kind};
@@ -29,7 +29,7 @@ pub struct HttpState {
     pub scheduler: Scheduler,
     pub metrics: Arc<CoordinatorMetrics>,
     pub admission: Arc<Admission>,
-    pub token: Token,
+    pub access: Access,
     /// Longest a request may take from admission to its last token before it fails with 504.
     pub request_timeout: Duration,
 }
@@ -40,7 +40,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token));
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_client_key));
     Router::new()
         .merge(protected)
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
@@ -49,14 +49,12 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+async fn require_client_key(State(state): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    if state.token.admits_authorization(authorization) {
+    if state.access.admits_client(authorization) {
         next.run(request).await
     } else {
-        error_response(&ApiError::from_pool(&PoolError::Unauthenticated(
-            "missing or wrong pool token: send `Authorization: Bearer <token>` (the OpenAI client's api_key)".into(),
-        )))
+        error_response(&ApiError::from_pool(&state.access.client_refusal()))
     }
 }
 

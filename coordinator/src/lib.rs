@@ -6,6 +6,7 @@
 //! [`serve`] takes a bound listener and a shutdown future, so tests start a real coordinator on
 //! `127.0.0.1:0`.
 
+pub mod access;
 pub mod admission;
 pub mod bench;
 pub mod cli;
@@ -51,7 +52,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let token = config.credentials.token.clone();
+    let access = config.access();
     let mut builder = Server::builder();
     if let Some(tls) = config.server_tls.clone() {
         builder = builder.tls_config(tls)?;
@@ -84,7 +85,7 @@ pub async fn serve(
                 scheduler: scheduler.clone(),
                 metrics: Arc::clone(&metrics),
                 admission: Arc::clone(&admission),
-                token: token.clone(),
+                access: access.clone(),
                 request_timeout,
             };
             let app = http::router(Arc::new(state));
@@ -101,7 +102,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(CoordinatorServer::with_interceptor(CoordinatorService::new(scheduler, metrics, admission), token.require()))
+        .add_service(CoordinatorServer::new(CoordinatorService::new(access, scheduler, metrics, admission)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     if let Some(task) = http_task {

@@ -301,6 +301,7 @@ impl ApiError {
             }
             PoolError::NotFound(_) => (404, "invalid_request_error", Some("not_found")),
             PoolError::Unauthenticated(_) => (401, "authentication_error", Some("invalid_api_key")),
+            PoolError::PermissionDenied(_) => (403, "permission_error", None),
             PoolError::ResourceExhausted(_) => (429, "rate_limit_error", Some("rate_limit_exceeded")),
             PoolError::Unavailable(_) => (503, "service_unavailable_error", Some("no_workers")),
             PoolError::DeadlineExceeded(_) => (504, "timeout_error", Some("timeout")),

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use modelpool::PoolError;
+use modelpool::auth::constant_time_eq;
+use modelpool::request::limits;
 use modelpool::proto::{self, WorkerState};
 
 use crate::routing::Candidate;
@@ -13,6 +15,8 @@ use crate::routing::Candidate;
 #[derive(Debug, Clone)]
 pub struct WorkerEntry {
     pub id: String,
+    /// The secret its heartbeats and deregistration must carry (see `RegisterResponse.lease`).
+    lease: String,
     pub info: proto::WorkerInfo,
     pub state: WorkerState,
     pub load: proto::WorkerLoad,
@@ -67,15 +71,23 @@ impl Registry {
     /// instance claiming a registered worker's address (until that one deregisters or is evicted), one
     /// instance under a second address, and a worker serving a different model from the rest of the
     /// pool (results would silently depend on where a prompt went).
-    pub fn register(&mut self, info: proto::WorkerInfo, now: Instant) -> Result<String, PoolError> {
+    pub fn register(&mut self, info: proto::WorkerInfo, lease: String, now: Instant) -> Result<String, PoolError> {
         if info.address.is_empty() {
             return Err(PoolError::invalid("info.address", "empty: the worker must say where it listens"));
         }
         if !(info.address.starts_with("http://") || info.address.starts_with("https://")) {
             return Err(PoolError::invalid("info.address", format!("{:?} is not an http:// or https:// URL", info.address)));
         }
-        if info.slots == 0 {
-            return Err(PoolError::invalid("info.slots", "0; a worker has at least one slot"));
+        // Bounded by what a worker can have: a registration claiming more would draw nearly every
+        // prompt (the pick is by in-flight / slots), or, with a tiny context, fail them all at admission.
+        if info.slots == 0 || info.slots > limits::MAX_SLOTS_PER_WORKER {
+            return Err(PoolError::invalid("info.slots", format!("{}; a worker has 1 to {} slots", info.slots, limits::MAX_SLOTS_PER_WORKER)));
+        }
+        if info.context_per_slot < limits::MIN_CONTEXT_PER_SLOT {
+            return Err(PoolError::invalid(
+                "info.context_per_slot",
+                format!("{}; a worker has at least {} tokens per slot", info.context_per_slot, limits::MIN_CONTEXT_PER_SLOT),
+            ));
         }
         let same_instance = |w: &WorkerEntry| !info.instance_id.is_empty() && w.info.instance_id == info.instance_id;
         if let Some(holder) = self.workers.values().find(|w| w.info.address == info.address && !same_instance(w))
@@ -104,6 +116,7 @@ impl Registry {
         let id = format!("w{}-{}", self.next_id, info.pid);
         let entry = WorkerEntry {
             id: id.clone(),
+            lease,
             load: info.load.unwrap_or_default(),
             memory: info.memory.unwrap_or_default(),
             info,
@@ -119,10 +132,22 @@ impl Registry {
         Ok(id)
     }
 
+    /// The entry of `worker_id` if `lease` is the one it registered with.
+    fn leased(&mut self, worker_id: &str, lease: &str) -> Result<&mut WorkerEntry, PoolError> {
+        let entry = self
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| PoolError::NotFound(format!("worker_id {worker_id:?} is not registered; call Register")))?;
+        if !constant_time_eq(lease.as_bytes(), entry.lease.as_bytes()) {
+            return Err(PoolError::PermissionDenied(format!(
+                "lease: worker {worker_id} is held by the instance that registered it; only that one may heartbeat or deregister it"
+            )));
+        }
+        Ok(entry)
+    }
+
     pub fn heartbeat(&mut self, request: proto::HeartbeatRequest, now: Instant) -> Result<(), PoolError> {
-        let entry = self.workers.get_mut(&request.worker_id).ok_or_else(|| {
-            PoolError::NotFound(format!("worker_id {:?} is not registered; call Register", request.worker_id))
-        })?;
+        let entry = self.leased(&request.worker_id, &request.lease)?;
         entry.last_seen = now;
         entry.suspect = false;
         entry.state = match WorkerState::try_from(request.state) {
@@ -138,10 +163,9 @@ impl Registry {
         Ok(())
     }
 
-    pub fn deregister(&mut self, worker_id: &str) -> Result<WorkerEntry, PoolError> {
-        self.workers
-            .remove(worker_id)
-            .ok_or_else(|| PoolError::NotFound(format!("worker_id {worker_id:?} is not registered")))
+    pub fn deregister(&mut self, worker_id: &str, lease: &str) -> Result<WorkerEntry, PoolError> {
+        self.leased(worker_id, lease)?;
+        Ok(self.workers.remove(worker_id).expect("checked just above"))
     }
 
     /// Removes workers not heard from within `timeout`; returns their ids.
@@ -226,8 +250,8 @@ mod tests {
     fn picks_the_least_loaded_worker_with_room() {
         let now = Instant::now();
         let mut registry = Registry::default();
-        let a = registry.register(info(1, 1), now).unwrap();
-        let b = registry.register(info(2, 4), now).unwrap();
+        let a = registry.register(info(1, 1), String::new(), now).unwrap();
+        let b = registry.register(info(2, 4), String::new(), now).unwrap();
         registry.get_mut(&a).unwrap().in_flight = 1;
         assert_eq!(pick(&registry, &[]), Some(b.clone()));
         registry.get_mut(&b).unwrap().in_flight = 4;
@@ -241,8 +265,8 @@ mod tests {
     fn retries_prefer_untried_workers_and_reuse_only_when_all_were_tried() {
         let now = Instant::now();
         let mut registry = Registry::default();
-        let a = registry.register(info(1, 1), now).unwrap();
-        let b = registry.register(info(2, 1), now).unwrap();
+        let a = registry.register(info(1, 1), String::new(), now).unwrap();
+        let b = registry.register(info(2, 1), String::new(), now).unwrap();
         assert_eq!(pick(&registry, &[a.clone()]), Some(b.clone()));
         registry.get_mut(&b).unwrap().in_flight = 1;
         assert_eq!(pick(&registry, &[a.clone()]), None, "b is busy but untried: wait for it");
@@ -253,7 +277,7 @@ mod tests {
     fn suspect_and_draining_workers_get_no_work_until_they_heartbeat_serving() {
         let now = Instant::now();
         let mut registry = Registry::default();
-        let a = registry.register(info(1, 1), now).unwrap();
+        let a = registry.register(info(1, 1), String::new(), now).unwrap();
         registry.get_mut(&a).unwrap().suspect = true;
         assert_eq!(pick(&registry, &[]), None);
         let beat = |state: WorkerState| proto::HeartbeatRequest { worker_id: a.clone(), state: state as i32, ..Default::default() };
@@ -267,8 +291,8 @@ mod tests {
     fn silent_workers_expire_and_unknown_heartbeats_are_not_found() {
         let start = Instant::now();
         let mut registry = Registry::default();
-        let a = registry.register(info(1, 1), start).unwrap();
-        let b = registry.register(info(2, 1), start).unwrap();
+        let a = registry.register(info(1, 1), String::new(), start).unwrap();
+        let b = registry.register(info(2, 1), String::new(), start).unwrap();
         let later = start + Duration::from_millis(1500);
         registry
             .heartbeat(proto::HeartbeatRequest { worker_id: b.clone(), state: WorkerState::Serving as i32, ..Default::default() }, later)
@@ -283,16 +307,16 @@ mod tests {
     fn re_registering_an_address_replaces_it_and_other_models_are_refused() {
         let now = Instant::now();
         let mut registry = Registry::default();
-        let first = registry.register(info(1, 1), now).unwrap();
-        let second = registry.register(info(1, 1), now).unwrap();
+        let first = registry.register(info(1, 1), String::new(), now).unwrap();
+        let second = registry.register(info(1, 1), String::new(), now).unwrap();
         assert_ne!(first, second);
         assert!(registry.get(&first).is_none() && registry.get(&second).is_some());
         let mut other = info(2, 1);
         other.model_name = "another".into();
-        assert_eq!(registry.register(other, now).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(registry.register(other, String::new(), now).unwrap_err().code(), tonic::Code::FailedPrecondition);
         let mut nowhere = info(3, 1);
         nowhere.address = String::new();
-        assert!(registry.register(nowhere, now).unwrap_err().to_string().contains("info.address"));
+        assert!(registry.register(nowhere, String::new(), now).unwrap_err().to_string().contains("info.address"));
     }
 
     #[test]
@@ -300,20 +324,37 @@ mod tests {
         let now = Instant::now();
         let mut registry = Registry::default();
         let with_instance = |port, instance: &str| proto::WorkerInfo { instance_id: instance.into(), ..info(port, 1) };
-        let first = registry.register(with_instance(1, "a"), now).unwrap();
+        let first = registry.register(with_instance(1, "a"), String::new(), now).unwrap();
         // The same instance again (the coordinator forgot it): replaces its entry.
-        let again = registry.register(with_instance(1, "a"), now).unwrap();
+        let again = registry.register(with_instance(1, "a"), String::new(), now).unwrap();
         assert!(registry.get(&first).is_none() && registry.get(&again).is_some());
         // Another process claiming that address is refused while the first is registered.
-        let claim = registry.register(with_instance(1, "b"), now).unwrap_err();
+        let claim = registry.register(with_instance(1, "b"), String::new(), now).unwrap_err();
         assert_eq!(claim.code(), tonic::Code::AlreadyExists);
         assert!(claim.to_string().contains("info.address"), "{claim}");
         // The first instance under a second address is refused too.
-        let moved = registry.register(with_instance(2, "a"), now).unwrap_err();
+        let moved = registry.register(with_instance(2, "a"), String::new(), now).unwrap_err();
         assert_eq!(moved.code(), tonic::Code::AlreadyExists);
         assert!(moved.to_string().contains("info.instance_id"), "{moved}");
         // Once the first has left, the address is free.
-        registry.deregister(&again).unwrap();
-        registry.register(with_instance(1, "b"), now).unwrap();
+        registry.deregister(&again, "").unwrap();
+        registry.register(with_instance(1, "b"), String::new(), now).unwrap();
+    }
+
+    #[test]
+    fn only_the_lease_holder_heartbeats_or_deregisters_and_claims_are_bounded() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        let id = registry.register(info(1, 1), "lease-a".into(), now).unwrap();
+        let beat = |lease: &str| proto::HeartbeatRequest { worker_id: id.clone(), lease: lease.into(), ..Default::default() };
+        assert_eq!(registry.heartbeat(beat("lease-b"), now).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(registry.deregister(&id, "").unwrap_err().code(), tonic::Code::PermissionDenied);
+        registry.heartbeat(beat("lease-a"), now).unwrap();
+        let greedy = registry.register(info(2, u32::MAX), String::new(), now).unwrap_err();
+        assert!(greedy.to_string().contains("info.slots"), "{greedy}");
+        let tiny = registry.register(proto::WorkerInfo { context_per_slot: 1, ..info(3, 1) }, String::new(), now).unwrap_err();
+        assert!(tiny.to_string().contains("info.context_per_slot"), "{tiny}");
+        registry.deregister(&id, "lease-a").unwrap();
+        assert!(registry.is_empty());
     }
 }

@@ -87,7 +87,7 @@ struct Job {
 enum Command {
     Register { info: proto::WorkerInfo, reply: oneshot::Sender<Result<proto::RegisterResponse, PoolError>> },
     Heartbeat { request: proto::HeartbeatRequest, reply: oneshot::Sender<Result<(), PoolError>> },
-    Deregister { worker_id: String, reply: oneshot::Sender<Result<(), PoolError>> },
+    Deregister { request: proto::DeregisterRequest, reply: oneshot::Sender<Result<(), PoolError>> },
     List { reply: oneshot::Sender<Vec<proto::WorkerStatus>> },
     /// Several prompts admitted together or not at all.
     Submit { jobs: Vec<Submission>, admitted: oneshot::Sender<Result<(), PoolError>> },
@@ -138,8 +138,8 @@ impl Scheduler {
         self.ask(|reply| Command::Heartbeat { request, reply }).await?
     }
 
-    pub async fn deregister(&self, worker_id: String) -> Result<(), PoolError> {
-        self.ask(|reply| Command::Deregister { worker_id, reply }).await?
+    pub async fn deregister(&self, request: proto::DeregisterRequest) -> Result<(), PoolError> {
+        self.ask(|reply| Command::Deregister { request, reply }).await?
     }
 
     pub async fn workers(&self) -> Result<Vec<proto::WorkerStatus>, PoolError> {
@@ -228,14 +228,17 @@ impl Actor {
         match command {
             Command::Register { info, reply } => {
                 let address = info.address.clone();
-                let result = worker_client::channel_for(&self.credentials, &address).and_then(|channel| {
-                    self.registry.register(info, now).map(|worker_id| {
+                let lease = modelpool::auth::random_secret().map_err(|e| PoolError::Internal(format!("making a lease: {e}")));
+                let result = lease.and_then(|lease| {
+                    let channel = worker_client::channel_for(&self.credentials, &address)?;
+                    self.registry.register(info, lease.clone(), now).map(|worker_id| {
                         info!(%worker_id, %address, "worker registered");
                         self.channels.retain(|id, _| self.registry.get(id).is_some());
                         self.channels.insert(worker_id.clone(), WorkerLink::new(channel));
                         proto::RegisterResponse {
                             worker_id,
                             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
+                            lease,
                         }
                     })
                 });
@@ -244,10 +247,11 @@ impl Actor {
             Command::Heartbeat { request, reply } => {
                 let _ = reply.send(self.registry.heartbeat(request, now));
             }
-            Command::Deregister { worker_id, reply } => {
-                self.channels.remove(&worker_id);
-                self.index.remove_worker(&worker_id);
-                let result = self.registry.deregister(&worker_id).map(|entry| {
+            Command::Deregister { request, reply } => {
+                let worker_id = request.worker_id;
+                let result = self.registry.deregister(&worker_id, &request.lease).map(|entry| {
+                    self.channels.remove(&worker_id);
+                    self.index.remove_worker(&worker_id);
                     info!(%worker_id, in_flight = entry.in_flight, "worker deregistered");
                 });
                 let _ = reply.send(result);

@@ -1,5 +1,6 @@
-//! The gRPC `Coordinator` service: membership calls go to the scheduler as they are; prompts are
-//! validated here (the same rules as a worker's) before they are queued.
+//! The gRPC `Coordinator` service: every call is checked against its door (see `access`); membership
+//! calls go to the scheduler as they are; prompts are validated here (the same rules as a worker's)
+//! before they are queued.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,11 +9,13 @@ use modelpool::PoolError;
 use modelpool::proto::{self, ProtocolVersion, coordinator_server::Coordinator};
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::admission::Admission;
 use crate::metrics::CoordinatorMetrics;
 use crate::scheduler::{Scheduler, stopped};
 
 pub struct CoordinatorService {
+    access: Access,
     scheduler: Scheduler,
     metrics: Arc<CoordinatorMetrics>,
     admission: Arc<Admission>,
@@ -22,8 +25,8 @@ pub struct CoordinatorService {
 pub const MAX_BATCH: usize = 1024;
 
 impl CoordinatorService {
-    pub fn new(scheduler: Scheduler, metrics: Arc<CoordinatorMetrics>, admission: Arc<Admission>) -> Self {
-        Self { scheduler, metrics, admission }
+    pub fn new(access: Access, scheduler: Scheduler, metrics: Arc<CoordinatorMetrics>, admission: Arc<Admission>) -> Self {
+        Self { access, scheduler, metrics, admission }
     }
 }
 
@@ -40,6 +43,7 @@ fn error_result(index: usize, error: &PoolError) -> proto::PredictResult {
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn register(&self, request: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterResponse>, Status> {
+        self.access.worker(&request)?;
         let request = request.into_inner();
         if request.protocol_version != ProtocolVersion::ProtocolVersion1 as i32 {
             return Err(PoolError::FailedPrecondition(format!(
@@ -54,21 +58,25 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn heartbeat(&self, request: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        self.access.worker(&request)?;
         self.scheduler.heartbeat(request.into_inner()).await?;
         Ok(Response::new(proto::HeartbeatResponse {}))
     }
 
     async fn deregister(&self, request: Request<proto::DeregisterRequest>) -> Result<Response<proto::DeregisterResponse>, Status> {
-        self.scheduler.deregister(request.into_inner().worker_id).await?;
+        self.access.worker(&request)?;
+        self.scheduler.deregister(request.into_inner()).await?;
         Ok(Response::new(proto::DeregisterResponse {}))
     }
 
-    async fn list_workers(&self, _request: Request<proto::ListWorkersRequest>) -> Result<Response<proto::ListWorkersResponse>, Status> {
+    async fn list_workers(&self, request: Request<proto::ListWorkersRequest>) -> Result<Response<proto::ListWorkersResponse>, Status> {
+        self.access.client(&request)?;
         Ok(Response::new(proto::ListWorkersResponse { workers: self.scheduler.workers().await? }))
     }
 
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let started = Instant::now();
+        self.access.client(&request).inspect_err(|e| self.metrics.record(Err(e), started))?;
         let admitted = self.admission.admit(request.into_inner(), "", started)?;
         let result = self.scheduler.predict(admitted.request, admitted.max_tokens).await;
         self.metrics.record(result.as_ref(), started);
@@ -77,6 +85,7 @@ impl Coordinator for CoordinatorService {
 
     async fn predict_batch(&self, request: Request<proto::PredictBatchRequest>) -> Result<Response<proto::PredictBatchResponse>, Status> {
         let started = Instant::now();
+        self.access.client(&request).inspect_err(|e| self.metrics.record(Err(e), started))?;
         let requests = request.into_inner().requests;
         if requests.is_empty() {
             return Err(PoolError::invalid("requests", "empty: give at least one prompt").into());

@@ -88,3 +88,124 @@ async fn every_link_can_run_over_tls() {
     assert!(error.to_string().contains("tls-ca"), "{error}");
     pool.shutdown().await;
 }
+
+/// Finding 4 (hardening): one token opened both the client API and membership, so an application could
+/// join as a worker. With `--api-keys-file`, applications hold keys that open the client API only, and
+/// the pool token only lets workers join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
+    use coordinator::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+    const KEY: &str = "application-key-0123456789";
+    let keys = std::env::temp_dir().join(format!("modelpool-keys-{}", std::process::id()));
+    std::fs::write(&keys, format!("# applications\n{KEY}\n\nsecond-application-key-9876543210\n")).unwrap();
+    let token = Token::new(Some(SECRET.into())).unwrap();
+    let config = Config {
+        credentials: Credentials { token: token.clone(), ..Credentials::default() },
+        api_keys: Some(modelpool::auth::ApiKeys::load(&keys).unwrap()),
+        ..Config::from(fast_scheduler())
+    };
+    let _ = std::fs::remove_file(&keys);
+    let coordinator = LocalCoordinator::start(config).await.unwrap();
+    let as_app = Credentials { token: Token::new(Some(KEY.into())).unwrap(), ..Credentials::default() };
+    let mut app = bench_client::connect(&coordinator.url, &as_app).unwrap();
+    let spec = WorkerSpec {
+        binary: find_worker_binary(None).unwrap(),
+        model: modelpool::model_cache::ensure_default_model().unwrap(),
+        coordinator: coordinator.url.clone(),
+        threads: 1,
+        slots: 1,
+        extra_args: vec!["--token".into(), SECRET.into()],
+    };
+    let workers = LocalPool::start(&spec, 1, &app, Duration::from_secs(120)).await.expect("the token holder joins");
+
+    assert!(app.predict(chat("Say hi.", 4)).await.unwrap().into_inner().completion_tokens > 0, "a key opens Predict");
+    // A key does not open membership: no joining, no deregistering.
+    let register = proto::RegisterRequest {
+        info: Some(proto::WorkerInfo { address: "http://127.0.0.1:1".into(), slots: 1, context_per_slot: 2048, ..Default::default() }),
+        protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32,
+    };
+    let refused = app.register(register).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // The pool token no longer opens the client API.
+    let mut operator = coordinator.client.clone();
+    assert_eq!(operator.predict(chat("Say hi.", 4)).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(operator.list_workers(ListWorkersRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
+    // Nor the HTTP API, which takes the key.
+    let http = |key: &'static str| {
+        let url = coordinator.http_url.clone();
+        async move {
+            let host = url.trim_start_matches("http://").to_string();
+            let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+            let request = format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
+            answer
+        }
+    };
+    assert!(http(KEY).await.starts_with("HTTP/1.1 200"));
+    assert!(http(SECRET).await.starts_with("HTTP/1.1 401"));
+    workers.stop(Duration::from_secs(10)).await;
+    coordinator.stop().await;
+}
+
+/// Finding 4: a token holder could register a worker claiming 4294967295 slots (drawing nearly every
+/// prompt) or a 1-token context (failing every prompt at admission), and deregister any worker whose id
+/// ListWorkers shows. Claims are now bounded, and only the registering instance (its lease) may
+/// heartbeat or deregister.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn register_claims_are_bounded_and_only_the_registrant_may_leave_or_heartbeat() {
+    let pool = TestPool::start(1, fast_scheduler(), &[]).await;
+    let mut client = pool.client.clone();
+    let claim = |slots: u32, context_per_slot: u32| proto::RegisterRequest {
+        info: Some(proto::WorkerInfo { address: "http://127.0.0.1:1".into(), slots, context_per_slot, ..Default::default() }),
+        protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32,
+    };
+    let greedy = client.register(claim(u32::MAX, 2048)).await.unwrap_err();
+    assert_eq!(greedy.code(), Code::InvalidArgument);
+    assert!(greedy.message().contains("info.slots"), "{}", greedy.message());
+    let tiny = client.register(claim(1, 1)).await.unwrap_err();
+    assert_eq!(tiny.code(), Code::InvalidArgument);
+    assert!(tiny.message().contains("info.context_per_slot"), "{}", tiny.message());
+
+    let victim = pool.list().await[0].worker_id.clone();
+    let denied = client.deregister(proto::DeregisterRequest { worker_id: victim.clone(), lease: String::new() }).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let forged = proto::HeartbeatRequest { worker_id: victim.clone(), lease: "not-the-lease".into(), ..Default::default() };
+    assert_eq!(client.heartbeat(forged).await.unwrap_err().code(), Code::PermissionDenied);
+    let workers = pool.list().await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].worker_id, victim, "the worker is still there, under its id");
+    assert!(client.predict(chat("Say hi.", 4)).await.unwrap().into_inner().completion_tokens > 0);
+    pool.shutdown().await;
+}
+
+/// Finding 4: optional mutual TLS for workers. With `--tls-worker-ca`, membership calls need a client
+/// certificate that CA signed: the worker presents its own and joins; a token holder without one cannot
+/// register, though it may still call the client API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_worker_ca_only_workers_with_its_certificates_join() {
+    let pki = TestPki::new();
+    let (cert, key, ca) = (pki.path("cert.pem"), pki.path("key.pem"), pki.path("ca.pem"));
+    let server_tls = modelpool::tls::server_config(Some(cert.as_ref()), Some(key.as_ref())).unwrap().unwrap();
+    let config = Config {
+        server_tls: Some(modelpool::tls::with_client_ca(server_tls, ca.as_ref(), "tls-worker-ca").unwrap()),
+        worker_certificates: true,
+        credentials: Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Credentials::default() },
+        ..Config::from(fast_scheduler())
+    };
+    let pool = TestPool::start(1, config, &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]).await;
+    assert_eq!(pool.list().await.len(), 1, "the worker presented its certificate and joined");
+
+    // Same CA trusted, no client certificate.
+    let mut anonymous = bench_client::connect(&pool.coordinator_url(), &Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Credentials::default() }).unwrap();
+    let register = proto::RegisterRequest {
+        info: Some(proto::WorkerInfo { address: "https://127.0.0.1:1".into(), slots: 1, context_per_slot: 2048, ..Default::default() }),
+        protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32,
+    };
+    let refused = anonymous.register(register).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("client certificate"), "{}", refused.message());
+    assert!(anonymous.predict(chat("Say hi.", 4)).await.unwrap().into_inner().completion_tokens > 0, "the client API needs none");
+    pool.shutdown().await;
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use modelpool::request::limits;
 
 use crate::engine::EngineKind;
 
@@ -149,11 +150,11 @@ impl TryFrom<&Args> for Config {
         if threads_batch == 0 {
             return bad("threads-batch", "must be at least 1");
         }
-        if args.slots == 0 || args.slots > 64 {
-            return bad("slots", "must be 1 to 64");
+        if args.slots == 0 || args.slots > limits::MAX_SLOTS_PER_WORKER {
+            return bad("slots", &format!("must be 1 to {}", limits::MAX_SLOTS_PER_WORKER));
         }
-        if args.ctx_per_slot < 64 {
-            return bad("ctx-per-slot", "must be at least 64 tokens");
+        if args.ctx_per_slot < limits::MIN_CONTEXT_PER_SLOT {
+            return bad("ctx-per-slot", &format!("must be at least {} tokens", limits::MIN_CONTEXT_PER_SLOT));
         }
         if args.queue == 0 {
             return bad("queue", "must be at least 1");

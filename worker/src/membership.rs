@@ -45,12 +45,13 @@ impl Membership {
 }
 
 async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>, mut leave: oneshot::Receiver<()>) {
-    let mut worker_id: Option<String> = None;
+    // The id the coordinator gave this worker and the lease its heartbeats and deregistration carry.
+    let mut registration: Option<(String, String)> = None;
     let mut interval = DEFAULT_INTERVAL;
     let mut draining = state.watch_draining();
     let mut warned_down = false;
     loop {
-        match &worker_id {
+        match &registration {
             None if !state.is_draining() => {
                 let request = proto::RegisterRequest { info: Some(state.info()), protocol_version: ProtocolVersion::ProtocolVersion1 as i32 };
                 match client.register(request).await {
@@ -58,7 +59,7 @@ async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>
                         let response = response.into_inner();
                         info!(worker_id = %response.worker_id, address = %state.address, "registered with the coordinator");
                         interval = Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(50)));
-                        worker_id = Some(response.worker_id);
+                        registration = Some((response.worker_id, response.lease));
                         warned_down = false;
                         continue; // heartbeat at once, so that load and memory are current
                     }
@@ -71,13 +72,14 @@ async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>
                 }
             }
             None => {}
-            Some(id) => {
-                let request = heartbeat(id, &state);
+            Some((id, lease)) => {
+                let request = heartbeat(id, lease, &state);
                 match client.heartbeat(request).await {
                     Ok(_) => warned_down = false,
-                    Err(status) if status.code() == Code::NotFound => {
-                        info!("the coordinator does not know this worker (it restarted?); registering again");
-                        worker_id = None;
+                    // Unknown (it restarted, or evicted us) or registered anew under another lease.
+                    Err(status) if matches!(status.code(), Code::NotFound | Code::PermissionDenied) => {
+                        info!(code = ?status.code(), "the coordinator no longer holds this registration; registering again");
+                        registration = None;
                         continue;
                     }
                     Err(status) => {
@@ -97,17 +99,18 @@ async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>
             _ = &mut leave => break,
         }
     }
-    if let Some(id) = worker_id {
-        match client.deregister(proto::DeregisterRequest { worker_id: id.clone() }).await {
+    if let Some((id, lease)) = registration {
+        match client.deregister(proto::DeregisterRequest { worker_id: id.clone(), lease }).await {
             Ok(_) => info!(worker_id = %id, "deregistered"),
             Err(status) => warn!(worker_id = %id, message = status.message(), "deregister failed"),
         }
     }
 }
 
-fn heartbeat(worker_id: &str, state: &SharedState) -> proto::HeartbeatRequest {
+fn heartbeat(worker_id: &str, lease: &str, state: &SharedState) -> proto::HeartbeatRequest {
     proto::HeartbeatRequest {
         worker_id: worker_id.to_string(),
+        lease: lease.to_string(),
         state: if state.is_draining() { WireState::Draining } else { WireState::Serving } as i32,
         load: state.engine().map(|e| e.stats().into()),
         memory: Some(state.memory.latest().into()),

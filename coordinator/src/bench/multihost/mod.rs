@@ -140,7 +140,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     // MODELPOOL_TOKEN when set, else a random one made for this run and handed to every worker.
     let (secret, pool_token) = match std::env::var("MODELPOOL_TOKEN") {
         Ok(secret) if !secret.is_empty() => (secret, "MODELPOOL_TOKEN".to_string()),
-        _ => (random_token()?, "generated for this run".to_string()),
+        _ => (modelpool::auth::random_secret().context("reading /dev/urandom for a pool token")?, "generated for this run".to_string()),
     };
     let mut config: crate::Config = scheduler.into();
     config.credentials = modelpool::auth::Credentials { token: modelpool::auth::Token::new(Some(secret.clone()))?, ..Default::default() };
@@ -375,14 +375,6 @@ fn phase(
         hosts: summarise_by_host(records, placements, wall_s),
         errors: records.iter().filter_map(|r| r.error.clone()).collect(),
     }
-}
-
-/// 32 hex characters from the kernel's random source.
-fn random_token() -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom for a pool token")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn print_report(report: &MultihostReport) {
