@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::bench::engine_bench::EngineBenchArgs;
+use crate::bench::fault_drill::FaultDrillArgs;
 use crate::bench::mlx_bench::MlxBenchArgs;
 use crate::bench::multihost::MultihostArgs;
 use crate::bench::overload_bench::OverloadBenchArgs;
@@ -42,4 +43,9 @@ pub enum Command {
     /// The MLX engine against Python mlx-lm on the same model folder, interleaved: prefill, decode,
     /// end-to-end output tokens/s, TTFT and memory (scripts/mlx-bench.sh sets it up).
     MlxBench(MlxBenchArgs),
+    /// Faults and abuse against a real pool, one scenario each (killed, frozen, draining and stuck
+    /// workers, a dead engine thread, a poison prompt, a restarted coordinator, 10x overload, an
+    /// oversized prompt, a client that never reads): requests, answered, failed with a clear error,
+    /// retried, lost, slowest. Exits non-zero if any prompt was lost.
+    FaultDrill(FaultDrillArgs),
 }

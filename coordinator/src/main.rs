@@ -26,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
             };
             // Machine-readable, for scripts and tests that start the coordinator on port 0.
             let scheme = if config.server_tls.is_some() { "https" } else { "http" };
-            let http_url = http.as_ref().and_then(|h| h.local_addr().ok()).map(|a| format!(" http=http://{a}")).unwrap_or_default();
+            let http_scheme = if config.https.is_some() { "https" } else { "http" };
+            let http_url = http.as_ref().and_then(|h| h.local_addr().ok()).map(|a| format!(" http={http_scheme}://{a}")).unwrap_or_default();
             println!("MODELPOOL_COORDINATOR_LISTENING grpc={scheme}://{}{http_url}", listener.local_addr()?);
             coordinator::serve(config, listener, http, modelpool::shutdown::shutdown_signal()).await?;
         }
@@ -48,6 +49,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Multihost(args) => {
             coordinator::bench::multihost::run_multihost(args).await?;
+        }
+        Command::FaultDrill(args) => {
+            coordinator::bench::fault_drill::run_fault_drill(args).await?;
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! through them and report. Apart from the daemon's modules, which it uses as any client would.
 
 pub mod engine_bench;
+pub mod fault_drill;
 pub mod local_pool;
 pub mod mlx_bench;
 pub mod multihost;
