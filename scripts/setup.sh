@@ -20,6 +20,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 ls /usr/lib/*/libopenblas.so.0 >/dev/null 2>&1 || missing+=(libopenblas0-pthread)
 # The multi-host simulation (a test) puts workers in network namespaces with `ip`.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The ssh path of `coordinator multihost` is tested against real ssh servers, one per namespace.
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
@@ -30,6 +33,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: no apt-get here; install these yourself: ${missing[*]}" >&2; exit 1
   fi
   $sudo apt-get update -qq
+  # Installed, not started: without a policy saying so, openssh-server's package would start a system
+  # sshd on port 22 (the tests start their own, on namespace addresses only).
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e $policy ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee $policy >/dev/null && $sudo chmod +x $policy
+    trap "$sudo rm -f $policy" EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }

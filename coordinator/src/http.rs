@@ -236,7 +236,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let workers = state.scheduler.workers().await.unwrap_or_default();
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    (headers, state.metrics.render(&workers)).into_response()
+    (headers, state.metrics.render(&workers, state.scheduler.queue_depth())).into_response()
 }
 
 /// Ready when at least one worker takes prompts.

@@ -33,12 +33,13 @@ impl CoordinatorMetrics {
         }
     }
 
-    pub fn render(&self, workers: &[proto::WorkerStatus]) -> String {
+    pub fn render(&self, workers: &[proto::WorkerStatus], queue_depth: usize) -> String {
         let mut out = Exposition::new();
         self.requests.render(&mut out, "modelpool_coordinator", &HELP);
         let serving = workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count();
         out.gauge("modelpool_coordinator_workers", "Registered workers.", workers.len() as f64);
         out.gauge("modelpool_coordinator_workers_serving", "Registered workers that take prompts.", serving as f64);
+        out.gauge("modelpool_coordinator_queue_depth", "Prompts waiting in the coordinator's queue for a worker (scale workers on it).", queue_depth as f64);
 
         type Figure = fn(&proto::WorkerStatus) -> f64;
         let per_worker: [(&str, &str, Figure); 6] = [

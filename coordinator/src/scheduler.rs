@@ -5,6 +5,8 @@
 //! tried elsewhere, a bounded number of times; every accepted prompt gets exactly one reply.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use modelpool::PoolError;
@@ -98,6 +100,8 @@ enum Command {
 #[derive(Clone)]
 pub struct Scheduler {
     commands: mpsc::Sender<Command>,
+    /// Prompts waiting in the queue, as the actor last left it (for /metrics and autoscalers).
+    queue_depth: Arc<AtomicUsize>,
 }
 
 /// The one answer to a caller whose prompt the coordinator can no longer run because it is stopping.
@@ -110,7 +114,9 @@ impl Scheduler {
     /// to a worker.
     pub fn start(config: SchedulerConfig, credentials: Credentials) -> Self {
         let (commands, inbox) = mpsc::channel(1024);
+        let queue_depth = Arc::new(AtomicUsize::new(0));
         let actor = Actor {
+            queue_depth: Arc::clone(&queue_depth),
             config,
             credentials,
             registry: Registry::default(),
@@ -121,7 +127,7 @@ impl Scheduler {
             workerless_since: None,
         };
         tokio::spawn(actor.run(inbox));
-        Self { commands }
+        Self { commands, queue_depth }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, PoolError> {
@@ -140,6 +146,11 @@ impl Scheduler {
 
     pub async fn deregister(&self, request: proto::DeregisterRequest) -> Result<(), PoolError> {
         self.ask(|reply| Command::Deregister { request, reply }).await?
+    }
+
+    /// Prompts waiting for a worker now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth.load(Ordering::Relaxed)
     }
 
     pub async fn workers(&self) -> Result<Vec<proto::WorkerStatus>, PoolError> {
@@ -202,6 +213,7 @@ struct Actor {
     commands: mpsc::WeakSender<Command>,
     /// When the pool last found itself without a live worker (None while it has one).
     workerless_since: Option<Instant>,
+    queue_depth: Arc<AtomicUsize>,
 }
 
 impl Actor {
@@ -217,6 +229,7 @@ impl Actor {
                 _ = expiry.tick() => self.expire(),
             }
             self.dispatch();
+            self.queue_depth.store(self.queue.len(), Ordering::Relaxed);
         }
         for job in self.queue.drain(..) {
             let _ = job.reply.send(Err(stopped()));

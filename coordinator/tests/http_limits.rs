@@ -146,6 +146,9 @@ async fn a_queued_prompt_whose_streaming_client_left_is_never_run() {
     let mut head = [0u8; 512];
     let n = stream.read(&mut head).await.unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "admitted and waiting");
+    // The queue an autoscaler watches shows it.
+    let (_, metrics) = common::http_get(&format!("{}/metrics", pool.http_url())).await;
+    assert_eq!(common::metric(&metrics, "modelpool_coordinator_queue_depth"), Some(1.0), "{metrics}");
     drop(stream);
     let first = running.await.unwrap().expect("the long prompt is served").into_inner();
     assert_eq!(first.completion_tokens, 300);

