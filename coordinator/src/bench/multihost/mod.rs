@@ -412,6 +412,8 @@ fn phase(
 
 fn print_report(report: &MultihostReport) {
     println!("pool closed: every call needs the token ({})", report.pool_token);
+    // Host names (ssh targets) vary in length: the column fits the longest.
+    let width = report.hosts.iter().map(String::len).max().unwrap_or(0).max(14);
     for host in &report.provisioned {
         let copied = if host.copied.is_empty() { "nothing (it had the same bytes)".to_string() } else { host.copied.join(", ") };
         println!("copied to {}: {copied}", host.host);
@@ -428,12 +430,12 @@ fn print_report(report: &MultihostReport) {
             phase.wall_s
         );
         println!(
-            "  {:<14} {:>3} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            "  {:<width$} {:>3} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
             "host", "wkr", "prompts", "tok/s", "ms/tok", "p50 lat", "p95 lat", "ttft p50", "RSS/wkr", "PSS/wkr"
         );
         for h in &phase.hosts {
             println!(
-                "  {:<14} {:>3} {:>7} {:>8.1} {:>9.1} {:>8.2}s {:>8.2}s {:>7.0}ms {:>8} {:>8}",
+                "  {:<width$} {:>3} {:>7} {:>8.1} {:>9.1} {:>8.2}s {:>8.2}s {:>7.0}ms {:>8} {:>8}",
                 h.host,
                 h.workers,
                 h.prompts,
@@ -453,7 +455,7 @@ fn print_report(report: &MultihostReport) {
     if !report.membership.is_empty() {
         println!("membership (serving workers per host over time):");
         for event in &report.membership {
-            println!("  t={:>5.1}s  {:<14} {}", event.at_s, event.host, event.serving_workers);
+            println!("  t={:>5.1}s  {:<width$} {}", event.at_s, event.host, event.serving_workers);
         }
     }
     for line in &report.advice {
