@@ -24,6 +24,12 @@ chart=deploy/helm/modelpool
 # The values the README's install commands use (a throwaway token: the real one comes from --set-file).
 token=0123456789abcdef-not-a-secret
 "$helm" lint --strict "$chart" --set secrets.token=$token >&2
+# The README's install command, with `template` for `install` (files as `echo` writes them: a newline
+# at the end, which the chart trims from the token).
+echo "$token" > "$out/token.txt"
+printf 'app-key-0123456789abcdef\nsecond-app-key-0123456789\n' > "$out/api-keys.txt"
+(cd "$out" && "$helm" template mp "$OLDPWD/$chart" --set-file secrets.token=token.txt --set-file secrets.apiKeys=api-keys.txt) > "$out/readme.yaml"
+grep -q "token: \"$token\"$" "$out/readme.yaml" || { echo "k8s-check: the token from a file kept its newline" >&2; exit 1; }
 "$helm" template mp "$chart" --set secrets.token=$token > "$out/plain.yaml"
 "$helm" template mp "$chart" --set secrets.token=$token --set-string secrets.apiKeys=app-key-0123456789abcdef \
   --set tls.secretName=mp-tls --set autoscaling.enabled=true \
