@@ -40,10 +40,12 @@ pub enum ModelCacheError {
 
 /// Where fetched models live: `$MODELPOOL_CACHE_DIR`, else `$XDG_CACHE_HOME/modelpool`, else `~/.cache/modelpool`.
 pub fn cache_dir() -> Result<PathBuf, ModelCacheError> {
-    if let Some(dir) = std::env::var_os("MODELPOOL_CACHE_DIR") {
+    // Set but empty counts as unset, as the scripts' ${MODELPOOL_CACHE_DIR:-...} read it.
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = set("MODELPOOL_CACHE_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+    if let Some(dir) = set("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("modelpool"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("modelpool")).ok_or(ModelCacheError::NoCacheDir)
