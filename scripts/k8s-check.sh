@@ -4,10 +4,13 @@
 # fail), then every flag the chart passes to the daemons against their own --help. A deliberately broken
 # object must fail validation, so a validator that passes everything is caught. Tools pinned in
 # scripts/k8s/requirements.txt, installed once into a venv in the cache.
-# Usage: scripts/k8s-check.sh [path/to/target/release]   (default: target/release)
+# Usage: scripts/k8s-check.sh [DIR with the release binaries]   (default: $CARGO_TARGET_DIR/release or target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target/release}
+bin=${1:-${CARGO_TARGET_DIR:-target}/release}
+for daemon in worker coordinator; do
+  [ -x "$bin/$daemon" ] || { echo "k8s-check: no $bin/$daemon; build first (cargo build --release)" >&2; exit 1; }
+done
 cache=${MODELPOOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/modelpool}
 venv="$cache/k8s-tools-$(sha256sum scripts/k8s/requirements.txt | cut -c1-12)"
 if [ ! -x "$venv/bin/helm" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then

@@ -128,6 +128,21 @@ pub fn mib(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Hardening finding 13: heartbeats, Info and /metrics read memory on the async runtime (a /proc
+    /// read per call). They read the gauge instead, which touches /proc only on its own thread: 64 MiB
+    /// touched after it started do not show until its next sample, though a fresh read sees them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_gauge_answers_from_its_last_sample_without_reading_proc() {
+        let gauge = MemoryGauge::start(std::time::Duration::from_secs(3600));
+        let before = gauge.latest().rss_bytes;
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let fresh = ProcessMemory::of_self().rss_bytes;
+        assert!(fresh >= before + (60 << 20), "a fresh read sees the new pages ({before} -> {fresh})");
+        assert_eq!(gauge.latest().rss_bytes, before, "the gauge answered from its sample");
+        drop(touched);
+    }
+
     #[test]
     fn parses_smaps_rollup() {
         let text = "55d0c-7ffd [rollup]\nRss:              133120 kB\nPss:               66560 kB\n\

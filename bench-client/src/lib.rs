@@ -3,7 +3,6 @@
 
 pub mod cli;
 pub mod hosts;
-pub mod html;
 pub mod memory;
 pub mod openai_client;
 pub mod recommend;
@@ -13,6 +12,7 @@ pub mod runner;
 pub mod shared_prefix;
 pub mod slo;
 pub mod stats;
+pub mod summary;
 pub mod workload;
 
 use std::time::Duration;

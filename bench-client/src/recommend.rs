@@ -2,7 +2,7 @@
 
 use modelpool::memory::mib;
 
-use crate::report::ScenarioSummary;
+use crate::summary::ScenarioSummary;
 
 /// Share of the goodput a configuration must reach when latency targets are set.
 const MIN_GOODPUT: f64 = 0.9;

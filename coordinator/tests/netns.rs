@@ -2,32 +2,13 @@
 //! worker in each, the coordinator in a fourth; one host's link is cut mid-run and restored. Needs root
 //! (network namespaces); elsewhere it prints why it is skipped and passes.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn coordinator_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().skip(1).take(2).map(|d| d.join("coordinator")).find(|p| p.is_file()).expect("coordinator built beside the tests")
-}
-
-/// Why this machine cannot run the simulation, if it cannot.
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root for network namespaces".into());
-    }
-    let probe = format!("mpprobe{}", std::process::id() % 100_000);
-    let added = Command::new("ip").args(["netns", "add", &probe]).output();
-    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-    match added {
-        Ok(output) if output.status.success() => None,
-        Ok(output) => Some(format!("cannot create a network namespace: {}", String::from_utf8_lossy(&output.stderr).trim())),
-        Err(e) => Some(format!("no `ip` command: {e}")),
-    }
+    common::namespaces_unavailable()
 }
 
 /// Removes the namespaces even if the test fails.
@@ -48,7 +29,7 @@ fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_r
         println!("skipped: {reason}");
         return;
     }
-    let script = root().join("scripts/multihost/netns.sh");
+    let script = common::repository_root().join("scripts/multihost/netns.sh");
     let prefix = format!("mpt{}", std::process::id() % 100_000);
     let net = "10.232.0";
     let namespaces = Namespaces { script: script.clone(), prefix: prefix.clone() };
@@ -65,7 +46,7 @@ fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_r
 
     let output = Command::new("ip")
         .args(["netns", "exec", &format!("{prefix}c")])
-        .arg(coordinator_binary())
+        .arg(common::coordinator_binary())
         .args(["multihost", "--hosts"])
         .arg(&hosts)
         .args(["--listen", &format!("{net}.1:50050"), "--prompts-per-worker", "12", "--max-tokens", "48"])

@@ -6,36 +6,18 @@
 //! (only that model copied again, never used half-written). Every prompt answered exactly once. Needs
 //! root, `ip` and sshd; elsewhere it prints why it is skipped and passes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn coordinator_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().skip(1).take(2).map(|d| d.join("coordinator")).find(|p| p.is_file()).expect("coordinator built beside the tests")
-}
-
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root for network namespaces, sshd and users".into());
-    }
     for tool in ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/ssh-keygen", "/usr/sbin/useradd"] {
         if !Path::new(tool).exists() {
             return Some(format!("no {tool} (scripts/setup.sh installs openssh-server)"));
         }
     }
-    let probe = format!("mpsprobe{}", std::process::id() % 100_000);
-    let added = Command::new("ip").args(["netns", "add", &probe]).output();
-    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-    match added {
-        Ok(output) if output.status.success() => None,
-        Ok(output) => Some(format!("cannot create a network namespace: {}", String::from_utf8_lossy(&output.stderr).trim())),
-        Err(e) => Some(format!("no `ip` command: {e}")),
-    }
+    common::namespaces_unavailable()
 }
 
 /// Stops the servers, removes the users and the namespaces, even if the test fails.
@@ -46,7 +28,7 @@ struct Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        let scripts = root().join("scripts/multihost");
+        let scripts = common::repository_root().join("scripts/multihost");
         let _ = Command::new(scripts.join("sshd.sh")).args(["down", &self.prefix, "3"]).arg(&self.dir).status();
         let _ = Command::new(scripts.join("netns.sh")).args(["down", &self.prefix]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -58,7 +40,7 @@ fn multihost(hosts: &Hosts, net: &str, extra: &[&str]) -> (serde_json::Value, St
     let json = hosts.dir.join("report.json");
     let output = Command::new("ip")
         .args(["netns", "exec", &format!("{}c", hosts.prefix)])
-        .arg(coordinator_binary())
+        .arg(common::coordinator_binary())
         .args(["multihost", "--hosts"])
         .arg(hosts.dir.join("hosts"))
         .arg("--ssh-config")
@@ -98,7 +80,7 @@ fn ssh_hosts_are_provisioned_by_checksum_and_serve_through_a_cut_link_and_a_kill
         println!("skipped: {reason}");
         return;
     }
-    let scripts = root().join("scripts/multihost");
+    let scripts = common::repository_root().join("scripts/multihost");
     let prefix = format!("mps{}", std::process::id() % 100_000);
     let net = "10.233.0";
     let dir = std::env::temp_dir().join(format!("modelpool-ssh-{}", std::process::id()));

@@ -194,36 +194,18 @@ async fn collect(row: &mut DrillRow, fired: tokio::task::JoinHandle<Vec<(Option<
 
 type Files<'a> = (&'a Path, &'a Path);
 
-async fn worker_killed((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
-    let mut row = DrillRow::new("sigkill");
+/// One of two single-slot workers gets `signal` (and, when `resume_after` is given, SIGCONT that
+/// long after) while 8 prompts run.
+async fn one_of_two_workers(name: &str, (binary, model): Files<'_>, signal: i32, resume_after: Option<Duration>) -> anyhow::Result<DrillRow> {
+    let mut row = DrillRow::new(name);
     let pool = Pool::start(drill_config(), 2, 1, binary, model).await?;
     let fired = fire(&pool.client(), (0..8).map(|i| prompt(i, 24)).collect());
-    let victim = pool.busy_worker().await?;
-    pool.workers.workers[victim].signal(libc::SIGKILL);
-    collect(&mut row, fired).await;
-    pool.stop().await;
-    Ok(row)
-}
-
-async fn worker_frozen((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
-    let mut row = DrillRow::new("sigstop");
-    let pool = Pool::start(drill_config(), 2, 1, binary, model).await?;
-    let fired = fire(&pool.client(), (0..8).map(|i| prompt(i, 24)).collect());
-    let victim = pool.busy_worker().await?;
-    pool.workers.workers[victim].signal(libc::SIGSTOP);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    pool.workers.workers[victim].signal(libc::SIGCONT);
-    collect(&mut row, fired).await;
-    pool.stop().await;
-    Ok(row)
-}
-
-async fn worker_drained((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
-    let mut row = DrillRow::new("drain");
-    let pool = Pool::start(drill_config(), 2, 1, binary, model).await?;
-    let fired = fire(&pool.client(), (0..8).map(|i| prompt(i, 24)).collect());
-    let victim = pool.busy_worker().await?;
-    pool.workers.workers[victim].signal(libc::SIGTERM);
+    let victim = &pool.workers.workers[pool.busy_worker().await?];
+    victim.signal(signal);
+    if let Some(pause) = resume_after {
+        tokio::time::sleep(pause).await;
+        victim.signal(libc::SIGCONT);
+    }
     collect(&mut row, fired).await;
     pool.stop().await;
     Ok(row)
@@ -378,9 +360,9 @@ pub async fn run_fault_drill(args: FaultDrillArgs) -> anyhow::Result<()> {
             }
         };
     }
-    drill!("sigkill", worker_killed(files));
-    drill!("sigstop", worker_frozen(files));
-    drill!("drain", worker_drained(files));
+    drill!("sigkill", one_of_two_workers("sigkill", files, libc::SIGKILL, None));
+    drill!("sigstop", one_of_two_workers("sigstop", files, libc::SIGSTOP, Some(Duration::from_secs(4))));
+    drill!("drain", one_of_two_workers("drain", files, libc::SIGTERM, None));
     drill!("no-live-worker", no_live_worker(files));
     drill!("engine-panic", engine_panics(files));
     drill!("engine-stall", engine_stalls(files));

@@ -123,3 +123,31 @@ impl Drop for TestPki {
     }
 }
 
+
+/// The repository's root (for its scripts).
+pub fn repository_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `coordinator` binary built beside the tests.
+pub fn coordinator_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().skip(1).take(2).map(|d| d.join("coordinator")).find(|p| p.is_file()).expect("coordinator built beside the tests")
+}
+
+/// Why this machine cannot make network namespaces (it needs root and `ip`), if it cannot.
+pub fn namespaces_unavailable() -> Option<String> {
+    use std::process::Command;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root for network namespaces".into());
+    }
+    let probe = format!("mpprobe{}", std::process::id() % 100_000);
+    let added = Command::new("ip").args(["netns", "add", &probe]).output();
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    match added {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(format!("cannot create a network namespace: {}", String::from_utf8_lossy(&output.stderr).trim())),
+        Err(e) => Some(format!("no `ip` command: {e}")),
+    }
+}
