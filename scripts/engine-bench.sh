@@ -9,4 +9,4 @@ scripts/setup.sh
 cargo build --release -p worker -p coordinator
 llama_bench=$(scripts/build-llama-tool.sh llama-bench)
 llama_batched_bench=$(scripts/build-llama-tool.sh llama-batched-bench)
-exec target/release/coordinator engine-bench --llama-bench "$llama_bench" --llama-batched-bench "$llama_batched_bench" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/coordinator" engine-bench --llama-bench "$llama_bench" --llama-batched-bench "$llama_batched_bench" "$@"

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >&2
 cargo build --release -p worker -p coordinator >&2
-exec target/release/coordinator fault-drill "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/coordinator" fault-drill "$@"

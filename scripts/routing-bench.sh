@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 workers=${WORKERS:-2} slots=${SLOTS:-2} programs=${PROGRAMS:-4} rounds=${ROUNDS:-2} prompts=${PROMPTS:-16}
 scripts/setup.sh
 cargo build --release -p worker -p coordinator -p bench-client
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 threads=$(( $(nproc) / workers )); [ "$threads" -ge 1 ] || threads=1
 run() {
   local routing=$1 pids=() line grpc http

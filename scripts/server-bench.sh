@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p worker -p coordinator
 llama_server=$(scripts/build-llama-tool.sh llama-server)
-exec target/release/coordinator server-bench --llama-server "$llama_server" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/coordinator" server-bench --llama-server "$llama_server" "$@"

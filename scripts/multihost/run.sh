@@ -9,4 +9,4 @@ hosts=${1:?usage: run.sh HOSTS_FILE --advertise http://THIS_HOST:50050 [coordina
 shift
 scripts/setup.sh
 cargo build --release -p worker -p coordinator
-exec target/release/coordinator multihost --hosts "$hosts" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/coordinator" multihost --hosts "$hosts" "$@"
