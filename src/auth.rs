@@ -1,6 +1,8 @@
-//! The pool's shared secret. When one is set, every call to a coordinator or a worker (Register,
-//! Heartbeat, Predict, ...) must carry it as `authorization: Bearer <token>` metadata; servers compare it
-//! in constant time. Health checks stay open so that supervisors can probe liveness.
+//! The pool's secrets. The token: when one is set, every call to a worker and the coordinator's
+//! membership calls (Register, Heartbeat, Deregister) must carry it as `authorization: Bearer <token>`;
+//! so must the coordinator's client calls unless applications were given API keys ([`ApiKeys`], see the
+//! coordinator's `access`). Servers compare in constant time. Health checks stay open so that
+//! supervisors can probe liveness.
 
 use std::sync::Arc;
 
