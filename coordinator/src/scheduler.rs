@@ -157,9 +157,9 @@ impl Scheduler {
         self.ask(|reply| Command::List { reply }).await
     }
 
-    /// Queues prompts and returns one receiver per prompt, in order. Queues prompts, each with the name the caller knows it by in errors (its index in a batch). A
-    /// prompt that can never run (it does not fit the pool's context) fails alone, on its own receiver;
-    /// the others run.
+    /// Queues prompts, each with the name the caller knows it by in errors (its index in a batch), and
+    /// returns one receiver per prompt, in order. A prompt that can never run (it does not fit the
+    /// pool's context) fails alone, on its own receiver; the others run.
     pub async fn submit(
         &self,
         requests: Vec<(proto::PredictRequest, u32, usize)>,

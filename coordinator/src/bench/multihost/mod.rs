@@ -208,6 +208,8 @@ async fn start_workers(
     workers: &mut Vec<(String, WorkerProcess)>,
     provisioned: &mut Vec<Provisioned>,
 ) -> anyhow::Result<()> {
+    // Hashed on the first ssh host, then reused for the others.
+    let mut payload: Option<provision::Payload> = None;
     for host in hosts {
         let (launch, binary, model) = match &host.target {
             Target::Netns(name) => (
@@ -217,7 +219,11 @@ async fn start_workers(
             ),
             Target::Ssh(target) => {
                 let ssh_host = provision::SshHost { target: target.clone(), config: files.ssh_config.map(Path::to_path_buf) };
-                let remote = provision::provision(&ssh_host, files.binary, files.model).await?;
+                let payload = match &mut payload {
+                    Some(payload) => payload,
+                    None => payload.insert(provision::Payload::hash(files.binary, files.model).await?),
+                };
+                let remote = provision::provision(&ssh_host, payload).await?;
                 provisioned.push(Provisioned { host: host.name().to_string(), copied: remote.copied.clone() });
                 // `exec`, so that the worker is the process the closing connection stops.
                 let remote_prefix = vec!["exec".into(), "env".into(), format!("LD_LIBRARY_PATH={}", remote.library_dir)];

@@ -93,9 +93,30 @@ async fn local_sha256(path: &Path) -> anyhow::Result<String> {
     Ok(tokio::task::spawn_blocking(move || modelpool::model_cache::sha256_file(&path)).await??)
 }
 
-/// Makes sure `host` has this worker binary, the MLX library and the model, copying what is missing
+/// What every ssh host gets, with the checksums its copies are compared against: computed once per
+/// run, not once per host (the binary and the model are read whole).
+pub struct Payload {
+    worker: (PathBuf, String),
+    model: (PathBuf, String),
+    /// The mlx-cpu wheel's directory, and the checksum of its libmlx.so.
+    library: (PathBuf, String),
+}
+
+impl Payload {
+    pub async fn hash(worker: &Path, model: &Path) -> anyhow::Result<Self> {
+        let wheel = wheel_dir()?;
+        let library_sha = local_sha256(&wheel.join("mlx/lib/libmlx.so")).await?;
+        Ok(Self {
+            worker: (worker.to_path_buf(), local_sha256(worker).await?),
+            model: (model.to_path_buf(), local_sha256(model).await?),
+            library: (wheel, library_sha),
+        })
+    }
+}
+
+/// Makes sure `host` has the payload's worker binary, MLX library and model, copying what is missing
 /// or differs.
-pub async fn provision(host: &SshHost, worker: &Path, model: &Path) -> anyhow::Result<Remote> {
+pub async fn provision(host: &SshHost, payload: &Payload) -> anyhow::Result<Remote> {
     let target = &host.target;
     let home = host.run(&["sh", "-c", "mkdir -p ~/.modelpool/bin && echo ~"]).await?.trim().to_string();
     // Paths built on it go into remote command lines (quoted) and scp's remote paths: keep them plain.
@@ -109,8 +130,7 @@ pub async fn provision(host: &SshHost, worker: &Path, model: &Path) -> anyhow::R
         library_dir: format!("{home}/.modelpool/mlx/mlx/lib"),
         copied: Vec::new(),
     };
-    for (name, local, remote_path) in [("worker", worker, remote.worker.clone()), ("model", model, remote.model.clone())] {
-        let sha = local_sha256(local).await?;
+    for (name, (local, sha), remote_path) in [("worker", &payload.worker, remote.worker.clone()), ("model", &payload.model, remote.model.clone())] {
         if host.sha256(&remote_path).await?.as_deref() == Some(sha.as_str()) {
             continue;
         }
@@ -121,13 +141,12 @@ pub async fn provision(host: &SshHost, worker: &Path, model: &Path) -> anyhow::R
         host.run(&["mv", "-f", "--", &partial, &remote_path]).await?;
         remote.copied.push(name.to_string());
     }
-    let wheel = wheel_dir()?;
-    let library_sha = local_sha256(&wheel.join("mlx/lib/libmlx.so")).await?;
+    let (wheel, library_sha) = &payload.library;
     if host.sha256(&format!("{}/libmlx.so", remote.library_dir)).await?.as_deref() != Some(library_sha.as_str()) {
         eprintln!("== {target}: copying the MLX library");
         let (partial, dir) = (format!("{home}/.modelpool/mlx.partial"), format!("{home}/.modelpool/mlx"));
         host.run(&["rm", "-rf", "--", &partial]).await?;
-        host.copy(&wheel, &partial, true).await?;
+        host.copy(wheel, &partial, true).await?;
         anyhow::ensure!(
             host.sha256(&format!("{partial}/mlx/lib/libmlx.so")).await?.as_deref() == Some(library_sha.as_str()),
             "{target}: the MLX library differs after copying"
