@@ -1,7 +1,8 @@
 //! modelpool: run a pool of local LLM workers and measure what the pool buys.
 //!
 //! This root crate holds what the worker, the coordinator and the bench client share: the generated gRPC
-//! code ([`proto`]), the validated request types ([`request`]), the error-to-status mapping ([`error`]),
+//! code ([`proto`]), the validated request types ([`request`]) and the answer ([`response`]), pool membership as the daemons see it
+//! ([`membership`]: what a worker reports, heartbeats, a worker's status), the error-to-status mapping ([`error`]),
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
 //! ([`text`]), a GGUF metadata reader ([`gguf`]), an mlx-lm folder's text files ([`model_folder`]), the
 //! model's tokenizer ([`tokenizer`]) and chat template ([`chat_template`]) and the two together
@@ -14,6 +15,7 @@ pub mod chat_template;
 pub mod engine_kind;
 pub mod error;
 pub mod gguf;
+pub mod membership;
 pub mod memory;
 pub mod metrics;
 pub mod model_cache;
@@ -21,6 +23,7 @@ pub mod model_folder;
 pub mod prompt_format;
 pub mod proto;
 pub mod request;
+pub mod response;
 pub mod rng;
 pub mod security_args;
 pub mod shutdown;

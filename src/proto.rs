@@ -1,5 +1,6 @@
 //! Generated gRPC code for `modelpool.v1`. These types stay at the edges: handlers convert them into the
-//! domain types of [`crate::request`] as requests come in.
+//! domain types of [`crate::request`], [`crate::response`] and [`crate::membership`] as messages come in,
+//! and back as they go out; those modules hold every conversion.
 
 #![allow(clippy::all, missing_docs)]
 

@@ -1,5 +1,6 @@
-//! Where every prompt enters the pool, whichever door it came through (gRPC or the HTTP API): it is
-//! validated with the same rules as a worker's, given an id if it has none, and a refusal is counted.
+//! Where every prompt enters the pool, whichever door it came through (gRPC or the HTTP API): the wire
+//! request becomes the domain [`PredictRequest`] (validated with the same rules as a worker's; past this
+//! point the coordinator sees no proto request), is given an id if it has none, and a refusal is counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,12 +11,6 @@ use modelpool::{PoolError, PredictRequest};
 
 use crate::metrics::CoordinatorMetrics;
 
-/// A prompt that passed validation, ready for the scheduler.
-#[derive(Debug, Clone)]
-pub struct Admitted {
-    pub request: proto::PredictRequest,
-    pub max_tokens: u32,
-}
 
 /// Numbers prompts (one sequence for the whole coordinator) and counts refusals.
 pub struct Admission {
@@ -29,17 +24,15 @@ impl Admission {
     }
 
     /// Validates one prompt; `field` prefixes the field a refusal names (`requests[3]` in a batch).
-    /// A prompt without an id gets `r<N>`.
-    pub fn admit(&self, mut request: proto::PredictRequest, field: &str, started: Instant) -> Result<Admitted, PoolError> {
-        match PredictRequest::try_from(request.clone()) {
-            Ok(validated) => {
+    /// A prompt without an id gets `r<N>`. The wire's `run_alone` is dropped here: running alone is the
+    /// scheduler's retry tool (it idles the worker's other slots), not something a client may ask.
+    pub fn admit(&self, wire: proto::PredictRequest, field: &str, started: Instant) -> Result<PredictRequest, PoolError> {
+        match PredictRequest::try_from(wire) {
+            Ok(mut request) => {
                 if request.request_id.is_empty() {
                     request.request_id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
                 }
-                // Running alone is the scheduler's retry tool (it idles the worker's other slots), not
-                // something a client may ask of the pool.
-                request.run_alone = false;
-                Ok(Admitted { request, max_tokens: validated.sampling.max_tokens })
+                Ok(request)
             }
             Err(error) => {
                 let error = prefix(error, field);
@@ -76,14 +69,15 @@ mod tests {
         let chat = |text: &str| proto::PredictRequest::from(&PredictRequest::user(text, 4));
         let first = admission.admit(chat("a"), "", Instant::now()).unwrap();
         let second = admission.admit(chat("b"), "", Instant::now()).unwrap();
-        assert_ne!(first.request.request_id, second.request.request_id);
-        assert_eq!(first.max_tokens, 4);
+        assert_ne!(first.request_id, second.request_id);
+        assert_eq!(first.sampling.max_tokens, 4);
         let mut named = chat("c");
         named.request_id = "mine".into();
         named.run_alone = true;
-        let named = admission.admit(named, "", Instant::now()).unwrap().request;
+        let named = admission.admit(named, "", Instant::now()).unwrap();
         assert_eq!(named.request_id, "mine");
-        assert!(!named.run_alone, "only the scheduler asks a worker to run a prompt alone");
+        // The client's run_alone has nowhere to go: the domain request has no such field, and only the
+        // scheduler sets it on the wire (Job.run_alone), so it needs no assertion here.
         let mut bad = chat("d");
         bad.sampling.as_mut().unwrap().max_tokens = Some(0);
         let error = admission.admit(bad, "requests[2]", Instant::now()).unwrap_err();

@@ -13,8 +13,9 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use modelpool::proto::{self, WorkerState};
-use modelpool::PoolError;
+use modelpool::membership::WorkerPhase;
+use modelpool::proto;
+use modelpool::{PoolError, PredictRequest};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -117,20 +118,20 @@ async fn complete(
             Err(error)
         }
     };
-    let (wire, max_tokens) = match admitted {
-        Ok(admitted) => (admitted.request, admitted.max_tokens),
+    let request = match admitted {
+        Ok(request) => request,
         Err(error) => return error_response(&ApiError::from_pool(&error)),
     };
     let envelope = Envelope {
         kind,
-        id: format!("{}{}", kind.id_prefix(), wire.request_id),
+        id: format!("{}{}", kind.id_prefix(), request.request_id),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         model: model.unwrap_or_else(|| "modelpool".into()),
     };
     if stream {
-        return stream_response(state, envelope, wire, max_tokens, include_usage, started).await;
+        return stream_response(state, envelope, request, include_usage, started).await;
     }
-    let result = match tokio::time::timeout(state.request_timeout, state.scheduler.predict(wire, max_tokens)).await {
+    let result = match tokio::time::timeout(state.request_timeout, state.scheduler.predict(request)).await {
         Ok(result) => result,
         Err(_) => Err(timed_out(state.request_timeout)),
     };
@@ -152,12 +153,11 @@ fn timed_out(limit: Duration) -> PoolError {
 async fn stream_response(
     state: Arc<HttpState>,
     envelope: Envelope,
-    wire: proto::PredictRequest,
-    max_tokens: u32,
+    request: PredictRequest,
     include_usage: bool,
     started: Instant,
 ) -> Response {
-    let (mut pieces, result) = match state.scheduler.predict_stream(wire, max_tokens).await {
+    let (mut pieces, result) = match state.scheduler.predict_stream(request).await {
         Ok(streams) => streams,
         Err(error) => {
             state.metrics.record(Err(&error), started);
@@ -225,7 +225,7 @@ async fn stream_response(
 
 async fn models(State(state): State<Arc<HttpState>>) -> Response {
     let workers = state.scheduler.workers().await.unwrap_or_default();
-    let mut names: Vec<String> = workers.iter().filter_map(|w| w.info.as_ref().map(|i| i.model_name.clone())).collect();
+    let mut names: Vec<String> = workers.iter().map(|w| w.report.description.model_name.clone()).collect();
     names.sort();
     names.dedup();
     let data: Vec<Value> = names.iter().map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "modelpool"})).collect();
@@ -242,7 +242,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
 /// Ready when at least one worker takes prompts.
 async fn ready(State(state): State<Arc<HttpState>>) -> Response {
     let workers = state.scheduler.workers().await.unwrap_or_default();
-    let serving = workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count();
+    let serving = workers.iter().filter(|w| w.phase == WorkerPhase::Serving).count();
     let status = if serving > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"ready": serving > 0, "workers_serving": serving}))).into_response()
 }

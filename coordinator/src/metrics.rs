@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use modelpool::PoolError;
 use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
-use modelpool::proto::{self, WorkerState};
+use modelpool::membership::{WorkerPhase, WorkerStatus};
+use modelpool::response::PredictResponse;
 
 const HELP: RequestHelp = RequestHelp {
     requests: "Prompts by how they ended (gRPC and HTTP).",
@@ -23,7 +24,7 @@ pub struct CoordinatorMetrics {
 
 impl CoordinatorMetrics {
     /// Records how one prompt ended; `started` is when the coordinator received it.
-    pub fn record(&self, result: Result<&proto::PredictResponse, &PoolError>, started: Instant) {
+    pub fn record(&self, result: Result<&PredictResponse, &PoolError>, started: Instant) {
         match result {
             Ok(response) => {
                 let stages = response.timings.as_ref().map(|t| (t.coordinator_queue_ms, t.coordinator_queue_ms + t.ttft_ms));
@@ -33,28 +34,27 @@ impl CoordinatorMetrics {
         }
     }
 
-    pub fn render(&self, workers: &[proto::WorkerStatus], queue_depth: usize) -> String {
+    pub fn render(&self, workers: &[WorkerStatus], queue_depth: usize) -> String {
         let mut out = Exposition::new();
         self.requests.render(&mut out, "modelpool_coordinator", &HELP);
-        let serving = workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count();
+        let serving = workers.iter().filter(|w| w.phase == WorkerPhase::Serving).count();
         out.gauge("modelpool_coordinator_workers", "Registered workers.", workers.len() as f64);
         out.gauge("modelpool_coordinator_workers_serving", "Registered workers that take prompts.", serving as f64);
         out.gauge("modelpool_coordinator_queue_depth", "Prompts waiting in the coordinator's queue for a worker (scale workers on it).", queue_depth as f64);
 
-        type Figure = fn(&proto::WorkerStatus) -> f64;
+        type Figure = fn(&WorkerStatus) -> f64;
         let per_worker: [(&str, &str, Figure); 6] = [
             ("modelpool_worker_in_flight", "Prompts the coordinator has sent to the worker and not had back.", |w| f64::from(w.in_flight)),
-            ("modelpool_worker_queued", "Requests waiting in the worker's own queue (last heartbeat).", |w| w.load.map_or(0.0, |l| f64::from(l.queued))),
-            ("modelpool_worker_slots_in_use", "The worker's busy slots (last heartbeat).", |w| w.load.map_or(0.0, |l| f64::from(l.slots_in_use))),
-            ("modelpool_worker_rss_bytes", "The worker's resident memory (last heartbeat).", |w| w.memory.map_or(0.0, |m| m.rss_bytes as f64)),
-            ("modelpool_worker_pss_bytes", "The worker's proportional memory: shared pages split among their users.", |w| w.memory.map_or(0.0, |m| m.pss_bytes as f64)),
+            ("modelpool_worker_queued", "Requests waiting in the worker's own queue (last heartbeat).", |w| f64::from(w.report.load.queued)),
+            ("modelpool_worker_slots_in_use", "The worker's busy slots (last heartbeat).", |w| f64::from(w.report.load.slots_in_use)),
+            ("modelpool_worker_rss_bytes", "The worker's resident memory (last heartbeat).", |w| w.report.memory.rss_bytes as f64),
+            ("modelpool_worker_pss_bytes", "The worker's proportional memory: shared pages split among their users.", |w| w.report.memory.pss_bytes as f64),
             ("modelpool_worker_completed", "Prompts the worker answered through this coordinator since it registered.", |w| w.completed as f64),
         ];
         for (name, help, figure) in per_worker {
             out.describe(name, "gauge", help);
             for w in workers {
-                let address = w.info.as_ref().map(|i| i.address.as_str()).unwrap_or("");
-                out.sample(name, &[("worker_id", &w.worker_id), ("address", address)], figure(w));
+                out.sample(name, &[("worker_id", &w.worker_id), ("address", &w.report.description.address)], figure(w));
             }
         }
         out.finish()

@@ -2,7 +2,8 @@
 //! pool's own requests, responses, stream chunks and errors turned back. No I/O here; see `http`.
 
 use modelpool::PoolError;
-use modelpool::proto::{self, FinishReason};
+use modelpool::proto;
+use modelpool::response::{FinishReason, PredictResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -187,15 +188,15 @@ pub fn openai_param(field: &str) -> String {
     field.strip_prefix("chat.").unwrap_or(field).to_string()
 }
 
-pub fn finish_reason(response: &proto::PredictResponse) -> &'static str {
-    match FinishReason::try_from(response.finish_reason) {
-        Ok(FinishReason::Length) => "length",
+pub fn finish_reason(response: &PredictResponse) -> &'static str {
+    match response.finish_reason {
+        Some(FinishReason::Length) => "length",
         _ => "stop",
     }
 }
 
 /// OpenAI's usage block; `cached_tokens` are the prompt tokens the worker reused from its prefix cache.
-pub fn usage(response: &proto::PredictResponse) -> Value {
+pub fn usage(response: &PredictResponse) -> Value {
     json!({
         "prompt_tokens": response.prompt_tokens,
         "completion_tokens": response.completion_tokens,
@@ -230,7 +231,7 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    pub fn response(&self, response: &proto::PredictResponse) -> Value {
+    pub fn response(&self, response: &PredictResponse) -> Value {
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
@@ -253,7 +254,7 @@ impl Envelope {
     /// A stream chunk: text (`Some`), or the final chunk (`finish` set). As OpenAI streams: with
     /// `include_usage` every chunk carries `"usage": null` and [`Envelope::usage_chunk`] follows the
     /// last; without it no chunk has a usage field.
-    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&proto::PredictResponse>, include_usage: bool) -> Value {
+    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<&PredictResponse>, include_usage: bool) -> Value {
         let (object, choice) = match self.kind {
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -275,7 +276,7 @@ impl Envelope {
     }
 
     /// The separate usage-only chunk OpenAI sends last when `stream_options.include_usage` is set.
-    pub fn usage_chunk(&self, response: &proto::PredictResponse) -> Value {
+    pub fn usage_chunk(&self, response: &PredictResponse) -> Value {
         let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
         json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [], "usage": usage(response)})
     }
@@ -350,7 +351,7 @@ mod tests {
         assert_eq!((sampling.ignore_eos, sampling.top_k), (Some(true), Some(5)));
         let plain: CompletionRequest = serde_json::from_value(json!({"prompt": "a"})).unwrap();
         assert_eq!(plain.to_proto().unwrap().sampling.unwrap().ignore_eos, None);
-        let response = proto::PredictResponse { prompt_tokens: 100, completion_tokens: 5, cached_tokens: 90, ..Default::default() };
+        let response = PredictResponse { prompt_tokens: 100, completion_tokens: 5, cached_tokens: 90, ..Default::default() };
         assert_eq!(usage(&response)["prompt_tokens_details"]["cached_tokens"], 90);
         let envelope = Envelope { kind: Kind::Chat, id: "x".into(), created: 0, model: "m".into() };
         assert!(envelope.chunk(Some("hi"), true, None, false).get("usage").is_none());

@@ -8,27 +8,26 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use modelpool::proto::{self, predict_request::Input};
+use modelpool::{PredictRequest, Prompt};
 
 /// Bytes of conversation per block: a DSPy preamble of 5 KB is about 20 blocks; the chat template's
 /// opening words fit well inside one, so sharing one block is already a real shared prefix.
 pub const BLOCK_BYTES: usize = 128;
 
 /// The chained block hashes of a request's conversation (only whole blocks).
-pub fn prefix_key(request: &proto::PredictRequest) -> Vec<u64> {
+pub fn prefix_key(request: &PredictRequest) -> Vec<u64> {
     let mut text = Vec::new();
-    match &request.input {
-        Some(Input::Chat(chat)) => {
-            for message in &chat.messages {
-                text.extend_from_slice(message.role.as_bytes());
+    match &request.prompt {
+        Prompt::Chat(messages) => {
+            for message in messages {
+                text.extend_from_slice(message.role.as_str().as_bytes());
                 // Separators no UTF-8 text contains, so that role and content boundaries count.
                 text.push(0xff);
                 text.extend_from_slice(message.content.as_bytes());
                 text.push(0xfe);
             }
         }
-        Some(Input::Prompt(prompt)) => text.extend_from_slice(prompt),
-        None => {}
+        Prompt::Raw(prompt) => text.extend_from_slice(prompt.as_bytes()),
     }
     let mut previous = 0u64;
     text.chunks_exact(BLOCK_BYTES)
@@ -108,13 +107,13 @@ pub fn capacity_for(slots: u32, context_per_slot: u32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use modelpool::{ChatMessage, PredictRequest, Prompt, Role};
+    use modelpool::{ChatMessage, Role};
 
-    fn chat(messages: &[(Role, &str)]) -> proto::PredictRequest {
+    fn chat(messages: &[(Role, &str)]) -> PredictRequest {
         let messages = messages.iter().map(|(role, text)| ChatMessage::new(*role, *text)).collect();
         let mut request = PredictRequest::user("x", 8);
         request.prompt = Prompt::Chat(messages);
-        proto::PredictRequest::from(&request)
+        request
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use modelpool::PoolError;
 use modelpool::auth::constant_time_eq;
+use modelpool::memory::ProcessMemory;
+use modelpool::membership::{Heartbeat, WorkerDescription, WorkerLoad, WorkerPhase, WorkerReport, WorkerStatus};
 use modelpool::request::limits;
-use modelpool::proto::{self, WorkerState};
 
 use crate::routing::Candidate;
 
@@ -17,10 +18,11 @@ pub struct WorkerEntry {
     pub id: String,
     /// The secret its heartbeats and deregistration must carry (see `RegisterResponse.lease`).
     lease: String,
-    pub info: proto::WorkerInfo,
-    pub state: WorkerState,
-    pub load: proto::WorkerLoad,
-    pub memory: proto::MemoryUsage,
+    pub description: WorkerDescription,
+    pub phase: WorkerPhase,
+    /// Its figures from its last heartbeat (from registration until the first).
+    pub load: WorkerLoad,
+    pub memory: ProcessMemory,
     pub last_seen: Instant,
     /// Prompts sent to this worker that have not come back.
     pub in_flight: u32,
@@ -37,22 +39,20 @@ impl WorkerEntry {
     /// How many prompts it may hold at once: one per slot, so that waiting happens in the coordinator's
     /// queue, where any worker that frees up can take the next prompt.
     pub fn capacity(&self) -> u32 {
-        self.info.slots.max(1)
+        self.description.slots.max(1)
     }
 
     pub fn is_live(&self) -> bool {
-        self.state == WorkerState::Serving && !self.suspect
+        self.phase == WorkerPhase::Serving && !self.suspect
     }
 
-    pub fn status(&self, now: Instant) -> proto::WorkerStatus {
-        proto::WorkerStatus {
+    pub fn status(&self, now: Instant) -> WorkerStatus {
+        WorkerStatus {
             worker_id: self.id.clone(),
-            info: Some(self.info.clone()),
-            state: self.state as i32,
-            load: Some(self.load),
-            memory: Some(self.memory),
+            report: WorkerReport { description: self.description.clone(), load: self.load, memory: self.memory },
+            phase: self.phase,
             in_flight: self.in_flight,
-            last_heartbeat_age_ms: now.saturating_duration_since(self.last_seen).as_secs_f64() * 1000.0,
+            last_heartbeat_age: now.saturating_duration_since(self.last_seen),
             completed: self.completed,
             failed_attempts: self.failed_attempts,
         }
@@ -71,7 +71,9 @@ impl Registry {
     /// instance claiming a registered worker's address (until that one deregisters or is evicted), one
     /// instance under a second address, and a worker serving a different model from the rest of the
     /// pool (results would silently depend on where a prompt went).
-    pub fn register(&mut self, info: proto::WorkerInfo, lease: String, now: Instant) -> Result<String, PoolError> {
+    pub fn register(&mut self, report: WorkerReport, lease: String, now: Instant) -> Result<String, PoolError> {
+        // Refusals name the fields of the Register call (`info.*`) that a worker operator would fix.
+        let WorkerReport { description: info, load, memory } = report;
         if info.address.is_empty() {
             return Err(PoolError::invalid("info.address", "empty: the worker must say where it listens"));
         }
@@ -89,38 +91,38 @@ impl Registry {
                 format!("{}; a worker has at least {} tokens per slot", info.context_per_slot, limits::MIN_CONTEXT_PER_SLOT),
             ));
         }
-        let same_instance = |w: &WorkerEntry| !info.instance_id.is_empty() && w.info.instance_id == info.instance_id;
-        if let Some(holder) = self.workers.values().find(|w| w.info.address == info.address && !same_instance(w))
-            && !(info.instance_id.is_empty() && holder.info.instance_id.is_empty())
+        let same_instance = |w: &WorkerEntry| !info.instance_id.is_empty() && w.description.instance_id == info.instance_id;
+        if let Some(holder) = self.workers.values().find(|w| w.description.address == info.address && !same_instance(w))
+            && !(info.instance_id.is_empty() && holder.description.instance_id.is_empty())
         {
             return Err(PoolError::AlreadyExists(format!(
                 "info.address: {} is registered to worker {} (instance {:?}); a second process cannot claim it until that one deregisters or misses its heartbeats",
-                info.address, holder.id, holder.info.instance_id
+                info.address, holder.id, holder.description.instance_id
             )));
         }
-        if let Some(first) = self.workers.values().find(|w| same_instance(w) && w.info.address != info.address) {
+        if let Some(first) = self.workers.values().find(|w| same_instance(w) && w.description.address != info.address) {
             return Err(PoolError::AlreadyExists(format!(
                 "info.instance_id: instance {:?} is already registered as worker {} at {}; one process serves one address",
-                info.instance_id, first.id, first.info.address
+                info.instance_id, first.id, first.description.address
             )));
         }
-        if let Some(other) = self.workers.values().find(|w| w.info.address != info.address)
-            && (other.info.model_name != info.model_name || other.info.model_size_bytes != info.model_size_bytes) {
+        if let Some(other) = self.workers.values().find(|w| w.description.address != info.address)
+            && (other.description.model_name != info.model_name || other.description.model_size_bytes != info.model_size_bytes) {
                 return Err(PoolError::FailedPrecondition(format!(
                     "info.model_name: worker serves {:?} ({} bytes) but the pool serves {:?} ({} bytes)",
-                    info.model_name, info.model_size_bytes, other.info.model_name, other.info.model_size_bytes
+                    info.model_name, info.model_size_bytes, other.description.model_name, other.description.model_size_bytes
                 )));
             }
-        self.workers.retain(|_, w| w.info.address != info.address);
+        self.workers.retain(|_, w| w.description.address != info.address);
         self.next_id += 1;
         let id = format!("w{}-{}", self.next_id, info.pid);
         let entry = WorkerEntry {
             id: id.clone(),
             lease,
-            load: info.load.unwrap_or_default(),
-            memory: info.memory.unwrap_or_default(),
-            info,
-            state: WorkerState::Serving,
+            load,
+            memory,
+            description: info,
+            phase: WorkerPhase::Serving,
             last_seen: now,
             in_flight: 0,
             suspect: false,
@@ -146,18 +148,15 @@ impl Registry {
         Ok(entry)
     }
 
-    pub fn heartbeat(&mut self, request: proto::HeartbeatRequest, now: Instant) -> Result<(), PoolError> {
-        let entry = self.leased(&request.worker_id, &request.lease)?;
+    pub fn heartbeat(&mut self, beat: Heartbeat, now: Instant) -> Result<(), PoolError> {
+        let entry = self.leased(&beat.worker_id, &beat.lease)?;
         entry.last_seen = now;
         entry.suspect = false;
-        entry.state = match WorkerState::try_from(request.state) {
-            Ok(WorkerState::Draining) => WorkerState::Draining,
-            _ => WorkerState::Serving,
-        };
-        if let Some(load) = request.load {
+        entry.phase = beat.phase;
+        if let Some(load) = beat.load {
             entry.load = load;
         }
-        if let Some(memory) = request.memory {
+        if let Some(memory) = beat.memory {
             entry.memory = memory;
         }
         Ok(())
@@ -201,7 +200,7 @@ impl Registry {
 
     /// The smallest per-slot context in the pool: the longest request every worker can take.
     pub fn min_context_per_slot(&self) -> Option<u32> {
-        self.workers.values().map(|w| w.info.context_per_slot).filter(|&c| c > 0).min()
+        self.workers.values().map(|w| w.description.context_per_slot).filter(|&c| c > 0).min()
     }
 
     /// The live workers, as routing sees them.
@@ -216,7 +215,7 @@ impl Registry {
         live
     }
 
-    pub fn statuses(&self, now: Instant) -> Vec<proto::WorkerStatus> {
+    pub fn statuses(&self, now: Instant) -> Vec<WorkerStatus> {
         let mut statuses: Vec<_> = self.workers.values().map(|w| w.status(now)).collect();
         statuses.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         statuses
@@ -235,15 +234,20 @@ mod tests {
         routing::assign(Routing::LeastLoaded, &mut registry.candidates(), &PrefixIndex::default(), &waiting).pop().map(|(_, id)| id)
     }
 
-    fn info(port: u16, slots: u32) -> proto::WorkerInfo {
-        proto::WorkerInfo {
+    fn info(port: u16, slots: u32) -> WorkerReport {
+        let description = WorkerDescription {
             address: format!("http://127.0.0.1:{port}"),
             slots,
             model_name: "m".into(),
             model_size_bytes: 10,
             context_per_slot: 512,
             ..Default::default()
-        }
+        };
+        WorkerReport { description, ..Default::default() }
+    }
+
+    fn beat(worker_id: &str, phase: WorkerPhase, lease: &str) -> Heartbeat {
+        Heartbeat { worker_id: worker_id.into(), lease: lease.into(), phase, load: None, memory: None }
     }
 
     #[test]
@@ -280,10 +284,9 @@ mod tests {
         let a = registry.register(info(1, 1), String::new(), now).unwrap();
         registry.get_mut(&a).unwrap().suspect = true;
         assert_eq!(pick(&registry, &[]), None);
-        let beat = |state: WorkerState| proto::HeartbeatRequest { worker_id: a.clone(), state: state as i32, ..Default::default() };
-        registry.heartbeat(beat(WorkerState::Serving), now).unwrap();
+        registry.heartbeat(beat(&a, WorkerPhase::Serving, ""), now).unwrap();
         assert_eq!(pick(&registry, &[]), Some(a.clone()));
-        registry.heartbeat(beat(WorkerState::Draining), now).unwrap();
+        registry.heartbeat(beat(&a, WorkerPhase::Draining, ""), now).unwrap();
         assert_eq!(pick(&registry, &[]), None);
     }
 
@@ -294,11 +297,9 @@ mod tests {
         let a = registry.register(info(1, 1), String::new(), start).unwrap();
         let b = registry.register(info(2, 1), String::new(), start).unwrap();
         let later = start + Duration::from_millis(1500);
-        registry
-            .heartbeat(proto::HeartbeatRequest { worker_id: b.clone(), state: WorkerState::Serving as i32, ..Default::default() }, later)
-            .unwrap();
+        registry.heartbeat(beat(&b, WorkerPhase::Serving, ""), later).unwrap();
         assert_eq!(registry.expire(later, Duration::from_secs(1)), vec![a.clone()]);
-        let error = registry.heartbeat(proto::HeartbeatRequest { worker_id: a.clone(), ..Default::default() }, later).unwrap_err();
+        let error = registry.heartbeat(beat(&a, WorkerPhase::Serving, ""), later).unwrap_err();
         assert_eq!(error.code(), tonic::Code::NotFound);
         assert!(error.to_string().contains(&a));
     }
@@ -312,10 +313,10 @@ mod tests {
         assert_ne!(first, second);
         assert!(registry.get(&first).is_none() && registry.get(&second).is_some());
         let mut other = info(2, 1);
-        other.model_name = "another".into();
+        other.description.model_name = "another".into();
         assert_eq!(registry.register(other, String::new(), now).unwrap_err().code(), tonic::Code::FailedPrecondition);
         let mut nowhere = info(3, 1);
-        nowhere.address = String::new();
+        nowhere.description.address = String::new();
         assert!(registry.register(nowhere, String::new(), now).unwrap_err().to_string().contains("info.address"));
     }
 
@@ -323,7 +324,11 @@ mod tests {
     fn an_address_belongs_to_one_instance_and_an_instance_to_one_address() {
         let now = Instant::now();
         let mut registry = Registry::default();
-        let with_instance = |port, instance: &str| proto::WorkerInfo { instance_id: instance.into(), ..info(port, 1) };
+        let with_instance = |port, instance: &str| {
+            let mut report = info(port, 1);
+            report.description.instance_id = instance.into();
+            report
+        };
         let first = registry.register(with_instance(1, "a"), String::new(), now).unwrap();
         // The same instance again (the coordinator forgot it): replaces its entry.
         let again = registry.register(with_instance(1, "a"), String::new(), now).unwrap();
@@ -346,13 +351,15 @@ mod tests {
         let now = Instant::now();
         let mut registry = Registry::default();
         let id = registry.register(info(1, 1), "lease-a".into(), now).unwrap();
-        let beat = |lease: &str| proto::HeartbeatRequest { worker_id: id.clone(), lease: lease.into(), ..Default::default() };
+        let beat = |lease: &str| beat(&id, WorkerPhase::Serving, lease);
         assert_eq!(registry.heartbeat(beat("lease-b"), now).unwrap_err().code(), tonic::Code::PermissionDenied);
         assert_eq!(registry.deregister(&id, "").unwrap_err().code(), tonic::Code::PermissionDenied);
         registry.heartbeat(beat("lease-a"), now).unwrap();
         let greedy = registry.register(info(2, u32::MAX), String::new(), now).unwrap_err();
         assert!(greedy.to_string().contains("info.slots"), "{greedy}");
-        let tiny = registry.register(proto::WorkerInfo { context_per_slot: 1, ..info(3, 1) }, String::new(), now).unwrap_err();
+        let mut tiny = info(3, 1);
+        tiny.description.context_per_slot = 1;
+        let tiny = registry.register(tiny, String::new(), now).unwrap_err();
         assert!(tiny.to_string().contains("info.context_per_slot"), "{tiny}");
         registry.deregister(&id, "lease-a").unwrap();
         assert!(registry.is_empty());

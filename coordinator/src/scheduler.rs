@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use modelpool::PoolError;
 use modelpool::auth::{AuthChannel, Credentials};
-use modelpool::proto::{self, worker_client::WorkerClient};
+use modelpool::membership::{Heartbeat, Registered, WorkerReport, WorkerStatus};
+use modelpool::proto::worker_client::WorkerClient;
+use modelpool::response::PredictResponse;
+use modelpool::{PoolError, PredictRequest};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
@@ -53,13 +55,12 @@ impl Default for SchedulerConfig {
     }
 }
 
-pub type Reply = oneshot::Sender<Result<proto::PredictResponse, PoolError>>;
+pub type Reply = oneshot::Sender<Result<PredictResponse, PoolError>>;
 
-/// One prompt handed to the scheduler: the request, its max_tokens, where the result goes, and where
-/// its text goes as it is generated if streamed.
+/// One prompt handed to the scheduler: the request, where the result goes, and where its text goes as
+/// it is generated if streamed.
 struct Submission {
-    request: proto::PredictRequest,
-    max_tokens: u32,
+    request: PredictRequest,
     reply: Reply,
     pieces: Option<Pieces>,
     /// How the caller names this prompt in errors: "" for a single prompt, "requests[3]." in a batch.
@@ -70,7 +71,9 @@ pub use crate::worker_client::Pieces;
 
 /// A prompt accepted by the coordinator, waiting or running.
 struct Job {
-    request: proto::PredictRequest,
+    request: PredictRequest,
+    /// Ask the worker to run it with no other sequence beside it (see `worker_client::after_failure`).
+    run_alone: bool,
     /// The prompt's prefix key for routing (see `prefix_index`).
     key: Vec<u64>,
     reply: Reply,
@@ -87,13 +90,13 @@ struct Job {
 }
 
 enum Command {
-    Register { info: proto::WorkerInfo, reply: oneshot::Sender<Result<proto::RegisterResponse, PoolError>> },
-    Heartbeat { request: proto::HeartbeatRequest, reply: oneshot::Sender<Result<(), PoolError>> },
-    Deregister { request: proto::DeregisterRequest, reply: oneshot::Sender<Result<(), PoolError>> },
-    List { reply: oneshot::Sender<Vec<proto::WorkerStatus>> },
+    Register { report: WorkerReport, reply: oneshot::Sender<Result<Registered, PoolError>> },
+    Heartbeat { beat: Heartbeat, reply: oneshot::Sender<Result<(), PoolError>> },
+    Deregister { worker_id: String, lease: String, reply: oneshot::Sender<Result<(), PoolError>> },
+    List { reply: oneshot::Sender<Vec<WorkerStatus>> },
     /// Several prompts admitted together or not at all.
     Submit { jobs: Vec<Submission>, admitted: oneshot::Sender<Result<(), PoolError>> },
-    AttemptDone { worker_id: String, job: Job, dispatched: Instant, result: Result<proto::PredictResponse, tonic::Status> },
+    AttemptDone { worker_id: String, job: Job, dispatched: Instant, result: Result<PredictResponse, tonic::Status> },
 }
 
 /// A handle to the scheduler task; cheap to clone.
@@ -136,16 +139,17 @@ impl Scheduler {
         answer.await.map_err(|_| stopped())
     }
 
-    pub async fn register(&self, info: proto::WorkerInfo) -> Result<proto::RegisterResponse, PoolError> {
-        self.ask(|reply| Command::Register { info, reply }).await?
+    pub async fn register(&self, report: WorkerReport) -> Result<Registered, PoolError> {
+        self.ask(|reply| Command::Register { report, reply }).await?
     }
 
-    pub async fn heartbeat(&self, request: proto::HeartbeatRequest) -> Result<(), PoolError> {
-        self.ask(|reply| Command::Heartbeat { request, reply }).await?
+    pub async fn heartbeat(&self, beat: Heartbeat) -> Result<(), PoolError> {
+        self.ask(|reply| Command::Heartbeat { beat, reply }).await?
     }
 
-    pub async fn deregister(&self, request: proto::DeregisterRequest) -> Result<(), PoolError> {
-        self.ask(|reply| Command::Deregister { request, reply }).await?
+    /// Removes a worker that is leaving; `lease` must be the one it registered with.
+    pub async fn deregister(&self, worker_id: String, lease: String) -> Result<(), PoolError> {
+        self.ask(|reply| Command::Deregister { worker_id, lease, reply }).await?
     }
 
     /// Prompts waiting for a worker now.
@@ -153,7 +157,7 @@ impl Scheduler {
         self.queue_depth.load(Ordering::Relaxed)
     }
 
-    pub async fn workers(&self) -> Result<Vec<proto::WorkerStatus>, PoolError> {
+    pub async fn workers(&self) -> Result<Vec<WorkerStatus>, PoolError> {
         self.ask(|reply| Command::List { reply }).await
     }
 
@@ -162,15 +166,15 @@ impl Scheduler {
     /// pool's context) fails alone, on its own receiver; the others run.
     pub async fn submit(
         &self,
-        requests: Vec<(proto::PredictRequest, u32, usize)>,
-    ) -> Result<Vec<oneshot::Receiver<Result<proto::PredictResponse, PoolError>>>, PoolError> {
+        requests: Vec<(PredictRequest, usize)>,
+    ) -> Result<Vec<oneshot::Receiver<Result<PredictResponse, PoolError>>>, PoolError> {
         let mut jobs = Vec::with_capacity(requests.len());
         let mut receivers = Vec::with_capacity(requests.len());
         let batch = requests.len() > 1;
-        for (request, max_tokens, index) in requests {
+        for (request, index) in requests {
             let (reply, receiver) = oneshot::channel();
             let field = if batch { format!("requests[{index}].") } else { String::new() };
-            jobs.push(Submission { request, max_tokens, reply, pieces: None, field });
+            jobs.push(Submission { request, reply, pieces: None, field });
             receivers.push(receiver);
         }
         self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
@@ -183,19 +187,18 @@ impl Scheduler {
     /// would send the text again). Dropping either receiver cancels the prompt.
     pub async fn predict_stream(
         &self,
-        request: proto::PredictRequest,
-        max_tokens: u32,
-    ) -> Result<(mpsc::UnboundedReceiver<String>, oneshot::Receiver<Result<proto::PredictResponse, PoolError>>), PoolError> {
+        request: PredictRequest,
+    ) -> Result<(mpsc::UnboundedReceiver<String>, oneshot::Receiver<Result<PredictResponse, PoolError>>), PoolError> {
         let (reply, receiver) = oneshot::channel();
         let (pieces, piece_receiver) = mpsc::unbounded_channel();
-        let jobs = vec![Submission { request, max_tokens, reply, pieces: Some(pieces), field: String::new() }];
+        let jobs = vec![Submission { request, reply, pieces: Some(pieces), field: String::new() }];
         self.ask(|admitted| Command::Submit { jobs, admitted }).await??;
         Ok((piece_receiver, receiver))
     }
 
     /// Runs one prompt through the pool and waits for its result.
-    pub async fn predict(&self, request: proto::PredictRequest, max_tokens: u32) -> Result<proto::PredictResponse, PoolError> {
-        let receiver = self.submit(vec![(request, max_tokens, 0)]).await?.pop().expect("one receiver per prompt");
+    pub async fn predict(&self, request: PredictRequest) -> Result<PredictResponse, PoolError> {
+        let receiver = self.submit(vec![(request, 0)]).await?.pop().expect("one receiver per prompt");
         receiver.await.map_err(|_| stopped())?
     }
 }
@@ -239,30 +242,25 @@ impl Actor {
     fn handle(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Register { info, reply } => {
-                let address = info.address.clone();
+            Command::Register { report, reply } => {
+                let address = report.description.address.clone();
                 let lease = modelpool::auth::random_secret().map_err(|e| PoolError::Internal(format!("making a lease: {e}")));
                 let result = lease.and_then(|lease| {
                     let channel = worker_client::channel_for(&self.credentials, &address)?;
-                    self.registry.register(info, lease.clone(), now).map(|worker_id| {
+                    self.registry.register(report, lease.clone(), now).map(|worker_id| {
                         info!(%worker_id, %address, "worker registered");
                         self.channels.retain(|id, _| self.registry.get(id).is_some());
                         self.channels.insert(worker_id.clone(), WorkerLink::new(channel));
-                        proto::RegisterResponse {
-                            worker_id,
-                            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u32,
-                            lease,
-                        }
+                        Registered { worker_id, heartbeat_interval: self.config.heartbeat_interval, lease }
                     })
                 });
                 let _ = reply.send(result);
             }
-            Command::Heartbeat { request, reply } => {
-                let _ = reply.send(self.registry.heartbeat(request, now));
+            Command::Heartbeat { beat, reply } => {
+                let _ = reply.send(self.registry.heartbeat(beat, now));
             }
-            Command::Deregister { request, reply } => {
-                let worker_id = request.worker_id;
-                let result = self.registry.deregister(&worker_id, &request.lease).map(|entry| {
+            Command::Deregister { worker_id, lease, reply } => {
+                let result = self.registry.deregister(&worker_id, &lease).map(|entry| {
                     self.channels.remove(&worker_id);
                     self.index.remove_worker(&worker_id);
                     info!(%worker_id, in_flight = entry.in_flight, "worker deregistered");
@@ -296,10 +294,11 @@ impl Actor {
         }
         let context = self.registry.min_context_per_slot();
         let too_long = |job: &Submission| {
-            context.filter(|&c| job.max_tokens >= c).map(|c| {
+            let max_tokens = job.request.sampling.max_tokens;
+            context.filter(|&c| max_tokens >= c).map(|c| {
                 PoolError::invalid(
                     format!("{}sampling.max_tokens", job.field),
-                    format!("{} does not fit the pool's context of {c} tokens per slot (prompt included)", job.max_tokens),
+                    format!("{max_tokens} does not fit the pool's context of {c} tokens per slot (prompt included)"),
                 )
             })
         };
@@ -316,7 +315,7 @@ impl Actor {
             }
             let Submission { request, reply, pieces, .. } = job;
             let key = prefix_key(&request);
-            self.queue.push_back(Job { request, key, reply, pieces, streamed: false, attempts: 0, internal_errors: 0, tried: Vec::new(), accepted: now, last_error: None });
+            self.queue.push_back(Job { request, run_alone: false, key, reply, pieces, streamed: false, attempts: 0, internal_errors: 0, tried: Vec::new(), accepted: now, last_error: None });
         }
         Ok(())
     }
@@ -349,7 +348,7 @@ impl Actor {
             };
             entry.in_flight += 1;
             entry.freed.clear();
-            let capacity = capacity_for(entry.info.slots, entry.info.context_per_slot);
+            let capacity = capacity_for(entry.description.slots, entry.description.context_per_slot);
             self.index.record(&worker_id, &job.key, capacity);
             job.attempts += 1;
             job.tried.push(worker_id.clone());
@@ -360,7 +359,7 @@ impl Actor {
         }
     }
 
-    fn attempt_done(&mut self, worker_id: String, job: Job, dispatched: Instant, result: Result<proto::PredictResponse, tonic::Status>) {
+    fn attempt_done(&mut self, worker_id: String, job: Job, dispatched: Instant, result: Result<PredictResponse, tonic::Status>) {
         let entry = self.registry.get_mut(&worker_id);
         match result {
             Ok(mut response) => {
@@ -416,7 +415,7 @@ impl Actor {
         }
         debug!(request_id = %job.request.request_id, %worker_id, %error, ?next, "attempt failed; requeueing");
         if next == AfterFailure::RetryAlone {
-            job.request.run_alone = true;
+            job.run_alone = true;
         }
         job.last_error = Some(error);
         if self.registry.live_count() == 0 && self.registry.is_empty() && self.config.no_worker_wait.is_zero() {
@@ -531,7 +530,8 @@ async fn attempt(
 ) {
     let dispatched = Instant::now();
     let result = {
-        let call = worker_client::call(client, &worker_id, job.request.clone(), job.pieces.as_ref(), &mut job.streamed, timeouts);
+        let wire = worker_client::wire_request(&job.request, job.run_alone);
+        let call = worker_client::call(client, &worker_id, wire, job.pieces.as_ref(), &mut job.streamed, timeouts);
         tokio::select! {
             result = call => result,
             () = job.reply.closed() => Err(tonic::Status::cancelled("the caller went away")),
@@ -549,8 +549,10 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_address_is_refused_not_a_crash() {
         let scheduler = Scheduler::start(SchedulerConfig::default(), Credentials::default());
-        let info = proto::WorkerInfo { address: "http://bad host:1".into(), slots: 1, ..Default::default() };
-        let error = scheduler.register(info).await.unwrap_err();
+        let mut report = WorkerReport::default();
+        report.description.address = "http://bad host:1".into();
+        report.description.slots = 1;
+        let error = scheduler.register(report).await.unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         assert!(error.to_string().contains("info.address"), "{error}");
         // The scheduler is still there.

@@ -1,6 +1,6 @@
 //! The gRPC `Coordinator` service: every call is checked against its door (see `access`); membership
-//! calls go to the scheduler as they are; prompts are validated here (the same rules as a worker's)
-//! before they are queued.
+//! messages become `modelpool::membership` types and prompts pass admission (see `admission`) before
+//! they reach the scheduler, so the wire types stop here.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,33 +54,35 @@ impl Coordinator for CoordinatorService {
             .into());
         }
         let info = request.info.ok_or_else(|| PoolError::invalid("info", "missing"))?;
-        Ok(Response::new(self.scheduler.register(info).await?))
+        Ok(Response::new(self.scheduler.register(info.into()).await?.into()))
     }
 
     async fn heartbeat(&self, request: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatResponse>, Status> {
         self.access.worker(&request)?;
-        self.scheduler.heartbeat(request.into_inner()).await?;
+        self.scheduler.heartbeat(request.into_inner().into()).await?;
         Ok(Response::new(proto::HeartbeatResponse {}))
     }
 
     async fn deregister(&self, request: Request<proto::DeregisterRequest>) -> Result<Response<proto::DeregisterResponse>, Status> {
         self.access.worker(&request)?;
-        self.scheduler.deregister(request.into_inner()).await?;
+        let proto::DeregisterRequest { worker_id, lease } = request.into_inner();
+        self.scheduler.deregister(worker_id, lease).await?;
         Ok(Response::new(proto::DeregisterResponse {}))
     }
 
     async fn list_workers(&self, request: Request<proto::ListWorkersRequest>) -> Result<Response<proto::ListWorkersResponse>, Status> {
         self.access.client(&request)?;
-        Ok(Response::new(proto::ListWorkersResponse { workers: self.scheduler.workers().await? }))
+        let workers = self.scheduler.workers().await?.iter().map(proto::WorkerStatus::from).collect();
+        Ok(Response::new(proto::ListWorkersResponse { workers }))
     }
 
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let started = Instant::now();
         self.access.client(&request).inspect_err(|e| self.metrics.record(Err(e), started))?;
         let admitted = self.admission.admit(request.into_inner(), "", started)?;
-        let result = self.scheduler.predict(admitted.request, admitted.max_tokens).await;
+        let result = self.scheduler.predict(admitted).await;
         self.metrics.record(result.as_ref(), started);
-        Ok(Response::new(result?))
+        Ok(Response::new(result?.into()))
     }
 
     async fn predict_batch(&self, request: Request<proto::PredictBatchRequest>) -> Result<Response<proto::PredictBatchResponse>, Status> {
@@ -100,7 +102,7 @@ impl Coordinator for CoordinatorService {
         for (index, request) in requests.into_iter().enumerate() {
             match self.admission.admit(request, &format!("requests[{index}]"), started) {
                 Ok(admitted) => {
-                    valid.push((admitted.request, admitted.max_tokens, index));
+                    valid.push((admitted, index));
                     positions.push(index);
                 }
                 Err(error) => results[index] = Some(error_result(index, &error)),
@@ -115,7 +117,7 @@ impl Coordinator for CoordinatorService {
                 results[index] = Some(match answer {
                     Ok(response) => proto::PredictResult {
                         index: index as u32,
-                        outcome: Some(proto::predict_result::Outcome::Response(response)),
+                        outcome: Some(proto::predict_result::Outcome::Response(response.into())),
                     },
                     Err(error) => error_result(index, &error),
                 });

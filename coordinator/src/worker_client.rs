@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use modelpool::PoolError;
+use modelpool::response::PredictResponse;
+use modelpool::{PoolError, PredictRequest};
 use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::{self, worker_client::WorkerClient};
 use tonic::Code;
@@ -89,6 +90,12 @@ impl Default for ProgressTimeouts {
 /// interval, so that the coordinator wakes once a second rather than once a token.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The wire form of a prompt for one attempt: the coordinator's one conversion of a prompt back to
+/// proto. `run_alone` asks the worker to run it with no other sequence beside it.
+pub fn wire_request(request: &PredictRequest, run_alone: bool) -> proto::PredictRequest {
+    proto::PredictRequest { run_alone, ..proto::PredictRequest::from(request) }
+}
+
 /// Runs `request` on one worker, always as a stream so that progress is seen: each piece of text is
 /// forwarded to `pieces` when given (`streamed` turns true with the first one); for a unary prompt the
 /// worker gathers the text per [`PROGRESS_INTERVAL`] and the final message carries it whole. The attempt
@@ -100,7 +107,7 @@ pub async fn call(
     pieces: Option<&Pieces>,
     streamed: &mut bool,
     timeouts: ProgressTimeouts,
-) -> Result<proto::PredictResponse, tonic::Status> {
+) -> Result<PredictResponse, tonic::Status> {
     let mut request = tonic::Request::new(request);
     if pieces.is_none() {
         let interval = PROGRESS_INTERVAL.as_millis().to_string();
@@ -124,7 +131,7 @@ pub async fn call(
             return Err(tonic::Status::unavailable("the worker ended the stream without a final message"));
         };
         if let Some(done) = chunk.done {
-            return Ok(done);
+            return Ok(done.into());
         }
         (wait, what) = (timeouts.between_tokens, "generated no token");
         if let Some(pieces) = pieces

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modelpool::proto::coordinator_client::CoordinatorClient;
-use modelpool::proto::{self, ProtocolVersion, WorkerState as WireState};
+use modelpool::membership::{Heartbeat, WorkerPhase};
+use modelpool::proto::{self, ProtocolVersion};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -108,11 +109,12 @@ async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>
 }
 
 fn heartbeat(worker_id: &str, lease: &str, state: &SharedState) -> proto::HeartbeatRequest {
-    proto::HeartbeatRequest {
+    let beat = Heartbeat {
         worker_id: worker_id.to_string(),
         lease: lease.to_string(),
-        state: if state.is_draining() { WireState::Draining } else { WireState::Serving } as i32,
-        load: state.engine().map(|e| e.stats().into()),
-        memory: Some(state.memory.latest().into()),
-    }
+        phase: if state.is_draining() { WorkerPhase::Draining } else { WorkerPhase::Serving },
+        load: state.engine().map(|e| e.stats()),
+        memory: Some(state.memory.latest()),
+    };
+    proto::HeartbeatRequest::from(&beat)
 }

@@ -6,7 +6,7 @@ use modelpool::PoolError;
 use modelpool::memory::ProcessMemory;
 use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
 
-use crate::engine::{Completion, EngineLoad};
+use crate::engine::{Completion, WorkerLoad};
 
 const HELP: RequestHelp = RequestHelp {
     requests: "Requests by how they ended.",
@@ -32,7 +32,7 @@ impl WorkerMetrics {
         }
     }
 
-    pub fn render(&self, load: Option<EngineLoad>, slots: u32, memory: ProcessMemory) -> String {
+    pub fn render(&self, load: Option<WorkerLoad>, slots: u32, memory: ProcessMemory) -> String {
         let mut out = Exposition::new();
         self.requests.render(&mut out, "modelpool_worker", &HELP);
         let load = load.unwrap_or_default();

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use modelpool::PoolError;
+use modelpool::membership::{WorkerDescription, WorkerReport};
 use modelpool::memory::MemoryGauge;
 use modelpool::proto;
 use tokio::sync::{Notify, watch};
@@ -98,30 +99,37 @@ impl SharedState {
 
     /// The full description of this worker, as Info returns it and Register sends it.
     pub fn info(&self) -> proto::WorkerInfo {
-        let memory = self.memory.latest();
-        let mut info = proto::WorkerInfo {
-            address: self.address.clone(),
-            instance_id: self.instance_id.clone(),
-            pid: std::process::id(),
-            memory: Some(memory.into()),
-            load_ms: self.load_ms.get().copied().unwrap_or(0.0),
-            ..Default::default()
+        proto::WorkerInfo::from(&self.report())
+    }
+
+    fn report(&self) -> WorkerReport {
+        let mut report = WorkerReport {
+            description: WorkerDescription {
+                address: self.address.clone(),
+                instance_id: self.instance_id.clone(),
+                pid: std::process::id(),
+                load_ms: self.load_ms.get().copied().unwrap_or(0.0),
+                ..Default::default()
+            },
+            memory: self.memory.latest(),
+            load: Default::default(),
         };
         if let Some(engine) = self.engine.get() {
             let e = engine.info();
-            info.engine = e.engine.as_str().into();
-            info.model_path = e.model_path.clone();
-            info.model_name = e.model_name.clone();
-            info.model_size_bytes = e.model_size_bytes;
-            info.context_size = e.context_size;
-            info.context_per_slot = e.context_per_slot;
-            info.slots = e.slots;
-            info.queue_capacity = e.queue_capacity;
-            info.threads = e.threads;
-            info.threads_batch = e.threads_batch;
-            info.load = Some(engine.stats().into());
+            let d = &mut report.description;
+            d.engine = e.engine.as_str().into();
+            d.model_path = e.model_path.clone();
+            d.model_name = e.model_name.clone();
+            d.model_size_bytes = e.model_size_bytes;
+            d.context_size = e.context_size;
+            d.context_per_slot = e.context_per_slot;
+            d.slots = e.slots;
+            d.queue_capacity = e.queue_capacity;
+            d.threads = e.threads;
+            d.threads_batch = e.threads_batch;
+            report.load = engine.stats();
         }
-        info
+        report
     }
 }
 

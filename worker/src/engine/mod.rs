@@ -98,39 +98,13 @@ pub struct EngineInfo {
     pub threads_batch: u32,
 }
 
-/// What an engine is doing now.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngineLoad {
-    pub slots_in_use: u32,
-    pub queued: u32,
-    pub served: u64,
-    pub failed: u64,
-    pub cancelled: u64,
-    pub kv_cells_used: u32,
-    /// Prompt tokens evaluated by the model, and prompt tokens whose keys and values were reused.
-    pub prompt_tokens_computed: u64,
-    pub prompt_tokens_reused: u64,
-}
-
-impl From<EngineLoad> for proto::WorkerLoad {
-    fn from(l: EngineLoad) -> Self {
-        proto::WorkerLoad {
-            slots_in_use: l.slots_in_use,
-            queued: l.queued,
-            served: l.served,
-            failed: l.failed,
-            cancelled: l.cancelled,
-            kv_cells_used: l.kv_cells_used,
-            prompt_tokens_computed: l.prompt_tokens_computed,
-            prompt_tokens_reused: l.prompt_tokens_reused,
-        }
-    }
-}
+/// What an engine is doing now: the worker's load as it reports it to the pool.
+pub use modelpool::membership::WorkerLoad;
 
 pub trait Engine: Send + Sync + 'static {
     fn info(&self) -> &EngineInfo;
     /// What the engine is doing now and has done: slots in use, queue, counters.
-    fn stats(&self) -> EngineLoad;
+    fn stats(&self) -> WorkerLoad;
     /// Formats and tokenizes a request and checks that prompt plus max_tokens fit one slot's context.
     /// CPU work: call it from a blocking thread, not from the async runtime.
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError>;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use modelpool::{PoolError, PredictRequest};
 use tokio::sync::mpsc;
 
-use super::{Delivery, Engine, EngineLoad, Job, JobEvent, fault};
+use super::{Delivery, Engine, WorkerLoad, Job, JobEvent, fault};
 
 /// Counters the engine thread updates and the gRPC side reads.
 #[derive(Debug, Default)]
@@ -27,8 +27,8 @@ pub struct LoadCounters {
 }
 
 impl LoadCounters {
-    pub fn snapshot(&self) -> EngineLoad {
-        EngineLoad {
+    pub fn snapshot(&self) -> WorkerLoad {
+        WorkerLoad {
             slots_in_use: self.slots_in_use.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
             served: self.served.load(Ordering::Relaxed),

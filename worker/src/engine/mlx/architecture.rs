@@ -4,7 +4,7 @@
 use modelpool::gguf::GgufFile;
 use serde_json::Value;
 
-use super::model::MlxResult;
+use super::MlxResult;
 
 /// What mlx-lm's model classes of these names compute; Mistral is Llama (mlx-lm maps it so).
 pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3";

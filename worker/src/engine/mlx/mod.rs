@@ -20,8 +20,12 @@ use modelpool::prompt_format::PromptFormat;
 use modelpool::{PoolError, PredictRequest};
 
 use super::queue::{JobQueue, warm_up};
-use super::{Engine, EngineInfo, EngineKind, EngineLoad, Job, PreparedPrompt, check_context_fit};
+use super::{Engine, EngineInfo, EngineKind, WorkerLoad, Job, PreparedPrompt, check_context_fit};
 use model::MlxLlama;
+
+/// What the MLX modules return: errors are messages naming what failed (mlx-rs's exceptions carry
+/// nothing else this engine uses).
+pub type MlxResult<T> = Result<T, String>;
 
 #[derive(Debug, Clone)]
 pub struct MlxConfig {
@@ -106,7 +110,7 @@ impl Engine for MlxEngine {
         &self.info
     }
 
-    fn stats(&self) -> EngineLoad {
+    fn stats(&self) -> WorkerLoad {
         self.queue.counters.snapshot()
     }
 

@@ -14,10 +14,9 @@ use mlx_rs::{Array, Dtype};
 use modelpool::gguf::GgufFile;
 use modelpool::model_folder::{is_folder, read_json};
 
+use super::MlxResult;
 use super::architecture::{Architecture, RopeScaling};
 use super::weights::{Storage, Weights};
-
-pub type MlxResult<T> = Result<T, String>;
 
 fn err(context: &str) -> impl Fn(mlx_rs::error::Exception) -> String + '_ {
     move |e| format!("{context}: {e}")

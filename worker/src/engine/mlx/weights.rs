@@ -11,7 +11,7 @@ use mlx_rs::io::GgufFile as MlxGguf;
 use modelpool::gguf::GgufFile;
 use serde_json::Value;
 
-use super::model::MlxResult;
+use super::MlxResult;
 
 /// How one linear layer is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
