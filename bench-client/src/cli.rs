@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use modelpool::proto::{ListWorkersRequest, WorkerState};
+use modelpool::{PoolError, PredictRequest};
 
 use crate::memory::{MemorySampler, PoolMemory};
 use crate::openai_client::OpenAiClient;
@@ -70,24 +71,50 @@ pub struct Args {
     /// Prompts in flight in the parallel scenario. Default: the pool's total slots.
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line); default: the built-in set.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// Synthetic prompts instead: IN:OUT tokens (e.g. 128:64); needs the model file on this host.
-    #[arg(long, conflicts_with = "prompts")]
-    pub synthetic: Option<String>,
     /// Number of built-in prompts per scenario.
     #[arg(long, default_value_t = 15)]
     pub num_prompts: usize,
-    /// Tokens generated per prompt at most (JSONL lines may set their own).
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: u32,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     /// Runs of each scenario; they take turns, so drift on a shared machine hits all alike. Medians are
     /// reported, with the range.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
     #[command(flatten)]
     pub report: ReportArgs,
+}
+
+/// Which prompts a bench sends instead of its built-in set, and how long their answers may be. Shared
+/// by `bench-client` and `coordinator run-bench`, so both read the same files and shapes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PromptArgs {
+    /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line) instead of the
+    /// built-in set.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Synthetic prompts instead: IN:OUT tokens (e.g. 128:64), exactly IN prompt tokens of the model's
+    /// tokenizer and exactly OUT generated, so every run does identical work. Needs the model file on
+    /// this host.
+    #[arg(long, conflicts_with = "prompts")]
+    pub synthetic: Option<String>,
+    /// Tokens generated per prompt at most (JSONL lines may set their own).
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+}
+
+impl PromptArgs {
+    /// The `--prompts` file's prompts if one was given, else `builtin(max_tokens)`.
+    pub fn file_or(&self, builtin: impl FnOnce(u32) -> Vec<PredictRequest>) -> Result<Vec<PredictRequest>, PoolError> {
+        match &self.prompts {
+            Some(path) => workload::load_jsonl(path, self.max_tokens),
+            None => Ok(builtin(self.max_tokens)),
+        }
+    }
+
+    /// `--synthetic`'s (input tokens, output tokens), if given.
+    pub fn synthetic_shape(&self) -> anyhow::Result<Option<(usize, u32)>> {
+        self.synthetic.as_deref().map(|shape| workload::parse_shape(shape).map_err(anyhow::Error::msg)).transpose()
+    }
 }
 
 /// How a bench reports: latency targets and where the report goes. Shared by `bench-client` and
@@ -128,13 +155,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
     anyhow::ensure!(args.concurrency != Some(0), "--concurrency must be at least 1");
     anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
-    let mut prompts = match (&args.prompts, args.workload) {
-        (Some(path), _) => workload::load_jsonl(path, args.max_tokens)?,
-        (None, Workload::Builtin) => workload::builtin_workload(args.num_prompts, args.max_tokens),
-        (None, Workload::SharedPrefix) => shared_prefix::workload(args.num_prompts, args.programs, args.max_tokens),
-    };
+    let mut prompts = args.prompt.file_or(|max_tokens| match args.workload {
+        Workload::Builtin => workload::builtin_workload(args.num_prompts, max_tokens),
+        Workload::SharedPrefix => shared_prefix::workload(args.num_prompts, args.programs, max_tokens),
+    })?;
     if let Some(url) = &args.openai {
-        anyhow::ensure!(args.synthetic.is_none(), "--synthetic needs the pool's model file; with --openai send --prompts instead");
+        anyhow::ensure!(args.prompt.synthetic.is_none(), "--synthetic needs the pool's model file; with --openai send --prompts instead");
         let client = OpenAiClient::new(url, args.api_key.clone(), args.model.clone()).map_err(anyhow::Error::msg)?;
         let report = run_scenarios(&args, Target::OpenAi(client), &prompts, None, "openai", args.model.as_deref().unwrap_or("openai"), 1, args.concurrency.unwrap_or(4), (0, 0)).await?;
         args.report.emit(&report)?;
@@ -155,8 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(!serving.is_empty(), "the coordinator at {} has no serving workers", args.coordinator);
     let total_slots: usize = serving.iter().map(|w| w.info.as_ref().map_or(1, |i| i.slots.max(1) as usize)).sum();
     let info = serving[0].info.clone().unwrap_or_default();
-    if let Some(shape) = &args.synthetic {
-        let (input, output) = workload::parse_shape(shape).map_err(anyhow::Error::msg)?;
+    if let Some((input, output)) = args.prompt.synthetic_shape()? {
         let model = std::path::Path::new(&info.model_path);
         anyhow::ensure!(model.exists(), "--synthetic needs the model to count tokens; {} is not on this host", info.model_path);
         let format = modelpool::prompt_format::PromptFormat::load(model)?;
@@ -225,5 +250,5 @@ async fn run_scenarios(
             });
         }
     }
-    Ok(Report::new("bench-client", model.to_string(), args.max_tokens, args.report.slo(), runs))
+    Ok(Report::new("bench-client", model.to_string(), args.prompt.max_tokens, args.report.slo(), runs))
 }

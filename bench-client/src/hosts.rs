@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::runner::RequestRecord;
+use crate::record::RequestRecord;
 use crate::stats::{Summary, quantile};
 
 /// One host's share of a run.

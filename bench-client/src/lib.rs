@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod hosts;
 pub mod memory;
+pub mod record;
 pub mod openai_client;
 pub mod recommend;
 pub mod report;

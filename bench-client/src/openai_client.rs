@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use modelpool::{PredictRequest, Prompt};
 use serde_json::{Value, json};
 
-use crate::runner::RequestRecord;
+use crate::record::RequestRecord;
 
 /// Where to send requests and how to name the model.
 #[derive(Clone)]

@@ -81,7 +81,7 @@ pub fn recommend(summaries: &[ScenarioSummary], slo_set: bool, available_bytes: 
 #[cfg(test)]
 mod tests {
     use crate::report::{Report, ScenarioRun};
-    use crate::runner::RequestRecord;
+    use crate::record::RequestRecord;
     use crate::slo::Slo;
 
     fn run(name: &str, workers: usize, tokens_per_s: f64, latency_ms: f64, pss_mib: u64) -> ScenarioRun {

@@ -1,7 +1,7 @@
 //! Service-level objectives and goodput: the share of requests that were answered within the latency
 //! targets the user set.
 
-use crate::runner::RequestRecord;
+use crate::record::RequestRecord;
 
 /// Latency targets; an unset target is always met.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]

@@ -4,7 +4,7 @@
 
 use crate::memory::PoolMemory;
 use crate::slo::Slo;
-use crate::runner::RequestRecord;
+use crate::record::RequestRecord;
 use crate::stats::Summary;
 
 /// One run of one configuration.

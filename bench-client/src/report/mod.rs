@@ -12,7 +12,7 @@ pub use crate::summary::{ScenarioRun, ScenarioSummary, Spread};
 use crate::recommend::{Recommendation, recommend};
 use crate::slo::Slo;
 use crate::roofline::{ModelTraffic, Roofline, measure_bandwidth};
-use crate::runner::RequestRecord;
+use crate::record::RequestRecord;
 
 /// The machine a report came from.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -98,7 +98,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         run_closed_loop(coordinator.client.clone(), &batch, batch.len()).await; // warm-up
         pools.push((coordinator, pool));
     }
-    let aggregate = |records: &[bench_client::runner::RequestRecord], wall_s: f64| {
+    let aggregate = |records: &[bench_client::record::RequestRecord], wall_s: f64| {
         records.iter().filter(|r| r.ok).map(|r| f64::from(r.completion_tokens)).sum::<f64>() / wall_s.max(1e-9)
     };
     let (mut llama, mut single, mut slots1, mut batched, mut unified) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

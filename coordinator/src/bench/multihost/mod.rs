@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bench_client::hosts::{HostSummary, WorkerPlacement, host_advice, summarise_by_host};
-use bench_client::runner::{RequestRecord, run_closed_loop};
+use bench_client::record::RequestRecord;
+use bench_client::runner::{run_closed_loop};
 use bench_client::workload::builtin_workload;
 use modelpool::auth::AuthChannel;
 use modelpool::memory::mib;
@@ -161,7 +162,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
 
     let mut workers = Vec::new();
     let mut provisioned = Vec::new();
-    let files = WorkerFiles { binary: &worker_bin, model: &model, ssh_config: args.ssh_config.as_deref() };
+    let files = LocalFiles { binary: &worker_bin, model: &model, ssh_config: args.ssh_config.as_deref() };
     let started = start_workers(&hosts, files, &advertise, &secret, &mut workers, &mut provisioned).await;
     let result = match started {
         Ok(()) => {
@@ -185,9 +186,10 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     Ok(report)
 }
 
-/// What workers start from: the binary and model here, and the ssh configuration for ssh hosts.
+/// What workers start from, resolved on this host: the binary and model, and the ssh configuration for
+/// ssh hosts.
 #[derive(Clone, Copy)]
-struct WorkerFiles<'a> {
+struct LocalFiles<'a> {
     binary: &'a Path,
     model: &'a Path,
     ssh_config: Option<&'a Path>,
@@ -202,7 +204,7 @@ enum Launch {
 /// Starts every host's workers (copying files to ssh hosts first).
 async fn start_workers(
     hosts: &[HostLine],
-    files: WorkerFiles<'_>,
+    files: LocalFiles<'_>,
     coordinator: &str,
     token: &str,
     workers: &mut Vec<(String, WorkerProcess)>,
