@@ -6,15 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn fixtures() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MODELPOOL_MLX_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlx-fixture.sh");
-    let output = Command::new(&script).arg("--dir").output().expect("running scripts/mlx-fixture.sh");
-    assert!(output.status.success(), "scripts/mlx-fixture.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
+#[path = "../../tests/support/mlx_fixtures.rs"]
+mod mlx_fixtures;
+use mlx_fixtures::fixtures;
 
 fn run_bench(folder: &Path, engine: &str, json: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_coordinator"))

@@ -5,7 +5,6 @@
 //! must give exactly the same: ids for hard strings, rendered chats, and the first 32 greedy tokens of
 //! eight prompts in every folder.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use modelpool::chat_template::TemplateMessage;
@@ -15,17 +14,9 @@ use serde_json::Value;
 use worker::engine::mlx::{MlxConfig, MlxEngine};
 use worker::engine::{Completion, Delivery, Engine, Job, JobEvent};
 
-/// The fixtures' folder: $MODELPOOL_MLX_FIXTURES (scripts/test.sh sets it), else built (or found in the
-/// cache) by the script.
-fn fixtures() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MODELPOOL_MLX_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlx-fixture.sh");
-    let output = std::process::Command::new(&script).arg("--dir").output().expect("running scripts/mlx-fixture.sh");
-    assert!(output.status.success(), "scripts/mlx-fixture.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
+#[path = "../../tests/support/mlx_fixtures.rs"]
+mod mlx_fixtures;
+use mlx_fixtures::fixtures;
 
 fn reference(dir: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()

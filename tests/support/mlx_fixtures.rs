@@ -1,0 +1,16 @@
+//! Where the MLX reference fixtures are, for the test crates that need them (included by path from
+//! `worker/tests/mlx_reference.rs` and `coordinator/tests/mlx_folders.rs`, so it is written once).
+
+use std::path::PathBuf;
+
+/// The fixtures' folder: $MODELPOOL_MLX_FIXTURES (scripts/test.sh sets it), else built (or found in the
+/// cache) by scripts/mlx-fixture.sh.
+pub fn fixtures() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELPOOL_MLX_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlx-fixture.sh");
+    let output = std::process::Command::new(&script).arg("--dir").output().expect("running scripts/mlx-fixture.sh");
+    assert!(output.status.success(), "scripts/mlx-fixture.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
