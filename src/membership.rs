@@ -30,6 +30,14 @@ pub struct WorkerDescription {
     pub load_ms: f64,
 }
 
+impl WorkerDescription {
+    /// The KV sequences the worker holds: its slots, and those that only keep finished prompts
+    /// (`context_size` is `context_per_slot` for each).
+    pub fn sequences(&self) -> u32 {
+        if self.context_per_slot == 0 { self.slots } else { (self.context_size / self.context_per_slot).max(self.slots) }
+    }
+}
+
 /// What a worker's engine is doing now and has done since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerLoad {

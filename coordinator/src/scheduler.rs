@@ -348,7 +348,7 @@ impl Actor {
             };
             entry.in_flight += 1;
             entry.freed.clear();
-            let capacity = capacity_for(entry.description.slots, entry.description.context_per_slot);
+            let capacity = capacity_for(entry.description.sequences(), entry.description.context_per_slot);
             self.index.record(&worker_id, &job.key, capacity);
             job.attempts += 1;
             job.tried.push(worker_id.clone());

@@ -56,6 +56,13 @@ pub struct Args {
     /// request with the same prefix (for measuring what the prefix cache buys).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Finished prompts kept for reuse beyond the slots' own: sequences that never run but keep the keys
+    /// and values their last prompt left, so that a worker with few slots still remembers many
+    /// programs' preambles (what llama-server's RAM prompt cache does). llama.cpp reserves a whole
+    /// --ctx-per-slot of KV cache for each (22.5 KiB per token for the default model: 45 MiB at 2048);
+    /// MLX holds only what they keep.
+    #[arg(long, default_value_t = 0)]
+    pub cached_prompts: u32,
     /// MLX: dequantize quantized weights to float32 once at load, so that MLX's CPU matrix products go
     /// through BLAS (4-8x the weights' memory). Fast only with an optimized BLAS: the mlx-cpu wheel
     /// bundles the reference one; preload OpenBLAS (LD_PRELOAD=libopenblas.so.0) to use it.
@@ -91,6 +98,8 @@ pub struct Config {
     pub flash_attention: bool,
     /// Reuse a slot's cached keys and values for prompts sharing their prefix (see engine::prefix_cache).
     pub prefix_cache: bool,
+    /// Sequences beyond the slots that only keep finished prompts' caches.
+    pub cached_prompts: u32,
     /// MLX: quantized weights dequantized to float32 at load (dense products through BLAS).
     pub mlx_dense: bool,
     pub coordinator: Option<String>,
@@ -120,6 +129,7 @@ impl Default for Config {
             kv_unified: false,
             flash_attention: true,
             prefix_cache: true,
+            cached_prompts: 0,
             mlx_dense: false,
             coordinator: None,
             advertise: None,
@@ -159,6 +169,12 @@ impl TryFrom<&Args> for Config {
         if args.queue == 0 {
             return bad("queue", "must be at least 1");
         }
+        if args.cached_prompts > limits::MAX_SLOTS_PER_WORKER {
+            return bad("cached-prompts", &format!("must be 0 to {}", limits::MAX_SLOTS_PER_WORKER));
+        }
+        if args.cached_prompts > 0 && args.no_prefix_cache {
+            return bad("cached-prompts", "keeps prompts for the prefix cache, which --no-prefix-cache turns off");
+        }
         if args.mlx_dense && args.engine != EngineKind::Mlx {
             return bad("mlx-dense", "is for --engine mlx");
         }
@@ -184,6 +200,7 @@ impl TryFrom<&Args> for Config {
             kv_unified: args.kv_unified,
             flash_attention: !args.no_flash_attention,
             prefix_cache: !args.no_prefix_cache,
+            cached_prompts: args.cached_prompts,
             mlx_dense: args.mlx_dense,
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),

@@ -176,6 +176,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 kv_unified: config.kv_unified,
                 flash_attention: config.flash_attention,
                 prefix_cache: config.prefix_cache,
+                cached_prompts: config.cached_prompts,
             };
             Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
@@ -186,6 +187,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 context_per_slot: config.context_per_slot,
                 queue_capacity: config.queue,
                 prefix_cache: config.prefix_cache,
+                cached_prompts: config.cached_prompts,
                 dense: config.mlx_dense,
             };
             Arc::new(tokio::task::spawn_blocking(move || MlxEngine::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)

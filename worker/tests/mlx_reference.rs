@@ -116,6 +116,7 @@ fn greedy_tokens_are_mlx_lms_in_every_fixture_folder() {
             context_per_slot: 1024,
             queue_capacity: 4,
             prefix_cache: false,
+            cached_prompts: 0,
             dense: false,
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));

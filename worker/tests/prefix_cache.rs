@@ -181,3 +181,25 @@ async fn a_reused_prefix_does_not_stretch_the_context() {
     assert!(fits.cached_tokens > 100, "{fits:?}");
     cached.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_prompts_keep_more_programs_than_slots_with_the_same_text() {
+    let mut config = config(1).await;
+    config.cached_prompts = 2;
+    let cached = TestWorker::start(config).await;
+    let plain = no_reuse_worker(1).await;
+    // Three programs through one slot and two cached prompts, then each again: all three are still held
+    // (one slot alone keeps only the last; see the eviction test above).
+    let mut cached_tokens = Vec::new();
+    for program in [0, 1, 2, 0, 1, 2] {
+        let call = short_call(program, 3, 8);
+        let with_reuse = predict(&cached, &call).await;
+        let without = predict(&plain, &call).await;
+        assert_eq!(with_reuse.text, without.text, "program {program}: reuse changed the text");
+        cached_tokens.push(with_reuse.cached_tokens);
+    }
+    assert!(cached_tokens[..3].iter().all(|&c| c < 32), "{cached_tokens:?}");
+    assert!(cached_tokens[3..].iter().all(|&c| c > 100), "every program was still cached: {cached_tokens:?}");
+    cached.stop().await;
+    plain.stop().await;
+}

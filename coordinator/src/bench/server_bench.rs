@@ -76,11 +76,20 @@ pub struct ServerBenchArgs {
     /// Context per slot on both sides.
     #[arg(long, default_value_t = 2048)]
     pub ctx_per_slot: u32,
+    /// Finished prompts each pool worker keeps beyond its slots (the worker's --cached-prompts; 0 keeps
+    /// only what the slots hold). llama-server keeps its own (`--cache-ram`, on by default).
+    #[arg(long, default_value_t = 0)]
+    pub cached_prompts: u32,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub files: crate::bench::WorkerFiles,
+}
+
+/// The flags every pool worker gets besides its shape.
+fn pool_worker_args(args: &ServerBenchArgs) -> Vec<String> {
+    vec!["--ctx-per-slot".into(), args.ctx_per_slot.to_string(), "--cached-prompts".into(), args.cached_prompts.to_string()]
 }
 
 /// A pool shape: workers x slots.
@@ -183,7 +192,8 @@ struct Pool {
 }
 
 impl Pool {
-    async fn start(worker_bin: &Path, model: &Path, (workers, slots): (usize, u32), threads: u32, ctx_per_slot: u32) -> anyhow::Result<Self> {
+    /// `worker_args` go to every worker as they are (context, cached prompts).
+    async fn start(worker_bin: &Path, model: &Path, (workers, slots): (usize, u32), threads: u32, worker_args: Vec<String>) -> anyhow::Result<Self> {
         let coordinator = LocalCoordinator::start(SchedulerConfig::default()).await?;
         let spec = WorkerSpec {
             binary: worker_bin.to_path_buf(),
@@ -191,7 +201,7 @@ impl Pool {
             coordinator: coordinator.url.clone(),
             threads: (threads / workers as u32).max(1),
             slots,
-            extra_args: vec!["--ctx-per-slot".into(), ctx_per_slot.to_string()],
+            extra_args: worker_args,
         };
         let workers = LocalPool::start(&spec, workers, &coordinator.client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
         Ok(Self { coordinator, workers })
@@ -240,7 +250,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     }
     let mut best_shape = (shapes[0], 0.0);
     for &shape in &shapes {
-        let pool = Pool::start(&worker_bin, &model, shape, args.threads, args.ctx_per_slot).await?;
+        let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
         let (records, wall) = measure(&pool.coordinator.http_url, &sweep_prompts, args.clients).await;
         pool.stop().await;
         let round = round_of(&records, wall);
@@ -257,7 +267,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         let prompts = prompts_for(workload, &args, &model)?;
         // Fresh servers per workload: one workload's cached prefixes do not help the next.
         let server = LlamaServer::start(&args.llama_server, &model, np, args.threads, args.ctx_per_slot).await?;
-        let pool = Pool::start(&worker_bin, &model, shape, args.threads, args.ctx_per_slot).await?;
+        let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
         let (mut pool_rounds, mut server_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut pool_records, mut server_records) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
@@ -304,7 +314,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
         "llama_server": {"binary": args.llama_server.display().to_string(), "np": np, "sweep_prompts_per_s": best_np.1},
-        "pool": {"workers": shape.0, "slots": shape.1, "sweep_prompts_per_s": best_shape.1},
+        "pool": {"workers": shape.0, "slots": shape.1, "cached_prompts": args.cached_prompts, "sweep_prompts_per_s": best_shape.1},
         "workloads": workloads,
     });
     print_result(&result);
@@ -317,8 +327,8 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
 fn print_result(result: &Value) {
     println!("\nmachine: {}", result["machine"].as_str().unwrap_or(""));
     println!(
-        "pool {}x{} vs llama-server -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
-        result["pool"]["workers"], result["pool"]["slots"], result["llama_server"]["np"], result["threads"], result["clients"], result["max_tokens"], result["rounds"]
+        "pool {}x{} ({} cached prompts per worker) vs llama-server -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
+        result["pool"]["workers"], result["pool"]["slots"], result["pool"]["cached_prompts"], result["llama_server"]["np"], result["threads"], result["clients"], result["max_tokens"], result["rounds"]
     );
     println!(
         "{:<14} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}",

@@ -89,12 +89,13 @@ pub(super) struct BatchLoop<'m> {
 }
 
 impl<'m> BatchLoop<'m> {
-    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, slots: u32, prefix_cache: bool, counters: Arc<LoadCounters>) -> Self {
+    /// `slots` sequences run at once out of `sequences` (the others only keep caches).
+    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, slots: u32, sequences: u32, prefix_cache: bool, counters: Arc<LoadCounters>) -> Self {
         Self {
             model,
             context,
             slots: Vec::with_capacity(slots as usize),
-            cache: PrefixCache::new(slots as usize, prefix_cache, reusable),
+            cache: PrefixCache::new(sequences as usize, slots as usize, prefix_cache, reusable),
             batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
             counters,
             piece: Vec::with_capacity(32),

@@ -35,6 +35,8 @@ pub struct LlamaConfig {
     pub flash_attention: bool,
     /// Keep each slot's keys and values after its request for prompts that share their prefix.
     pub prefix_cache: bool,
+    /// KV sequences beyond the slots that only keep finished prompts (see `engine::prefix_cache`).
+    pub cached_prompts: u32,
 }
 
 pub struct LlamaEngine {
@@ -95,10 +97,12 @@ impl LlamaEngine {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| config.model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
 
-        let context_size = config.context_per_slot * config.slots;
+        // Each sequence, running or only keeping a prompt, has its own KV stream of context_per_slot.
+        let sequences = config.slots + config.cached_prompts;
+        let context_size = config.context_per_slot * sequences;
         let context_params = base_context_params(config.flash_attention)
             .with_n_ctx(NonZeroU32::new(context_size))
-            .with_n_seq_max(config.slots)
+            .with_n_seq_max(sequences)
             .with_n_batch(batch_loop::BATCH_TOKENS)
             .with_n_ubatch(batch_loop::BATCH_TOKENS)
             .with_n_threads(config.threads as i32)
@@ -130,7 +134,7 @@ impl LlamaEngine {
                     }
                 };
                 let _ = started_tx.send(Ok(()));
-                batch_loop::BatchLoop::new(&loop_model, context, slots, prefix_cache, loop_counters).run(jobs);
+                batch_loop::BatchLoop::new(&loop_model, context, slots, sequences, prefix_cache, loop_counters).run(jobs);
             })
             .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
         started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;

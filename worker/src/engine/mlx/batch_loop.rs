@@ -58,13 +58,14 @@ pub(super) struct BatchLoop<'m> {
 }
 
 impl<'m> BatchLoop<'m> {
-    pub fn new(model: &'m MlxLlama, tokenizer: &'m Tokenizer, counters: &'m LoadCounters, slots: u32, prefix_cache: bool) -> Self {
+    /// `slots` sequences run at once out of `sequences` (the others only keep caches).
+    pub fn new(model: &'m MlxLlama, tokenizer: &'m Tokenizer, counters: &'m LoadCounters, slots: u32, sequences: u32, prefix_cache: bool) -> Self {
         Self {
             model,
             tokenizer,
             counters,
-            caches: (0..slots).map(|_| model.new_cache()).collect(),
-            prefixes: PrefixCache::new(slots as usize, prefix_cache, reusable),
+            caches: (0..sequences).map(|_| model.new_cache()).collect(),
+            prefixes: PrefixCache::new(sequences as usize, slots as usize, prefix_cache, reusable),
             running: Vec::with_capacity(slots as usize),
             intake: Intake::default(),
         }

@@ -35,6 +35,8 @@ pub struct MlxConfig {
     pub queue_capacity: u32,
     /// Keep each slot's keys and values after its request for prompts that share their prefix.
     pub prefix_cache: bool,
+    /// Caches beyond the slots that only keep finished prompts (see `engine::prefix_cache`).
+    pub cached_prompts: u32,
     /// Dequantize quantized weights to float32 at load (dense products through BLAS).
     pub dense: bool,
 }
@@ -64,6 +66,7 @@ impl MlxEngine {
         let thread_format = Arc::clone(&format);
         let counters = Arc::clone(&queue.counters);
         let slots = config.slots;
+        let sequences = config.slots + config.cached_prompts;
         let prefix_cache = config.prefix_cache;
         let dense = config.dense;
         let thread_alive = queue.engine_thread();
@@ -75,7 +78,7 @@ impl MlxEngine {
                 match MlxLlama::load_with(&path, dense) {
                     Ok(model) => {
                         let _ = started_tx.send(Ok(()));
-                        batch_loop::BatchLoop::new(&model, &thread_format.tokenizer, &counters, slots, prefix_cache).run(jobs);
+                        batch_loop::BatchLoop::new(&model, &thread_format.tokenizer, &counters, slots, sequences, prefix_cache).run(jobs);
                     }
                     Err(e) => {
                         let _ = started_tx.send(Err(PoolError::FailedPrecondition(format!("loading with MLX: {e}"))));
@@ -90,7 +93,7 @@ impl MlxEngine {
                 model_name,
                 model_path: config.model_path.display().to_string(),
                 model_size_bytes: modelpool::model_folder::model_bytes(&config.model_path),
-                context_size: config.context_per_slot * config.slots,
+                context_size: config.context_per_slot * sequences,
                 context_per_slot: config.context_per_slot,
                 slots: config.slots,
                 queue_capacity: config.queue_capacity,
