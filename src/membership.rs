@@ -32,9 +32,11 @@ pub struct WorkerDescription {
 
 impl WorkerDescription {
     /// The KV sequences the worker holds: its slots, and those that only keep finished prompts
-    /// (`context_size` is `context_per_slot` for each).
+    /// (`context_size` is `context_per_slot` for each). Read from its claim, so bounded by what a worker
+    /// can have.
     pub fn sequences(&self) -> u32 {
-        if self.context_per_slot == 0 { self.slots } else { (self.context_size / self.context_per_slot).max(self.slots) }
+        let claimed = if self.context_per_slot == 0 { self.slots } else { self.context_size / self.context_per_slot };
+        claimed.clamp(self.slots, self.slots.saturating_add(crate::request::limits::MAX_CACHED_PROMPTS_PER_WORKER))
     }
 }
 
@@ -272,6 +274,16 @@ mod tests {
 
         let beat = Heartbeat { worker_id: "w1".into(), lease: "l".into(), phase: WorkerPhase::Draining, load: None, memory: Some(report.memory) };
         assert_eq!(Heartbeat::from(proto::HeartbeatRequest::from(&beat)), beat);
+    }
+
+    #[test]
+    fn sequences_come_from_the_context_and_are_bounded_like_any_claim() {
+        let kept = WorkerDescription { slots: 2, context_per_slot: 512, context_size: 512 * 10, ..Default::default() };
+        assert_eq!(kept.sequences(), 10, "2 slots and 8 kept prompts");
+        let greedy = WorkerDescription { slots: 1, context_per_slot: 64, context_size: u32::MAX, ..Default::default() };
+        assert_eq!(greedy.sequences(), 1 + crate::request::limits::MAX_CACHED_PROMPTS_PER_WORKER);
+        let unsaid = WorkerDescription { slots: 3, ..Default::default() };
+        assert_eq!(unsaid.sequences(), 3);
     }
 
     #[test]

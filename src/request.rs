@@ -19,6 +19,8 @@ pub mod limits {
     pub const MAX_REQUEST_ID_BYTES: usize = 128;
     /// Slots one worker may have (its `--slots`), and so claim at registration.
     pub const MAX_SLOTS_PER_WORKER: u32 = 64;
+    /// Finished prompts a worker may keep beyond its slots (its `--cached-prompts`), and so claim.
+    pub const MAX_CACHED_PROMPTS_PER_WORKER: u32 = 64;
     /// The smallest context per slot a worker may have (its `--ctx-per-slot`), and so claim.
     pub const MIN_CONTEXT_PER_SLOT: u32 = 64;
 }

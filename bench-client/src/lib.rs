@@ -4,9 +4,9 @@
 pub mod cli;
 pub mod hosts;
 pub mod memory;
-pub mod record;
 pub mod openai_client;
 pub mod recommend;
+pub mod record;
 pub mod report;
 pub mod roofline;
 pub mod runner;

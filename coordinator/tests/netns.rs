@@ -7,10 +7,6 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn skip_reason() -> Option<String> {
-    common::namespaces_unavailable()
-}
-
 /// Removes the namespaces even if the test fails.
 struct Namespaces {
     script: PathBuf,
@@ -25,7 +21,7 @@ impl Drop for Namespaces {
 
 #[test]
 fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_rejoins() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = common::namespaces_unavailable() {
         println!("skipped: {reason}");
         return;
     }

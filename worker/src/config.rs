@@ -169,8 +169,8 @@ impl TryFrom<&Args> for Config {
         if args.queue == 0 {
             return bad("queue", "must be at least 1");
         }
-        if args.cached_prompts > limits::MAX_SLOTS_PER_WORKER {
-            return bad("cached-prompts", &format!("must be 0 to {}", limits::MAX_SLOTS_PER_WORKER));
+        if args.cached_prompts > limits::MAX_CACHED_PROMPTS_PER_WORKER {
+            return bad("cached-prompts", &format!("must be 0 to {}", limits::MAX_CACHED_PROMPTS_PER_WORKER));
         }
         if args.cached_prompts > 0 && args.no_prefix_cache {
             return bad("cached-prompts", "keeps prompts for the prefix cache, which --no-prefix-cache turns off");

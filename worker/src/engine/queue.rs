@@ -9,7 +9,7 @@ use std::time::Instant;
 use modelpool::{PoolError, PredictRequest};
 use tokio::sync::mpsc;
 
-use super::{Delivery, Engine, WorkerLoad, Job, JobEvent, fault};
+use super::{Delivery, Engine, Job, JobEvent, WorkerLoad, fault};
 
 /// Counters the engine thread updates and the gRPC side reads.
 #[derive(Debug, Default)]

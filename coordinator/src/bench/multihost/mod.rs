@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bench_client::hosts::{HostSummary, WorkerPlacement, host_advice, summarise_by_host};
 use bench_client::record::RequestRecord;
-use bench_client::runner::{run_closed_loop};
+use bench_client::runner::run_closed_loop;
 use bench_client::workload::builtin_workload;
 use modelpool::auth::AuthChannel;
 use modelpool::memory::mib;

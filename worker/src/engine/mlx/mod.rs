@@ -20,7 +20,7 @@ use modelpool::prompt_format::PromptFormat;
 use modelpool::{PoolError, PredictRequest};
 
 use super::queue::{JobQueue, warm_up};
-use super::{Engine, EngineInfo, EngineKind, WorkerLoad, Job, PreparedPrompt, check_context_fit};
+use super::{Engine, EngineInfo, EngineKind, Job, PreparedPrompt, WorkerLoad, check_context_fit};
 use model::MlxLlama;
 
 /// What the MLX modules return: errors are messages naming what failed (mlx-rs's exceptions carry
