@@ -47,8 +47,8 @@ fi
 
 # The fixtures, keyed by what makes them: the script, the pins and the engine's prompt chunk (mlx-lm
 # prefills in steps of the same size, so both compute the same shapes).
-prefill_step=$(sed -n 's/^pub const PREFILL_CHUNK: usize = \([0-9]*\);.*/\1/p' "$root/worker/src/engine/mlx/batch_loop.rs")
-[ -n "$prefill_step" ] || { echo "mlx-fixture: PREFILL_CHUNK not found in worker/src/engine/mlx/batch_loop.rs" >&2; exit 1; }
+prefill_step=$(sed -n 's/^pub const PREFILL_CHUNK: usize = \([0-9]*\);.*/\1/p' "$root/worker/src/engine/mlx/backend.rs")
+[ -n "$prefill_step" ] || { echo "mlx-fixture: PREFILL_CHUNK not found in worker/src/engine/mlx/backend.rs" >&2; exit 1; }
 key=$(cat "$root/scripts/mlx/make_fixtures.py" "$requirements" <(echo "$prefill_step") | sha256sum | cut -c1-16)
 fixtures="$cache/mlx-fixtures-$key"
 if [ ! -f "$fixtures/reference.json" ]; then

@@ -24,8 +24,9 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 pub use config::{Args, Config};
-use engine::llama::{LlamaConfig, LlamaEngine};
-use engine::mlx::{MlxConfig, MlxEngine};
+use engine::batch_loop::PassShape;
+use engine::llama::LlamaConfig;
+use engine::mlx::MlxConfig;
 use engine::{Engine, EngineKind};
 use membership::Membership;
 use service::WorkerService;
@@ -177,8 +178,9 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 flash_attention: config.flash_attention,
                 prefix_cache: config.prefix_cache,
                 cached_prompts: config.cached_prompts,
+                shape: PassShape::BatchInvariant,
             };
-            Arc::new(tokio::task::spawn_blocking(move || LlamaEngine::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
+            Arc::new(tokio::task::spawn_blocking(move || engine::llama::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
         EngineKind::Mlx => {
             let mlx = MlxConfig {
@@ -188,9 +190,10 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 queue_capacity: config.queue,
                 prefix_cache: config.prefix_cache,
                 cached_prompts: config.cached_prompts,
+                shape: PassShape::BatchInvariant,
                 dense: config.mlx_dense,
             };
-            Arc::new(tokio::task::spawn_blocking(move || MlxEngine::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
+            Arc::new(tokio::task::spawn_blocking(move || engine::mlx::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }
     };
     Ok(engine)

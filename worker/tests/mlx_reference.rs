@@ -11,7 +11,9 @@ use modelpool::chat_template::TemplateMessage;
 use modelpool::prompt_format::PromptFormat;
 use modelpool::{ChatMessage, PredictRequest, Prompt, Role, SamplingParams};
 use serde_json::Value;
-use worker::engine::mlx::{MlxConfig, MlxEngine};
+use worker::engine::batch_loop::PassShape;
+use worker::engine::mlx::MlxConfig;
+use worker::engine::served::ServedEngine;
 use worker::engine::{Completion, Delivery, Engine, Job, JobEvent};
 
 #[path = "../../tests/support/mlx_fixtures.rs"]
@@ -81,7 +83,7 @@ fn rendered_chats_are_transformers_renderings() {
 }
 
 /// One greedy generation through the engine's queue and batch loop, as the worker serves it.
-fn generate(engine: &MlxEngine, messages: &[ChatMessage], max_tokens: u32) -> (Vec<u32>, Completion) {
+fn generate(engine: &ServedEngine, messages: &[ChatMessage], max_tokens: u32) -> (Vec<u32>, Completion) {
     let request = PredictRequest {
         request_id: String::new(),
         prompt: Prompt::Chat(messages.to_vec()),
@@ -110,7 +112,7 @@ fn greedy_tokens_are_mlx_lms_in_every_fixture_folder() {
     assert_eq!(chunk, worker::engine::mlx::PREFILL_CHUNK, "mlx-lm prefilled in steps of the engine's chunk");
     let mut failures = Vec::new();
     for (name, folder) in reference["folders"].as_object().unwrap() {
-        let engine = MlxEngine::load(MlxConfig {
+        let engine = worker::engine::mlx::load(MlxConfig {
             model_path: dir.join(name),
             slots: 1,
             context_per_slot: 1024,
@@ -118,6 +120,8 @@ fn greedy_tokens_are_mlx_lms_in_every_fixture_folder() {
             prefix_cache: false,
             cached_prompts: 0,
             dense: false,
+            // mlx-lm prefills in chunks of PREFILL_CHUNK, as the batch-invariant passes do.
+            shape: PassShape::BatchInvariant,
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut agreeing = 0;

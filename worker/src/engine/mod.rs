@@ -2,12 +2,15 @@
 //! inference threads; callers hand it jobs through [`Engine::submit`] and read the job's events from a
 //! channel, so the async runtime only moves messages.
 
+pub mod backend;
+pub mod batch_loop;
 pub mod fault;
 pub mod llama;
 pub mod mlx;
 pub mod prefix_cache;
 pub mod queue;
 pub mod sampling;
+pub mod served;
 pub mod slot;
 
 use std::time::{Duration, Instant};

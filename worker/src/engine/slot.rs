@@ -10,17 +10,15 @@ use modelpool::text::{StopMatcher, Utf8Stream};
 use crate::engine::{Completion, Delivery, Job, JobEvent, PROGRESS_EVERY, fault};
 
 pub struct Slot<S> {
-    /// Which sequence this slot is: its llama.cpp sequence id (the MLX loop only numbers its slots).
-    pub seq: i32,
+    /// Which of the engine's sequences (KV caches) this slot runs in.
+    pub seq: usize,
     pub job: Job,
     /// Prompt tokens already in the KV cache.
     pub prefilled: usize,
     /// The token to feed next while decoding (the last one sampled).
     pub next_token: Option<i32>,
     /// Position of the next token in this sequence.
-    pub position: i32,
-    /// Index in the current batch whose logits belong to this slot, if it gets logits this step.
-    pub logits_index: Option<i32>,
+    pub position: usize,
     /// Waiting for this sequence to compute this many tokens of a prefix the slot will copy; the slot
     /// computes nothing meanwhile (see engine::prefix_cache).
     pub waiting_for: Option<(usize, usize)>,
@@ -53,7 +51,7 @@ pub enum Progress {
 }
 
 impl<S> Slot<S> {
-    pub fn new(seq: i32, job: Job, sampler: Option<S>) -> Self {
+    pub fn new(seq: usize, job: Job, sampler: Option<S>) -> Self {
         let stop = StopMatcher::new(&job.sampling.stop);
         Self {
             seq,
@@ -61,7 +59,6 @@ impl<S> Slot<S> {
             prefilled: 0,
             next_token: None,
             position: 0,
-            logits_index: None,
             waiting_for: None,
             sampler,
             utf8: Utf8Stream::default(),
@@ -86,7 +83,7 @@ impl<S> Slot<S> {
     pub fn set_cached_prefix(&mut self, reuse: usize, copied: usize) {
         self.waiting_for = None;
         self.prefilled = reuse;
-        self.position = reuse as i32;
+        self.position = reuse;
         self.cached_tokens = reuse as u32;
         self.copied_tokens = copied as u32;
     }

@@ -1,8 +1,9 @@
 //! The llama.cpp engine (through llama-cpp-2). The GGUF is memory-mapped, so several worker processes
 //! share the weights' pages. One dedicated thread owns the llama.cpp context and runs the
-//! continuous-batching loop ([`batch_loop`]); up to `slots` sequences are decoded together in it.
+//! continuous-batching loop ([`crate::engine::batch_loop`]) over this engine's [`backend`]; up to
+//! `slots` sequences are decoded together in it.
 
-mod batch_loop;
+mod backend;
 mod sampler;
 
 use std::num::NonZeroU32;
@@ -11,14 +12,16 @@ use std::sync::{Arc, OnceLock};
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
 use modelpool::gguf::GgufFile;
 use modelpool::prompt_format::PromptFormat;
-use modelpool::{PoolError, PredictRequest};
+use modelpool::PoolError;
 
-use super::queue::{JobQueue, warm_up};
-use super::{Engine, EngineInfo, EngineKind, Job, PreparedPrompt, WorkerLoad, check_context_fit};
+use super::batch_loop::{BatchLoop, PassShape, StepBudget};
+use super::queue::JobQueue;
+use super::served::ServedEngine;
+use super::{EngineInfo, EngineKind};
 
 /// How a llama.cpp engine is set up.
 #[derive(Debug, Clone)]
@@ -37,12 +40,8 @@ pub struct LlamaConfig {
     pub prefix_cache: bool,
     /// KV sequences beyond the slots that only keep finished prompts (see `engine::prefix_cache`).
     pub cached_prompts: u32,
-}
-
-pub struct LlamaEngine {
-    info: EngineInfo,
-    format: PromptFormat,
-    queue: JobQueue,
+    /// How the batch loop shapes its forward passes.
+    pub shape: PassShape,
 }
 
 /// The context settings every llama.cpp context here starts from. Flash attention is llama.cpp's
@@ -72,114 +71,87 @@ pub fn backend() -> Result<&'static LlamaBackend, PoolError> {
     Ok(BACKEND.get_or_init(|| backend))
 }
 
-impl LlamaEngine {
-    /// Loads the model, starts the engine thread and generates one warm-up token. Blocking.
-    pub fn load(config: LlamaConfig) -> Result<Self, PoolError> {
-        if config.slots == 0 || config.queue_capacity == 0 || config.context_per_slot < 16 {
-            return Err(PoolError::invalid("config", "slots and queue must be at least 1, context per slot at least 16"));
-        }
-        let backend = backend()?;
-        if !config.model_path.is_file() {
-            return Err(PoolError::FailedPrecondition(format!("model file {} does not exist", config.model_path.display())));
-        }
-        let model = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
-            .map_err(|e| PoolError::FailedPrecondition(format!("loading {}: {e}", config.model_path.display())))?;
-        let model = Arc::new(model);
-        // Chats are rendered by the GGUF's Jinja template and tokenized by our tokenizer (the same
-        // tokens as llama.cpp's, tested), so that special tokens are parsed only where the template
-        // writes them and both engines see the same ids for the same conversation.
-        let format = PromptFormat::from_gguf(&GgufFile::open(&config.model_path).map_err(|e| PoolError::FailedPrecondition(e.to_string()))?)
-            .map_err(|e| PoolError::FailedPrecondition(e.to_string()))?;
-        let model_size_bytes = std::fs::metadata(&config.model_path).map(|m| m.len()).unwrap_or(0);
-        let model_name = model
-            .meta_val_str("general.name")
-            .ok()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| config.model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
-
-        // Each sequence, running or only keeping a prompt, has its own KV stream of context_per_slot.
-        let sequences = config.slots + config.cached_prompts;
-        let context_size = config.context_per_slot * sequences;
-        let context_params = base_context_params(config.flash_attention)
-            .with_n_ctx(NonZeroU32::new(context_size))
-            .with_n_seq_max(sequences)
-            .with_n_batch(batch_loop::BATCH_TOKENS)
-            .with_n_ubatch(batch_loop::BATCH_TOKENS)
-            .with_n_threads(config.threads as i32)
-            .with_n_threads_batch(config.threads_batch as i32)
-            // By default each sequence has its own KV stream: its attention runs over its own cells
-            // only, laid out as if it ran alone, so greedy output does not depend on its batch
-            // neighbours (tested), and llama.cpp still decodes the streams' tokens as one micro-batch
-            // (as fast as the unified cache here once the batch is in sequence order; see batch_loop).
-            // Unified: one buffer for all sequences; a sequence's attention sums then run over cells
-            // interleaved with its neighbours', and near-ties can flip between alone and batched.
-            .with_kv_unified(config.kv_unified);
-
-        let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let loop_model = Arc::clone(&model);
-        let loop_counters = Arc::clone(&queue.counters);
-        let slots = config.slots;
-        let prefix_cache = config.prefix_cache;
-        let thread_alive = queue.engine_thread();
-        std::thread::Builder::new()
-            .name("llama-engine".into())
-            .spawn(move || {
-                let _alive = thread_alive;
-                let context = match loop_model.new_context(backend, context_params) {
-                    Ok(context) => context,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(PoolError::Internal(format!("creating the llama.cpp context: {e}"))));
-                        return;
-                    }
-                };
-                let _ = started_tx.send(Ok(()));
-                batch_loop::BatchLoop::new(&loop_model, context, slots, sequences, prefix_cache, loop_counters).run(jobs);
-            })
-            .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
-        started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
-
-        let engine = Self {
-            info: EngineInfo {
-                engine: EngineKind::Llama,
-                model_name,
-                model_path: config.model_path.display().to_string(),
-                model_size_bytes,
-                context_size,
-                context_per_slot: config.context_per_slot,
-                slots: config.slots,
-                queue_capacity: config.queue_capacity,
-                threads: config.threads,
-                threads_batch: config.threads_batch,
-            },
-            format,
-            queue,
-        };
-        warm_up(&engine, &engine.queue.counters)?;
-        Ok(engine)
+/// Loads the model, starts the engine thread and generates one warm-up token. Blocking.
+pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
+    if config.slots == 0 || config.queue_capacity == 0 || config.context_per_slot < 16 {
+        return Err(PoolError::invalid("config", "slots and queue must be at least 1, context per slot at least 16"));
     }
-}
-
-impl Engine for LlamaEngine {
-    fn info(&self) -> &EngineInfo {
-        &self.info
+    let backend = backend()?;
+    if !config.model_path.is_file() {
+        return Err(PoolError::FailedPrecondition(format!("model file {} does not exist", config.model_path.display())));
     }
+    let model = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
+        .map_err(|e| PoolError::FailedPrecondition(format!("loading {}: {e}", config.model_path.display())))?;
+    let model = Arc::new(model);
+    // Chats are rendered by the GGUF's Jinja template and tokenized by our tokenizer (the same
+    // tokens as llama.cpp's, tested), so that special tokens are parsed only where the template
+    // writes them and both engines see the same ids for the same conversation.
+    let format = PromptFormat::from_gguf(&GgufFile::open(&config.model_path).map_err(|e| PoolError::FailedPrecondition(e.to_string()))?)
+        .map_err(|e| PoolError::FailedPrecondition(e.to_string()))?;
+    let model_size_bytes = std::fs::metadata(&config.model_path).map(|m| m.len()).unwrap_or(0);
+    let model_name = model
+        .meta_val_str("general.name")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| config.model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
 
-    fn stats(&self) -> WorkerLoad {
-        self.queue.counters.snapshot()
-    }
+    // Each sequence, running or only keeping a prompt, has its own KV stream of context_per_slot.
+    let sequences = config.slots + config.cached_prompts;
+    let context_size = config.context_per_slot * sequences;
+    let budget = StepBudget { prompt_tokens: backend::PREFILL_PER_STEP, chunk: backend::PREFILL_CHUNK };
+    let pass_tokens = backend::BATCH_TOKENS as usize;
+    let context_params = base_context_params(config.flash_attention)
+        .with_n_ctx(NonZeroU32::new(context_size))
+        .with_n_seq_max(sequences)
+        .with_n_batch(backend::BATCH_TOKENS)
+        .with_n_ubatch(backend::BATCH_TOKENS)
+        .with_n_threads(config.threads as i32)
+        .with_n_threads_batch(config.threads_batch as i32)
+        // By default each sequence has its own KV stream: its attention runs over its own cells
+        // only, laid out as if it ran alone, so greedy output does not depend on its batch
+        // neighbours (tested), and llama.cpp still decodes the streams' tokens as one micro-batch
+        // (as fast as the unified cache here once the batch is in sequence order; see batch_loop).
+        // Unified: one buffer for all sequences; a sequence's attention sums then run over cells
+        // interleaved with its neighbours', and near-ties can flip between alone and batched.
+        .with_kv_unified(config.kv_unified);
 
-    fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError> {
-        let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
-        check_context_fit(tokens.len(), request.sampling.max_tokens, self.info.context_per_slot)?;
-        Ok(PreparedPrompt { tokens })
-    }
+    let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let loop_model = Arc::clone(&model);
+    let loop_counters = Arc::clone(&queue.counters);
+    let slots = config.slots;
+    let prefix_cache = config.prefix_cache;
+    let shape = config.shape;
+    let thread_alive = queue.engine_thread();
+    std::thread::Builder::new()
+        .name("llama-engine".into())
+        .spawn(move || {
+            let _alive = thread_alive;
+            let context = match loop_model.new_context(backend, context_params) {
+                Ok(context) => context,
+                Err(e) => {
+                    let _ = started_tx.send(Err(PoolError::Internal(format!("creating the llama.cpp context: {e}"))));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok(()));
+            let passes = backend::LlamaBackend::new(&loop_model, context, pass_tokens);
+            BatchLoop::new(passes, &loop_counters, slots as usize, sequences as usize, prefix_cache, shape, budget).run(jobs);
+        })
+        .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
+    started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
 
-    fn submit(&self, job: Job) -> Result<(), PoolError> {
-        self.queue.submit(job)
-    }
-
-    fn is_alive(&self) -> bool {
-        self.queue.engine_alive()
-    }
+    let info = EngineInfo {
+        engine: EngineKind::Llama,
+        model_name,
+        model_path: config.model_path.display().to_string(),
+        model_size_bytes,
+        context_size,
+        context_per_slot: config.context_per_slot,
+        slots: config.slots,
+        queue_capacity: config.queue_capacity,
+        threads: config.threads,
+        threads_batch: config.threads_batch,
+    };
+    ServedEngine::start(info, Arc::new(format), queue)
 }

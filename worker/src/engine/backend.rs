@@ -1,0 +1,48 @@
+//! What an engine gives the one batch loop ([`super::batch_loop`]): a forward pass over several
+//! sequences' new tokens, the per-sequence cache operations (share a prefix, drop a sequence), sampling
+//! from the pass's logits and the text of a token. Everything else (admission, waiting for a prefix,
+//! abandoned jobs, failures, finishing, load counters) is the loop's and is written once.
+
+use modelpool::SamplingParams;
+
+use super::prefix_cache::ReusePolicy;
+
+/// New tokens of one sequence in a forward pass, at positions `position..position + tokens.len()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub seq: usize,
+    pub position: usize,
+    pub tokens: &'a [i32],
+    /// Whether the pass must give the logits of this run's last token (the next token is sampled from
+    /// them). The `k`-th run that asks for them is logits row `k` of [`Backend::sample`].
+    pub logits: bool,
+}
+
+pub trait Backend {
+    /// A request's sampler for non-greedy sampling; greedy takes the arg-max of the logits.
+    type Sampler;
+
+    fn sampler_for(&self, params: &SamplingParams) -> Option<Self::Sampler>;
+
+    /// How much of a cached match this engine may reuse when passes are batch-invariant (see
+    /// [`ReusePolicy`]): what its kernels compute alike whether or not a prefix was reused.
+    fn reuse_policy(&self) -> ReusePolicy;
+
+    /// Computes `runs` (at most one per sequence) in one forward pass, appending their keys and values
+    /// to their sequences' caches. On error the sequences' caches are in an unknown state.
+    fn forward(&mut self, runs: &[Run]) -> Result<(), String>;
+
+    /// The token for logits row `row` of the last pass: the sampler's draw, or the arg-max without one.
+    fn sample(&mut self, sampler: Option<&mut Self::Sampler>, row: usize) -> i32;
+
+    /// Writes the bytes of `token` into `bytes` (cleared first) and says whether it ends a generation.
+    fn token_text(&self, token: i32, bytes: &mut Vec<u8>) -> bool;
+
+    /// Readies `seq` for a new prompt: its cache keeps the first `reuse` positions, taken from
+    /// `source`'s cache when given (else its own already holds them), and drops everything after.
+    /// Returns the positions actually kept (0 when the engine could not keep them).
+    fn start_sequence(&mut self, seq: usize, reuse: usize, source: Option<usize>) -> usize;
+
+    /// Drops everything `seq`'s cache holds.
+    fn clear_sequence(&mut self, seq: usize);
+}

@@ -1,0 +1,50 @@
+//! An engine as the worker serves it, whichever library computes: the model's facts, its prompt format
+//! (chat template and tokenizer) and the bounded queue into its batch loop's thread. Both engines load
+//! into this one type ([`super::llama::load`], [`super::mlx::load`]).
+
+use std::sync::Arc;
+
+use modelpool::prompt_format::PromptFormat;
+use modelpool::{PoolError, PredictRequest};
+
+use super::queue::{JobQueue, warm_up};
+use super::{Engine, EngineInfo, Job, PreparedPrompt, WorkerLoad, check_context_fit};
+
+pub struct ServedEngine {
+    info: EngineInfo,
+    format: Arc<PromptFormat>,
+    queue: JobQueue,
+}
+
+impl ServedEngine {
+    /// The engine whose batch loop reads `queue`, after one warm-up token.
+    pub fn start(info: EngineInfo, format: Arc<PromptFormat>, queue: JobQueue) -> Result<Self, PoolError> {
+        let engine = Self { info, format, queue };
+        warm_up(&engine, &engine.queue.counters)?;
+        Ok(engine)
+    }
+}
+
+impl Engine for ServedEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    fn stats(&self) -> WorkerLoad {
+        self.queue.counters.snapshot()
+    }
+
+    fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError> {
+        let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
+        check_context_fit(tokens.len(), request.sampling.max_tokens, self.info.context_per_slot)?;
+        Ok(PreparedPrompt { tokens })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        self.queue.submit(job)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.queue.engine_alive()
+    }
+}
