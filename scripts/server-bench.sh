@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The head-to-head: builds the worker and the coordinator, and llama-server from the same pinned
-# llama.cpp source package as llama-bench (scripts/build-llama-tool.sh; nothing committed), then runs
-# `coordinator server-bench`: a sweep of each side's parallelism, then every workload (built-in chats,
-# a fixed 128:64 shape, the DSPy-shaped shared-prefix calls) in interleaved rounds through both OpenAI
-# endpoints, with the same cores. Prints pool ÷ llama-server per workload; extra flags go to server-bench
-# (e.g. --json FILE, --rounds 5, --threads 4).
+# llama.cpp source package as llama-bench (scripts/build-llama-tool.sh; nothing committed) twice, as
+# llama-cpp-sys-2 builds it for the worker (portable) and as a user builds it (native), then runs
+# `coordinator server-bench`: a sweep of each side's parallelism (every llama-server build that runs
+# here, with every -np and its automatic slots), then every workload (chats and DSPy-shaped calls that
+# never repeat, growing conversations, a fixed 128:64 shape) in interleaved rounds through both OpenAI
+# endpoints, with the same cores. Prints pool ÷ llama-server per workload; extra flags go to
+# server-bench (e.g. --json FILE, --rounds 5, --threads 4, --workloads dspy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p worker -p coordinator
-llama_server=$(scripts/build-llama-tool.sh llama-server)
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" server-bench --llama-server "$llama_server" "$@"
+portable=$(scripts/build-llama-tool.sh llama-server portable)
+native=$(scripts/build-llama-tool.sh llama-server native)
+exec "${CARGO_TARGET_DIR:-target}/release/coordinator" server-bench --llama-server "$portable" --llama-server "$native" "$@"

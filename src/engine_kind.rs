@@ -5,6 +5,10 @@
 /// otherwise. run-bench's memory fit check sizes the KV cache with it.
 pub const DEFAULT_CONTEXT_PER_SLOT: u32 = 2048;
 
+/// A worker's host-memory prompt store unless `--prompt-cache-mib` says otherwise: about 22,000 tokens
+/// of the default model's keys and values, some 17 DSPy preambles. Benchmarks report it.
+pub const DEFAULT_PROMPT_CACHE_MIB: u32 = 512;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {

@@ -32,6 +32,6 @@ pub mod text;
 pub mod tls;
 pub mod tokenizer;
 
-pub use engine_kind::{DEFAULT_CONTEXT_PER_SLOT, EngineKind};
+pub use engine_kind::{DEFAULT_CONTEXT_PER_SLOT, DEFAULT_PROMPT_CACHE_MIB, EngineKind};
 pub use error::PoolError;
-pub use request::{ChatMessage, Prompt, PredictRequest, Role, SamplingParams};
+pub use request::{ChatMessage, PredictRequest, Prompt, Role, SamplingParams};

@@ -28,15 +28,17 @@ pub struct WorkerDescription {
     pub threads_batch: u32,
     /// How long loading and warming the model took.
     pub load_ms: f64,
+    /// The host-memory prompt store's bound in bytes and about how many tokens that holds (0: off).
+    pub prompt_store_capacity_bytes: u64,
+    pub prompt_store_tokens: u64,
 }
 
 impl WorkerDescription {
-    /// The KV sequences the worker holds: its slots, and those that only keep finished prompts
-    /// (`context_size` is `context_per_slot` for each). Read from its claim, so bounded by what a worker
-    /// can have.
-    pub fn sequences(&self) -> u32 {
-        let claimed = if self.context_per_slot == 0 { self.slots } else { self.context_size / self.context_per_slot };
-        claimed.clamp(self.slots, self.slots.saturating_add(crate::request::limits::MAX_CACHED_PROMPTS_PER_WORKER))
+    /// About how many tokens' keys and values the worker keeps for reuse: its slots' contexts and what
+    /// its prompt store holds. Read from its claim, so bounded by what a worker can have.
+    pub fn cached_tokens_capacity(&self) -> u64 {
+        let slots = u64::from(self.slots.max(1)) * u64::from(self.context_per_slot);
+        slots + self.prompt_store_tokens.min(crate::request::limits::MAX_PROMPT_STORE_TOKENS)
     }
 }
 
@@ -52,6 +54,13 @@ pub struct WorkerLoad {
     /// Prompt tokens evaluated by the model, and prompt tokens whose keys and values were reused.
     pub prompt_tokens_computed: u64,
     pub prompt_tokens_reused: u64,
+    /// The host-memory prompt store: entries and bytes held now; since start, prompts restored from it,
+    /// states saved into it and entries evicted.
+    pub prompt_store_entries: u32,
+    pub prompt_store_bytes: u64,
+    pub prompt_store_hits: u64,
+    pub prompt_store_saved: u64,
+    pub prompt_store_evicted: u64,
 }
 
 /// A worker's full account of itself (its Info, and what it registers with): the description plus its
@@ -115,6 +124,11 @@ impl From<proto::WorkerLoad> for WorkerLoad {
             kv_cells_used: l.kv_cells_used,
             prompt_tokens_computed: l.prompt_tokens_computed,
             prompt_tokens_reused: l.prompt_tokens_reused,
+            prompt_store_entries: l.prompt_store_entries,
+            prompt_store_bytes: l.prompt_store_bytes,
+            prompt_store_hits: l.prompt_store_hits,
+            prompt_store_saved: l.prompt_store_saved,
+            prompt_store_evicted: l.prompt_store_evicted,
         }
     }
 }
@@ -130,6 +144,11 @@ impl From<WorkerLoad> for proto::WorkerLoad {
             kv_cells_used: l.kv_cells_used,
             prompt_tokens_computed: l.prompt_tokens_computed,
             prompt_tokens_reused: l.prompt_tokens_reused,
+            prompt_store_entries: l.prompt_store_entries,
+            prompt_store_bytes: l.prompt_store_bytes,
+            prompt_store_hits: l.prompt_store_hits,
+            prompt_store_saved: l.prompt_store_saved,
+            prompt_store_evicted: l.prompt_store_evicted,
         }
     }
 }
@@ -154,6 +173,8 @@ impl From<proto::WorkerInfo> for WorkerReport {
                 threads: info.threads,
                 threads_batch: info.threads_batch,
                 load_ms: info.load_ms,
+                prompt_store_capacity_bytes: info.prompt_store_capacity_bytes,
+                prompt_store_tokens: info.prompt_store_tokens,
             },
         }
     }
@@ -179,6 +200,8 @@ impl From<&WorkerReport> for proto::WorkerInfo {
             threads_batch: d.threads_batch,
             queue_capacity: d.queue_capacity,
             instance_id: d.instance_id.clone(),
+            prompt_store_capacity_bytes: d.prompt_store_capacity_bytes,
+            prompt_store_tokens: d.prompt_store_tokens,
         }
     }
 }
@@ -265,25 +288,35 @@ mod tests {
                 context_per_slot: 512,
                 slots: 2,
                 load_ms: 1.5,
+                prompt_store_capacity_bytes: 1 << 20,
+                prompt_store_tokens: 45,
                 ..Default::default()
             },
-            load: WorkerLoad { slots_in_use: 1, served: 3, prompt_tokens_reused: 9, ..Default::default() },
+            load: WorkerLoad {
+                slots_in_use: 1,
+                served: 3,
+                prompt_tokens_reused: 9,
+                prompt_store_hits: 4,
+                prompt_store_bytes: 8,
+                ..Default::default()
+            },
             memory: ProcessMemory { rss_bytes: 7, pss_bytes: 5, uss_bytes: 3 },
         };
         assert_eq!(WorkerReport::from(proto::WorkerInfo::from(&report)), report);
 
-        let beat = Heartbeat { worker_id: "w1".into(), lease: "l".into(), phase: WorkerPhase::Draining, load: None, memory: Some(report.memory) };
+        let beat =
+            Heartbeat { worker_id: "w1".into(), lease: "l".into(), phase: WorkerPhase::Draining, load: None, memory: Some(report.memory) };
         assert_eq!(Heartbeat::from(proto::HeartbeatRequest::from(&beat)), beat);
     }
 
     #[test]
-    fn sequences_come_from_the_context_and_are_bounded_like_any_claim() {
-        let kept = WorkerDescription { slots: 2, context_per_slot: 512, context_size: 512 * 10, ..Default::default() };
-        assert_eq!(kept.sequences(), 10, "2 slots and 8 kept prompts");
-        let greedy = WorkerDescription { slots: 1, context_per_slot: 64, context_size: u32::MAX, ..Default::default() };
-        assert_eq!(greedy.sequences(), 1 + crate::request::limits::MAX_CACHED_PROMPTS_PER_WORKER);
+    fn the_cached_tokens_are_the_slots_and_the_store_bounded_like_any_claim() {
+        let stored = WorkerDescription { slots: 2, context_per_slot: 512, prompt_store_tokens: 10_000, ..Default::default() };
+        assert_eq!(stored.cached_tokens_capacity(), 1024 + 10_000);
+        let greedy = WorkerDescription { slots: 1, context_per_slot: 64, prompt_store_tokens: u64::MAX, ..Default::default() };
+        assert_eq!(greedy.cached_tokens_capacity(), 64 + crate::request::limits::MAX_PROMPT_STORE_TOKENS);
         let unsaid = WorkerDescription { slots: 3, ..Default::default() };
-        assert_eq!(unsaid.sequences(), 3);
+        assert_eq!(unsaid.cached_tokens_capacity(), 0);
     }
 
     #[test]

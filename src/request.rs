@@ -19,8 +19,13 @@ pub mod limits {
     pub const MAX_REQUEST_ID_BYTES: usize = 128;
     /// Slots one worker may have (its `--slots`), and so claim at registration.
     pub const MAX_SLOTS_PER_WORKER: u32 = 64;
-    /// Finished prompts a worker may keep beyond its slots (its `--cached-prompts`), and so claim.
-    pub const MAX_CACHED_PROMPTS_PER_WORKER: u32 = 64;
+    /// The largest host-memory prompt store a worker may have (its `--prompt-cache-mib`).
+    pub const MAX_PROMPT_CACHE_MIB: u32 = 1 << 16;
+    /// Tokens a worker's prompt store may claim to hold (what the coordinator's index sizes for it):
+    /// about 23 GB of the default model's keys and values.
+    pub const MAX_PROMPT_STORE_TOKENS: u64 = 1 << 20;
+    /// Prompt tokens a worker may compute per step (its `--batch-tokens`).
+    pub const MAX_BATCH_TOKENS: u32 = 8192;
     /// The smallest context per slot a worker may have (its `--ctx-per-slot`), and so claim.
     pub const MIN_CONTEXT_PER_SLOT: u32 = 64;
 }
@@ -151,17 +156,11 @@ fn chat_messages(chat: proto::ChatMessages) -> Result<Vec<ChatMessage>, PoolErro
         return Err(PoolError::invalid("chat.messages", "empty: give at least one message"));
     }
     if chat.messages.len() > limits::MAX_MESSAGES {
-        return Err(PoolError::invalid(
-            "chat.messages",
-            format!("{} messages, limit {}", chat.messages.len(), limits::MAX_MESSAGES),
-        ));
+        return Err(PoolError::invalid("chat.messages", format!("{} messages, limit {}", chat.messages.len(), limits::MAX_MESSAGES)));
     }
     let total: usize = chat.messages.iter().map(|m| m.content.len()).sum();
     if total > limits::MAX_PROMPT_BYTES {
-        return Err(PoolError::invalid(
-            "chat.messages",
-            format!("{total} bytes of content, limit {}", limits::MAX_PROMPT_BYTES),
-        ));
+        return Err(PoolError::invalid("chat.messages", format!("{total} bytes of content, limit {}", limits::MAX_PROMPT_BYTES)));
     }
     let messages = chat
         .messages
@@ -177,10 +176,7 @@ fn chat_messages(chat: proto::ChatMessages) -> Result<Vec<ChatMessage>, PoolErro
 
 fn raw_prompt(bytes: Vec<u8>) -> Result<String, PoolError> {
     if bytes.len() > limits::MAX_PROMPT_BYTES {
-        return Err(PoolError::invalid(
-            "prompt",
-            format!("{} bytes, limit {}", bytes.len(), limits::MAX_PROMPT_BYTES),
-        ));
+        return Err(PoolError::invalid("prompt", format!("{} bytes, limit {}", bytes.len(), limits::MAX_PROMPT_BYTES)));
     }
     let text = String::from_utf8(bytes).map_err(|e| {
         PoolError::invalid("prompt", format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()))
@@ -199,10 +195,7 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
     }
     let temperature = params.temperature.unwrap_or(defaults.temperature);
     if !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature) {
-        return Err(PoolError::invalid(
-            "sampling.temperature",
-            format!("{temperature} is outside [0, {}]", limits::MAX_TEMPERATURE),
-        ));
+        return Err(PoolError::invalid("sampling.temperature", format!("{temperature} is outside [0, {}]", limits::MAX_TEMPERATURE)));
     }
     let top_p = params.top_p.unwrap_or(defaults.top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
@@ -213,10 +206,7 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
         return Err(PoolError::invalid("sampling.top_k", format!("{top_k}, limit {}", limits::MAX_TOP_K)));
     }
     if params.stop.len() > limits::MAX_STOP_STRINGS {
-        return Err(PoolError::invalid(
-            "sampling.stop",
-            format!("{} strings, limit {}", params.stop.len(), limits::MAX_STOP_STRINGS),
-        ));
+        return Err(PoolError::invalid("sampling.stop", format!("{} strings, limit {}", params.stop.len(), limits::MAX_STOP_STRINGS)));
     }
     for (i, stop) in params.stop.iter().enumerate() {
         if stop.is_empty() || stop.len() > limits::MAX_STOP_BYTES {

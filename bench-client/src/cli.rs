@@ -11,13 +11,17 @@ use crate::openai_client::OpenAiClient;
 use crate::report::{Report, ScenarioRun};
 use crate::runner::{Target, poisson_arrivals, progress_bar, run_closed_loop_with_progress, run_open_loop};
 use crate::slo::Slo;
-use crate::{shared_prefix, workload};
+use crate::{fresh, shared_prefix, workload};
 
 /// Which prompts to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
-    /// Short extraction tasks and questions (the built-in set).
+    /// Short extraction tasks and questions (the built-in set, cycled: prompts repeat).
     Builtin,
+    /// Short chats of which none repeats (the built-in set first, then generated ones).
+    Chats,
+    /// DSPy-shaped calls as `shared-prefix`, each on a passage of its own: only the preambles repeat.
+    Dspy,
     /// DSPy ChatAdapter-shaped extraction calls: a 1,000+ token preamble shared by every call of one
     /// program, then a short chunk; `--programs` programs interleaved.
     SharedPrefix,
@@ -157,12 +161,25 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     anyhow::ensure!(args.rate.iter().all(|r| r.is_finite() && *r > 0.0), "--rate must be positive prompts/s");
     let mut prompts = args.prompt.file_or(|max_tokens| match args.workload {
         Workload::Builtin => workload::builtin_workload(args.num_prompts, max_tokens),
+        Workload::Chats => fresh::chats(1, 0, args.num_prompts, max_tokens),
+        Workload::Dspy => fresh::dspy(1, 0, args.num_prompts, args.programs, max_tokens),
         Workload::SharedPrefix => shared_prefix::workload(args.num_prompts, args.programs, max_tokens),
     })?;
     if let Some(url) = &args.openai {
         anyhow::ensure!(args.prompt.synthetic.is_none(), "--synthetic needs the pool's model file; with --openai send --prompts instead");
         let client = OpenAiClient::new(url, args.api_key.clone(), args.model.clone()).map_err(anyhow::Error::msg)?;
-        let report = run_scenarios(&args, Target::OpenAi(client), &prompts, None, "openai", args.model.as_deref().unwrap_or("openai"), 1, args.concurrency.unwrap_or(4), (0, 0)).await?;
+        let report = run_scenarios(
+            &args,
+            Target::OpenAi(client),
+            &prompts,
+            None,
+            "openai",
+            args.model.as_deref().unwrap_or("openai"),
+            1,
+            args.concurrency.unwrap_or(4),
+            (0, 0),
+        )
+        .await?;
         args.report.emit(&report)?;
         return Ok(report);
     }
@@ -189,14 +206,24 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     }
 
     let concurrency = args.concurrency.unwrap_or(total_slots);
-    let mut report =
-        run_scenarios(&args, Target::Pool(client.clone()), &prompts, Some(&client), &info.engine, &info.model_name, serving.len(), concurrency, (info.slots, info.threads))
-            .await?;
+    let mut report = run_scenarios(
+        &args,
+        Target::Pool(client.clone()),
+        &prompts,
+        Some(&client),
+        &info.engine,
+        &info.model_name,
+        serving.len(),
+        concurrency,
+        (info.slots, info.threads),
+    )
+    .await?;
     // The roofline needs the model file; workers on this host name a path that is readable here.
     if std::path::Path::new(&info.model_path).is_file()
-        && let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path)) {
-            tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
-        }
+        && let Err(e) = report.attach_roofline(std::path::Path::new(&info.model_path))
+    {
+        tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
+    }
     args.report.emit(&report)?;
     Ok(report)
 }

@@ -2,8 +2,10 @@
 //! latency and memory. `coordinator run-bench` uses this same code, so there is one measuring path.
 
 pub mod cli;
+pub mod fresh;
 pub mod hosts;
 pub mod memory;
+pub mod multi_turn;
 pub mod openai_client;
 pub mod recommend;
 pub mod record;

@@ -29,7 +29,13 @@ impl From<CoordinatorClient<AuthChannel>> for Target {
 }
 
 impl Target {
-    async fn send(&self, request: &PredictRequest, index: usize, client_wait_ms: f64, progress: Option<&indicatif::ProgressBar>) -> RequestRecord {
+    pub(crate) async fn send(
+        &self,
+        request: &PredictRequest,
+        index: usize,
+        client_wait_ms: f64,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> RequestRecord {
         let record = match self {
             Target::Pool(client) => send(&mut client.clone(), proto::PredictRequest::from(request), index, client_wait_ms).await,
             Target::OpenAi(client) => client.send(request, index, client_wait_ms).await,
@@ -43,11 +49,7 @@ impl Target {
 
 /// Sends every request, at most `concurrency` at a time, and returns one record per request in input
 /// order together with the wall-clock time of the whole run in seconds.
-pub async fn run_closed_loop(
-    target: impl Into<Target>,
-    requests: &[PredictRequest],
-    concurrency: usize,
-) -> (Vec<RequestRecord>, f64) {
+pub async fn run_closed_loop(target: impl Into<Target>, requests: &[PredictRequest], concurrency: usize) -> (Vec<RequestRecord>, f64) {
     run_closed_loop_with_progress(target, requests, concurrency, None).await
 }
 
@@ -92,7 +94,12 @@ pub async fn run_closed_loop_with_progress(
 }
 
 /// Sends one request to a coordinator and records what happened to it.
-async fn send(client: &mut CoordinatorClient<AuthChannel>, wire: proto::PredictRequest, index: usize, client_wait_ms: f64) -> RequestRecord {
+async fn send(
+    client: &mut CoordinatorClient<AuthChannel>,
+    wire: proto::PredictRequest,
+    index: usize,
+    client_wait_ms: f64,
+) -> RequestRecord {
     let sent = Instant::now();
     let mut record = RequestRecord { index, request_id: wire.request_id.clone(), client_wait_ms, ..Default::default() };
     let result = client.predict(wire).await;
@@ -124,11 +131,7 @@ fn fill(record: &mut RequestRecord, response: proto::PredictResponse) {
     record.coordinator_queue_ms = timings.coordinator_queue_ms;
     record.worker_queue_ms = timings.queue_ms;
     record.ttft_ms = timings.coordinator_queue_ms + timings.ttft_ms;
-    record.tpot_ms = if response.completion_tokens > 1 {
-        timings.decode_ms / f64::from(response.completion_tokens - 1)
-    } else {
-        0.0
-    };
+    record.tpot_ms = if response.completion_tokens > 1 { timings.decode_ms / f64::from(response.completion_tokens - 1) } else { 0.0 };
     record.prompt_tokens = response.prompt_tokens;
     record.cached_tokens = response.cached_tokens;
     record.completion_tokens = response.completion_tokens;

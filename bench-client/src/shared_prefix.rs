@@ -174,9 +174,7 @@ fn system_message(program: &Program) -> String {
     text.push_str("All interactions will be structured in the following way, with the appropriate values filled in.\n\n");
     text.push_str("[[ ## text ## ]]\n{text}\n\n");
     for (name, kind, _) in program.outputs {
-        text.push_str(&format!(
-            "[[ ## {name} ## ]]\n{{{name}}}        # note: the value you produce must be a valid Python {kind}\n\n"
-        ));
+        text.push_str(&format!("[[ ## {name} ## ]]\n{{{name}}}        # note: the value you produce must be a valid Python {kind}\n\n"));
     }
     text.push_str("[[ ## completed ## ]]\n");
     text.push_str("In adhering to this structure, your objective is: \n        ");
@@ -185,7 +183,11 @@ fn system_message(program: &Program) -> String {
 }
 
 fn user_message(program: &Program, text: &str) -> String {
-    let fields: Vec<String> = program.outputs.iter().map(|(name, kind, _)| format!("`[[ ## {name} ## ]]` (must be formatted as a valid Python {kind})")).collect();
+    let fields: Vec<String> = program
+        .outputs
+        .iter()
+        .map(|(name, kind, _)| format!("`[[ ## {name} ## ]]` (must be formatted as a valid Python {kind})"))
+        .collect();
     format!(
         "[[ ## text ## ]]\n{text}\n\nRespond with the corresponding output fields, starting with the field {}, and then ending with the marker for `[[ ## completed ## ]]`.",
         fields.join(", then ")
@@ -204,13 +206,18 @@ fn assistant_message(program: &Program, answers: &[&str]) -> String {
 /// One call of program `program` (modulo the number of programs) on chunk `chunk` (modulo the chunks):
 /// the system message, the worked examples, then the chunk.
 pub fn call(program: usize, chunk: usize) -> Vec<ChatMessage> {
+    call_on(program, CHUNKS[chunk % CHUNKS.len()])
+}
+
+/// One call of program `program` (modulo the number of programs) on `text`.
+pub fn call_on(program: usize, text: &str) -> Vec<ChatMessage> {
     let program = &PROGRAMS[program % PROGRAMS.len()];
     let mut messages = vec![ChatMessage::new(Role::System, system_message(program))];
-    for (text, answers) in program.examples {
-        messages.push(ChatMessage::new(Role::User, user_message(program, text)));
+    for (example, answers) in program.examples {
+        messages.push(ChatMessage::new(Role::User, user_message(program, example)));
         messages.push(ChatMessage::new(Role::Assistant, assistant_message(program, answers)));
     }
-    messages.push(ChatMessage::new(Role::User, user_message(program, CHUNKS[chunk % CHUNKS.len()])));
+    messages.push(ChatMessage::new(Role::User, user_message(program, text)));
     messages
 }
 

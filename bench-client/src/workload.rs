@@ -28,16 +28,22 @@ const QUESTIONS: &[&str] = &[
     "Why is the sky blue? Answer briefly.",
 ];
 
+/// The extraction task on `text`: the system prompt, then the text.
+pub fn extraction_chat(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage::new(Role::System, EXTRACT_SYSTEM), ChatMessage::new(Role::User, format!("Text: {text}"))]
+}
+
 /// The built-in prompts, in a fixed order: extraction tasks and questions interleaved.
 pub fn builtin_prompts() -> Vec<Vec<ChatMessage>> {
     let mut prompts = Vec::new();
     let mut questions = QUESTIONS.iter();
     for (i, text) in EXTRACT_TEXTS.iter().enumerate() {
-        prompts.push(vec![ChatMessage::new(Role::System, EXTRACT_SYSTEM), ChatMessage::new(Role::User, format!("Text: {text}"))]);
+        prompts.push(extraction_chat(text));
         if i % 2 == 1
-            && let Some(q) = questions.next() {
-                prompts.push(vec![ChatMessage::new(Role::User, *q)]);
-            }
+            && let Some(q) = questions.next()
+        {
+            prompts.push(vec![ChatMessage::new(Role::User, *q)]);
+        }
     }
     prompts
 }
@@ -65,7 +71,10 @@ pub fn synthetic(tokenizer: &Tokenizer, input_tokens: usize, output_tokens: u32,
     let text = " the".repeat(input_tokens);
     let counted = tokenizer.encode(&text, false).len();
     if counted != input_tokens {
-        return Err(PoolError::invalid("synthetic", format!("could not build a {input_tokens}-token prompt (got {counted}) with this tokenizer")));
+        return Err(PoolError::invalid(
+            "synthetic",
+            format!("could not build a {input_tokens}-token prompt (got {counted}) with this tokenizer"),
+        ));
     }
     Ok((0..count)
         .map(|i| PredictRequest {
@@ -101,8 +110,7 @@ struct JsonlLine {
 /// Reads prompts from a JSONL file: one object per line, `{"messages": [{"role", "content"}...]}` or
 /// `{"prompt": "..."}`, each with an optional `max_tokens` (else `default_max_tokens`).
 pub fn load_jsonl(path: &Path, default_max_tokens: u32) -> Result<Vec<PredictRequest>, PoolError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PoolError::invalid("prompts", format!("reading {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| PoolError::invalid("prompts", format!("reading {}: {e}", path.display())))?;
     let mut requests = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let field = format!("{}:{}", path.display(), n + 1);
@@ -161,7 +169,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("modelpool-jsonl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.jsonl");
-        std::fs::write(&good, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":5}\n\n{\"prompt\":\"Once\"}\n").unwrap();
+        std::fs::write(&good, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":5}\n\n{\"prompt\":\"Once\"}\n")
+            .unwrap();
         let requests = load_jsonl(&good, 9).unwrap();
         assert_eq!(requests.len(), 2);
         assert_eq!(requests[0].sampling.max_tokens, 5);

@@ -98,11 +98,10 @@ impl PrefixIndex {
 }
 
 /// Blocks a worker's entry keeps: about what its caches can hold (4 bytes of text per token), twice
-/// over, since the index cannot see what the worker evicted. `sequences` counts its slots and the
-/// caches that only keep finished prompts.
-pub fn capacity_for(sequences: u32, context_per_slot: u32) -> usize {
-    let tokens = u64::from(sequences.max(1)) * u64::from(context_per_slot.max(256));
-    (tokens * 4 * 2 / BLOCK_BYTES as u64) as usize
+/// over, since the index cannot see what the worker evicted. `cached_tokens` counts its slots' contexts
+/// and what its prompt store holds ([`modelpool::membership::WorkerDescription::cached_tokens_capacity`]).
+pub fn capacity_for(cached_tokens: u64) -> usize {
+    (cached_tokens.max(256) * 4 * 2 / BLOCK_BYTES as u64) as usize
 }
 
 #[cfg(test)]

@@ -90,13 +90,33 @@ struct Job {
 }
 
 enum Command {
-    Register { report: WorkerReport, reply: oneshot::Sender<Result<Registered, PoolError>> },
-    Heartbeat { beat: Heartbeat, reply: oneshot::Sender<Result<(), PoolError>> },
-    Deregister { worker_id: String, lease: String, reply: oneshot::Sender<Result<(), PoolError>> },
-    List { reply: oneshot::Sender<Vec<WorkerStatus>> },
+    Register {
+        report: WorkerReport,
+        reply: oneshot::Sender<Result<Registered, PoolError>>,
+    },
+    Heartbeat {
+        beat: Heartbeat,
+        reply: oneshot::Sender<Result<(), PoolError>>,
+    },
+    Deregister {
+        worker_id: String,
+        lease: String,
+        reply: oneshot::Sender<Result<(), PoolError>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<WorkerStatus>>,
+    },
     /// Several prompts admitted together or not at all.
-    Submit { jobs: Vec<Submission>, admitted: oneshot::Sender<Result<(), PoolError>> },
-    AttemptDone { worker_id: String, job: Job, dispatched: Instant, result: Result<PredictResponse, tonic::Status> },
+    Submit {
+        jobs: Vec<Submission>,
+        admitted: oneshot::Sender<Result<(), PoolError>>,
+    },
+    AttemptDone {
+        worker_id: String,
+        job: Job,
+        dispatched: Instant,
+        result: Result<PredictResponse, tonic::Status>,
+    },
 }
 
 /// A handle to the scheduler task; cheap to clone.
@@ -315,7 +335,19 @@ impl Actor {
             }
             let Submission { request, reply, pieces, .. } = job;
             let key = prefix_key(&request);
-            self.queue.push_back(Job { request, run_alone: false, key, reply, pieces, streamed: false, attempts: 0, internal_errors: 0, tried: Vec::new(), accepted: now, last_error: None });
+            self.queue.push_back(Job {
+                request,
+                run_alone: false,
+                key,
+                reply,
+                pieces,
+                streamed: false,
+                attempts: 0,
+                internal_errors: 0,
+                tried: Vec::new(),
+                accepted: now,
+                last_error: None,
+            });
         }
         Ok(())
     }
@@ -338,8 +370,11 @@ impl Actor {
         let assigned = routing::assign(self.config.routing, &mut candidates, &self.index, &waiting);
         drop(waiting);
         // Highest position first, so the lower positions stay valid while removing.
-        let mut jobs: Vec<(Job, String)> =
-            assigned.into_iter().rev().map(|(position, worker_id)| (self.queue.remove(position).expect("position in range"), worker_id)).collect();
+        let mut jobs: Vec<(Job, String)> = assigned
+            .into_iter()
+            .rev()
+            .map(|(position, worker_id)| (self.queue.remove(position).expect("position in range"), worker_id))
+            .collect();
         jobs.reverse();
         for (mut job, worker_id) in jobs {
             let (Some(entry), Some(link)) = (self.registry.get_mut(&worker_id), self.channels.get(&worker_id)) else {
@@ -348,7 +383,7 @@ impl Actor {
             };
             entry.in_flight += 1;
             entry.freed.clear();
-            let capacity = capacity_for(entry.description.sequences(), entry.description.context_per_slot);
+            let capacity = capacity_for(entry.description.cached_tokens_capacity());
             self.index.record(&worker_id, &job.key, capacity);
             job.attempts += 1;
             job.tried.push(worker_id.clone());
@@ -407,10 +442,8 @@ impl Actor {
         }
         if job.attempts >= self.config.max_attempts {
             warn!(request_id = %job.request.request_id, attempts = job.attempts, %error, "prompt failed on every attempt");
-            let _ = job.reply.send(Err(PoolError::Unavailable(format!(
-                "prompt failed after {} attempts; last error: {error}",
-                job.attempts
-            ))));
+            let _ =
+                job.reply.send(Err(PoolError::Unavailable(format!("prompt failed after {} attempts; last error: {error}", job.attempts))));
             return;
         }
         debug!(request_id = %job.request.request_id, %worker_id, %error, ?next, "attempt failed; requeueing");

@@ -7,6 +7,7 @@ use clap::Parser;
 use modelpool::request::limits;
 
 use crate::engine::EngineKind;
+use crate::engine::batch_loop::PassShape;
 
 /// One worker process: loads one model and serves the gRPC Worker service (Predict, PredictStream, Info).
 #[derive(Debug, Parser)]
@@ -44,10 +45,24 @@ pub struct Args {
     /// Context (prompt + generated tokens) available to each slot.
     #[arg(long, default_value_t = modelpool::DEFAULT_CONTEXT_PER_SLOT)]
     pub ctx_per_slot: u32,
-    /// One KV buffer shared by all slots instead of one stream per slot. Measured no faster here, and a
-    /// prompt's greedy output can then depend on the prompts batched with it (see the README).
+    /// Forward passes whose results do not depend on the batch: decode tokens in one pass, every prompt
+    /// chunk in one of its own over fixed position ranges, prefixes reused only where the kernels would
+    /// compute them alike, so greedy text is bit-identical with and without reuse and batch neighbours.
+    /// Slower; for tests and comparisons. Default: one pass per step with every decode token and the
+    /// pending prompt tokens (llama-server's step), whose rounding depends on what it was batched with.
     #[arg(long)]
-    pub kv_unified: bool,
+    pub batch_invariant: bool,
+    /// Prompt tokens computed per step at most, over all slots, beside the decode tokens (llama.cpp's
+    /// n_batch is this plus the slots; its micro-batches are at most 512). Larger: faster prefill,
+    /// longer pauses for the sequences that are decoding. Batch-invariant passes use 256 (llama.cpp)
+    /// or 32 (MLX).
+    #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
+    pub batch_tokens: u32,
+    /// llama.cpp's KV layout: one buffer shared by all slots (unified), or one stream per slot.
+    /// Default: unified for the default passes (a mixed batch is then one micro-batch), per-slot with
+    /// --batch-invariant (each slot's attention over its own cells, laid out as if it ran alone).
+    #[arg(long, value_enum)]
+    pub kv_layout: Option<KvLayout>,
     /// llama.cpp: float32 attention instead of flash attention (which rounds to float16 on the CPU).
     /// About 20% slower decode here; greedy near-ties then fall as the MLX engine's do.
     #[arg(long)]
@@ -56,13 +71,14 @@ pub struct Args {
     /// request with the same prefix (for measuring what the prefix cache buys).
     #[arg(long)]
     pub no_prefix_cache: bool,
-    /// Finished prompts kept for reuse beyond the slots' own: sequences that never run but keep the keys
-    /// and values their last prompt left, so that a worker with few slots still remembers many
-    /// programs' preambles (what llama-server's RAM prompt cache does). llama.cpp reserves a whole
-    /// --ctx-per-slot of KV cache for each (22.5 KiB per token for the default model: 45 MiB at 2048);
-    /// MLX holds only what they keep.
-    #[arg(long, default_value_t = 0)]
-    pub cached_prompts: u32,
+    /// Host memory for finished prompts' keys and values, in MiB (0: off). A slot's cache is saved here
+    /// before the slot takes a prompt it does not share, and a new prompt whose longest cached prefix is
+    /// here is restored into its slot instead of computed (llama-server's --cache-ram), so a worker
+    /// remembers many more programs and conversations than it has slots. Least recently used leaves
+    /// first. The default model's keys and values take 22.5 KiB per token with llama.cpp (a
+    /// 1,300-token preamble: 29 MiB).
+    #[arg(long, env = "MODELPOOL_PROMPT_CACHE_MIB", default_value_t = modelpool::DEFAULT_PROMPT_CACHE_MIB)]
+    pub prompt_cache_mib: u32,
     /// MLX: dequantize quantized weights to float32 once at load, so that MLX's CPU matrix products go
     /// through BLAS (4-8x the weights' memory). Fast only with an optimized BLAS: the mlx-cpu wheel
     /// bundles the reference one; preload OpenBLAS (LD_PRELOAD=libopenblas.so.0) to use it.
@@ -84,6 +100,16 @@ pub struct Args {
     pub log_json: bool,
 }
 
+/// Prompt tokens per step of the default (mixed) passes; see `--batch-tokens`.
+pub const DEFAULT_BATCH_TOKENS: u32 = 512;
+
+/// llama.cpp's KV cache layout (`--kv-layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLayout {
+    Unified,
+    PerSlot,
+}
+
 /// A validated worker configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -94,12 +120,16 @@ pub struct Config {
     pub slots: u32,
     pub context_per_slot: u32,
     pub queue: u32,
+    /// How the engine's batch loop shapes its forward passes.
+    pub shape: PassShape,
+    /// Prompt tokens per step at most (mixed passes).
+    pub batch_tokens: u32,
     pub kv_unified: bool,
     pub flash_attention: bool,
     /// Reuse a slot's cached keys and values for prompts sharing their prefix (see engine::prefix_cache).
     pub prefix_cache: bool,
-    /// Sequences beyond the slots that only keep finished prompts' caches.
-    pub cached_prompts: u32,
+    /// Bytes of host memory for the prompt store (0: off).
+    pub prompt_store_bytes: u64,
     /// MLX: quantized weights dequantized to float32 at load (dense products through BLAS).
     pub mlx_dense: bool,
     pub coordinator: Option<String>,
@@ -126,10 +156,12 @@ impl Default for Config {
             slots: 1,
             context_per_slot: modelpool::DEFAULT_CONTEXT_PER_SLOT,
             queue: 64,
-            kv_unified: false,
+            shape: PassShape::Mixed,
+            batch_tokens: DEFAULT_BATCH_TOKENS,
+            kv_unified: true,
             flash_attention: true,
             prefix_cache: true,
-            cached_prompts: 0,
+            prompt_store_bytes: u64::from(modelpool::DEFAULT_PROMPT_CACHE_MIB) << 20,
             mlx_dense: false,
             coordinator: None,
             advertise: None,
@@ -169,18 +201,26 @@ impl TryFrom<&Args> for Config {
         if args.queue == 0 {
             return bad("queue", "must be at least 1");
         }
-        if args.cached_prompts > limits::MAX_CACHED_PROMPTS_PER_WORKER {
-            return bad("cached-prompts", &format!("must be 0 to {}", limits::MAX_CACHED_PROMPTS_PER_WORKER));
+        if args.batch_tokens == 0 || args.batch_tokens > limits::MAX_BATCH_TOKENS {
+            return bad("batch-tokens", &format!("must be 1 to {}", limits::MAX_BATCH_TOKENS));
         }
-        if args.cached_prompts > 0 && args.no_prefix_cache {
-            return bad("cached-prompts", "keeps prompts for the prefix cache, which --no-prefix-cache turns off");
+        let shape = if args.batch_invariant { PassShape::BatchInvariant } else { PassShape::Mixed };
+        let kv_unified = match args.kv_layout {
+            Some(layout) => layout == KvLayout::Unified,
+            None => shape == PassShape::Mixed,
+        };
+        if args.prompt_cache_mib > limits::MAX_PROMPT_CACHE_MIB {
+            return bad("prompt-cache-mib", &format!("must be 0 to {}", limits::MAX_PROMPT_CACHE_MIB));
         }
         if args.mlx_dense && args.engine != EngineKind::Mlx {
             return bad("mlx-dense", "is for --engine mlx");
         }
         if let Some(model) = &args.model {
             if model.is_dir() && args.engine == EngineKind::Llama {
-                return bad("model", &format!("{} is a folder; llama.cpp needs a GGUF file (use --engine mlx for an mlx-lm folder)", model.display()));
+                return bad(
+                    "model",
+                    &format!("{} is a folder; llama.cpp needs a GGUF file (use --engine mlx for an mlx-lm folder)", model.display()),
+                );
             }
             if !model.is_file() && !model.is_dir() {
                 return bad("model", &format!("{} does not exist", model.display()));
@@ -197,10 +237,13 @@ impl TryFrom<&Args> for Config {
             slots: args.slots,
             context_per_slot: args.ctx_per_slot,
             queue: args.queue,
-            kv_unified: args.kv_unified,
+            shape,
+            batch_tokens: args.batch_tokens,
+            kv_unified,
             flash_attention: !args.no_flash_attention,
             prefix_cache: !args.no_prefix_cache,
-            cached_prompts: args.cached_prompts,
+            // Nothing is reused without the prefix cache, so nothing is worth keeping.
+            prompt_store_bytes: if args.no_prefix_cache { 0 } else { u64::from(args.prompt_cache_mib) << 20 },
             mlx_dense: args.mlx_dense,
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),

@@ -42,7 +42,12 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let engine = state.worker.engine();
-    let text = state.worker.metrics.render(engine.map(|e| e.stats()), engine.map_or(0, |e| e.info().slots), state.worker.memory.latest());
+    let text = state.worker.metrics.render(
+        engine.map(|e| e.stats()),
+        engine.map_or(0, |e| e.info().slots),
+        engine.map_or(0, |e| e.info().prompt_store_capacity_bytes),
+        state.worker.memory.latest(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

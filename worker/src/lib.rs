@@ -24,7 +24,6 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 pub use config::{Args, Config};
-use engine::batch_loop::PassShape;
 use engine::llama::LlamaConfig;
 use engine::mlx::MlxConfig;
 use engine::{Engine, EngineKind};
@@ -83,13 +82,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .add_service(reflection_v1)
         .add_service(reflection_alpha)
         .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), token.require()));
-    let server = tokio::spawn(
-        builder
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = server_stopped.await;
-            }),
-    );
+    let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = server_stopped.await;
+    }));
     info!(%address, "worker listening; loading the model");
     // Machine-readable, for scripts that start workers on port 0.
     println!("MODELPOOL_WORKER_LISTENING {address}");
@@ -177,10 +172,13 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 kv_unified: config.kv_unified,
                 flash_attention: config.flash_attention,
                 prefix_cache: config.prefix_cache,
-                cached_prompts: config.cached_prompts,
-                shape: PassShape::BatchInvariant,
+                prompt_store_bytes: config.prompt_store_bytes,
+                shape: config.shape,
+                batch_tokens: config.batch_tokens,
             };
-            Arc::new(tokio::task::spawn_blocking(move || engine::llama::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
+            Arc::new(
+                tokio::task::spawn_blocking(move || engine::llama::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??,
+            )
         }
         EngineKind::Mlx => {
             let mlx = MlxConfig {
@@ -189,9 +187,10 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 context_per_slot: config.context_per_slot,
                 queue_capacity: config.queue,
                 prefix_cache: config.prefix_cache,
-                cached_prompts: config.cached_prompts,
-                shape: PassShape::BatchInvariant,
+                prompt_store_bytes: config.prompt_store_bytes,
+                shape: config.shape,
                 dense: config.mlx_dense,
+                batch_tokens: config.batch_tokens,
             };
             Arc::new(tokio::task::spawn_blocking(move || engine::mlx::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }

@@ -127,6 +127,8 @@ impl SharedState {
             d.queue_capacity = e.queue_capacity;
             d.threads = e.threads;
             d.threads_batch = e.threads_batch;
+            d.prompt_store_capacity_bytes = e.prompt_store_capacity_bytes;
+            d.prompt_store_tokens = e.prompt_store_tokens;
             report.load = engine.stats();
         }
         report

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestWorker, alone_then_together, chat, config};
+use common::{TestWorker, alone_then_together, chat, config, invariant_config};
 use tonic::Code;
 
 const PROMPTS: [&str; 4] = [
@@ -17,7 +17,7 @@ const PROMPTS: [&str; 4] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_concurrent_greedy_requests_return_what_each_returns_alone() {
     // The default per-slot KV streams make this hold; with --kv-unified near-ties flip (measured).
-    let worker = TestWorker::start(config(4).await).await;
+    let worker = TestWorker::start(invariant_config(4).await).await;
     let requests: Vec<_> = PROMPTS.iter().map(|prompt| chat(prompt, 48)).collect();
     // (It also checks that they really shared the batch: none waited for another to finish.)
     let (alone, together) = alone_then_together(&worker.client, &requests).await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestWorker, alone_then_together, config};
+use common::{TestWorker, alone_then_together, invariant_config};
 use modelpool::prompt_format::PromptFormat;
 use worker::engine::EngineKind;
 
@@ -60,7 +60,8 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
     for prompt in builtin_prompts() {
         // The conversation without the template's default system message: the inputs the bounds below were
         // measured on (the forward passes are compared here, not the template).
-        let tokens: Vec<i32> = format.encode(&modelpool::Prompt::Raw(chatml_without_system(&prompt))).unwrap().into_iter().map(|t| t as i32).collect();
+        let tokens: Vec<i32> =
+            format.encode(&modelpool::Prompt::Raw(chatml_without_system(&prompt))).unwrap().into_iter().map(|t| t as i32).collect();
         // Against float32 attention, as MLX computes it; llama.cpp's default flash attention rounds to
         // float16 on the CPU, and that alone decides one near-tie (counted and printed below).
         let theirs = llama_logits(&llama, &tokens, false);
@@ -94,10 +95,10 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn served_mlx_text_is_llama_cpp_text_for_most_tokens() {
     // llama.cpp with float32 attention, the arithmetic closest to MLX's (see the logits test).
-    let mut llama_config = config(1).await;
+    let mut llama_config = invariant_config(1).await;
     llama_config.flash_attention = false;
     let llama = TestWorker::start(llama_config).await;
-    let mut mlx_config = config(1).await;
+    let mut mlx_config = invariant_config(1).await;
     mlx_config.engine = EngineKind::Mlx;
     let mlx = TestWorker::start(mlx_config).await;
     let tokenizer = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap().tokenizer;
@@ -200,7 +201,7 @@ fn argmax(logits: &[f32]) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_mlx_worker_with_three_slots_serves_them_together_with_the_text_of_each_alone() {
-    let mut mlx_config = config(3).await;
+    let mut mlx_config = invariant_config(3).await;
     mlx_config.engine = EngineKind::Mlx;
     let mlx = TestWorker::start(mlx_config).await;
     let requests: Vec<_> = builtin_prompts().iter().skip(4).take(3).map(|prompt| request(prompt, 12)).collect();

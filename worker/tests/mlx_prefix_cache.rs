@@ -1,10 +1,10 @@
 //! The prefix cache on a real MLX worker (MLX's CPU backend, the default model): greedy text is the same
 //! with and without reuse for a repeated prompt, a strict prefix, an extension and a divergence, a cold slot takes a prefix
-//! from a busy one, and eviction. Prompts are short: MLX's CPU prefill runs at about 14 tokens/s here.
+//! from a busy one, eviction, and the prompt store. Prompts are short: MLX's CPU prefill runs at about 14 tokens/s here.
 
 mod common;
 
-use common::{TestWorker, config};
+use common::{TestWorker, config, invariant_config};
 use modelpool::proto;
 use modelpool::{PredictRequest, Prompt, SamplingParams};
 use worker::engine::EngineKind;
@@ -20,7 +20,7 @@ fn raw(text: &str, max_tokens: u32, ignore_eos: bool) -> proto::PredictRequest {
 }
 
 async fn mlx_worker(slots: u32, prefix_cache: bool) -> TestWorker {
-    let mut config = config(slots).await;
+    let mut config = invariant_config(slots).await;
     config.engine = EngineKind::Mlx;
     config.prefix_cache = prefix_cache;
     TestWorker::start(config).await
@@ -79,6 +79,8 @@ async fn mlx_evicts_the_least_recently_used_prefix_and_keeps_the_context_limit()
     let mut config = config(2).await;
     config.engine = EngineKind::Mlx;
     config.context_per_slot = 128;
+    // The slots alone (no prompt store, which would keep what they evict).
+    config.prompt_store_bytes = 0;
     let cached = TestWorker::start(config).await;
     let texts = [
         "Marie Curie was born in Warsaw and moved to Paris, where she studied physics and chemistry at the Sorbonne for years.",
@@ -98,4 +100,26 @@ async fn mlx_evicts_the_least_recently_used_prefix_and_keeps_the_context_limit()
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("128"), "{}", status.message());
     cached.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mlx_restores_a_stored_prompt_with_the_text_computed_fresh() {
+    // One slot: the second prompt displaces the first, which is saved in the store; the first again is
+    // restored from it, and gives the text it gave when computed.
+    let mut config = invariant_config(1).await;
+    config.engine = EngineKind::Mlx;
+    let worker = TestWorker::start(config).await;
+    let first = "A glossary for new lighthouse keepers. Lens: the glass that focuses the lamp. Gallery: the walkway \
+        around the lantern. Lamp room: where the light burns. Question: what is the gallery?";
+    let second = "A glossary for new beekeepers. Smoker: a can that puffs smoke to calm the bees. Super: a box of \
+        frames for honey. Brood: the eggs and young bees. Question: what is a super?";
+    let computed = predict(&worker, &raw(first, 6, false)).await;
+    assert_eq!(predict(&worker, &raw(second, 6, false)).await.cached_tokens, 0);
+    let restored = predict(&worker, &raw(first, 6, false)).await;
+    assert!(restored.cached_tokens >= 32, "{restored:?}");
+    assert_eq!(restored.text, computed.text, "restoring changed the text");
+    let load = worker.load().await;
+    assert_eq!((load.prompt_store_hits, load.prompt_store_entries), (1, 2), "{load:?}");
+    assert!(load.prompt_store_bytes > 0, "{load:?}");
+    worker.stop().await;
 }

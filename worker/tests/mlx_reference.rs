@@ -93,7 +93,16 @@ fn generate(engine: &ServedEngine, messages: &[ChatMessage], max_tokens: u32) ->
     let prompt_ids = prompt.tokens.iter().map(|&t| t as u32).collect();
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     engine
-        .submit(Job { request_id: "reference".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, delivery: Delivery::Whole, alone: false, poisoned: false })
+        .submit(Job {
+            request_id: "reference".into(),
+            prompt,
+            sampling: request.sampling,
+            arrived: Instant::now(),
+            events,
+            delivery: Delivery::Whole,
+            alone: false,
+            poisoned: false,
+        })
         .unwrap();
     loop {
         match received.blocking_recv().expect("the engine answers") {
@@ -118,10 +127,11 @@ fn greedy_tokens_are_mlx_lms_in_every_fixture_folder() {
             context_per_slot: 1024,
             queue_capacity: 4,
             prefix_cache: false,
-            cached_prompts: 0,
+            prompt_store_bytes: 0,
             dense: false,
             // mlx-lm prefills in chunks of PREFILL_CHUNK, as the batch-invariant passes do.
             shape: PassShape::BatchInvariant,
+            batch_tokens: 32,
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut agreeing = 0;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestWorker, config};
+use common::{TestWorker, config, invariant_config};
 use modelpool::proto;
 use modelpool::{ChatMessage, PredictRequest, Prompt, SamplingParams};
 use tonic::Code;
@@ -41,7 +41,7 @@ const STORY: &str = "The lighthouse keeper climbed the spiral stairs every eveni
     harbour wall to watch the beam come round and count the seconds between the flashes.";
 
 async fn no_reuse_worker(slots: u32) -> TestWorker {
-    let mut config = config(slots).await;
+    let mut config = invariant_config(slots).await;
     config.prefix_cache = false;
     TestWorker::start(config).await
 }
@@ -52,7 +52,7 @@ async fn predict(worker: &TestWorker, request: &proto::PredictRequest) -> proto:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn greedy_text_is_the_same_with_and_without_reuse() {
-    let cached = TestWorker::start(config(2).await).await;
+    let cached = TestWorker::start(invariant_config(2).await).await;
     let plain = no_reuse_worker(2).await;
     let words: Vec<&str> = STORY.split(' ').collect();
     let half = words[..words.len() / 2].join(" ");
@@ -108,7 +108,7 @@ async fn greedy_text_is_the_same_with_and_without_reuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_slot_copies_the_prefix_from_a_busy_one() {
-    let cached = TestWorker::start(config(2).await).await;
+    let cached = TestWorker::start(invariant_config(2).await).await;
     // Slot 0 is busy generating for a while with program 0's preamble in its cache.
     let long = request(Prompt::Chat(short_messages(0, 0)), 400, true);
     let mut running = cached.client.clone().predict_stream(long).await.unwrap().into_inner();
@@ -128,7 +128,7 @@ async fn a_cold_slot_copies_the_prefix_from_a_busy_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prompts_arriving_together_compute_their_shared_prefix_once() {
-    let cached = TestWorker::start(config(3).await).await;
+    let cached = TestWorker::start(invariant_config(3).await).await;
     let plain = no_reuse_worker(1).await;
     let requests: Vec<_> = (0..3).map(|chunk| short_call(2, chunk, 8)).collect();
     // What the warm-up computed, so that the count below is these requests' alone.
@@ -153,7 +153,10 @@ async fn prompts_arriving_together_compute_their_shared_prefix_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_least_recently_used_prefix_is_evicted_when_slots_hold_others() {
-    let cached = TestWorker::start(config(2).await).await;
+    // The slots alone (no prompt store, which would keep what they evict).
+    let mut config = config(2).await;
+    config.prompt_store_bytes = 0;
+    let cached = TestWorker::start(config).await;
     let mut cached_tokens = Vec::new();
     // Three programs through two slots: the third evicts the first, the second survives.
     for program in [0, 1, 2, 1, 0] {
@@ -183,23 +186,106 @@ async fn a_reused_prefix_does_not_stretch_the_context() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cached_prompts_keep_more_programs_than_slots_with_the_same_text() {
-    let mut config = config(1).await;
-    config.cached_prompts = 2;
-    let cached = TestWorker::start(config).await;
+async fn a_prompt_restored_from_the_store_gives_the_text_computed_fresh() {
+    // One slot: each program displaces the last, which is saved in the store and restored when its
+    // program comes back (the slot alone keeps only the last; see the eviction test above).
+    let cached = TestWorker::start(invariant_config(1).await).await;
     let plain = no_reuse_worker(1).await;
-    // Three programs through one slot and two cached prompts, then each again: all three are still held
-    // (one slot alone keeps only the last; see the eviction test above).
     let mut cached_tokens = Vec::new();
     for program in [0, 1, 2, 0, 1, 2] {
         let call = short_call(program, 3, 8);
         let with_reuse = predict(&cached, &call).await;
         let without = predict(&plain, &call).await;
-        assert_eq!(with_reuse.text, without.text, "program {program}: reuse changed the text");
+        assert_eq!(with_reuse.text, without.text, "program {program}: restoring changed the text");
         cached_tokens.push(with_reuse.cached_tokens);
     }
     assert!(cached_tokens[..3].iter().all(|&c| c < 32), "{cached_tokens:?}");
-    assert!(cached_tokens[3..].iter().all(|&c| c > 100), "every program was still cached: {cached_tokens:?}");
+    assert!(cached_tokens[3..].iter().all(|&c| c > 100), "every program came back from the store: {cached_tokens:?}");
+    let load = cached.load().await;
+    assert_eq!(load.prompt_store_hits, 3, "{load:?}");
+    // Each program saved once: a restored program displaced again holds what its entry holds already.
+    assert_eq!((load.prompt_store_saved, load.prompt_store_entries), (3, 3), "{load:?}");
     cached.stop().await;
     plain.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_of_a_few_mib_evicts_the_least_recently_used_and_says_so() {
+    let mut config = config(1).await;
+    // Two of these prompts' keys and values (some 370 tokens at 22.5 KiB each: 8.5 MB).
+    config.prompt_store_bytes = 20 << 20;
+    let worker = TestWorker::start(config).await;
+    let info = worker.client.clone().info(proto::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.prompt_store_capacity_bytes, 20 << 20);
+    assert!((800..1000).contains(&info.prompt_store_tokens), "20 MiB at 22.5 KiB a token: {info:?}");
+    let mut cached_tokens = Vec::new();
+    // 0..3 leave 1 and 2 in the store (0 was evicted to save 2), 3 in the slot; 0 comes back computed.
+    for program in [0, 1, 2, 3, 0] {
+        cached_tokens.push(predict(&worker, &short_call(program, 3, 4)).await.cached_tokens);
+    }
+    assert!(cached_tokens.iter().all(|&c| c < 32), "nothing reused: {cached_tokens:?}");
+    let load = worker.load().await;
+    assert!(load.prompt_store_evicted >= 2, "{load:?}");
+    assert!(load.prompt_store_bytes <= 20 << 20 && load.prompt_store_entries == 2, "{load:?}");
+    // Saving 3 (displaced by 0) evicted 1, the least recently used: 2 is still there, and restoring it
+    // comes before saving the 0 it displaces, so making room cannot evict it.
+    assert!(predict(&worker, &short_call(2, 4, 4)).await.cached_tokens > 100);
+    assert!(predict(&worker, &short_call(1, 4, 4)).await.cached_tokens < 32, "1 was evicted");
+    let metrics = worker.metrics().await;
+    for name in
+        ["modelpool_worker_prompt_store_evicted_total", "modelpool_worker_prompt_store_bytes", "modelpool_worker_prompt_store_hits_total 1"]
+    {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    worker.stop().await;
+}
+
+/// A list the model can only continue by reading it from its context: 48 unrelated words, then the
+/// list again from its start, cut after `shown` words.
+fn copying_prompt(shown: usize) -> (String, Vec<&'static str>) {
+    const WORDS: &str = "walnut harbor velvet comet pencil glacier saddle lantern orchid basalt meadow trumpet \
+        cobalt pepper falcon quartz ribbon canyon tulip anchor marble violin cactus ember willow tractor \
+        sparrow oyster maple dagger thistle beacon hazel prism otter mosaic barley jigsaw lemon castle \
+        zephyr pigeon copper sonnet badger cedar puffin garnet";
+    let words: Vec<&'static str> = WORDS.split_whitespace().collect();
+    let text = format!(
+        "Memorize this list of words: {}.\nNow repeat the list exactly, from the first word: {}",
+        words.join(" "),
+        words[..shown].join(" ")
+    );
+    (text, words)
+}
+
+/// Whether `text` goes on with the next `count` words of the list after the first `shown`.
+fn continues_the_list(text: &str, words: &[&str], shown: usize, count: usize) -> bool {
+    let expected = words[shown..shown + count].join(" ");
+    text.split_whitespace().collect::<Vec<_>>().join(" ").starts_with(&expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn default_passes_reuse_and_copy_prefixes_that_continue_the_context() {
+    // The default (mixed) passes are not bit-identical with and without reuse, so the check is what a
+    // wrong prefix would break: continuing a list that is only in the reused part of the context.
+    let cached = TestWorker::start(config(2).await).await;
+    let (first, words) = copying_prompt(3);
+    let answer = predict(&cached, &raw(&first, 16)).await;
+    assert_eq!(answer.cached_tokens, 0);
+    assert!(continues_the_list(&answer.text, &words, 3, 4), "computed in full: {:?}", answer.text);
+    // Longer cuts of the same list: everything before the cut is reused.
+    for shown in [5, 8] {
+        let (prompt, _) = copying_prompt(shown);
+        let answer = predict(&cached, &raw(&prompt, 16)).await;
+        assert!(answer.cached_tokens > 60, "{shown}: the list was reused: {answer:?}");
+        assert!(continues_the_list(&answer.text, &words, shown, 4), "{shown} shown, after reuse: {:?}", answer.text);
+    }
+    // Two arriving together: one computes, the other copies or reuses it; both continue the list.
+    let cold = TestWorker::start(config(2).await).await;
+    let prompts: Vec<_> = [4, 6].iter().map(|&shown| (shown, raw(&copying_prompt(shown).0, 16))).collect();
+    let answers = futures::future::join_all(prompts.iter().map(|(_, r)| predict(&cold, r))).await;
+    assert!(answers.iter().any(|a| a.cached_tokens > 60), "one took the other's prefix: {answers:?}");
+    for ((shown, _), answer) in prompts.iter().zip(&answers) {
+        assert!(continues_the_list(&answer.text, &words, *shown, 4), "{shown} shown, together: {:?}", answer.text);
+    }
+    cached.stop().await;
+    cold.stop().await;
 }

@@ -8,11 +8,11 @@ mod table;
 
 use modelpool::memory::SystemMemory;
 
-pub use crate::summary::{ScenarioRun, ScenarioSummary, Spread};
 use crate::recommend::{Recommendation, recommend};
-use crate::slo::Slo;
-use crate::roofline::{ModelTraffic, Roofline, measure_bandwidth};
 use crate::record::RequestRecord;
+use crate::roofline::{ModelTraffic, Roofline, measure_bandwidth};
+use crate::slo::Slo;
+pub use crate::summary::{ScenarioRun, ScenarioSummary, Spread};
 
 /// The machine a report came from.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,6 +23,31 @@ pub struct Machine {
     pub memory_available_bytes: u64,
     pub os: String,
     pub hostname: String,
+    /// The vector and matrix instruction sets the CPU reports (what kernels built for it may use).
+    pub simd: String,
+}
+
+/// The CPU flags that decide which llama.cpp kernels can run, as /proc/cpuinfo names them.
+const SIMD_FLAGS: &[&str] = &[
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+];
+
+/// The [`SIMD_FLAGS`] this machine's CPU lists (Linux; empty elsewhere).
+fn simd_flags() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    SIMD_FLAGS.iter().filter(|f| flags.contains(f)).copied().collect::<Vec<_>>().join(" ")
 }
 
 impl Machine {
@@ -37,17 +62,13 @@ impl Machine {
             memory_available_bytes: memory.available_bytes,
             os: sysinfo::System::long_os_version().unwrap_or_default(),
             hostname: sysinfo::System::host_name().unwrap_or_default(),
+            simd: simd_flags(),
         }
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({} cores), {} GiB RAM, {}",
-            self.cpu,
-            self.cores,
-            self.memory_total_bytes / (1 << 30),
-            self.os
-        )
+        let simd = if self.simd.is_empty() { String::new() } else { format!("; {}", self.simd) };
+        format!("{} ({} cores{simd}), {} GiB RAM, {}", self.cpu, self.cores, self.memory_total_bytes / (1 << 30), self.os)
     }
 }
 
@@ -121,13 +142,10 @@ impl Report {
         let traffic = ModelTraffic::from_gguf(model)?;
         let bandwidth = measure_bandwidth(self.machine.cores.max(1), 256);
         let ok: Vec<&RequestRecord> = self.runs.iter().flat_map(|r| &r.records).filter(|r| r.ok).collect();
-        let context = ok.iter().map(|r| u64::from(r.prompt_tokens) + u64::from(r.completion_tokens) / 2).sum::<u64>()
-            / ok.len().max(1) as u64;
-        let configs: Vec<_> = self
-            .summaries
-            .iter()
-            .map(|s| (s.name.clone(), s.workers, s.slots_per_worker, s.output_tokens_per_s.median))
-            .collect();
+        let context =
+            ok.iter().map(|r| u64::from(r.prompt_tokens) + u64::from(r.completion_tokens) / 2).sum::<u64>() / ok.len().max(1) as u64;
+        let configs: Vec<_> =
+            self.summaries.iter().map(|s| (s.name.clone(), s.workers, s.slots_per_worker, s.output_tokens_per_s.median)).collect();
         self.roofline = Some(Roofline::new(traffic, bandwidth, context, &configs));
         Ok(())
     }
@@ -177,7 +195,13 @@ mod tests {
             records: tokens
                 .iter()
                 .enumerate()
-                .map(|(index, &completion_tokens)| RequestRecord { index, ok: completion_tokens > 0, completion_tokens, e2e_ms: 100.0, ..Default::default() })
+                .map(|(index, &completion_tokens)| RequestRecord {
+                    index,
+                    ok: completion_tokens > 0,
+                    completion_tokens,
+                    e2e_ms: 100.0,
+                    ..Default::default()
+                })
                 .collect(),
             memory: PoolMemory::default(),
             stopped: None,

@@ -9,12 +9,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use bench_client::multi_turn::{self, Conversation, run_conversations};
 use bench_client::openai_client::OpenAiClient;
-use bench_client::report::Spread;
 use bench_client::record::RequestRecord;
+use bench_client::report::Spread;
 use bench_client::runner::{Target, run_closed_loop};
 use bench_client::stats::quantile;
-use bench_client::{shared_prefix, workload};
+use bench_client::{fresh, workload};
 use modelpool::PredictRequest;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -25,20 +26,29 @@ use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServerWorkload {
-    /// The built-in chat prompts (extraction tasks and questions), natural stop.
-    Builtin,
+    /// Short chats (extraction tasks and questions) of which none repeats within the run.
+    Chats,
+    /// DSPy ChatAdapter-shaped calls: a 1,000+ token preamble per program, --programs interleaved, each
+    /// call on a passage of its own (only the preambles repeat, as in the application).
+    Dspy,
+    /// Conversations that grow turn by turn, --conversations of them interleaved, each request the
+    /// whole conversation so far with the model's own answers.
+    MultiTurn,
     /// Fixed shape: 128 prompt tokens, exactly max-tokens generated (`ignore_eos`).
     Synthetic,
-    /// DSPy ChatAdapter-shaped calls: a 1,000+ token preamble per program, --programs interleaved.
-    SharedPrefix,
+    /// The same built-in chats every round: what a whole-prompt cache gains on repeats (no DSPy user
+    /// sends the same call twice; DSPy caches repeats on the client).
+    Repeats,
 }
 
 impl ServerWorkload {
     fn name(self) -> &'static str {
         match self {
-            ServerWorkload::Builtin => "builtin",
+            ServerWorkload::Chats => "chats",
+            ServerWorkload::Dspy => "dspy",
+            ServerWorkload::MultiTurn => "multi-turn",
             ServerWorkload::Synthetic => "synthetic",
-            ServerWorkload::SharedPrefix => "shared-prefix",
+            ServerWorkload::Repeats => "repeats",
         }
     }
 }
@@ -46,14 +56,16 @@ impl ServerWorkload {
 #[derive(Debug, clap::Args)]
 pub struct ServerBenchArgs {
     /// The llama-server binary (scripts/server-bench.sh builds it from the pinned llama.cpp source).
-    #[arg(long, env = "MODELPOOL_LLAMA_SERVER")]
-    pub llama_server: PathBuf,
+    /// Repeat for several builds (scripts/server-bench.sh passes the portable and the native one): each
+    /// is checked to start and answer here, and the fastest that does is compared with.
+    #[arg(long, env = "MODELPOOL_LLAMA_SERVER", value_delimiter = ',', required = true)]
+    pub llama_server: Vec<PathBuf>,
     /// Cores both sides get: llama-server's threads, the pool's threads over all its workers.
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServerWorkload::Builtin, ServerWorkload::Synthetic, ServerWorkload::SharedPrefix])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ServerWorkload::Chats, ServerWorkload::Dspy, ServerWorkload::MultiTurn, ServerWorkload::Synthetic])]
     pub workloads: Vec<ServerWorkload>,
-    /// Prompts per round and workload (the built-in ones each twice when 16 or more).
+    /// Prompts per round and workload (multi-turn: conversations x turns instead).
     #[arg(long, default_value_t = 16)]
     pub prompts: usize,
     /// Requests in flight.
@@ -64,22 +76,30 @@ pub struct ServerBenchArgs {
     /// Rounds per workload; each gives one ratio.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// llama-server parallelism to sweep (`-np`).
-    #[arg(long, value_delimiter = ',', default_values_t = [2, 4, 8])]
+    /// llama-server parallelism to sweep (`-np`; 0: llama-server's automatic slot count, its default).
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 2, 4, 8])]
     pub np: Vec<u32>,
     /// Pool shapes to sweep, WORKERSxSLOTS (threads are split evenly between workers).
     #[arg(long, value_delimiter = ',', default_values = ["1x4", "1x8", "2x2"])]
     pub pool_shapes: Vec<String>,
-    /// Distinct programs interleaved in the shared-prefix workload.
+    /// Distinct programs interleaved in the dspy workload.
     #[arg(long, default_value_t = 2)]
     pub programs: usize,
+    /// Conversations per round in the multi-turn workload, and the user turns of each.
+    #[arg(long, default_value_t = 8)]
+    pub conversations: usize,
+    #[arg(long, default_value_t = 5)]
+    pub turns: usize,
+    /// Seed of the generated prompts (chats, dspy, multi-turn); each round takes the next ones.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Context per slot on both sides.
     #[arg(long, default_value_t = 2048)]
     pub ctx_per_slot: u32,
-    /// Finished prompts each pool worker keeps beyond its slots (the worker's --cached-prompts; 0 keeps
-    /// only what the slots hold). llama-server keeps its own (`--cache-ram`, on by default).
-    #[arg(long, default_value_t = 0)]
-    pub cached_prompts: u32,
+    /// Each pool worker's host-memory prompt store in MiB (the worker's --prompt-cache-mib; default:
+    /// the worker's). llama-server keeps its own (`--cache-ram`, 8 GiB by default).
+    #[arg(long)]
+    pub prompt_cache_mib: Option<u32>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -89,7 +109,11 @@ pub struct ServerBenchArgs {
 
 /// The flags every pool worker gets besides its shape.
 fn pool_worker_args(args: &ServerBenchArgs) -> Vec<String> {
-    vec!["--ctx-per-slot".into(), args.ctx_per_slot.to_string(), "--cached-prompts".into(), args.cached_prompts.to_string()]
+    let mut flags = vec!["--ctx-per-slot".into(), args.ctx_per_slot.to_string()];
+    if let Some(mib) = args.prompt_cache_mib {
+        flags.extend(["--prompt-cache-mib".into(), mib.to_string()]);
+    }
+    flags
 }
 
 /// A pool shape: workers x slots.
@@ -136,7 +160,30 @@ fn side_summary(rounds: &[Round], records: &[RequestRecord]) -> Value {
         "failed": records.len() - ok.len(),
         "first_error": records.iter().find_map(|r| r.error.clone()),
         "prompt_cached_share": if prompt > 0 { cached as f64 / prompt as f64 } else { 0.0 },
+        "prompt_tokens_per_request": prompt as f64 / ok.len().max(1) as f64,
+        "prompt_tokens_computed_per_request": (prompt - cached) as f64 / ok.len().max(1) as f64,
     })
+}
+
+/// llama-server's slot count when `-np` is not given (`n_parallel` auto).
+const AUTO_SLOTS: u32 = 4;
+
+/// How a llama-server run was configured, as the report names it.
+fn np_name(np: u32) -> String {
+    if np == 0 { format!("auto ({AUTO_SLOTS}, unified KV)") } else { np.to_string() }
+}
+
+/// A build's name in the report: its build directory (`build`: portable; `build-native-…`: native).
+fn build_name(binary: &Path) -> String {
+    let dir =
+        binary.parent().and_then(Path::parent).and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if dir.starts_with("build-native") {
+        "native".into()
+    } else if dir == "build" {
+        "portable".into()
+    } else {
+        binary.display().to_string()
+    }
 }
 
 /// llama-server on a free port of 127.0.0.1, killed when dropped.
@@ -146,32 +193,46 @@ struct LlamaServer {
 }
 
 impl LlamaServer {
+    /// `np` 0 leaves the slot count to llama-server (4 slots, one unified KV buffer), with the context
+    /// of 4 slots.
     async fn start(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["-m", &model.display().to_string(), "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-np", &np.to_string(), "-t", &threads.to_string(), "-tb", &threads.to_string()])
-            .args(["-c", &(ctx_per_slot * np).to_string()])
+            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+            .args(["-c", &(ctx_per_slot * np.max(AUTO_SLOTS)).to_string()]);
+        if np > 0 {
+            command.args(["-np", &np.to_string()]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
         server.wait_ready().await?;
         Ok(server)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         let address = self.url.trim_start_matches("http://").to_string();
         loop {
+            // A build with kernels this CPU lacks dies at its warm-up (SIGILL): say so at once.
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("llama-server exited while starting: {status}");
+            }
             if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
                 let mut response = Vec::new();
-                if stream.write_all(request.as_bytes()).await.is_ok() && stream.read_to_end(&mut response).await.is_ok() && response.starts_with(b"HTTP/1.1 200") {
+                if stream.write_all(request.as_bytes()).await.is_ok()
+                    && stream.read_to_end(&mut response).await.is_ok()
+                    && response.starts_with(b"HTTP/1.1 200")
+                {
                     return Ok(());
                 }
             }
@@ -193,7 +254,13 @@ struct Pool {
 
 impl Pool {
     /// `worker_args` go to every worker as they are (context, cached prompts).
-    async fn start(worker_bin: &Path, model: &Path, (workers, slots): (usize, u32), threads: u32, worker_args: Vec<String>) -> anyhow::Result<Self> {
+    async fn start(
+        worker_bin: &Path,
+        model: &Path,
+        (workers, slots): (usize, u32),
+        threads: u32,
+        worker_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let coordinator = LocalCoordinator::start(SchedulerConfig::default()).await?;
         let spec = WorkerSpec {
             binary: worker_bin.to_path_buf(),
@@ -213,45 +280,85 @@ impl Pool {
     }
 }
 
-fn prompts_for(workload: ServerWorkload, args: &ServerBenchArgs, model: &Path) -> anyhow::Result<Vec<PredictRequest>> {
-    Ok(match workload {
-        ServerWorkload::Builtin => workload::builtin_workload(args.prompts, args.max_tokens),
+/// What one round of a workload sends.
+enum RoundLoad {
+    /// Independent prompts, `--clients` in flight.
+    Prompts(Vec<PredictRequest>),
+    /// Conversations, `--clients` at once, each sending its turns in order.
+    Conversations(Vec<Conversation>),
+}
+
+/// Round `round`'s load: the generated workloads take prompts no earlier round sent.
+fn load_for(workload: ServerWorkload, args: &ServerBenchArgs, model: &Path, round: usize) -> anyhow::Result<RoundLoad> {
+    let offset = (round * args.prompts) as u64;
+    Ok(RoundLoad::Prompts(match workload {
+        ServerWorkload::Chats => fresh::chats(args.seed, offset, args.prompts, args.max_tokens),
+        ServerWorkload::Dspy => fresh::dspy(args.seed, offset, args.prompts, args.programs, args.max_tokens),
+        ServerWorkload::MultiTurn => {
+            return Ok(RoundLoad::Conversations(multi_turn::conversations(
+                args.seed,
+                round * args.conversations,
+                args.conversations,
+                args.turns,
+            )));
+        }
         ServerWorkload::Synthetic => {
             let format = modelpool::prompt_format::PromptFormat::load(model)?;
             workload::synthetic(&format.tokenizer, 128, args.max_tokens, args.prompts)?
         }
-        ServerWorkload::SharedPrefix => shared_prefix::workload(args.prompts, args.programs, args.max_tokens),
-    })
+        ServerWorkload::Repeats => workload::builtin_workload(args.prompts, args.max_tokens),
+    }))
 }
 
-async fn measure(url: &str, prompts: &[PredictRequest], clients: usize) -> (Vec<RequestRecord>, f64) {
+async fn measure(url: &str, load: &RoundLoad, clients: usize, max_tokens: u32) -> (Vec<RequestRecord>, f64) {
     let client = OpenAiClient::new(url, None, Some("bench".into())).expect("an http:// URL");
-    run_closed_loop(Target::OpenAi(client), prompts, clients).await
+    match load {
+        RoundLoad::Prompts(prompts) => run_closed_loop(Target::OpenAi(client), prompts, clients).await,
+        RoundLoad::Conversations(conversations) => {
+            run_conversations(Target::OpenAi(client), conversations.clone(), clients, max_tokens).await
+        }
+    }
 }
 
 pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
-    anyhow::ensure!(args.llama_server.is_file(), "--llama-server {} does not exist", args.llama_server.display());
+    for binary in &args.llama_server {
+        anyhow::ensure!(binary.is_file(), "--llama-server {} does not exist", binary.display());
+    }
     anyhow::ensure!(args.rounds >= 1 && args.prompts >= 1 && args.clients >= 1, "--rounds, --prompts and --clients must be at least 1");
     let shapes = args.pool_shapes.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let (worker_bin, model) = args.files.resolve().await?;
 
-    // The sweep: short prompts, one round each; the best prompts/s wins on each side.
-    let sweep_prompts = workload::builtin_workload(args.prompts.min(16), args.max_tokens);
-    let mut best_np = (args.np[0], 0.0);
-    for &np in &args.np {
-        let server = LlamaServer::start(&args.llama_server, &model, np, args.threads, args.ctx_per_slot).await?;
-        let (records, wall) = measure(&server.url, &sweep_prompts, args.clients).await;
-        server.stop().await;
-        let round = round_of(&records, wall);
-        eprintln!("== sweep: llama-server -np {np}: {:.2} prompts/s", round.prompts_per_s);
-        if round.prompts_per_s > best_np.1 {
-            best_np = (np, round.prompts_per_s);
+    // The sweep: short chats, one round each, none of them sent again later; the best prompts/s wins
+    // on each side. Every llama-server build is tried with every -np; one that cannot run here is
+    // reported and left out.
+    let sweep_prompts = RoundLoad::Prompts(fresh::chats(args.seed.wrapping_add(1), 0, args.prompts.min(16), args.max_tokens));
+    let mut best_server: Option<(&PathBuf, u32, f64)> = None;
+    let mut builds_not_run = Vec::new();
+    for binary in &args.llama_server {
+        for &np in &args.np {
+            let server = match LlamaServer::start(binary, &model, np, args.threads, args.ctx_per_slot).await {
+                Ok(server) => server,
+                Err(error) => {
+                    eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", build_name(binary));
+                    builds_not_run
+                        .push(json!({"build": build_name(binary), "binary": binary.display().to_string(), "error": format!("{error:#}")}));
+                    break;
+                }
+            };
+            let (records, wall) = measure(&server.url, &sweep_prompts, args.clients, args.max_tokens).await;
+            server.stop().await;
+            let round = round_of(&records, wall);
+            eprintln!("== sweep: llama-server ({}) -np {}: {:.2} prompts/s", build_name(binary), np_name(np), round.prompts_per_s);
+            if best_server.is_none_or(|(_, _, best)| round.prompts_per_s > best) {
+                best_server = Some((binary, np, round.prompts_per_s));
+            }
         }
     }
+    let (server_binary, np, server_sweep) = best_server.ok_or_else(|| anyhow::anyhow!("no llama-server build runs on this machine"))?;
     let mut best_shape = (shapes[0], 0.0);
     for &shape in &shapes {
         let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
-        let (records, wall) = measure(&pool.coordinator.http_url, &sweep_prompts, args.clients).await;
+        let (records, wall) = measure(&pool.coordinator.http_url, &sweep_prompts, args.clients, args.max_tokens).await;
         pool.stop().await;
         let round = round_of(&records, wall);
         eprintln!("== sweep: pool {}x{}: {:.2} prompts/s", shape.0, shape.1, round.prompts_per_s);
@@ -259,24 +366,33 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             best_shape = (shape, round.prompts_per_s);
         }
     }
-    let (np, shape) = (best_np.0, best_shape.0);
-    eprintln!("== llama-server -np {np} -t {} against the pool {}x{} ({} thread(s) per worker)", args.threads, shape.0, shape.1, (args.threads / shape.0 as u32).max(1));
+    let shape = best_shape.0;
+    eprintln!(
+        "== llama-server ({}) -np {} -t {} against the pool {}x{} ({} thread(s) per worker)",
+        build_name(server_binary),
+        np_name(np),
+        args.threads,
+        shape.0,
+        shape.1,
+        (args.threads / shape.0 as u32).max(1)
+    );
 
     let mut workloads = serde_json::Map::new();
     for &workload in &args.workloads {
-        let prompts = prompts_for(workload, &args, &model)?;
         // Fresh servers per workload: one workload's cached prefixes do not help the next.
-        let server = LlamaServer::start(&args.llama_server, &model, np, args.threads, args.ctx_per_slot).await?;
+        let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot).await?;
         let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
         let (mut pool_rounds, mut server_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut pool_records, mut server_records) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
+            // Both sides get the same load; each round's is new to both.
+            let load = load_for(workload, &args, &model, round)?;
             let mut measured = [None, None];
             // Alternate who goes first, so drift on the machine hits both alike.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in order {
                 let url = if side == 0 { pool.coordinator.http_url.clone() } else { server.url.clone() };
-                let (records, wall) = measure(&url, &prompts, args.clients).await;
+                let (records, wall) = measure(&url, &load, args.clients, args.max_tokens).await;
                 measured[side] = Some((round_of(&records, wall), records));
             }
             let [Some((pool_round, p)), Some((server_round, s))] = measured else { unreachable!("both sides ran") };
@@ -313,8 +429,15 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         "clients": args.clients,
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "llama_server": {"binary": args.llama_server.display().to_string(), "np": np, "sweep_prompts_per_s": best_np.1},
-        "pool": {"workers": shape.0, "slots": shape.1, "cached_prompts": args.cached_prompts, "sweep_prompts_per_s": best_shape.1},
+        "llama_server": {
+            "binary": server_binary.display().to_string(),
+            "build": build_name(server_binary),
+            "np": np_name(np),
+            "sweep_prompts_per_s": server_sweep,
+            "builds_not_run": builds_not_run,
+        },
+        "pool_build": "portable (AVX2 kernels: llama-cpp-sys-2 with GGML_NATIVE off)",
+        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1},
         "workloads": workloads,
     });
     print_result(&result);
@@ -327,19 +450,28 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
 fn print_result(result: &Value) {
     println!("\nmachine: {}", result["machine"].as_str().unwrap_or(""));
     println!(
-        "pool {}x{} ({} cached prompts per worker) vs llama-server -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
-        result["pool"]["workers"], result["pool"]["slots"], result["pool"]["cached_prompts"], result["llama_server"]["np"], result["threads"], result["clients"], result["max_tokens"], result["rounds"]
+        "pool {}x{} ({} MiB prompt store per worker; {}) vs llama-server ({}) -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
+        result["pool"]["workers"],
+        result["pool"]["slots"],
+        result["pool"]["prompt_cache_mib"],
+        result["pool_build"].as_str().unwrap_or(""),
+        result["llama_server"]["build"].as_str().unwrap_or(""),
+        result["llama_server"]["np"].as_str().unwrap_or(""),
+        result["threads"],
+        result["clients"],
+        result["max_tokens"],
+        result["rounds"]
     );
     println!(
-        "{:<14} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6}",
-        "workload", "server", "prompt/s", "out tok/s", "ttft p50", "ttft p95", "e2e p50", "e2e p95", "cached", "failed"
+        "{:<14} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
+        "workload", "server", "prompt/s", "out tok/s", "ttft p50", "ttft p95", "e2e p50", "e2e p95", "cached", "computed", "failed"
     );
     let Some(workloads) = result["workloads"].as_object() else { return };
     for (name, w) in workloads {
         for (side, label) in [("pool", "pool"), ("llama_server", "llama-server")] {
             let s = &w[side];
             println!(
-                "{:<14} {:<13} {:>9.3} {:>9.1} {:>8.0}ms {:>8.0}ms {:>8.2}s {:>8.2}s {:>6.0}% {:>6}",
+                "{:<14} {:<13} {:>9.3} {:>9.1} {:>8.0}ms {:>8.0}ms {:>8.2}s {:>8.2}s {:>6.0}% {:>9.0} {:>6}",
                 name,
                 label,
                 s["prompts_per_s"]["median"].as_f64().unwrap_or(0.0),
@@ -349,6 +481,7 @@ fn print_result(result: &Value) {
                 s["e2e_ms"]["p50"].as_f64().unwrap_or(0.0) / 1000.0,
                 s["e2e_ms"]["p95"].as_f64().unwrap_or(0.0) / 1000.0,
                 s["prompt_cached_share"].as_f64().unwrap_or(0.0) * 100.0,
+                s["prompt_tokens_computed_per_request"].as_f64().unwrap_or(0.0),
                 s["failed"],
             );
             if let Some(error) = s["first_error"].as_str() {

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use coordinator::{Config, SchedulerConfig};
 use coordinator::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+use coordinator::{Config, SchedulerConfig};
+use modelpool::auth::AuthChannel;
 use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ListWorkersRequest};
-use modelpool::auth::AuthChannel;
 
 pub struct TestPool {
     pub client: CoordinatorClient<AuthChannel>,
@@ -66,21 +66,10 @@ pub fn chat(text: &str, max_tokens: u32) -> proto::PredictRequest {
     proto::PredictRequest::from(&modelpool::PredictRequest::user(text, max_tokens))
 }
 
-/// A plain HTTP/1.1 GET (no client library): the status code and the body.
-pub async fn http_get(url: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
+#[path = "../../../tests/support/http_get.rs"]
+mod http_get;
+#[allow(unused_imports)]
+pub use http_get::http_get;
 
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
@@ -122,7 +111,6 @@ impl Drop for TestPki {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-
 
 /// The repository's root (for its scripts).
 pub fn repository_root() -> std::path::PathBuf {

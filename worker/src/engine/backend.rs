@@ -1,6 +1,7 @@
 //! What an engine gives the one batch loop ([`super::batch_loop`]): a forward pass over several
-//! sequences' new tokens, the per-sequence cache operations (share a prefix, drop a sequence), sampling
-//! from the pass's logits and the text of a token. Everything else (admission, waiting for a prefix,
+//! sequences' new tokens, the per-sequence cache operations (share a prefix, drop a sequence, save and
+//! restore a whole sequence for the prompt store), sampling from the pass's logits and the text of a
+//! token. Everything else (admission, waiting for a prefix,
 //! abandoned jobs, failures, finishing, load counters) is the loop's and is written once.
 
 use modelpool::SamplingParams;
@@ -21,6 +22,9 @@ pub struct Run<'a> {
 pub trait Backend {
     /// A request's sampler for non-greedy sampling; greedy takes the arg-max of the logits.
     type Sampler;
+    /// A copy of one sequence's cache, kept in host memory by the prompt store
+    /// ([`super::prompt_store`]) while the sequence takes other prompts.
+    type Saved;
 
     fn sampler_for(&self, params: &SamplingParams) -> Option<Self::Sampler>;
 
@@ -45,4 +49,12 @@ pub trait Backend {
 
     /// Drops everything `seq`'s cache holds.
     fn clear_sequence(&mut self, seq: usize);
+
+    /// A copy of everything `seq`'s cache holds, and its size in bytes; `None` when the engine could
+    /// not take one.
+    fn save_sequence(&mut self, seq: usize) -> Option<(Self::Saved, usize)>;
+
+    /// Replaces everything `seq`'s cache holds with `saved` (taken from any sequence). False when it
+    /// could not; `seq` then holds nothing.
+    fn restore_sequence(&mut self, seq: usize, saved: &Self::Saved) -> bool;
 }

@@ -2,7 +2,9 @@
 //! free sequences (placed by the [`PrefixCache`] where the most of their prompt is already computed),
 //! drop abandoned jobs, start the ones whose shared prefix has arrived, then run forward passes and
 //! sample one token for every sequence that got logits. A job that finishes leaves at once and its
-//! sequence takes the next job; its cache stays for later prompts with the same prefix.
+//! sequence takes the next job; its cache stays for later prompts with the same prefix. When a
+//! sequence is given a prompt it does not share, what it held is first saved in the host-memory
+//! [`PromptStore`]; a prompt whose longest cached prefix is there is restored from it.
 //!
 //! Two ways to shape a step's passes ([`PassShape`]):
 //! - Mixed (the default): one pass per step holding every decoding sequence's token and as many pending
@@ -17,7 +19,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
 use super::backend::{Backend, Run};
-use super::prefix_cache::{PrefixCache, Wait, chunk_end, reuse_all};
+use super::prefix_cache::{Displaced, MIN_USEFUL_PREFIX, PrefixCache, ReusePolicy, Wait, chunk_end, reuse_all};
+use super::prompt_store::PromptStore;
 use super::queue::{Intake, LoadCounters, NextJob, forward_failed};
 use super::slot::{Progress, Slot};
 use super::{Job, JobEvent};
@@ -39,6 +42,19 @@ pub struct StepBudget {
     pub chunk: usize,
 }
 
+/// How a batch loop runs, the same for every engine.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopSettings {
+    /// Sequences run at once, each with its own cache.
+    pub slots: usize,
+    /// Reuse cached prefixes (off: every prompt is computed in full).
+    pub prefix_cache: bool,
+    pub shape: PassShape,
+    pub budget: StepBudget,
+    /// Host memory for saved sequences (0: no prompt store).
+    pub prompt_store_bytes: usize,
+}
+
 /// One sequence's part of a forward pass.
 struct Member {
     seq: usize,
@@ -55,6 +71,8 @@ pub struct BatchLoop<'c, B: Backend> {
     /// Running sequences in admission order, so the oldest waiting prompt is computed first.
     slots: Vec<Slot<B::Sampler>>,
     cache: PrefixCache,
+    store: PromptStore<B::Saved>,
+    policy: ReusePolicy,
     shape: PassShape,
     budget: StepBudget,
     piece: Vec<u8>,
@@ -62,29 +80,22 @@ pub struct BatchLoop<'c, B: Backend> {
 }
 
 impl<'c, B: Backend> BatchLoop<'c, B> {
-    /// `slots` sequences run at once out of `sequences` (the others only keep caches).
-    pub fn new(
-        backend: B,
-        counters: &'c LoadCounters,
-        slots: usize,
-        sequences: usize,
-        prefix_cache: bool,
-        shape: PassShape,
-        budget: StepBudget,
-    ) -> Self {
+    pub fn new(backend: B, counters: &'c LoadCounters, settings: LoopSettings) -> Self {
         // Mixed passes round every token by its batch anyway: any match is reused as it is.
-        let policy = match shape {
+        let policy = match settings.shape {
             PassShape::Mixed => reuse_all,
             PassShape::BatchInvariant => backend.reuse_policy(),
         };
-        let cache = PrefixCache::new(sequences, slots, prefix_cache, policy);
+        let store_bytes = if settings.prefix_cache { settings.prompt_store_bytes } else { 0 };
         Self {
             backend,
             counters,
-            slots: Vec::with_capacity(slots),
-            cache,
-            shape,
-            budget,
+            slots: Vec::with_capacity(settings.slots),
+            cache: PrefixCache::new(settings.slots, settings.prefix_cache, policy),
+            store: PromptStore::new(store_bytes),
+            policy,
+            shape: settings.shape,
+            budget: settings.budget,
             piece: Vec::with_capacity(32),
             intake: Intake::default(),
         }
@@ -125,15 +136,50 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
                 NextJob::Closed => return false,
             };
             let placement = self.cache.place(&job.prompt.tokens).expect("checked a free sequence");
+            // Copied out before anything touches the sequence (until then it holds what it held), and
+            // stored after the restore, so that making room for it cannot evict the entry restored.
+            let saved = self.save_displaced();
+            let restored = self.restore_stored(placement.seq, &job.prompt.tokens, placement.reuse);
+            if let Some((displaced, state, bytes)) = saved {
+                self.store.insert(displaced.tokens, displaced.prompt_len, state, bytes);
+                self.counters.record_store(self.store.stats());
+            }
             let sampler = self.backend.sampler_for(&job.sampling);
             self.slots.push(Slot::new(placement.seq, job, sampler));
             let index = self.slots.len() - 1;
-            match placement.copy_from {
-                Some(source) if placement.wait => self.slots[index].waiting_for = Some((source, placement.reuse)),
-                source => self.start_prompt(index, placement.reuse, source),
+            match (restored, placement.copy_from) {
+                (Some(reuse), _) => self.start_prompt(index, reuse, None),
+                (None, Some(source)) if placement.wait => self.slots[index].waiting_for = Some((source, placement.reuse)),
+                (None, source) => self.start_prompt(index, placement.reuse, source),
             }
         }
         true
+    }
+
+    /// A copy of what the last placement overwrites, for the prompt store, unless it holds it already.
+    fn save_displaced(&mut self) -> Option<(Displaced, B::Saved, usize)> {
+        let displaced = self.cache.take_displaced()?;
+        if !self.store.is_enabled() || self.store.holds(&displaced.tokens) {
+            return None;
+        }
+        let (state, bytes) = self.backend.save_sequence(displaced.seq)?;
+        Some((displaced, state, bytes))
+    }
+
+    /// Restores into `seq` the stored state sharing the longest prefix with `prompt`, when it is worth
+    /// more than the `reuse` the sequences offer; returns the tokens `seq` then holds for it (0 when
+    /// the restore failed and left it empty), `None` when nothing was restored.
+    fn restore_stored(&mut self, seq: usize, prompt: &[i32], reuse: usize) -> Option<usize> {
+        let found = self.store.best_match(prompt, prompt.len().saturating_sub(1), self.policy)?;
+        if found.reuse < reuse + MIN_USEFUL_PREFIX {
+            return None;
+        }
+        if !self.backend.restore_sequence(seq, self.store.state(found)) {
+            return Some(0);
+        }
+        self.store.record_hit();
+        self.counters.record_store(self.store.stats());
+        Some(found.reuse)
     }
 
     /// Readies the sequence of slot `index` for its prompt: the first `reuse` tokens' keys and values

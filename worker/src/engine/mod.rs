@@ -8,6 +8,7 @@ pub mod fault;
 pub mod llama;
 pub mod mlx;
 pub mod prefix_cache;
+pub mod prompt_store;
 pub mod queue;
 pub mod sampling;
 pub mod served;
@@ -99,6 +100,9 @@ pub struct EngineInfo {
     pub queue_capacity: u32,
     pub threads: u32,
     pub threads_batch: u32,
+    /// The prompt store's bound in bytes (0: off), and about how many tokens that holds.
+    pub prompt_store_capacity_bytes: u64,
+    pub prompt_store_tokens: u64,
 }
 
 /// What an engine is doing now: the worker's load as it reports it to the pool.

@@ -9,9 +9,8 @@
 //! And when the longer prefix is still being computed by a running sequence (prompts that arrive
 //! together), the new prompt waits for it and copies it then, instead of computing it a second time.
 //!
-//! There may be more sequences than may run at once (`--cached-prompts`): the others only keep what
-//! their last prompt left, so a worker remembers more prompts than it has slots, as llama-server's RAM
-//! prompt cache does, without copying anything out of the KV cache.
+//! What a chosen sequence held and the new prompt does not keep is handed back ([`Displaced`]) so the
+//! loop can save it in the host-memory prompt store first ([`super::prompt_store`]).
 
 /// Where a new prompt runs and what of it is already computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +24,16 @@ pub struct Placement {
     pub copy_from: Option<usize>,
     /// `copy_from` is still computing the prefix: copy it once [`PrefixCache::holds`] says it has.
     pub wait: bool,
+}
+
+/// What a placement overwrites in its sequence: tokens worth saving before the sequence takes the new
+/// prompt (see [`PrefixCache::take_displaced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Displaced {
+    pub seq: usize,
+    pub tokens: Vec<i32>,
+    /// Length of the prompt whose run filled the sequence (the rest of `tokens` were generated).
+    pub prompt_len: usize,
 }
 
 /// See [`PrefixCache::wait_for`].
@@ -56,12 +65,12 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct PrefixCache {
     entries: Vec<Entry>,
-    /// How many sequences may be busy at once (the engine's slots); the rest only hold caches.
-    running_limit: usize,
     clock: u64,
     policy: ReusePolicy,
     /// Off: every prompt is computed in full (the sequences are still handed out as above).
     enabled: bool,
+    /// What the last placement overwrote, if worth keeping.
+    displaced: Option<Displaced>,
 }
 
 /// Fewer shared tokens than this are not worth keeping a sequence for: the template's opening words
@@ -78,15 +87,14 @@ fn common_prefix(a: &[i32], b: &[i32]) -> usize {
 }
 
 impl PrefixCache {
-    /// `sequences` caches, of which at most `running_limit` run at once.
-    pub fn new(sequences: usize, running_limit: usize, enabled: bool, policy: ReusePolicy) -> Self {
-        let running_limit = running_limit.clamp(1, sequences.max(1));
-        Self { entries: vec![Entry::default(); sequences], running_limit, clock: 0, policy, enabled }
+    /// One cache per sequence (slot).
+    pub fn new(sequences: usize, enabled: bool, policy: ReusePolicy) -> Self {
+        Self { entries: vec![Entry::default(); sequences.max(1)], clock: 0, policy, enabled, displaced: None }
     }
 
     /// Whether another prompt may start now.
     pub fn has_free(&self) -> bool {
-        self.entries.iter().filter(|e| e.busy).count() < self.running_limit
+        self.entries.iter().any(|e| !e.busy)
     }
 
     /// Chooses a free sequence for `prompt` and marks it busy; `None` when as many run as may. At
@@ -133,8 +141,24 @@ impl PrefixCache {
         let tokens = if placement.wait { Vec::new() } else { prompt[..placement.reuse].to_vec() };
         self.clock += 1;
         let entry = &mut self.entries[placement.seq];
-        *entry = Entry { tokens, prompt: prompt.to_vec(), busy: true, waiting: placement.wait, last_used: self.clock };
+        let old =
+            std::mem::replace(entry, Entry { tokens, prompt: prompt.to_vec(), busy: true, waiting: placement.wait, last_used: self.clock });
+        // What of the sequence's cache survives: the reused prefix when it is its own, nothing when a
+        // prefix is copied in from elsewhere.
+        let kept = if placement.copy_from.is_none() && !placement.wait { placement.reuse } else { 0 };
+        self.displaced = (self.enabled && old.tokens.len() >= kept + MIN_USEFUL_PREFIX).then(|| Displaced {
+            seq: placement.seq,
+            tokens: old.tokens,
+            prompt_len: old.prompt.len(),
+        });
         Some(placement)
+    }
+
+    /// What the last [`place`](Self::place) overwrote in its sequence, when at least
+    /// [`MIN_USEFUL_PREFIX`] tokens of it are not kept: the engine still holds them until the sequence
+    /// is readied for the new prompt.
+    pub fn take_displaced(&mut self) -> Option<Displaced> {
+        self.displaced.take()
     }
 
     /// Whether `seq`'s cache now holds `prefix`.
@@ -216,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_free_sequence_holding_the_prefix_is_reused() {
-        let mut cache = PrefixCache::new(2, 2, true, reuse_all);
+        let mut cache = PrefixCache::new(2, true, reuse_all);
         let first = cache.place(&prompt(1, 100, 7)).unwrap();
         assert_eq!(first, Placement { seq: 0, reuse: 0, copy_from: None, wait: false });
         cache.extend(0, &prompt(1, 100, 7));
@@ -227,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_cold_sequence_gets_the_prefix_copied_from_a_busy_one() {
-        let mut cache = PrefixCache::new(2, 2, true, reuse_all);
+        let mut cache = PrefixCache::new(2, true, reuse_all);
         cache.place(&prompt(1, 100, 7)).unwrap();
         cache.extend(0, &prompt(1, 100, 7));
         // Sequence 0 is still running; the next prompt with the same preamble copies it into 1.
@@ -239,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_prompt_waits_for_a_prefix_another_sequence_is_computing() {
-        let mut cache = PrefixCache::new(3, 3, true, reuse_all);
+        let mut cache = PrefixCache::new(3, true, reuse_all);
         let first = prompt(1, 100, 7);
         cache.place(&first).unwrap();
         cache.extend(0, &first[..10]);
@@ -254,7 +278,7 @@ mod tests {
         assert!(cache.holds(0, &first[..100]));
         assert_eq!(cache.wait_for(0, &first[..100]), Wait::Ready);
         // Had the first request ended short of the preamble, the waiting ones compute it themselves.
-        let mut short = PrefixCache::new(2, 2, true, reuse_all);
+        let mut short = PrefixCache::new(2, true, reuse_all);
         short.place(&first).unwrap();
         short.extend(0, &first[..10]);
         short.place(&prompt(1, 100, 8)).unwrap();
@@ -266,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_small_gain_is_computed_not_copied() {
-        let mut cache = PrefixCache::new(2, 2, true, reuse_all);
+        let mut cache = PrefixCache::new(2, true, reuse_all);
         cache.place(&prompt(1, MIN_USEFUL_PREFIX - 1, 7)).unwrap();
         cache.extend(0, &prompt(1, MIN_USEFUL_PREFIX - 1, 7));
         let second = cache.place(&prompt(1, MIN_USEFUL_PREFIX - 1, 8)).unwrap();
@@ -275,7 +299,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_sequence_is_evicted_when_none_matches() {
-        let mut cache = PrefixCache::new(3, 3, true, reuse_all);
+        let mut cache = PrefixCache::new(3, true, reuse_all);
         for (seq, program) in [(0, 1), (1, 2), (2, 3)] {
             let p = prompt(program, 50, 0);
             assert_eq!(cache.place(&p).unwrap().seq, seq);
@@ -295,33 +319,29 @@ mod tests {
     }
 
     #[test]
-    fn sequences_beyond_the_running_limit_keep_older_prompts() {
-        // One slot, two more sequences that only keep caches: three programs in turn, then the first
-        // again, which finds its prefix where it left it.
-        let mut cache = PrefixCache::new(3, 1, true, reuse_all);
-        for (seq, program) in [(0, 1), (1, 2), (2, 3)] {
-            let p = prompt(program, 50, 0);
-            let placed = cache.place(&p).unwrap();
-            assert_eq!((placed.seq, placed.reuse), (seq, 0));
-            assert!(!cache.has_free(), "one runs at a time");
-            assert_eq!(cache.place(&prompt(9, 50, 0)), None);
-            cache.extend(seq, &p);
-            cache.release(seq);
-        }
-        assert_eq!(cache.place(&prompt(1, 50, 5)).unwrap(), Placement { seq: 0, reuse: 50, copy_from: None, wait: false });
-        // With one sequence, the same turn leaves nothing of the first program.
-        let mut single = PrefixCache::new(1, 1, true, reuse_all);
-        for program in [1, 2, 3] {
-            single.place(&prompt(program, 50, 0)).unwrap();
-            single.extend(0, &prompt(program, 50, 0));
-            single.release(0);
-        }
-        assert_eq!(single.place(&prompt(1, 50, 5)).unwrap().reuse, 0);
+    fn what_a_placement_overwrites_is_handed_back_once() {
+        let mut cache = PrefixCache::new(1, true, reuse_all);
+        let first = prompt(1, 100, 7);
+        cache.place(&first).unwrap();
+        assert_eq!(cache.take_displaced(), None, "an empty sequence displaces nothing");
+        cache.extend(0, &first);
+        cache.extend(0, &[55, 56]);
+        cache.release(0);
+        // Another program takes the only sequence: everything it held is displaced, generated tokens too.
+        cache.place(&prompt(2, 100, 7)).unwrap();
+        let displaced = cache.take_displaced().expect("the first program's cache");
+        assert_eq!((displaced.seq, displaced.tokens.len(), displaced.prompt_len), (0, 103, 101));
+        assert_eq!(cache.take_displaced(), None);
+        cache.extend(0, &prompt(2, 100, 7));
+        cache.release(0);
+        // The same program again keeps all but what follows the shared prefix: too little to save.
+        assert_eq!(cache.place(&prompt(2, 100, 8)).unwrap().reuse, 100);
+        assert_eq!(cache.take_displaced(), None);
     }
 
     #[test]
     fn prefixes_extensions_and_divergence() {
-        let mut cache = PrefixCache::new(1, 1, true, reuse_all);
+        let mut cache = PrefixCache::new(1, true, reuse_all);
         let held: Vec<i32> = (0..64).collect();
         cache.place(&held).unwrap();
         cache.extend(0, &held);
@@ -348,7 +368,7 @@ mod tests {
 
     #[test]
     fn equally_good_sequences_go_to_the_lowest_id() {
-        let mut cache = PrefixCache::new(3, 3, true, reuse_all);
+        let mut cache = PrefixCache::new(3, true, reuse_all);
         let shared = prompt(1, 200, 0);
         for seq in 0..3 {
             let p = [&shared[..200], &[seq as i32 + 10]].concat();
@@ -364,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_short_shared_opening_does_not_evict_another_prefix() {
-        let mut cache = PrefixCache::new(2, 2, true, reuse_all);
+        let mut cache = PrefixCache::new(2, true, reuse_all);
         let opening: Vec<i32> = (-10..0).collect();
         let a = [&opening[..], &prompt(1, 100, 0)].concat();
         let b = [&opening[..], &prompt(2, 100, 0)].concat();
@@ -379,7 +399,7 @@ mod tests {
         fn whole_tens(matched: usize, cached_prompt_len: usize, _: usize) -> usize {
             matched.min(cached_prompt_len) / 10 * 10
         }
-        let mut cache = PrefixCache::new(1, 1, true, whole_tens);
+        let mut cache = PrefixCache::new(1, true, whole_tens);
         let first = prompt(1, 55, 0);
         cache.place(&first).unwrap();
         cache.extend(0, &first);
@@ -397,7 +417,7 @@ mod tests {
 
     #[test]
     fn a_disabled_cache_reuses_nothing() {
-        let mut cache = PrefixCache::new(1, 1, false, reuse_all);
+        let mut cache = PrefixCache::new(1, false, reuse_all);
         let p = prompt(1, 100, 0);
         cache.place(&p).unwrap();
         cache.extend(0, &p);
@@ -407,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_cache_is_not_reused() {
-        let mut cache = PrefixCache::new(1, 1, true, reuse_all);
+        let mut cache = PrefixCache::new(1, true, reuse_all);
         let p = prompt(1, 100, 0);
         cache.place(&p).unwrap();
         cache.extend(0, &p);

@@ -9,6 +9,7 @@ use std::time::Instant;
 use modelpool::{PoolError, PredictRequest};
 use tokio::sync::mpsc;
 
+use super::prompt_store::StoreStats;
 use super::{Delivery, Engine, Job, JobEvent, WorkerLoad, fault};
 
 /// Counters the engine thread updates and the gRPC side reads.
@@ -22,6 +23,11 @@ pub struct LoadCounters {
     pub kv_cells_used: AtomicU32,
     pub prompt_tokens_computed: AtomicU64,
     pub prompt_tokens_reused: AtomicU64,
+    pub prompt_store_entries: AtomicU32,
+    pub prompt_store_bytes: AtomicU64,
+    pub prompt_store_hits: AtomicU64,
+    pub prompt_store_saved: AtomicU64,
+    pub prompt_store_evicted: AtomicU64,
     /// Jobs the engine thread has taken from the queue (the warm-up included).
     pub taken: AtomicU64,
 }
@@ -37,7 +43,21 @@ impl LoadCounters {
             kv_cells_used: self.kv_cells_used.load(Ordering::Relaxed),
             prompt_tokens_computed: self.prompt_tokens_computed.load(Ordering::Relaxed),
             prompt_tokens_reused: self.prompt_tokens_reused.load(Ordering::Relaxed),
+            prompt_store_entries: self.prompt_store_entries.load(Ordering::Relaxed),
+            prompt_store_bytes: self.prompt_store_bytes.load(Ordering::Relaxed),
+            prompt_store_hits: self.prompt_store_hits.load(Ordering::Relaxed),
+            prompt_store_saved: self.prompt_store_saved.load(Ordering::Relaxed),
+            prompt_store_evicted: self.prompt_store_evicted.load(Ordering::Relaxed),
         }
+    }
+
+    /// Publishes what the prompt store holds and has done.
+    pub fn record_store(&self, stats: StoreStats) {
+        self.prompt_store_entries.store(stats.entries, Ordering::Relaxed);
+        self.prompt_store_bytes.store(stats.bytes, Ordering::Relaxed);
+        self.prompt_store_hits.store(stats.hits, Ordering::Relaxed);
+        self.prompt_store_saved.store(stats.saved, Ordering::Relaxed);
+        self.prompt_store_evicted.store(stats.evicted, Ordering::Relaxed);
     }
 
     /// Counts a prompt of `total` tokens of which `reused` came from the prefix cache.
@@ -93,10 +113,7 @@ impl JobQueue {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(PoolError::ResourceExhausted(format!(
-                    "worker queue is full ({} waiting for {} slots)",
-                    self.capacity, self.slots
-                )))
+                Err(PoolError::ResourceExhausted(format!("worker queue is full ({} waiting for {} slots)", self.capacity, self.slots)))
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);
@@ -203,7 +220,16 @@ pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolE
     let request = PredictRequest::user("Hi", 1);
     let prompt = engine.prepare(&request)?;
     let (events, mut rx) = mpsc::unbounded_channel();
-    engine.submit(Job { request_id: "warm-up".into(), prompt, sampling: request.sampling, arrived: Instant::now(), events, delivery: Delivery::Whole, alone: false, poisoned: false })?;
+    engine.submit(Job {
+        request_id: "warm-up".into(),
+        prompt,
+        sampling: request.sampling,
+        arrived: Instant::now(),
+        events,
+        delivery: Delivery::Whole,
+        alone: false,
+        poisoned: false,
+    })?;
     while let Some(event) = rx.blocking_recv() {
         match event {
             JobEvent::Text(_) => {}

@@ -10,7 +10,12 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use worker::Config;
 
+#[path = "../../../tests/support/http_get.rs"]
+mod http_get;
+
 pub struct TestWorker {
+    /// `http://127.0.0.1:PORT`: gRPC, and GET /metrics over HTTP/1.1.
+    pub url: String,
     pub channel: Channel,
     pub client: WorkerClient<Channel>,
     /// The health statuses seen while waiting for it, in order.
@@ -25,6 +30,15 @@ pub async fn config(slots: u32) -> Config {
     Config { model: Some(model), threads: 1, threads_batch: 1, slots, engine: worker::engine::EngineKind::Llama, ..Config::default() }
 }
 
+/// The same with batch-invariant passes (`--batch-invariant`): for tests that compare greedy text with
+/// and without reuse or batch neighbours, which only those passes make bit-identical.
+pub async fn invariant_config(slots: u32) -> Config {
+    let mut config = config(slots).await;
+    config.shape = worker::engine::batch_loop::PassShape::BatchInvariant;
+    config.kv_unified = false;
+    config
+}
+
 impl TestWorker {
     pub async fn start(config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -37,9 +51,16 @@ impl TestWorker {
             .await
             .expect("worker runs");
         });
-        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
         let health_seen = wait_serving(&channel).await;
-        Self { client: WorkerClient::new(channel.clone()), channel, health_seen, stop, handle }
+        Self { url, client: WorkerClient::new(channel.clone()), channel, health_seen, stop, handle }
+    }
+
+    /// The worker's `GET /metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = http_get::http_get(&format!("{}/metrics", self.url)).await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     pub async fn load(&self) -> proto::WorkerLoad {
@@ -69,12 +90,8 @@ async fn wait_serving(channel: &Channel) -> Vec<ServingStatus> {
     let mut health = HealthClient::new(channel.clone());
     let mut seen = Vec::new();
     for _ in 0..3000 {
-        let status = health
-            .check(HealthCheckRequest { service: worker::health_service_name().into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
+        let status =
+            health.check(HealthCheckRequest { service: worker::health_service_name().into() }).await.unwrap().into_inner().status();
         if seen.last() != Some(&status) {
             seen.push(status);
         }

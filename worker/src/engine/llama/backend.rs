@@ -16,6 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use modelpool::SamplingParams;
 
 use super::sampler::sampler_for;
@@ -81,6 +82,7 @@ impl<'m> LlamaBackend<'m> {
 
 impl Backend for LlamaBackend<'_> {
     type Sampler = LlamaSampler;
+    type Saved = SeqState;
 
     fn sampler_for(&self, params: &SamplingParams) -> Option<LlamaSampler> {
         sampler_for(params)
@@ -144,6 +146,32 @@ impl Backend for LlamaBackend<'_> {
 
     fn clear_sequence(&mut self, seq: usize) {
         let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
+    }
+
+    fn save_sequence(&mut self, seq: usize) -> Option<(SeqState, usize)> {
+        // llama-server's --cache-ram does the same: the sequence's cells serialized to host memory.
+        match self.context.state_seq_get(seq as i32, LlamaStateSeqFlags::empty()) {
+            Ok(state) => {
+                let bytes = state.byte_len();
+                Some((state, bytes))
+            }
+            Err(error) => {
+                tracing::warn!(%error, seq, "saving a sequence for the prompt store failed");
+                None
+            }
+        }
+    }
+
+    fn restore_sequence(&mut self, seq: usize, saved: &SeqState) -> bool {
+        // llama.cpp clears the sequence first and places the saved cells in one free run of cells.
+        match self.context.state_seq_set(saved, seq as i32) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, seq, "restoring a stored prompt failed; computing it");
+                self.clear_sequence(seq);
+                false
+            }
+        }
     }
 }
 

@@ -14,11 +14,11 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use modelpool::PoolError;
 use modelpool::gguf::GgufFile;
 use modelpool::prompt_format::PromptFormat;
-use modelpool::PoolError;
 
-use super::batch_loop::{BatchLoop, PassShape, StepBudget};
+use super::batch_loop::{BatchLoop, LoopSettings, PassShape, StepBudget};
 use super::queue::JobQueue;
 use super::served::ServedEngine;
 use super::{EngineInfo, EngineKind};
@@ -38,10 +38,12 @@ pub struct LlamaConfig {
     pub flash_attention: bool,
     /// Keep each slot's keys and values after its request for prompts that share their prefix.
     pub prefix_cache: bool,
-    /// KV sequences beyond the slots that only keep finished prompts (see `engine::prefix_cache`).
-    pub cached_prompts: u32,
+    /// Host memory for saved sequences (the prompt store; 0: off).
+    pub prompt_store_bytes: u64,
     /// How the batch loop shapes its forward passes.
     pub shape: PassShape,
+    /// Mixed passes: prompt tokens per step at most (beside one decode token per slot).
+    pub batch_tokens: u32,
 }
 
 /// The context settings every llama.cpp context here starts from. Flash attention is llama.cpp's
@@ -52,6 +54,13 @@ pub struct LlamaConfig {
 pub fn base_context_params(flash_attention: bool) -> LlamaContextParams {
     let params = LlamaContextParams::default();
     if flash_attention { params } else { params.with_flash_attention_policy(0) }
+}
+
+/// Bytes one token's keys and values take in the KV cache, over all layers (float16 keys and values,
+/// llama.cpp's default).
+fn kv_bytes_per_token(model: &LlamaModel) -> u64 {
+    let head_dim = u64::from(model.n_embd() as u32 / model.n_head().max(1));
+    2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2
 }
 
 /// llama.cpp's backend initialises once per process.
@@ -95,33 +104,45 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| config.model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
 
-    // Each sequence, running or only keeping a prompt, has its own KV stream of context_per_slot.
-    let sequences = config.slots + config.cached_prompts;
-    let context_size = config.context_per_slot * sequences;
-    let budget = StepBudget { prompt_tokens: backend::PREFILL_PER_STEP, chunk: backend::PREFILL_CHUNK };
-    let pass_tokens = backend::BATCH_TOKENS as usize;
+    // Each slot has context_per_slot of KV cache (its own stream, or its share of the unified buffer).
+    let context_size = config.context_per_slot * config.slots;
+    // A pass holds one decode token per slot beside the step's prompt tokens.
+    let (budget, pass_tokens) = match config.shape {
+        PassShape::Mixed => {
+            let prompt_tokens = config.batch_tokens as usize;
+            (StepBudget { prompt_tokens, chunk: backend::PREFILL_CHUNK }, prompt_tokens + config.slots as usize)
+        }
+        PassShape::BatchInvariant => {
+            (StepBudget { prompt_tokens: backend::PREFILL_PER_STEP, chunk: backend::PREFILL_CHUNK }, backend::BATCH_TOKENS as usize)
+        }
+    };
     let context_params = base_context_params(config.flash_attention)
         .with_n_ctx(NonZeroU32::new(context_size))
-        .with_n_seq_max(sequences)
-        .with_n_batch(backend::BATCH_TOKENS)
-        .with_n_ubatch(backend::BATCH_TOKENS)
+        .with_n_seq_max(config.slots)
+        .with_n_batch(pass_tokens as u32)
+        .with_n_ubatch((pass_tokens as u32).min(backend::BATCH_TOKENS))
         .with_n_threads(config.threads as i32)
         .with_n_threads_batch(config.threads_batch as i32)
-        // By default each sequence has its own KV stream: its attention runs over its own cells
-        // only, laid out as if it ran alone, so greedy output does not depend on its batch
-        // neighbours (tested), and llama.cpp still decodes the streams' tokens as one micro-batch
-        // (as fast as the unified cache here once the batch is in sequence order; see batch_loop).
-        // Unified: one buffer for all sequences; a sequence's attention sums then run over cells
-        // interleaved with its neighbours', and near-ties can flip between alone and batched.
+        // Unified (the default passes): one buffer for all sequences, so llama.cpp splits a mixed
+        // batch into micro-batches by position in the batch alone (with one stream per sequence it
+        // gives every sequence of a micro-batch the same token count, so a decode token beside a
+        // prompt chunk costs a micro-batch of its own). A sequence's attention sums then run over
+        // cells interleaved with its neighbours', and near-ties can flip between alone and batched.
+        // Per slot (batch-invariant): each sequence's attention runs over its own cells only, laid
+        // out as if it ran alone, so greedy output does not depend on its batch neighbours (tested).
         .with_kv_unified(config.kv_unified);
 
     let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let loop_model = Arc::clone(&model);
     let loop_counters = Arc::clone(&queue.counters);
-    let slots = config.slots;
-    let prefix_cache = config.prefix_cache;
-    let shape = config.shape;
+    let settings = LoopSettings {
+        slots: config.slots as usize,
+        prefix_cache: config.prefix_cache,
+        shape: config.shape,
+        budget,
+        prompt_store_bytes: config.prompt_store_bytes as usize,
+    };
     let thread_alive = queue.engine_thread();
     std::thread::Builder::new()
         .name("llama-engine".into())
@@ -136,7 +157,7 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
             };
             let _ = started_tx.send(Ok(()));
             let passes = backend::LlamaBackend::new(&loop_model, context, pass_tokens);
-            BatchLoop::new(passes, &loop_counters, slots as usize, sequences as usize, prefix_cache, shape, budget).run(jobs);
+            BatchLoop::new(passes, &loop_counters, settings).run(jobs);
         })
         .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
     started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
@@ -152,6 +173,8 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         queue_capacity: config.queue_capacity,
         threads: config.threads,
         threads_batch: config.threads_batch,
+        prompt_store_capacity_bytes: config.prompt_store_bytes,
+        prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token(&model).max(1),
     };
     ServedEngine::start(info, Arc::new(format), queue)
 }

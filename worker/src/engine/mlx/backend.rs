@@ -1,7 +1,7 @@
 //! The MLX side of the batch loop ([`crate::engine::batch_loop`]): one [`KvCache`] per sequence, kept
 //! between requests; a forward pass as the model's batched forwards evaluated together; prefix reuse by
-//! sharing a cache's arrays (MLX arrays are immutable, so sharing is free); the reuse rule of the
-//! batch-invariant passes.
+//! sharing a cache's arrays (MLX arrays are immutable, so sharing is free), which is also how a
+//! sequence is saved to the prompt store and restored; the reuse rule of the batch-invariant passes.
 //!
 //! The model's forward takes the same number of new tokens from every sequence it is given, so a pass
 //! is one forward for all decode tokens plus one per prompt chunk, built lazily and evaluated at once.
@@ -57,6 +57,7 @@ impl<'m> MlxBackend<'m> {
 
 impl Backend for MlxBackend<'_> {
     type Sampler = SeededSampler;
+    type Saved = KvCache;
 
     fn sampler_for(&self, params: &SamplingParams) -> Option<SeededSampler> {
         SeededSampler::for_params(params)
@@ -137,6 +138,19 @@ impl Backend for MlxBackend<'_> {
 
     fn clear_sequence(&mut self, seq: usize) {
         self.caches[seq] = self.model.new_cache();
+    }
+
+    fn save_sequence(&mut self, seq: usize) -> Option<(KvCache, usize)> {
+        // A new handle on the same immutable arrays: nothing is copied, and the sequence's later
+        // appends make new arrays that the saved cache never sees.
+        let saved = self.caches[seq].clone();
+        let bytes = saved.nbytes();
+        Some((saved, bytes))
+    }
+
+    fn restore_sequence(&mut self, seq: usize, saved: &KvCache) -> bool {
+        self.caches[seq] = saved.clone();
+        true
     }
 }
 

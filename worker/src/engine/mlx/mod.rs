@@ -20,7 +20,7 @@ use std::sync::Arc;
 use modelpool::PoolError;
 use modelpool::prompt_format::PromptFormat;
 
-use super::batch_loop::{BatchLoop, PassShape, StepBudget};
+use super::batch_loop::{BatchLoop, LoopSettings, PassShape, StepBudget};
 use super::queue::JobQueue;
 use super::served::ServedEngine;
 use super::{EngineInfo, EngineKind};
@@ -38,12 +38,14 @@ pub struct MlxConfig {
     pub queue_capacity: u32,
     /// Keep each slot's keys and values after its request for prompts that share their prefix.
     pub prefix_cache: bool,
-    /// Caches beyond the slots that only keep finished prompts (see `engine::prefix_cache`).
-    pub cached_prompts: u32,
+    /// Host memory for saved sequences (the prompt store; 0: off).
+    pub prompt_store_bytes: u64,
     /// Dequantize quantized weights to float32 at load (dense products through BLAS).
     pub dense: bool,
     /// How the batch loop shapes its forward passes.
     pub shape: PassShape,
+    /// Mixed passes: prompt tokens per step at most.
+    pub batch_tokens: u32,
 }
 
 /// The device MLX computes on: Metal on macOS, the CPU backend elsewhere (MLX has no GPU there).
@@ -63,11 +65,12 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
     let path = config.model_path.clone();
     let thread_format = Arc::clone(&format);
     let counters = Arc::clone(&queue.counters);
-    let slots = config.slots;
-    let sequences = config.slots + config.cached_prompts;
+    let slots = config.slots as usize;
     let prefix_cache = config.prefix_cache;
     let dense = config.dense;
     let shape = config.shape;
+    let batch_tokens = config.batch_tokens as usize;
+    let prompt_store_bytes = config.prompt_store_bytes as usize;
     let thread_alive = queue.engine_thread();
     std::thread::Builder::new()
         .name("mlx-engine".into())
@@ -76,10 +79,15 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
             mlx_rs::Device::set_default(&device());
             match MlxLlama::load_with(&path, dense) {
                 Ok(model) => {
-                    let _ = started_tx.send(Ok(()));
-                    let passes = backend::MlxBackend::new(&model, &thread_format.tokenizer, sequences as usize);
-                    let budget = StepBudget { prompt_tokens: PREFILL_CHUNK, chunk: PREFILL_CHUNK };
-                    BatchLoop::new(passes, &counters, slots as usize, sequences as usize, prefix_cache, shape, budget).run(jobs);
+                    let _ = started_tx.send(Ok(model.kv_bytes_per_token()));
+                    let passes = backend::MlxBackend::new(&model, &thread_format.tokenizer, slots);
+                    let prompt_tokens = match shape {
+                        PassShape::Mixed => batch_tokens,
+                        PassShape::BatchInvariant => PREFILL_CHUNK,
+                    };
+                    let budget = StepBudget { prompt_tokens, chunk: PREFILL_CHUNK };
+                    let settings = LoopSettings { slots, prefix_cache, shape, budget, prompt_store_bytes };
+                    BatchLoop::new(passes, &counters, settings).run(jobs);
                 }
                 Err(e) => {
                     let _ = started_tx.send(Err(PoolError::FailedPrecondition(format!("loading with MLX: {e}"))));
@@ -87,18 +95,20 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
             }
         })
         .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
-    started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
+    let kv_bytes_per_token = started_rx.recv().map_err(|_| PoolError::Internal("engine thread died while starting".into()))??;
     let info = EngineInfo {
         engine: EngineKind::Mlx,
         model_name,
         model_path: config.model_path.display().to_string(),
         model_size_bytes: modelpool::model_folder::model_bytes(&config.model_path),
-        context_size: config.context_per_slot * sequences,
+        context_size: config.context_per_slot * config.slots,
         context_per_slot: config.context_per_slot,
         slots: config.slots,
         queue_capacity: config.queue_capacity,
         threads: 1,
         threads_batch: 1,
+        prompt_store_capacity_bytes: config.prompt_store_bytes,
+        prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token.max(1) as u64,
     };
     ServedEngine::start(info, format, queue)
 }

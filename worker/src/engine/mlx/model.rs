@@ -81,7 +81,8 @@ impl Linear {
             Linear::Dense { weight, bias: None } => x.matmul(weight.t()).map_err(err("matmul")),
             Linear::Dense { weight, bias: Some(bias) } => mlx_rs::ops::addmm(bias, x, weight.t(), None, None).map_err(err("addmm")),
             Linear::Quantized { weight, scales, biases, group_size, bits, bias } => {
-                let y = mlx_rs::ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits).map_err(err("quantized matmul"))?;
+                let y =
+                    mlx_rs::ops::quantized_matmul(x, weight, scales, biases, true, *group_size, *bits).map_err(err("quantized matmul"))?;
                 match bias {
                     Some(bias) => y.add(bias).map_err(err("bias")),
                     None => Ok(y),
@@ -138,7 +139,8 @@ pub struct MlxLlama {
 }
 
 /// Keys and values of every layer for one sequence (or a batch of them), grown as tokens are decoded.
-#[derive(Default)]
+/// A clone shares the arrays (MLX arrays are immutable).
+#[derive(Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Array, Array)>>,
     pub len: i32,
@@ -163,6 +165,11 @@ impl KvCache {
             })
             .collect();
         Ok(KvCache { layers, len })
+    }
+
+    /// Bytes of the keys and values it holds.
+    pub fn nbytes(&self) -> usize {
+        self.layers.iter().flatten().map(|(k, v)| k.nbytes() + v.nbytes()).sum()
     }
 }
 
@@ -226,6 +233,12 @@ impl MlxLlama {
         Ok(model)
     }
 
+    /// Bytes one token's keys and values take in a cache, over all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        2 * c.layers * (c.kv_heads * c.head_dim) as usize * self.output_norm.item_size()
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache { layers: (0..self.config.layers).map(|_| None).collect(), len: 0 }
     }
@@ -283,9 +296,7 @@ impl MlxLlama {
         for cache in caches.iter_mut() {
             cache.len += n;
         }
-        let last = x
-            .take_axis(Array::from_int(n - 1), 1)
-            .map_err(err("last position"))?;
+        let last = x.take_axis(Array::from_int(n - 1), 1).map_err(err("last position"))?;
         let last = mlx_rs::fast::rms_norm(&last, Some(&self.output_norm), c.norm_eps).map_err(err("output norm"))?;
         let logits = match &self.output {
             Some(output) => output.forward(&last)?,
@@ -328,7 +339,14 @@ impl MlxLlama {
 
 /// Llama 3's rotary frequencies, with the same MLX operations in the same order as mlx-lm's `Llama3RoPE`
 /// (so that both round alike).
-fn llama3_frequencies(dims: i32, base: f32, factor: f32, low_freq_factor: f32, high_freq_factor: f32, old_context: f32) -> MlxResult<Array> {
+fn llama3_frequencies(
+    dims: i32,
+    base: f32,
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    old_context: f32,
+) -> MlxResult<Array> {
     let e = err("llama3 rope frequencies");
     let scalar = Array::from_f32;
     let exponents = Array::arange::<_, i32>(0, dims, 2).map_err(&e)?.divide(Array::from_int(dims)).map_err(&e)?;
@@ -336,26 +354,17 @@ fn llama3_frequencies(dims: i32, base: f32, factor: f32, low_freq_factor: f32, h
     let wavelens = scalar((2.0 * std::f64::consts::PI) as f32).multiply(&freqs).map_err(&e)?;
     let low_freq_wavelen = old_context / low_freq_factor;
     let high_freq_wavelen = old_context / high_freq_factor;
-    let freqs = mlx_rs::ops::select(
-        &wavelens.gt(scalar(low_freq_wavelen)).map_err(&e)?,
-        &freqs.multiply(scalar(factor)).map_err(&e)?,
-        &freqs,
-    )
-    .map_err(&e)?;
-    let is_medium = wavelens
-        .gt(scalar(high_freq_wavelen))
-        .and_then(|a| a.logical_and(wavelens.lt(scalar(low_freq_wavelen))?))
-        .map_err(&e)?;
+    let freqs =
+        mlx_rs::ops::select(&wavelens.gt(scalar(low_freq_wavelen)).map_err(&e)?, &freqs.multiply(scalar(factor)).map_err(&e)?, &freqs)
+            .map_err(&e)?;
+    let is_medium =
+        wavelens.gt(scalar(high_freq_wavelen)).and_then(|a| a.logical_and(wavelens.lt(scalar(low_freq_wavelen))?)).map_err(&e)?;
     let smooth = scalar(old_context)
         .divide(&wavelens)
         .and_then(|a| a.subtract(scalar(low_freq_factor)))
         .and_then(|a| a.divide(scalar(high_freq_factor - low_freq_factor)))
         .map_err(&e)?;
-    let denominator = scalar(1.0)
-        .subtract(&smooth)
-        .and_then(|a| a.divide(scalar(factor)))
-        .and_then(|a| a.add(&smooth))
-        .map_err(&e)?;
+    let denominator = scalar(1.0).subtract(&smooth).and_then(|a| a.divide(scalar(factor))).and_then(|a| a.add(&smooth)).map_err(&e)?;
     let smooth_freqs = freqs.divide(&denominator).map_err(&e)?;
     mlx_rs::ops::select(&is_medium, &smooth_freqs, &freqs).map_err(&e)
 }
