@@ -52,15 +52,16 @@ pub struct Args {
     /// pending prompt tokens (llama-server's step), whose rounding depends on what it was batched with.
     #[arg(long)]
     pub batch_invariant: bool,
-    /// Prompt tokens computed per step at most, over all slots, beside the decode tokens (llama.cpp's
-    /// n_batch is this plus the slots; its micro-batches are at most 512). Larger: faster prefill,
-    /// longer pauses for the sequences that are decoding. Batch-invariant passes use 256 (llama.cpp)
-    /// or 32 (MLX).
+    /// Tokens computed per step at most, the decoding slots' tokens and the pending prompt tokens
+    /// together (llama.cpp's n_batch; its micro-batches are at most 512, so the default pass is one).
+    /// Larger: faster prefill, longer pauses for the sequences that are decoding. Batch-invariant
+    /// passes use 256 prompt tokens (llama.cpp) or 32 (MLX).
     #[arg(long, default_value_t = DEFAULT_BATCH_TOKENS)]
     pub batch_tokens: u32,
-    /// llama.cpp's KV layout: one buffer shared by all slots (unified), or one stream per slot.
-    /// Default: unified for the default passes (a mixed batch is then one micro-batch), per-slot with
-    /// --batch-invariant (each slot's attention over its own cells, laid out as if it ran alone).
+    /// llama.cpp's KV layout: one stream per slot (default), or one buffer shared by all slots
+    /// (unified). Unified puts a mixed pass in one micro-batch, but every token's attention then runs
+    /// over every slot's cells: measured slower on long prompts (server-bench 2026-12-03, against
+    /// llama-server -np 4: DSPy calls 0.74x unified, 0.86x per slot; conversations 0.60x, 0.93x).
     #[arg(long, value_enum)]
     pub kv_layout: Option<KvLayout>,
     /// llama.cpp: float32 attention instead of flash attention (which rounds to float16 on the CPU).
@@ -158,7 +159,7 @@ impl Default for Config {
             queue: 64,
             shape: PassShape::Mixed,
             batch_tokens: DEFAULT_BATCH_TOKENS,
-            kv_unified: true,
+            kv_unified: false,
             flash_attention: true,
             prefix_cache: true,
             prompt_store_bytes: u64::from(modelpool::DEFAULT_PROMPT_CACHE_MIB) << 20,
@@ -205,10 +206,7 @@ impl TryFrom<&Args> for Config {
             return bad("batch-tokens", &format!("must be 1 to {}", limits::MAX_BATCH_TOKENS));
         }
         let shape = if args.batch_invariant { PassShape::BatchInvariant } else { PassShape::Mixed };
-        let kv_unified = match args.kv_layout {
-            Some(layout) => layout == KvLayout::Unified,
-            None => shape == PassShape::Mixed,
-        };
+        let kv_unified = args.kv_layout == Some(KvLayout::Unified);
         if args.prompt_cache_mib > limits::MAX_PROMPT_CACHE_MIB {
             return bad("prompt-cache-mib", &format!("must be 0 to {}", limits::MAX_PROMPT_CACHE_MIB));
         }

@@ -100,6 +100,10 @@ pub struct ServerBenchArgs {
     /// the worker's). llama-server keeps its own (`--cache-ram`, 8 GiB by default).
     #[arg(long)]
     pub prompt_cache_mib: Option<u32>,
+    /// More flags for every pool worker, as one string (e.g. "--kv-layout unified --batch-tokens 1024"):
+    /// for measuring the worker's settings against each other.
+    #[arg(long, allow_hyphen_values = true)]
+    pub worker_args: Option<String>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -113,6 +117,7 @@ fn pool_worker_args(args: &ServerBenchArgs) -> Vec<String> {
     if let Some(mib) = args.prompt_cache_mib {
         flags.extend(["--prompt-cache-mib".into(), mib.to_string()]);
     }
+    flags.extend(args.worker_args.iter().flat_map(|a| a.split_whitespace().map(String::from)));
     flags
 }
 
@@ -253,7 +258,7 @@ struct Pool {
 }
 
 impl Pool {
-    /// `worker_args` go to every worker as they are (context, cached prompts).
+    /// `worker_args` go to every worker as they are (context, prompt store, --worker-args).
     async fn start(
         worker_bin: &Path,
         model: &Path,
@@ -437,7 +442,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             "builds_not_run": builds_not_run,
         },
         "pool_build": "portable (AVX2 kernels: llama-cpp-sys-2 with GGML_NATIVE off)",
-        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1},
+        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
         "workloads": workloads,
     });
     print_result(&result);

@@ -32,11 +32,12 @@ pub enum PassShape {
     BatchInvariant,
 }
 
-/// Prompt tokens computed per step and the chunk of the batch-invariant shape.
+/// Tokens computed per step and the chunk of the batch-invariant shape.
 #[derive(Debug, Clone, Copy)]
 pub struct StepBudget {
-    /// Prompt tokens per step at most, over all sequences (at least one token runs).
-    pub prompt_tokens: usize,
+    /// Mixed: tokens per pass at most, the decode tokens included (llama-server's n_batch), so a full
+    /// pass is one micro-batch. Batch-invariant: prompt tokens per step. At least one prompt token runs.
+    pub tokens: usize,
     /// Batch-invariant shape only: prompts are computed in chunks covering positions
     /// [k·chunk, (k+1)·chunk) and their last token alone ([`chunk_end`]).
     pub chunk: usize,
@@ -247,7 +248,7 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
     /// prompt first (llama-server's step).
     fn mixed_step(&mut self) {
         let mut members = self.decode_members();
-        let mut budget = self.budget.prompt_tokens.max(1);
+        let mut budget = self.budget.tokens.saturating_sub(members.len()).max(1);
         for index in 0..self.slots.len() {
             if budget == 0 {
                 break;
@@ -271,7 +272,7 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
     /// Batch-invariant: prompt chunks, oldest prompt first, up to the step's budget, each chunk a pass of
     /// its own (see the module's comment).
     fn prefill_passes(&mut self) {
-        let mut budget = self.budget.prompt_tokens.max(1);
+        let mut budget = self.budget.tokens.max(1);
         let prefilling: Vec<usize> = self.slots.iter().filter(|s| s.is_prefilling()).map(|s| s.seq).collect();
         for seq in prefilling {
             if budget == 0 {

@@ -146,7 +146,11 @@ impl PrefixCache {
         // What of the sequence's cache survives: the reused prefix when it is its own, nothing when a
         // prefix is copied in from elsewhere.
         let kept = if placement.copy_from.is_none() && !placement.wait { placement.reuse } else { 0 };
-        self.displaced = (self.enabled && old.tokens.len() >= kept + MIN_USEFUL_PREFIX).then(|| Displaced {
+        // Worth saving when most of it is lost (llama-server saves a slot taken with low similarity): a
+        // new call of the same program keeps the preamble, and what it drops (the last call's own text)
+        // is not asked for again, so copying the whole sequence out would buy nothing.
+        let lost = old.tokens.len().saturating_sub(kept);
+        self.displaced = (self.enabled && lost >= MIN_USEFUL_PREFIX && lost * 2 > old.tokens.len()).then(|| Displaced {
             seq: placement.seq,
             tokens: old.tokens,
             prompt_len: old.prompt.len(),
@@ -337,6 +341,11 @@ mod tests {
         // The same program again keeps all but what follows the shared prefix: too little to save.
         assert_eq!(cache.place(&prompt(2, 100, 8)).unwrap().reuse, 100);
         assert_eq!(cache.take_displaced(), None);
+        cache.extend(0, &(500..560).collect::<Vec<i32>>());
+        cache.release(0);
+        // It keeps 100 of 160: most of it survives, so nothing is saved either.
+        assert_eq!(cache.place(&prompt(2, 100, 9)).unwrap().reuse, 100);
+        assert_eq!(cache.take_displaced(), None, "a new call of the same program keeps the preamble");
     }
 
     #[test]

@@ -35,7 +35,6 @@ pub async fn config(slots: u32) -> Config {
 pub async fn invariant_config(slots: u32) -> Config {
     let mut config = config(slots).await;
     config.shape = worker::engine::batch_loop::PassShape::BatchInvariant;
-    config.kv_unified = false;
     config
 }
 

@@ -106,14 +106,15 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
 
     // Each slot has context_per_slot of KV cache (its own stream, or its share of the unified buffer).
     let context_size = config.context_per_slot * config.slots;
-    // A pass holds one decode token per slot beside the step's prompt tokens.
+    // A mixed pass holds every slot's decode token and prompt tokens up to --batch-tokens in all (at
+    // least one prompt token beside the decode tokens).
     let (budget, pass_tokens) = match config.shape {
         PassShape::Mixed => {
-            let prompt_tokens = config.batch_tokens as usize;
-            (StepBudget { prompt_tokens, chunk: backend::PREFILL_CHUNK }, prompt_tokens + config.slots as usize)
+            let tokens = (config.batch_tokens as usize).max(config.slots as usize + 1);
+            (StepBudget { tokens, chunk: backend::PREFILL_CHUNK }, tokens)
         }
         PassShape::BatchInvariant => {
-            (StepBudget { prompt_tokens: backend::PREFILL_PER_STEP, chunk: backend::PREFILL_CHUNK }, backend::BATCH_TOKENS as usize)
+            (StepBudget { tokens: backend::PREFILL_PER_STEP, chunk: backend::PREFILL_CHUNK }, backend::BATCH_TOKENS as usize)
         }
     };
     let context_params = base_context_params(config.flash_attention)
@@ -123,13 +124,12 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         .with_n_ubatch((pass_tokens as u32).min(backend::BATCH_TOKENS))
         .with_n_threads(config.threads as i32)
         .with_n_threads_batch(config.threads_batch as i32)
-        // Unified (the default passes): one buffer for all sequences, so llama.cpp splits a mixed
-        // batch into micro-batches by position in the batch alone (with one stream per sequence it
-        // gives every sequence of a micro-batch the same token count, so a decode token beside a
-        // prompt chunk costs a micro-batch of its own). A sequence's attention sums then run over
-        // cells interleaved with its neighbours', and near-ties can flip between alone and batched.
-        // Per slot (batch-invariant): each sequence's attention runs over its own cells only, laid
-        // out as if it ran alone, so greedy output does not depend on its batch neighbours (tested).
+        // Per slot (the default): each sequence's attention runs over its own cells only, laid out as
+        // if it ran alone (so batch-invariant passes give greedy output that does not depend on the
+        // neighbours, tested), at the price of llama.cpp splitting a mixed batch into micro-batches
+        // with the same token count per sequence. Unified: one buffer, a mixed batch is one
+        // micro-batch, but every token attends over (masked) cells of every sequence: slower once
+        // prompts are long (measured; see --kv-layout).
         .with_kv_unified(config.kv_unified);
 
     let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);

@@ -81,11 +81,11 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
                 Ok(model) => {
                     let _ = started_tx.send(Ok(model.kv_bytes_per_token()));
                     let passes = backend::MlxBackend::new(&model, &thread_format.tokenizer, slots);
-                    let prompt_tokens = match shape {
+                    let tokens = match shape {
                         PassShape::Mixed => batch_tokens,
                         PassShape::BatchInvariant => PREFILL_CHUNK,
                     };
-                    let budget = StepBudget { prompt_tokens, chunk: PREFILL_CHUNK };
+                    let budget = StepBudget { tokens, chunk: PREFILL_CHUNK };
                     let settings = LoopSettings { slots, prefix_cache, shape, budget, prompt_store_bytes };
                     BatchLoop::new(passes, &counters, settings).run(jobs);
                 }
