@@ -57,9 +57,9 @@ pub struct EngineBenchResult {
     pub slots1_aggregate: Spread,
     pub batched_aggregate: Spread,
     pub batched_ratio: f64,
-    /// The same with `--kv-layout per-slot` (one KV stream per slot instead of the default one buffer).
-    pub per_slot_aggregate: Spread,
-    pub per_slot_ratio: f64,
+    /// The same with `--kv-layout unified` (one KV buffer for all slots instead of a stream per slot).
+    pub unified_aggregate: Spread,
+    pub unified_ratio: f64,
     /// llama-batched-bench's text-generation tokens/s with `slots` sequences ÷ with one, per round.
     pub llama_batched_ratio: Option<Spread>,
     /// Our batched ratio ÷ llama-batched-bench's median (target >= 0.95).
@@ -82,7 +82,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     let (worker_bin, model) = args.files.resolve().await?;
 
     let batch: Vec<PredictRequest> = (0..args.slots as usize).map(|i| long_request(args.max_tokens, i)).collect();
-    let variants = [(1, Vec::new()), (args.slots, Vec::new()), (args.slots, vec!["--kv-layout".to_string(), "per-slot".to_string()])];
+    let variants = [(1, Vec::new()), (args.slots, Vec::new()), (args.slots, vec!["--kv-layout".to_string(), "unified".to_string()])];
     // Every variant runs all the time, each behind its own coordinator, and the measurements take turns
     // round by round, so drift on this shared machine hits all of them alike.
     let mut pools = Vec::new();
@@ -104,7 +104,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     let aggregate = |records: &[bench_client::record::RequestRecord], wall_s: f64| {
         records.iter().filter(|r| r.ok).map(|r| f64::from(r.completion_tokens)).sum::<f64>() / wall_s.max(1e-9)
     };
-    let (mut llama, mut single, mut slots1, mut batched, mut per_slot) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut llama, mut single, mut slots1, mut batched, mut unified) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut llama_batched = Vec::new();
     for round in 0..args.repeats {
         eprintln!("== round {}/{}", round + 1, args.repeats);
@@ -121,7 +121,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
             .filter(|r| r.ok)
             .ok_or_else(|| anyhow::anyhow!("single request failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
         single.push(1000.0 / record.tpot_ms.max(1e-9));
-        for (index, samples) in [&mut slots1, &mut batched, &mut per_slot].into_iter().enumerate() {
+        for (index, samples) in [&mut slots1, &mut batched, &mut unified].into_iter().enumerate() {
             let (records, wall_s) = run_closed_loop(pools[index].0.client.clone(), &batch, batch.len()).await;
             samples.push(aggregate(&records, wall_s));
         }
@@ -136,7 +136,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     let worker_single_decode = Spread::of(&single);
     let slots1_aggregate = Spread::of(&slots1);
     let batched_aggregate = Spread::of(&batched);
-    let per_slot_aggregate = Spread::of(&per_slot);
+    let unified_aggregate = Spread::of(&unified);
     let result = EngineBenchResult {
         threads,
         slots: args.slots,
@@ -148,8 +148,8 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         slots1_aggregate,
         batched_ratio: batched_aggregate.median / slots1_aggregate.median,
         batched_aggregate,
-        per_slot_ratio: per_slot_aggregate.median / slots1_aggregate.median,
-        per_slot_aggregate,
+        unified_ratio: unified_aggregate.median / slots1_aggregate.median,
+        unified_aggregate,
         batched_vs_llama: llama_batched_ratio.map(|l| (batched_aggregate.median / slots1_aggregate.median) / l.median),
         llama_batched_ratio,
     };
@@ -191,7 +191,7 @@ fn print_result(r: &EngineBenchResult) {
         }
         _ => println!("  llama.cpp's own batched ratio:    not measured (pass --llama-batched-bench)"),
     }
-    println!("  --slots {} --kv-layout per-slot:   {} (ratio {:.3})", r.slots, tok_s(&r.per_slot_aggregate), r.per_slot_ratio);
+    println!("  --slots {} --kv-layout unified:    {} (ratio {:.3})", r.slots, tok_s(&r.unified_aggregate), r.unified_ratio);
 }
 
 /// Runs llama-bench's text-generation test once and returns its tokens/s.
