@@ -159,8 +159,7 @@ fn greedy(request_id: String, messages: Vec<ChatMessage>, max_tokens: u32) -> Pr
 
 /// Chat `k` of the run with `seed`: the built-in prompts first (`k` below their count), then by turns
 /// an extraction task on passage `k` and a question about its facts.
-fn chat(seed: u64, k: u64) -> Vec<ChatMessage> {
-    let builtin = workload::builtin_prompts();
+fn chat(seed: u64, k: u64, builtin: &[Vec<ChatMessage>]) -> Vec<ChatMessage> {
     if let Some(prompt) = builtin.get(k as usize) {
         return prompt.clone();
     }
@@ -180,7 +179,8 @@ fn chat(seed: u64, k: u64) -> Vec<ChatMessage> {
 /// `count` greedy chats, numbers `offset..offset + count` of the run with `seed`: none repeats within
 /// the run, and rounds that take successive offsets never send a chat twice.
 pub fn chats(seed: u64, offset: u64, count: usize, max_tokens: u32) -> Vec<PredictRequest> {
-    (0..count as u64).map(|i| greedy(format!("chat{}", offset + i), chat(seed, offset + i), max_tokens)).collect()
+    let builtin = workload::builtin_prompts();
+    (0..count as u64).map(|i| greedy(format!("chat{}", offset + i), chat(seed, offset + i, &builtin), max_tokens)).collect()
 }
 
 /// `count` greedy DSPy-shaped calls, numbers `offset..offset + count`: call `k` runs program

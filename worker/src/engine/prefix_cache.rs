@@ -82,7 +82,8 @@ pub const MIN_USEFUL_PREFIX: usize = 32;
 /// which keeps running sequence ids contiguous (llama.cpp batches consecutive ids together).
 const TIE_TOKENS: usize = 16;
 
-fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+/// How many leading tokens `a` and `b` share.
+pub fn common_prefix(a: &[i32], b: &[i32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -158,9 +159,9 @@ impl PrefixCache {
         Some(placement)
     }
 
-    /// What the last [`place`](Self::place) overwrote in its sequence, when at least
-    /// [`MIN_USEFUL_PREFIX`] tokens of it are not kept: the engine still holds them until the sequence
-    /// is readied for the new prompt.
+    /// What the last [`place`](Self::place) overwrote in its sequence, when most of it (and at least
+    /// [`MIN_USEFUL_PREFIX`] tokens) is not kept: the engine still holds it until the sequence is
+    /// readied for the new prompt.
     pub fn take_displaced(&mut self) -> Option<Displaced> {
         self.displaced.take()
     }

@@ -6,7 +6,7 @@
 //! Engine-agnostic: `S` is the engine's saved state (llama.cpp's serialized sequence, MLX's shared
 //! cache arrays), its size in bytes given by the engine.
 
-use super::prefix_cache::ReusePolicy;
+use super::prefix_cache::{ReusePolicy, common_prefix};
 
 struct Entry<S> {
     /// The tokens whose keys and values `state` holds, in position order.
@@ -23,7 +23,6 @@ struct Entry<S> {
 pub struct StoreStats {
     pub entries: u32,
     pub bytes: u64,
-    pub capacity_bytes: u64,
     /// Prompts restored from the store.
     pub hits: u64,
     /// Sequence states saved into it.
@@ -35,7 +34,6 @@ pub struct StoreStats {
 pub struct PromptStore<S> {
     entries: Vec<Entry<S>>,
     capacity_bytes: usize,
-    bytes: usize,
     clock: u64,
     stats: StoreStats,
 }
@@ -47,15 +45,10 @@ pub struct StoreMatch {
     pub reuse: usize,
 }
 
-fn common_prefix(a: &[i32], b: &[i32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 impl<S> PromptStore<S> {
     /// A store of at most `capacity_bytes` (0: the store is off).
     pub fn new(capacity_bytes: usize) -> Self {
-        let stats = StoreStats { capacity_bytes: capacity_bytes as u64, ..StoreStats::default() };
-        Self { entries: Vec::new(), capacity_bytes, bytes: 0, clock: 0, stats }
+        Self { entries: Vec::new(), capacity_bytes, clock: 0, stats: StoreStats::default() }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -107,7 +100,6 @@ impl<S> PromptStore<S> {
         self.clock += 1;
         self.entries.push(Entry { tokens, prompt_len, state, bytes, last_used: self.clock });
         self.stats.saved += 1;
-        self.bytes = self.bytes_of_entries();
     }
 
     fn bytes_of_entries(&self) -> usize {
@@ -115,7 +107,7 @@ impl<S> PromptStore<S> {
     }
 
     pub fn stats(&self) -> StoreStats {
-        StoreStats { entries: self.entries.len() as u32, bytes: self.bytes as u64, ..self.stats }
+        StoreStats { entries: self.entries.len() as u32, bytes: self.bytes_of_entries() as u64, ..self.stats }
     }
 }
 
