@@ -55,4 +55,17 @@ if [ "$(uname -s)" = Linux ]; then
     printf '%s\n' '# Written by scripts/setup.sh (Linux only): build mlx-rs against the Linux stand-in for mlx-sys.' \
       '[patch.crates-io]' 'mlx-sys = { path = "crates/mlx-sys" }' >> "$config"
   fi
+  # llama.cpp is shared libraries on x86-64 Linux (its CPU modules need them), and libmlx.so's bundled
+  # gguflib exports a gguf_get_key of its own: whichever library the loader finds first serves both
+  # engines' calls, and one of them crashes (seen: llama.cpp's model loader in MLX's function). Building
+  # llama.cpp with its copy renamed keeps each engine on its own.
+  # llama-cpp-sys-2 links llama.cpp's unversioned library names beside the binaries as copies of the
+  # symlinks they are, which dangle there; its next build (after a flag or source change) then stops on
+  # "File exists" trying to link them again. Dangling ones are removed before every build.
+  target_dir=${CARGO_TARGET_DIR:-$root/target}
+  [ -d "$target_dir" ] && find "$target_dir" -maxdepth 3 -xtype l \( -name 'libllama*.so' -o -name 'libggml*.so' \) -delete
+  if ! grep -qs '^CXXFLAGS_x86_64_unknown_linux_gnu' "$config"; then
+    printf '%s\n' '' '# Written by scripts/setup.sh: keeps llama.cpp'"'"'s gguf_get_key apart from libmlx.so'"'"'s (see setup.sh).' \
+      '[env]' 'CXXFLAGS_x86_64_unknown_linux_gnu = "-Dgguf_get_key=llama_ggml_gguf_get_key"' >> "$config"
+  fi
 fi

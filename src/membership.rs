@@ -31,6 +31,8 @@ pub struct WorkerDescription {
     /// The host-memory prompt store's bound in bytes and about how many tokens that holds (0: off).
     pub prompt_store_capacity_bytes: u64,
     pub prompt_store_tokens: u64,
+    /// The kernels its engine computes with (for llama.cpp, the CPU module chosen at start).
+    pub cpu_kernels: String,
 }
 
 impl WorkerDescription {
@@ -175,6 +177,7 @@ impl From<proto::WorkerInfo> for WorkerReport {
                 load_ms: info.load_ms,
                 prompt_store_capacity_bytes: info.prompt_store_capacity_bytes,
                 prompt_store_tokens: info.prompt_store_tokens,
+                cpu_kernels: info.cpu_kernels,
             },
         }
     }
@@ -202,6 +205,7 @@ impl From<&WorkerReport> for proto::WorkerInfo {
             instance_id: d.instance_id.clone(),
             prompt_store_capacity_bytes: d.prompt_store_capacity_bytes,
             prompt_store_tokens: d.prompt_store_tokens,
+            cpu_kernels: d.cpu_kernels.clone(),
         }
     }
 }
@@ -290,6 +294,7 @@ mod tests {
                 load_ms: 1.5,
                 prompt_store_capacity_bytes: 1 << 20,
                 prompt_store_tokens: 45,
+                cpu_kernels: "zen4 (probed)".into(),
                 ..Default::default()
             },
             load: WorkerLoad {

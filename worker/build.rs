@@ -1,14 +1,25 @@
 //! Link settings for the worker binary.
 //! - The MLX shared library from the mlx-cpu wheel is found through an rpath (its path comes from the
 //!   mlx-sys build script; a link argument emitted by mlx-sys itself would not reach this final link).
-//! - Symbols of the statically linked libraries are not exported: llama.cpp's ggml and the gguflib inside
-//!   libmlx.so both define functions named `gguf_*`, and an exported ggml copy would interpose on MLX's
-//!   own calls (seen: MLX's GGUF loader ended in a ggml assertion).
+//! - On x86-64 Linux llama.cpp is shared libraries (libllama, libggml, libggml-base), which the
+//!   llama-cpp-sys-2 build puts beside the binaries (target/<profile> and its deps/): `$ORIGIN` finds
+//!   them there and wherever the worker is shipped with them.
+//! - Symbols of the statically linked libraries are not exported: llama.cpp's ggml (where it is static)
+//!   and the gguflib inside libmlx.so both define functions named `gguf_*`, and an exported ggml copy
+//!   would interpose on MLX's own calls (seen: MLX's GGUF loader ended in a ggml assertion).
 fn main() {
     if let Ok(dir) = std::env::var("DEP_MLX_LIBDIR") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
+        // llama-cpp-sys-2 links only the unversioned names beside the binaries (dangling symlinks to
+        // the versioned files the loader asks for), so the build's own library folder is searched too.
+        if let Ok(backends) = std::env::var("DEP_LLAMA_BACKENDS_DIR")
+            && let Some(out) = std::path::Path::new(&backends).parent()
+        {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", out.join("lib").display());
+        }
         println!("cargo:rustc-link-arg=-Wl,--exclude-libs,ALL");
     }
 }

@@ -263,6 +263,7 @@ async fn run_scenarios(
                 None => PoolMemory::default(),
             };
             runs.push(ScenarioRun {
+                cpu_kernels: Vec::new(),
                 name,
                 engine: engine.to_string(),
                 repeat,

@@ -80,14 +80,15 @@ pub fn recommend(summaries: &[ScenarioSummary], slo_set: bool, available_bytes: 
 
 #[cfg(test)]
 mod tests {
-    use crate::report::{Report, ScenarioRun};
     use crate::record::RequestRecord;
+    use crate::report::{Report, ScenarioRun};
     use crate::slo::Slo;
 
     fn run(name: &str, workers: usize, tokens_per_s: f64, latency_ms: f64, pss_mib: u64) -> ScenarioRun {
         let mut memory = crate::memory::PoolMemory::default();
         memory.peak_pool_pss_bytes = pss_mib << 20;
         ScenarioRun {
+            cpu_kernels: Vec::new(),
             name: name.into(),
             engine: "llama".into(),
             repeat: 0,
@@ -96,7 +97,12 @@ mod tests {
             threads_per_worker: 1,
             concurrency: workers,
             wall_s: 100.0,
-            records: vec![RequestRecord { ok: true, completion_tokens: (tokens_per_s * 100.0) as u32, e2e_ms: latency_ms, ..Default::default() }],
+            records: vec![RequestRecord {
+                ok: true,
+                completion_tokens: (tokens_per_s * 100.0) as u32,
+                e2e_ms: latency_ms,
+                ..Default::default()
+            }],
             memory,
             stopped: None,
         }
@@ -120,7 +126,8 @@ mod tests {
 
     #[test]
     fn a_clearly_faster_configuration_is_worth_its_workers() {
-        let runs = vec![run("serial", 1, 30.0, 1000.0, 100), run("replicas-2", 2, 40.0, 1500.0, 160), run("replicas-3", 3, 55.0, 1600.0, 230)];
+        let runs =
+            vec![run("serial", 1, 30.0, 1000.0, 100), run("replicas-2", 2, 40.0, 1500.0, 160), run("replicas-3", 3, 55.0, 1600.0, 230)];
         let report = Report::new("test", "m".into(), 64, Slo::default(), runs);
         assert_eq!(report.recommendation.name.as_deref(), Some("replicas-3"), "{}", report.recommendation.text);
     }

@@ -3,8 +3,8 @@
 //! the pool. The data every rendering and the recommendation read.
 
 use crate::memory::PoolMemory;
-use crate::slo::Slo;
 use crate::record::RequestRecord;
+use crate::slo::Slo;
 use crate::stats::Summary;
 
 /// One run of one configuration.
@@ -25,6 +25,8 @@ pub struct ScenarioRun {
     pub memory: PoolMemory,
     /// Why the run was cut short, if it was (the machine started swapping).
     pub stopped: Option<String>,
+    /// The kernels its workers reported computing with (empty where the bench cannot see them).
+    pub cpu_kernels: Vec<String>,
 }
 
 impl ScenarioRun {

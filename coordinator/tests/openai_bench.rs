@@ -10,8 +10,8 @@ use bench_client::runner::{Target, run_closed_loop};
 use bench_client::slo::Slo;
 use bench_client::{shared_prefix, workload};
 use common::{TestPool, fast_scheduler};
-use coordinator::routing::Routing;
 use coordinator::SchedulerConfig;
+use coordinator::routing::Routing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_openai_target_times_streamed_chunks_and_reports_what_served() {
@@ -44,6 +44,7 @@ async fn the_openai_target_times_streamed_chunks_and_reports_what_served() {
     assert!(second[0].cached_tokens > 900, "the preamble was reused: {:?}", second[0]);
 
     let run = bench_client::report::ScenarioRun {
+        cpu_kernels: Vec::new(),
         name: "parallel-c2".into(),
         engine: "openai".into(),
         repeat: 0,

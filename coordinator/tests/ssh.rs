@@ -45,7 +45,16 @@ fn multihost(hosts: &Hosts, net: &str, extra: &[&str]) -> (serde_json::Value, St
         .arg(hosts.dir.join("hosts"))
         .arg("--ssh-config")
         .arg(hosts.dir.join("ssh_config"))
-        .args(["--listen", &format!("{net}.1:50050"), "--max-tokens", "32", "--heartbeat-timeout-ms", "2000", "--token-gap-timeout-secs", "5"])
+        .args([
+            "--listen",
+            &format!("{net}.1:50050"),
+            "--max-tokens",
+            "32",
+            "--heartbeat-timeout-ms",
+            "2000",
+            "--token-gap-timeout-secs",
+            "5",
+        ])
         .args(extra)
         .arg("--json")
         .arg(&json)
@@ -63,7 +72,12 @@ fn copied(report: &serde_json::Value) -> Vec<(String, Vec<String>)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["host"].as_str().unwrap().to_string(), p["copied"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect()))
+        .map(|p| {
+            (
+                p["host"].as_str().unwrap().to_string(),
+                p["copied"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect(),
+            )
+        })
         .collect()
 }
 
@@ -98,14 +112,11 @@ fn ssh_hosts_are_provisioned_by_checksum_and_serve_through_a_cut_link_and_a_kill
     // Run 1: host 2's link cut 3 s in and restored at 10 s.
     let netns = scripts.join("netns.sh").display().to_string();
     let (cut, heal) = (format!("{netns} cut {prefix} 2"), format!("{netns} heal {prefix} 2"));
-    let (first, report_text) = multihost(
-        &hosts,
-        net,
-        &["--prompts-per-worker", "12", "--fault-at", "3", "--fault", &cut, "--heal-at", "10", "--heal", &heal],
-    );
+    let (first, report_text) =
+        multihost(&hosts, net, &["--prompts-per-worker", "12", "--fault-at", "3", "--fault", &cut, "--heal-at", "10", "--heal", &heal]);
     assert_eq!(first["pool_token"], "generated for this run");
     for (name, files) in copied(&first) {
-        assert_eq!(files, ["worker", "model", "mlx library"], "the first run copies everything to {name}");
+        assert_eq!(files, ["worker", "model", "llama.cpp libraries", "mlx library"], "the first run copies everything to {name}");
     }
     assert_every_prompt_answered_once(&first);
     assert!(first["phases"][0]["retried"].as_u64().unwrap() >= 1, "the cut host's prompt was retried: {}", first["phases"][0]);
@@ -142,7 +153,12 @@ fn ssh_hosts_are_provisioned_by_checksum_and_serve_through_a_cut_link_and_a_kill
     assert_eq!(std::fs::metadata(&model).unwrap().len(), size, "the model is whole again");
     assert!(!partial.exists(), "the partial copy was replaced and moved into place");
     assert_every_prompt_answered_once(&third);
-    let served_by_3 = third["phases"][0]["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host(3).as_str()).map(|h| h["prompts"].as_u64().unwrap());
+    let served_by_3 = third["phases"][0]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == host(3).as_str())
+        .map(|h| h["prompts"].as_u64().unwrap());
     assert!(served_by_3.unwrap_or(0) >= 1, "host 3 served with its fresh copy: {}", third["phases"][0]);
     drop(hosts);
 }

@@ -8,6 +8,8 @@ use modelpool::request::limits;
 
 use crate::engine::EngineKind;
 use crate::engine::batch_loop::PassShape;
+use crate::engine::llama::cpu_variant;
+pub use crate::engine::llama::cpu_variant::VariantRequest as CpuVariantRequest;
 
 /// One worker process: loads one model and serves the gRPC Worker service (Predict, PredictStream, Info).
 #[derive(Debug, Parser)]
@@ -64,6 +66,12 @@ pub struct Args {
     /// llama-server -np 4: DSPy calls 0.74x unified, 0.86x per slot; conversations 0.60x, 0.93x).
     #[arg(long, value_enum)]
     pub kv_layout: Option<KvLayout>,
+    /// llama.cpp's CPU kernels: `auto` (the newest CPU generation whose module passes a probe: a
+    /// child process that runs this model on it first, so kernels that would crash here are skipped)
+    /// or a module's name (`x64`, `haswell`, `skylakex`, `icelake`, `zen4`, `sapphirerapids`, ...;
+    /// still probed). The choice is in the log, in Info and in the reports.
+    #[arg(long, env = "MODELPOOL_CPU_VARIANT", default_value = "auto")]
+    pub cpu_variant: CpuVariantRequest,
     /// llama.cpp: float32 attention instead of flash attention (which rounds to float16 on the CPU).
     /// About 20% slower decode here; greedy near-ties then fall as the MLX engine's do.
     #[arg(long)]
@@ -133,6 +141,9 @@ pub struct Config {
     pub prompt_store_bytes: u64,
     /// MLX: quantized weights dequantized to float32 at load (dense products through BLAS).
     pub mlx_dense: bool,
+    /// llama.cpp's CPU kernels, and the executable that probes them (see `--cpu-variant`).
+    pub cpu_variant: CpuVariantRequest,
+    pub cpu_probe_exe: PathBuf,
     pub coordinator: Option<String>,
     pub advertise: Option<String>,
     pub drain_timeout: Duration,
@@ -164,6 +175,8 @@ impl Default for Config {
             prefix_cache: true,
             prompt_store_bytes: u64::from(modelpool::DEFAULT_PROMPT_CACHE_MIB) << 20,
             mlx_dense: false,
+            cpu_variant: CpuVariantRequest::Auto,
+            cpu_probe_exe: cpu_variant::default_probe_exe(),
             coordinator: None,
             advertise: None,
             drain_timeout: Duration::from_secs(30),
@@ -243,6 +256,8 @@ impl TryFrom<&Args> for Config {
             // Nothing is reused without the prefix cache, so nothing is worth keeping.
             prompt_store_bytes: if args.no_prefix_cache { 0 } else { u64::from(args.prompt_cache_mib) << 20 },
             mlx_dense: args.mlx_dense,
+            cpu_variant: args.cpu_variant.clone(),
+            cpu_probe_exe: cpu_variant::default_probe_exe(),
             coordinator: args.coordinator.clone(),
             advertise: args.advertise.clone(),
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),

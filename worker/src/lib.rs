@@ -175,6 +175,8 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 prompt_store_bytes: config.prompt_store_bytes,
                 shape: config.shape,
                 batch_tokens: config.batch_tokens,
+                cpu_variant: config.cpu_variant.clone(),
+                cpu_probe_exe: config.cpu_probe_exe.clone(),
             };
             Arc::new(
                 tokio::task::spawn_blocking(move || engine::llama::load(llama)).await.map_err(|e| PoolError::Internal(e.to_string()))??,

@@ -129,6 +129,7 @@ impl SharedState {
             d.threads_batch = e.threads_batch;
             d.prompt_store_capacity_bytes = e.prompt_store_capacity_bytes;
             d.prompt_store_tokens = e.prompt_store_tokens;
+            d.cpu_kernels = e.cpu_kernels.clone();
             report.load = engine.stats();
         }
         report

@@ -40,6 +40,16 @@ async fn streams_what_unary_returns_and_reports_itself() {
     assert!(info.model_size_bytes > 90_000_000 && info.load_ms > 0.0);
     assert!(info.memory.unwrap().rss_bytes > 0);
     assert_eq!(info.load.unwrap().served, 2, "the warm-up is not counted as served");
+    // It reports the llama.cpp CPU module it chose: on x86-64 Linux the best this CPU's flags allow
+    // (unless that one failed its probe, which the description then says).
+    let modules = worker::engine::llama::cpu_variant::discover(&worker::engine::llama::cpu_variant::module_dirs());
+    match modules.iter().find(|m| m.score > 0) {
+        Some(best) if !info.cpu_kernels.contains("skipped") => {
+            assert!(info.cpu_kernels.starts_with(&format!("{} (probed; best of ", best.name)), "{} vs {modules:?}", info.cpu_kernels)
+        }
+        Some(_) => assert!(info.cpu_kernels.contains(" (probed; "), "{}", info.cpu_kernels),
+        None => assert!(!worker::engine::llama::cpu_variant::LOADABLE_MODULES && info.cpu_kernels == "built in", "{}", info.cpu_kernels),
+    }
 
     // Stop words end generation before the stop string, which is not returned.
     let full = unary.text.clone();

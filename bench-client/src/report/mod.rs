@@ -25,6 +25,8 @@ pub struct Machine {
     pub hostname: String,
     /// The vector and matrix instruction sets the CPU reports (what kernels built for it may use).
     pub simd: String,
+    /// The kernels the pool's workers computed with, as they reported them (empty: not known here).
+    pub worker_kernels: String,
 }
 
 /// The CPU flags that decide which llama.cpp kernels can run, as /proc/cpuinfo names them.
@@ -63,12 +65,20 @@ impl Machine {
             os: sysinfo::System::long_os_version().unwrap_or_default(),
             hostname: sysinfo::System::host_name().unwrap_or_default(),
             simd: simd_flags(),
+            worker_kernels: String::new(),
         }
+    }
+
+    /// This machine, with the kernels the workers reported (see `LocalPool::cpu_kernels`).
+    pub fn with_worker_kernels(mut self, kernels: &[String]) -> Self {
+        self.worker_kernels = kernels.join(" | ");
+        self
     }
 
     pub fn describe(&self) -> String {
         let simd = if self.simd.is_empty() { String::new() } else { format!("; {}", self.simd) };
-        format!("{} ({} cores{simd}), {} GiB RAM, {}", self.cpu, self.cores, self.memory_total_bytes / (1 << 30), self.os)
+        let kernels = if self.worker_kernels.is_empty() { String::new() } else { format!("; worker kernels: {}", self.worker_kernels) };
+        format!("{} ({} cores{simd}), {} GiB RAM, {}{kernels}", self.cpu, self.cores, self.memory_total_bytes / (1 << 30), self.os)
     }
 }
 
@@ -116,7 +126,13 @@ impl Report {
             (!runs.is_empty()).then(|| Spread::of(&runs.iter().map(|r| r.output_tokens_per_s()).collect::<Vec<_>>()).median)
         };
         let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline_of(n), &slo)).collect();
-        let machine = Machine::this();
+        let mut kernels: Vec<String> = Vec::new();
+        for kernel in runs.iter().flat_map(|r| &r.cpu_kernels) {
+            if !kernels.contains(kernel) {
+                kernels.push(kernel.clone());
+            }
+        }
+        let machine = Machine::this().with_worker_kernels(&kernels);
         let recommendation = recommend(&summaries, slo.is_set(), machine.memory_available_bytes);
         Self {
             tool: tool.into(),
@@ -184,6 +200,7 @@ mod tests {
 
     fn run(name: &str, repeat: usize, workers: usize, wall_s: f64, tokens: &[u32]) -> ScenarioRun {
         ScenarioRun {
+            cpu_kernels: Vec::new(),
             name: name.into(),
             engine: "llama".into(),
             repeat,

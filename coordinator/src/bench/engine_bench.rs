@@ -3,7 +3,9 @@
 //! - single stream: the decode tokens/s of a `--slots 1` worker against llama.cpp's own `llama-bench`
 //!   text-generation figure, same GGUF, same thread count;
 //! - batched: aggregate tokens/s of a `--slots B` worker with B requests in flight against a `--slots 1`
-//!   worker with the same B requests in flight (they queue behind its one slot).
+//!   worker with the same B requests in flight (they queue behind its one slot);
+//! - prompt processing: a `--slots 1` worker's prompt tokens/s on a prompt of about 512 tokens (its
+//!   tokens over the time to the first token) against llama-bench's pp512.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +49,13 @@ pub struct EngineBenchArgs {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EngineBenchResult {
+    /// The kernels the workers reported computing with (`worker --cpu-variant`).
+    pub worker_kernels: String,
+    /// llama-bench's pp512 tokens/s, the worker's prompt tokens/s on a prompt of about 512 tokens, and
+    /// their ratio (worker ÷ llama-bench).
+    pub llama_bench_pp: Option<Spread>,
+    pub worker_prompt_processing: Spread,
+    pub prompt_processing_ratio: Option<f64>,
     pub threads: u32,
     pub slots: u32,
     pub max_tokens: u32,
@@ -64,6 +73,25 @@ pub struct EngineBenchResult {
     pub llama_batched_ratio: Option<Spread>,
     /// Our batched ratio ÷ llama-batched-bench's median (target >= 0.95).
     pub batched_vs_llama: Option<f64>,
+}
+
+/// Prompt tokens in the prompt-processing comparison (llama-bench's pp512).
+const PROMPT_PROCESSING_TOKENS: u32 = 512;
+
+/// A raw prompt of about [`PROMPT_PROCESSING_TOKENS`] tokens that starts with the round's number, so no
+/// round reuses another's cached prefix; one token is generated, so the time to it is the prompt pass.
+fn prompt_processing_request(round: usize) -> PredictRequest {
+    let mut text = format!("{round}. ");
+    let mut sentence = 0;
+    // About 11 tokens per sentence with the default model's tokenizer; the record says the real count.
+    while text.len() < 2_150 {
+        text.push_str(&format!("Sentence {sentence} of the passage lists the harbour's boats, nets and sails. "));
+        sentence += 1;
+    }
+    let mut request = PredictRequest::user(String::new(), 1);
+    request.prompt = modelpool::request::Prompt::Raw(text);
+    request.request_id = format!("pp{round}");
+    request
 }
 
 /// A prompt that makes the model write at length, so decode dominates. End-of-sequence is ignored so
@@ -106,10 +134,12 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     };
     let (mut llama, mut single, mut slots1, mut batched, mut unified) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut llama_batched = Vec::new();
+    let (mut llama_pp, mut worker_pp) = (Vec::new(), Vec::new());
     for round in 0..args.repeats {
         eprintln!("== round {}/{}", round + 1, args.repeats);
         if let Some(binary) = &args.llama_bench {
             llama.push(llama_bench(binary, &model, threads, args.max_tokens)?);
+            llama_pp.push(llama_bench_pp(binary, &model, threads)?);
         }
         if let Some(binary) = &args.llama_batched_bench {
             llama_batched.push(llama_batched_bench(binary, &model, threads, args.max_tokens, args.slots)?);
@@ -121,16 +151,25 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
             .filter(|r| r.ok)
             .ok_or_else(|| anyhow::anyhow!("single request failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
         single.push(1000.0 / record.tpot_ms.max(1e-9));
+        let (records, _) = run_closed_loop(slots1_client.clone(), &[prompt_processing_request(round)], 1).await;
+        let record = records
+            .first()
+            .filter(|r| r.ok && r.ttft_ms > 0.0)
+            .ok_or_else(|| anyhow::anyhow!("prompt-processing request failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
+        worker_pp.push(f64::from(record.prompt_tokens) / (record.ttft_ms / 1000.0));
         for (index, samples) in [&mut slots1, &mut batched, &mut unified].into_iter().enumerate() {
             let (records, wall_s) = run_closed_loop(pools[index].0.client.clone(), &batch, batch.len()).await;
             samples.push(aggregate(&records, wall_s));
         }
     }
+    let worker_kernels = pools.first().map(|(_, pool)| pool.cpu_kernels.join(" | ")).unwrap_or_default();
     for (coordinator, pool) in pools {
         pool.stop(STOP_GRACE).await;
         coordinator.stop().await;
     }
     let llama_bench_tg = (!llama.is_empty()).then(|| Spread::of(&llama));
+    let llama_bench_pp = (!llama_pp.is_empty()).then(|| Spread::of(&llama_pp));
+    let worker_prompt_processing = Spread::of(&worker_pp);
     let llama_batched_ratio = (!llama_batched.is_empty()).then(|| Spread::of(&llama_batched));
 
     let worker_single_decode = Spread::of(&single);
@@ -138,6 +177,10 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     let batched_aggregate = Spread::of(&batched);
     let unified_aggregate = Spread::of(&unified);
     let result = EngineBenchResult {
+        worker_kernels,
+        prompt_processing_ratio: llama_bench_pp.map(|pp| worker_prompt_processing.median / pp.median),
+        llama_bench_pp,
+        worker_prompt_processing,
         threads,
         slots: args.slots,
         max_tokens: args.max_tokens,
@@ -167,16 +210,25 @@ fn tok_s(s: &Spread) -> String {
 
 fn print_result(r: &EngineBenchResult) {
     println!("engine-bench: {} threads, {} tokens per request, {} repeats", r.threads, r.max_tokens, r.repeats);
+    println!("  worker kernels: {}", if r.worker_kernels.is_empty() { "not reported" } else { &r.worker_kernels });
     match (&r.llama_bench_tg, r.single_ratio) {
         (Some(tg), Some(ratio)) => {
             println!("  llama-bench tg{}:                 {}", r.max_tokens, tok_s(tg));
             println!("  worker --slots 1 decode:          {}", tok_s(&r.worker_single_decode));
-            println!("  single-stream ratio:              {ratio:.3} (target >= 0.95)");
+            println!("  single-stream ratio:              {ratio:.3} (target >= 1.00)");
         }
         _ => {
             println!("  worker --slots 1 decode:          {}", tok_s(&r.worker_single_decode));
             println!("  single-stream ratio:              not measured (pass --llama-bench)");
         }
+    }
+    println!("  worker prompt pass (~{PROMPT_PROCESSING_TOKENS} tokens): {}", tok_s(&r.worker_prompt_processing));
+    match (&r.llama_bench_pp, r.prompt_processing_ratio) {
+        (Some(pp), Some(ratio)) => {
+            println!("  llama-bench pp{PROMPT_PROCESSING_TOKENS}:               {}", tok_s(pp));
+            println!("  prompt-processing ratio:          {ratio:.3} (target >= 1.00)");
+        }
+        _ => println!("  prompt-processing ratio:          not measured (pass --llama-bench)"),
     }
     println!("  --slots 1, {} in flight, aggregate: {}", r.slots, tok_s(&r.slots1_aggregate));
     println!("  --slots {}, {} in flight, aggregate: {}", r.slots, r.slots, tok_s(&r.batched_aggregate));
@@ -194,12 +246,22 @@ fn print_result(r: &EngineBenchResult) {
     println!("  --slots {} --kv-layout unified:    {} (ratio {:.3})", r.slots, tok_s(&r.unified_aggregate), r.unified_ratio);
 }
 
-/// Runs llama-bench's text-generation test once and returns its tokens/s.
+/// Runs llama-bench's text-generation test (tg`tokens`) once and returns its tokens/s.
 fn llama_bench(binary: &Path, model: &Path, threads: u32, tokens: u32) -> anyhow::Result<f64> {
+    llama_bench_test(binary, model, threads, 0, tokens)
+}
+
+/// Runs llama-bench's prompt-processing test (pp512) once and returns its tokens/s.
+fn llama_bench_pp(binary: &Path, model: &Path, threads: u32) -> anyhow::Result<f64> {
+    llama_bench_test(binary, model, threads, PROMPT_PROCESSING_TOKENS, 0)
+}
+
+/// One llama-bench test of `prompt` prompt tokens and `generated` new tokens; its average tokens/s.
+fn llama_bench_test(binary: &Path, model: &Path, threads: u32, prompt: u32, generated: u32) -> anyhow::Result<f64> {
     let output = Command::new(binary)
         .arg("-m")
         .arg(model)
-        .args(["-t", &threads.to_string(), "-p", "0", "-n", &tokens.to_string(), "-r", "1", "-o", "json"])
+        .args(["-t", &threads.to_string(), "-p", &prompt.to_string(), "-n", &generated.to_string(), "-r", "1", "-o", "json"])
         .output()?;
     anyhow::ensure!(output.status.success(), "llama-bench failed: {}", String::from_utf8_lossy(&output.stderr));
     let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;

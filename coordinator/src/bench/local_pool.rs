@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use modelpool::auth::AuthChannel;
 use modelpool::proto::{ListWorkersRequest, WorkerState, coordinator_client::CoordinatorClient};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use modelpool::auth::AuthChannel;
 
 use crate::Config;
 
@@ -67,8 +67,11 @@ pub struct WorkerSpec {
 
 /// The worker's command line for `spec`: the binary, then its flags.
 fn worker_command(spec: &WorkerSpec) -> Vec<std::ffi::OsString> {
-    let mut words: Vec<std::ffi::OsString> = vec![spec.binary.clone().into(), "--port".into(), "0".into(), "--model".into(), spec.model.clone().into()];
-    for (flag, value) in [("--coordinator", spec.coordinator.clone()), ("--threads", spec.threads.to_string()), ("--slots", spec.slots.to_string())] {
+    let mut words: Vec<std::ffi::OsString> =
+        vec![spec.binary.clone().into(), "--port".into(), "0".into(), "--model".into(), spec.model.clone().into()];
+    for (flag, value) in
+        [("--coordinator", spec.coordinator.clone()), ("--threads", spec.threads.to_string()), ("--slots", spec.slots.to_string())]
+    {
         words.push(flag.into());
         words.push(value.into());
     }
@@ -89,17 +92,9 @@ pub fn find_worker_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
     let name = if cfg!(windows) { "worker.exe" } else { "worker" };
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "no worker binary next to {}; build it with `cargo build --release -p worker` or pass --worker-bin",
-                exe.display()
-            )
-        })
+    exe.ancestors().skip(1).take(2).map(|dir| dir.join(name)).find(|p| p.is_file()).ok_or_else(|| {
+        format!("no worker binary next to {}; build it with `cargo build --release -p worker` or pass --worker-bin", exe.display())
+    })
 }
 
 pub struct WorkerProcess {
@@ -135,7 +130,8 @@ impl WorkerProcess {
     /// gets one command line, `remote_prefix` and the worker's, every word quoted for its shell, so no
     /// path, address or token can be read as shell syntax there.
     pub fn spawn_over_ssh(ssh: &[String], remote_prefix: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
-        let words: Vec<String> = remote_prefix.iter().cloned().chain(worker_command(spec).iter().map(|w| w.to_string_lossy().into_owned())).collect();
+        let words: Vec<String> =
+            remote_prefix.iter().cloned().chain(worker_command(spec).iter().map(|w| w.to_string_lossy().into_owned())).collect();
         let remote = words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
         let mut command = Command::new("ssh");
         command.args(ssh).arg(remote);
@@ -194,18 +190,20 @@ impl WorkerProcess {
             }
         }
     }
-
 }
 
 /// Several workers started together.
+#[derive(Default)]
 pub struct LocalPool {
     pub workers: Vec<WorkerProcess>,
+    /// The kernels the serving workers said they compute with (distinct; see `worker --cpu-variant`).
+    pub cpu_kernels: Vec<String>,
 }
 
 impl LocalPool {
     pub fn spawn(spec: &WorkerSpec, count: usize) -> std::io::Result<Self> {
         let workers = (0..count).map(|_| WorkerProcess::spawn(spec)).collect::<std::io::Result<_>>()?;
-        Ok(Self { workers })
+        Ok(Self { workers, cpu_kernels: Vec::new() })
     }
 
     /// Spawns `count` workers and waits until all serve through the coordinator; stops them on failure.
@@ -216,9 +214,12 @@ impl LocalPool {
         timeout: Duration,
     ) -> Result<Self, String> {
         let mut pool = Self::spawn(spec, count).map_err(|e| format!("starting {}: {e}", spec.binary.display()))?;
-        if let Err(e) = wait_for_workers(&mut client.clone(), count, timeout, &mut pool).await {
-            pool.stop(Duration::from_secs(5)).await;
-            return Err(e);
+        match wait_for_workers(&mut client.clone(), count, timeout, &mut pool).await {
+            Ok(kernels) => pool.cpu_kernels = kernels,
+            Err(e) => {
+                pool.stop(Duration::from_secs(5)).await;
+                return Err(e);
+            }
         }
         Ok(pool)
     }
@@ -229,18 +230,25 @@ impl LocalPool {
 }
 
 /// Waits until `count` workers serve through the coordinator, failing early if one of ours exits.
+/// Returns the kernels they compute with (distinct, in the order first seen).
 pub async fn wait_for_workers(
     client: &mut CoordinatorClient<AuthChannel>,
     count: usize,
     timeout: Duration,
     pool: &mut LocalPool,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(list) = client.list_workers(ListWorkersRequest {}).await {
-            let serving = list.into_inner().workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count();
-            if serving >= count {
-                return Ok(());
+            let serving: Vec<_> = list.into_inner().workers.into_iter().filter(|w| w.state == WorkerState::Serving as i32).collect();
+            if serving.len() >= count {
+                let mut kernels: Vec<String> = Vec::new();
+                for kernel in serving.into_iter().filter_map(|w| w.info).map(|info| info.cpu_kernels) {
+                    if !kernel.is_empty() && !kernels.contains(&kernel) {
+                        kernels.push(kernel);
+                    }
+                }
+                return Ok(kernels);
             }
         }
         for worker in &mut pool.workers {

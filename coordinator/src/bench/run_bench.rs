@@ -165,7 +165,9 @@ pub fn with_rates(shapes: Vec<Configuration>, rates: &[f64]) -> Vec<Configuratio
     }
     shapes
         .into_iter()
-        .flat_map(|shape| rates.iter().map(move |&rate| Configuration { name: format!("{}@{rate}/s", shape.name), rate: Some(rate), ..shape.clone() }))
+        .flat_map(|shape| {
+            rates.iter().map(move |&rate| Configuration { name: format!("{}@{rate}/s", shape.name), rate: Some(rate), ..shape.clone() })
+        })
         .collect()
 }
 
@@ -216,7 +218,8 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
         config.max_tokens = output;
     }
 
-    let scheduler = SchedulerConfig { heartbeat_interval: Duration::from_millis(500), heartbeat_timeout: Duration::from_secs(3), ..Default::default() };
+    let scheduler =
+        SchedulerConfig { heartbeat_interval: Duration::from_millis(500), heartbeat_timeout: Duration::from_secs(3), ..Default::default() };
     let coordinator = LocalCoordinator::start(scheduler).await?;
     let client = coordinator.client.clone();
     let coordinator_url = coordinator.url.clone();
@@ -299,7 +302,7 @@ async fn measure_configuration(
     );
     // Memory is sampled from the moment each worker exists, so the report shows loading too.
     let sampler = MemorySampler::start(client.clone(), &[]);
-    let mut pool = LocalPool { workers: Vec::new() };
+    let mut pool = LocalPool::default();
     let waves: Vec<usize> = if one_by_one { vec![1; configuration.workers] } else { vec![configuration.workers] };
     for wave in waves {
         for _ in 0..wave {
@@ -308,17 +311,25 @@ async fn measure_configuration(
             pool.workers.push(worker);
         }
         let expected = pool.workers.len();
-        if let Err(e) = wait_for_workers(&mut client.clone(), expected, STARTUP_TIMEOUT, &mut pool).await {
-            pool.stop(STOP_GRACE).await;
-            anyhow::bail!(e);
+        match wait_for_workers(&mut client.clone(), expected, STARTUP_TIMEOUT, &mut pool).await {
+            Ok(kernels) => pool.cpu_kernels = kernels,
+            Err(e) => {
+                pool.stop(STOP_GRACE).await;
+                anyhow::bail!(e);
+            }
         }
     }
     // One short request per slot first, so first-touch page faults are not measured.
-    let warm_up: Vec<PredictRequest> = prompts.iter().cycle().take(configuration.concurrency).map(|p| {
-        let mut p = p.clone();
-        p.sampling.max_tokens = p.sampling.max_tokens.min(4);
-        p
-    }).collect();
+    let warm_up: Vec<PredictRequest> = prompts
+        .iter()
+        .cycle()
+        .take(configuration.concurrency)
+        .map(|p| {
+            let mut p = p.clone();
+            p.sampling.max_tokens = p.sampling.max_tokens.min(4);
+            p
+        })
+        .collect();
     run_closed_loop(client.clone(), &warm_up, configuration.concurrency).await;
 
     let progress = progress_bar(&configuration.name, prompts.len());
@@ -336,9 +347,11 @@ async fn measure_configuration(
     };
     progress.finish();
     let memory = sampler.finish().await;
+    let cpu_kernels = std::mem::take(&mut pool.cpu_kernels);
     pool.stop(STOP_GRACE).await;
     wait_until_empty(client).await;
     Ok(ScenarioRun {
+        cpu_kernels,
         name: configuration.name.clone(),
         engine: configuration.engine.as_str().to_string(),
         repeat,
@@ -376,14 +389,8 @@ pub fn fit_check(model: &std::path::Path, configuration: &Configuration) -> Opti
     };
     let available = modelpool::memory::SystemMemory::read().available_bytes;
     // Leave a tenth for everything else, so that the measurement never makes the machine swap.
-    (needed > available / 10 * 9).then(|| {
-        format!(
-            "needs about {} MiB ({} workers), {} MiB available: it would swap",
-            needed >> 20,
-            workers,
-            available >> 20
-        )
-    })
+    (needed > available / 10 * 9)
+        .then(|| format!("needs about {} MiB ({} workers), {} MiB available: it would swap", needed >> 20, workers, available >> 20))
 }
 
 /// Stopped workers deregister; wait for that so the next configuration starts from an empty pool.
@@ -407,10 +414,7 @@ mod tests {
             .into_iter()
             .map(|c| (c.name, c.workers, c.slots, c.concurrency))
             .collect();
-        assert_eq!(
-            shapes,
-            vec![("serial".into(), 1, 1, 1), ("replicas-2".into(), 2, 1, 2), ("replicas-3".into(), 3, 1, 3)]
-        );
+        assert_eq!(shapes, vec![("serial".into(), 1, 1, 1), ("replicas-2".into(), 2, 1, 2), ("replicas-3".into(), 3, 1, 3)]);
     }
 
     #[test]

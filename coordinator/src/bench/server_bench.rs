@@ -383,10 +383,16 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     );
 
     let mut workloads = serde_json::Map::new();
+    let mut kernels: Vec<String> = Vec::new();
     for &workload in &args.workloads {
         // Fresh servers per workload: one workload's cached prefixes do not help the next.
         let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot).await?;
         let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
+        for kernel in &pool.workers.cpu_kernels {
+            if !kernels.contains(kernel) {
+                kernels.push(kernel.clone());
+            }
+        }
         let (mut pool_rounds, mut server_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut pool_records, mut server_records) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
@@ -426,7 +432,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             }),
         );
     }
-    let machine = bench_client::report::Machine::this();
+    let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
     let result = json!({
         "machine": machine.describe(),
         "model": model.display().to_string(),

@@ -103,6 +103,13 @@ pub struct EngineInfo {
     /// The prompt store's bound in bytes (0: off), and about how many tokens that holds.
     pub prompt_store_capacity_bytes: u64,
     pub prompt_store_tokens: u64,
+    /// The kernels the engine computes with, e.g. `zen4 (probed; best of 12 this CPU supports)`.
+    pub cpu_kernels: String,
+}
+
+/// What MLX computes with: its own kernels (no run-time choice to report).
+pub fn mlx_kernels() -> &'static str {
+    if cfg!(target_os = "macos") { "MLX (Metal GPU)" } else { "MLX CPU (the mlx-cpu wheel's build)" }
 }
 
 /// What an engine is doing now: the worker's load as it reports it to the pool.

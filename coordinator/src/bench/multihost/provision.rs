@@ -1,4 +1,5 @@
-//! Copying to and running on ssh hosts: the worker binary, the MLX library and the model are copied
+//! Copying to and running on ssh hosts: the worker binary with llama.cpp's libraries and CPU modules
+//! beside it, the MLX library and the model are copied
 //! only when the host lacks them or holds other bytes (compared by SHA-256). A copy goes to a `.partial`
 //! name, is checked, and only then renamed into place, so an interrupted copy is never used: the next
 //! run finds the old bytes (or none) and copies again. Hosts-file fields reach ssh as separate arguments
@@ -69,7 +70,8 @@ pub struct Remote {
     pub worker: String,
     pub model: String,
     pub library_dir: String,
-    /// The files copied this time ("worker", "model", "mlx library"); empty when the host had them all.
+    /// The files copied this time ("worker", "model", "llama.cpp libraries", "mlx library"); empty when
+    /// the host had them all.
     pub copied: Vec<String>,
 }
 
@@ -100,16 +102,27 @@ pub struct Payload {
     model: (PathBuf, String),
     /// The mlx-cpu wheel's directory, and the checksum of its libmlx.so.
     library: (PathBuf, String),
+    /// llama.cpp's shared libraries and CPU modules, which go beside the worker binary
+    /// (`worker --list-runtime-files`), each with its checksum.
+    runtime: Vec<(PathBuf, String)>,
 }
 
 impl Payload {
     pub async fn hash(worker: &Path, model: &Path) -> anyhow::Result<Self> {
         let wheel = wheel_dir()?;
         let library_sha = local_sha256(&wheel.join("mlx/lib/libmlx.so")).await?;
+        let listed = run(&worker.display().to_string(), &["--list-runtime-files".to_string()]).await?;
+        let mut runtime = Vec::new();
+        for file in listed.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let file = PathBuf::from(file);
+            let sha = local_sha256(&file).await?;
+            runtime.push((file, sha));
+        }
         Ok(Self {
             worker: (worker.to_path_buf(), local_sha256(worker).await?),
             model: (model.to_path_buf(), local_sha256(model).await?),
             library: (wheel, library_sha),
+            runtime,
         })
     }
 }
@@ -130,16 +143,37 @@ pub async fn provision(host: &SshHost, payload: &Payload) -> anyhow::Result<Remo
         library_dir: format!("{home}/.modelpool/mlx/mlx/lib"),
         copied: Vec::new(),
     };
-    for (name, (local, sha), remote_path) in [("worker", &payload.worker, remote.worker.clone()), ("model", &payload.model, remote.model.clone())] {
-        if host.sha256(&remote_path).await?.as_deref() == Some(sha.as_str()) {
+    // The libraries and modules keep their file names beside the binary, where it looks for them.
+    let runtime = payload.runtime.iter().map(|(local, sha)| {
+        let name = local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        (name.clone(), (local.clone(), sha.clone()), format!("{home}/.modelpool/bin/{name}"))
+    });
+    let files: Vec<(String, (PathBuf, String), String)> = [
+        ("worker".to_string(), payload.worker.clone(), remote.worker.clone()),
+        ("model".to_string(), payload.model.clone(), remote.model.clone()),
+    ]
+    .into_iter()
+    .chain(runtime)
+    .collect();
+    for (name, (local, sha), remote_path) in &files {
+        let (local, remote_path) = (local.as_path(), remote_path.as_str());
+        if host.sha256(remote_path).await?.as_deref() == Some(sha.as_str()) {
             continue;
         }
-        eprintln!("== {target}: copying the {name}, {} ({} MiB)", local.display(), std::fs::metadata(local).map(|m| m.len() >> 20).unwrap_or(0));
+        eprintln!(
+            "== {target}: copying the {name}, {} ({} MiB)",
+            local.display(),
+            std::fs::metadata(local).map(|m| m.len() >> 20).unwrap_or(0)
+        );
         let partial = format!("{remote_path}.partial");
         host.copy(local, &partial, false).await?;
         anyhow::ensure!(host.sha256(&partial).await?.as_deref() == Some(sha.as_str()), "{target}: {partial} differs after copying");
-        host.run(&["mv", "-f", "--", &partial, &remote_path]).await?;
-        remote.copied.push(name.to_string());
+        host.run(&["mv", "-f", "--", &partial, remote_path]).await?;
+        // The report names the libraries and modules as one item.
+        let item = if name == "worker" || name == "model" { name.as_str() } else { "llama.cpp libraries" };
+        if !remote.copied.iter().any(|c| c == item) {
+            remote.copied.push(item.to_string());
+        }
     }
     let (wheel, library_sha) = &payload.library;
     if host.sha256(&format!("{}/libmlx.so", remote.library_dir)).await?.as_deref() != Some(library_sha.as_str()) {

@@ -4,10 +4,11 @@
 //! `slots` sequences are decoded together in it.
 
 mod backend;
+pub mod cpu_variant;
 mod sampler;
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -44,6 +45,9 @@ pub struct LlamaConfig {
     pub shape: PassShape,
     /// Mixed passes: prompt tokens per step at most (beside one decode token per slot).
     pub batch_tokens: u32,
+    /// Which CPU module to run, and the executable that probes it (see [`cpu_variant`]).
+    pub cpu_variant: cpu_variant::VariantRequest,
+    pub cpu_probe_exe: PathBuf,
 }
 
 /// The context settings every llama.cpp context here starts from. Flash attention is llama.cpp's
@@ -63,21 +67,37 @@ fn kv_bytes_per_token(model: &LlamaModel) -> u64 {
     2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2
 }
 
-/// llama.cpp's backend initialises once per process.
-pub fn backend() -> Result<&'static LlamaBackend, PoolError> {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+/// llama.cpp's backend initialises once per process, with the CPU kernels chosen then (the first
+/// engine's request decides; see [`cpu_variant`]). Returns it and the kernels' description.
+pub fn backend(
+    kernels: &cpu_variant::VariantRequest,
+    probe_exe: &Path,
+    model: &Path,
+) -> Result<(&'static LlamaBackend, &'static str), PoolError> {
+    static BACKEND: OnceLock<(LlamaBackend, String)> = OnceLock::new();
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    if let Some(backend) = BACKEND.get() {
-        return Ok(backend);
+    if let Some((backend, kernels)) = BACKEND.get() {
+        return Ok((backend, kernels));
     }
     // Two engines loading at once (tests do) must not both initialise it: the second would fail.
     let _init = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(backend) = BACKEND.get() {
-        return Ok(backend);
+    if let Some((backend, kernels)) = BACKEND.get() {
+        return Ok((backend, kernels));
     }
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let described = if cpu_variant::LOADABLE_MODULES {
+        let modules = cpu_variant::discover(&cpu_variant::module_dirs());
+        let choice = cpu_variant::choose(kernels, &modules, |module| cpu_variant::probe_in_child(probe_exe, &module.path, model))
+            .map_err(|e| PoolError::FailedPrecondition(format!("llama.cpp CPU kernels: {e}")))?;
+        cpu_variant::load_module(&choice.module.path).map_err(|e| PoolError::Internal(format!("llama.cpp CPU kernels: {e}")))?;
+        choice.describe()
+    } else {
+        "built in".to_string()
+    };
+    tracing::info!(cpu_kernels = %described, "llama.cpp CPU kernels");
     let backend = LlamaBackend::init().map_err(|e| PoolError::Internal(format!("llama.cpp backend: {e}")))?;
-    Ok(BACKEND.get_or_init(|| backend))
+    let (backend, kernels) = BACKEND.get_or_init(|| (backend, described));
+    Ok((backend, kernels))
 }
 
 /// Loads the model, starts the engine thread and generates one warm-up token. Blocking.
@@ -85,10 +105,10 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
     if config.slots == 0 || config.queue_capacity == 0 || config.context_per_slot < 16 {
         return Err(PoolError::invalid("config", "slots and queue must be at least 1, context per slot at least 16"));
     }
-    let backend = backend()?;
     if !config.model_path.is_file() {
         return Err(PoolError::FailedPrecondition(format!("model file {} does not exist", config.model_path.display())));
     }
+    let (backend, cpu_kernels) = backend(&config.cpu_variant, &config.cpu_probe_exe, &config.model_path)?;
     let model = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
         .map_err(|e| PoolError::FailedPrecondition(format!("loading {}: {e}", config.model_path.display())))?;
     let model = Arc::new(model);
@@ -175,6 +195,7 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         threads_batch: config.threads_batch,
         prompt_store_capacity_bytes: config.prompt_store_bytes,
         prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token(&model).max(1),
+        cpu_kernels: cpu_kernels.to_string(),
     };
     ServedEngine::start(info, Arc::new(format), queue)
 }
