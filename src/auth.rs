@@ -55,10 +55,11 @@ impl Token {
         self.admits_authorization(metadata.get("authorization").map(|v| v.as_bytes()))
     }
 
-    /// Whether an `authorization` value (gRPC metadata or an HTTP header) is `Bearer <this token>`.
+    /// Whether an `authorization` value (gRPC metadata or an HTTP header) is `Bearer <this token>` (the
+    /// scheme's case is free, as HTTP's schemes are: `bearer` works too).
     pub fn admits_authorization(&self, value: Option<&[u8]>) -> bool {
         let Some(expected) = &self.0 else { return true };
-        let given = value.and_then(|v| v.strip_prefix(b"Bearer "));
+        let given = value.and_then(bearer_credential);
         // Compared even when absent, against an empty value, so that timing says nothing either way.
         constant_time_eq(given.unwrap_or(b""), expected.as_bytes())
     }
@@ -105,8 +106,12 @@ impl ApiKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let key = Token::new(Some(line.to_string()))
-                .map_err(|e| PoolError::invalid(field, format!("{} line {}: {}", path.display(), number + 1, e.to_string().trim_start_matches("invalid token: "))))?;
+            let key = Token::new(Some(line.to_string())).map_err(|e| {
+                PoolError::invalid(
+                    field,
+                    format!("{} line {}: {}", path.display(), number + 1, e.to_string().trim_start_matches("invalid token: ")),
+                )
+            })?;
             keys.push(key);
         }
         if keys.is_empty() {
@@ -180,6 +185,13 @@ impl Credentials {
     }
 }
 
+/// The credential of an `authorization` value with the `Bearer` scheme, whatever the scheme's case
+/// (RFC 9110: schemes are case-insensitive).
+pub fn bearer_credential(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, credential) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(credential)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +209,10 @@ mod tests {
         assert!(!token.admits(&metadata("Bearer 0123456789abcdef-secreT")));
         assert!(!token.admits(&metadata("Bearer 0123456789abcdef-secret2")));
         assert!(!token.admits(&metadata("0123456789abcdef-secret")), "the Bearer scheme is required");
+        assert!(token.admits(&metadata("bearer 0123456789abcdef-secret")), "the scheme's case is free (RFC 9110)");
+        assert!(token.admits(&metadata("BEARER 0123456789abcdef-secret")));
+        assert!(!token.admits(&metadata("Bearer  0123456789abcdef-secret")), "the credential is taken as sent");
+        assert!(!token.admits(&metadata("Basic 0123456789abcdef-secret")));
         assert!(!token.admits(&MetadataMap::new()));
         assert!(Token::none().admits(&MetadataMap::new()), "an open pool admits everyone");
     }

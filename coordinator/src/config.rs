@@ -224,12 +224,27 @@ impl TryFrom<&ServeArgs> for Config {
         }
         let credentials = args.security.credentials().map_err(security_error)?;
         let https = args.security.https().map_err(security_error)?;
-        if !args.no_http && https.is_none() && credentials.token.is_set() && !is_loopback(&args.bind) && !args.allow_plaintext_http {
+        // Keys close the client API; without a worker secret membership would stay open to anyone who
+        // reaches the gRPC port, who could then register an address and be sent the applications' prompts.
+        if args.api_keys_file.is_some() && !credentials.token.is_set() && args.tls_worker_ca.is_none() {
+            return refuse(
+                "api-keys-file",
+                "needs a secret for workers too: --token (MODELPOOL_TOKEN) or --tls-worker-ca; without one anyone who \
+                 reaches the gRPC port can join as a worker and receive the applications' prompts",
+            );
+        }
+        let secrets = if args.api_keys_file.is_some() { "API keys are" } else { "a token is" };
+        if !args.no_http
+            && https.is_none()
+            && (credentials.token.is_set() || args.api_keys_file.is_some())
+            && !is_loopback(&args.bind)
+            && !args.allow_plaintext_http
+        {
             return refuse(
                 "bind",
                 format!(
-                    "{} is not a loopback address and a token is set, but the HTTP API would be plaintext and send \
-                     the token in the clear: give --tls-cert and --tls-key (the API is then HTTPS), --no-http, or \
+                    "{} is not a loopback address and {secrets} set, but the HTTP API would be plaintext and send \
+                     them in the clear: give --tls-cert and --tls-key (the API is then HTTPS), --no-http, or \
                      --allow-plaintext-http",
                     args.bind
                 ),
@@ -237,8 +252,13 @@ impl TryFrom<&ServeArgs> for Config {
         }
         let mut server_tls = args.security.server_tls().map_err(security_error)?;
         if let Some(ca) = &args.tls_worker_ca {
-            let Some(tls) = server_tls else { return refuse("tls-worker-ca", "needs --tls-cert and --tls-key (client certificates ride on TLS)") };
-            server_tls = Some(modelpool::tls::with_client_ca(tls, ca, "tls-worker-ca").map_err(|e| ConfigError { flag: "tls-worker-ca", reason: e.to_string() })?);
+            let Some(tls) = server_tls else {
+                return refuse("tls-worker-ca", "needs --tls-cert and --tls-key (client certificates ride on TLS)");
+            };
+            server_tls = Some(
+                modelpool::tls::with_client_ca(tls, ca, "tls-worker-ca")
+                    .map_err(|e| ConfigError { flag: "tls-worker-ca", reason: e.to_string() })?,
+            );
         }
         let api_keys = match &args.api_keys_file {
             Some(path) => Some(ApiKeys::load(path).map_err(|e| ConfigError { flag: "api-keys-file", reason: e.to_string() })?),

@@ -40,8 +40,14 @@ pub struct Message {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub include_usage: bool,
+}
+
+/// A flag sent as `null` means what leaving it out means, as in OpenAI's API (clients such as the
+/// Python SDK's callers write `"stream": null`).
+fn null_is_false<'de, D: serde::Deserializer<'de>>(value: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(value)?.unwrap_or(false))
 }
 
 /// The sampling fields both endpoints share.
@@ -61,7 +67,7 @@ pub struct Sampling {
     pub seed: Option<u64>,
     #[serde(default)]
     pub n: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
@@ -266,7 +272,10 @@ impl Envelope {
                 }
                 ("chat.completion.chunk", json!({"index": 0, "delta": delta, "finish_reason": finish.map(finish_reason), "logprobs": null}))
             }
-            Kind::Text => ("text_completion", json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish.map(finish_reason), "logprobs": null})),
+            Kind::Text => (
+                "text_completion",
+                json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish.map(finish_reason), "logprobs": null}),
+            ),
         };
         let mut chunk = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]});
         if include_usage {

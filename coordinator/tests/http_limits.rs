@@ -228,3 +228,19 @@ fn a_plaintext_http_api_with_a_token_on_the_network_is_refused() {
     let _ = child.wait();
     assert!(line.starts_with("MODELPOOL_COORDINATOR_LISTENING"), "{line}");
 }
+
+/// Hardening round 2, finding 8: `"stream": null`, which OpenAI's API takes as "not streamed", was
+/// refused with 400. Now it is an ordinary unstreamed completion, through a real worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_null_stream_flag_means_not_streamed() {
+    let pool = TestPool::start(1, Config::from(fast_scheduler()), &[]).await;
+    let host = host_of(&pool.http_url());
+    let body = r#"{"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "stream": null, "stream_options": {"include_usage": null}}"#;
+    let mut stream = TcpStream::connect(&host).await.unwrap();
+    let request = post(&host, "/v1/chat/completions", body).replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(60)).await.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"chat.completion\"") && !answer.contains("data: "), "one JSON completion, not a stream: {answer}");
+    pool.shutdown().await;
+}

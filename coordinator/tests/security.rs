@@ -26,7 +26,8 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     assert!(answer.completion_tokens > 0);
     let url = pool.coordinator_url();
 
-    for (name, client_token) in [("no token", Token::none()), ("wrong token", Token::new(Some("wrong-secret-0123456789".into())).unwrap())] {
+    for (name, client_token) in [("no token", Token::none()), ("wrong token", Token::new(Some("wrong-secret-0123456789".into())).unwrap())]
+    {
         let mut client = bench_client::connect(&url, &Credentials { token: client_token, ..Credentials::default() }).unwrap();
         let status = client.predict(chat("Say hi.", 4)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
@@ -131,20 +132,23 @@ async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
     assert_eq!(operator.predict(chat("Say hi.", 4)).await.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(operator.list_workers(ListWorkersRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
     // Nor the HTTP API, which takes the key.
-    let http = |key: &'static str| {
+    let http_as = |authorization: String| {
         let url = coordinator.http_url.clone();
         async move {
             let host = url.trim_start_matches("http://").to_string();
             let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
-            let request = format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+            let request = format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n");
             tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
             let mut answer = String::new();
             tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
             answer
         }
     };
+    let http = |key: &str| http_as(format!("Bearer {key}"));
     assert!(http(KEY).await.starts_with("HTTP/1.1 200"));
     assert!(http(SECRET).await.starts_with("HTTP/1.1 401"));
+    // HTTP's scheme names are case-insensitive (hardening round 2, finding 8): `bearer` is a Bearer.
+    assert!(http_as(format!("bearer {KEY}")).await.starts_with("HTTP/1.1 200"));
     workers.stop(Duration::from_secs(10)).await;
     coordinator.stop().await;
 }
@@ -198,7 +202,11 @@ async fn with_a_worker_ca_only_workers_with_its_certificates_join() {
     assert_eq!(pool.list().await.len(), 1, "the worker presented its certificate and joined");
 
     // Same CA trusted, no client certificate.
-    let mut anonymous = bench_client::connect(&pool.coordinator_url(), &Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Credentials::default() }).unwrap();
+    let mut anonymous = bench_client::connect(
+        &pool.coordinator_url(),
+        &Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Credentials::default() },
+    )
+    .unwrap();
     let register = proto::RegisterRequest {
         info: Some(proto::WorkerInfo { address: "https://127.0.0.1:1".into(), slots: 1, context_per_slot: 2048, ..Default::default() }),
         protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32,
@@ -208,4 +216,34 @@ async fn with_a_worker_ca_only_workers_with_its_certificates_join() {
     assert!(refused.message().contains("client certificate"), "{}", refused.message());
     assert!(anonymous.predict(chat("Say hi.", 4)).await.unwrap().into_inner().completion_tokens > 0, "the client API needs none");
     pool.shutdown().await;
+}
+
+/// Hardening round 2, finding 2: `--api-keys-file` without a worker secret left membership open (a
+/// worker with no token registered and was sent prompts). `coordinator serve` now refuses to start so,
+/// naming the flags that fix it, and starts with a token beside the keys.
+#[test]
+fn api_keys_without_a_worker_secret_are_refused_at_start() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let keys = std::env::temp_dir().join(format!("modelpool-keys-alone-{}", std::process::id()));
+    std::fs::write(&keys, "application-key-0123456789\n").unwrap();
+    let serve = |extra: &[&str]| {
+        let mut command = Command::new(common::coordinator_binary());
+        command.args(["serve", "--port", "0", "--http-port", "0", "--api-keys-file"]).arg(&keys).args(extra);
+        command.env_remove("MODELPOOL_TOKEN").env("RUST_LOG", "warn").stdin(Stdio::null());
+        command
+    };
+    let refused = serve(&[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "it started: {stderr}");
+    assert!(stderr.contains("--api-keys-file") && stderr.contains("--token") && stderr.contains("--tls-worker-ca"), "{stderr}");
+
+    // With the pool token beside the keys it serves (and says where).
+    let mut started = serve(&["--token", SECRET]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(started.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = started.kill();
+    let _ = started.wait();
+    let _ = std::fs::remove_file(&keys);
+    assert!(line.starts_with("MODELPOOL_COORDINATOR_LISTENING"), "{line:?}");
 }

@@ -21,7 +21,7 @@ fn request(messages: &[modelpool::ChatMessage], max_tokens: u32) -> modelpool::p
 fn llama_logits(model: &llama_cpp_2::model::LlamaModel, tokens: &[i32], flash_attention: bool) -> Vec<f32> {
     use llama_cpp_2::llama_batch::LlamaBatch;
     use llama_cpp_2::token::LlamaToken;
-    let backend = worker::engine::llama::backend().unwrap();
+    let backend = worker::engine::llama::default_backend(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap();
     // The settings the llama.cpp engine serves with.
     let params = worker::engine::llama::base_context_params(flash_attention).with_n_threads(1);
     let mut context = model.new_context(backend, params).unwrap();
@@ -49,7 +49,7 @@ fn ranked(logits: &[f32]) -> Vec<usize> {
 fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
     let path = modelpool::model_cache::ensure_default_model().unwrap();
     let format = PromptFormat::load(&path).unwrap();
-    let backend = worker::engine::llama::backend().unwrap();
+    let backend = worker::engine::llama::default_backend(&path).unwrap();
     let llama = llama_cpp_2::model::LlamaModel::load_from_file(backend, &path, &Default::default()).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
     let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();
@@ -124,7 +124,7 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
     use modelpool::{ChatMessage, Role};
 
     let path = modelpool::model_cache::ensure_default_model().unwrap();
-    let backend = worker::engine::llama::backend().unwrap();
+    let backend = worker::engine::llama::default_backend(&path).unwrap();
     let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default().with_vocab_only(true)).unwrap();
     let messages = [
         ChatMessage::new(Role::System, "You extract facts."),

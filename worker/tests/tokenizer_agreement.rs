@@ -34,7 +34,7 @@ const HARD_STRINGS: &[&str] = &[
 fn gguf_tokenizer_agrees_with_llama_cpp_on_hard_strings() {
     let path = modelpool::model_cache::ensure_default_model().unwrap();
     let ours = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
-    let backend = worker::engine::llama::backend().unwrap();
+    let backend = worker::engine::llama::default_backend(&path).unwrap();
     let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default().with_vocab_only(true)).unwrap();
     let vocab = model.vocab();
     assert_eq!(ours.vocab_size(), vocab.n_tokens() as usize);

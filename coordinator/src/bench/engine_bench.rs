@@ -15,7 +15,7 @@ use bench_client::runner::run_closed_loop;
 use modelpool::PredictRequest;
 
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]
@@ -32,10 +32,12 @@ pub struct EngineBenchArgs {
     /// Repetitions of each measurement; medians are reported.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
-    /// llama.cpp's llama-bench binary (scripts/build-llama-tool.sh builds it). Without it the single-stream
-    /// ratio is not computed.
+    /// llama.cpp's llama-bench binary (scripts/build-llama-tool.sh builds it); give several builds
+    /// (portable, native) and each figure is measured with the build fastest at it here, found in a
+    /// first pass (a build that fails to run is reported and left out). Without any, the single-stream
+    /// and prompt-processing ratios are not computed.
     #[arg(long, env = "MODELPOOL_LLAMA_BENCH")]
-    pub llama_bench: Option<PathBuf>,
+    pub llama_bench: Vec<PathBuf>,
     /// llama.cpp's llama-batched-bench binary: its own batch-of-`slots` ÷ batch-of-1 decode ratio, the
     /// yardstick for ours, measured in the same rounds.
     #[arg(long, env = "MODELPOOL_LLAMA_BATCHED_BENCH")]
@@ -51,6 +53,9 @@ pub struct EngineBenchArgs {
 pub struct EngineBenchResult {
     /// The kernels the workers reported computing with (`worker --cpu-variant`).
     pub worker_kernels: String,
+    /// The llama-bench builds the tg and pp figures come from (the fastest at each in the first pass).
+    pub llama_bench_tg_build: Option<String>,
+    pub llama_bench_pp_build: Option<String>,
     /// llama-bench's pp512 tokens/s, the worker's prompt tokens/s on a prompt of about 512 tokens, and
     /// their ratio (worker ÷ llama-bench).
     pub llama_bench_pp: Option<Spread>,
@@ -133,13 +138,34 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         records.iter().filter(|r| r.ok).map(|r| f64::from(r.completion_tokens)).sum::<f64>() / wall_s.max(1e-9)
     };
     let (mut llama, mut single, mut slots1, mut batched, mut unified) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Each llama-bench figure from the build fastest at it on this machine.
+    let (mut tg_build, mut pp_build): (Option<(PathBuf, f64)>, Option<(PathBuf, f64)>) = (None, None);
+    for binary in &args.llama_bench {
+        match (llama_bench(binary, &model, threads, args.max_tokens), llama_bench_pp(binary, &model, threads)) {
+            (Ok(tg), Ok(pp)) => {
+                eprintln!(
+                    "== llama-bench ({}): tg{} {tg:.1} tok/s, pp{PROMPT_PROCESSING_TOKENS} {pp:.1} tok/s",
+                    llama_build_name(binary),
+                    args.max_tokens
+                );
+                if tg_build.as_ref().is_none_or(|(_, best)| tg > *best) {
+                    tg_build = Some((binary.clone(), tg));
+                }
+                if pp_build.as_ref().is_none_or(|(_, best)| pp > *best) {
+                    pp_build = Some((binary.clone(), pp));
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => eprintln!("== llama-bench ({}) does not run here, left out: {e}", llama_build_name(binary)),
+        }
+    }
+    anyhow::ensure!(args.llama_bench.is_empty() || tg_build.is_some(), "no llama-bench build runs on this machine");
     let mut llama_batched = Vec::new();
     let (mut llama_pp, mut worker_pp) = (Vec::new(), Vec::new());
     for round in 0..args.repeats {
         eprintln!("== round {}/{}", round + 1, args.repeats);
-        if let Some(binary) = &args.llama_bench {
-            llama.push(llama_bench(binary, &model, threads, args.max_tokens)?);
-            llama_pp.push(llama_bench_pp(binary, &model, threads)?);
+        if let (Some((tg_binary, _)), Some((pp_binary, _))) = (&tg_build, &pp_build) {
+            llama.push(llama_bench(tg_binary, &model, threads, args.max_tokens)?);
+            llama_pp.push(llama_bench_pp(pp_binary, &model, threads)?);
         }
         if let Some(binary) = &args.llama_batched_bench {
             llama_batched.push(llama_batched_bench(binary, &model, threads, args.max_tokens, args.slots)?);
@@ -178,6 +204,8 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     let unified_aggregate = Spread::of(&unified);
     let result = EngineBenchResult {
         worker_kernels,
+        llama_bench_tg_build: tg_build.map(|(binary, _)| llama_build_name(&binary)),
+        llama_bench_pp_build: pp_build.map(|(binary, _)| llama_build_name(&binary)),
         prompt_processing_ratio: llama_bench_pp.map(|pp| worker_prompt_processing.median / pp.median),
         llama_bench_pp,
         worker_prompt_processing,
@@ -213,7 +241,7 @@ fn print_result(r: &EngineBenchResult) {
     println!("  worker kernels: {}", if r.worker_kernels.is_empty() { "not reported" } else { &r.worker_kernels });
     match (&r.llama_bench_tg, r.single_ratio) {
         (Some(tg), Some(ratio)) => {
-            println!("  llama-bench tg{}:                 {}", r.max_tokens, tok_s(tg));
+            println!("  llama-bench tg{} ({}):      {}", r.max_tokens, r.llama_bench_tg_build.as_deref().unwrap_or("?"), tok_s(tg));
             println!("  worker --slots 1 decode:          {}", tok_s(&r.worker_single_decode));
             println!("  single-stream ratio:              {ratio:.3} (target >= 1.00)");
         }
@@ -225,7 +253,11 @@ fn print_result(r: &EngineBenchResult) {
     println!("  worker prompt pass (~{PROMPT_PROCESSING_TOKENS} tokens): {}", tok_s(&r.worker_prompt_processing));
     match (&r.llama_bench_pp, r.prompt_processing_ratio) {
         (Some(pp), Some(ratio)) => {
-            println!("  llama-bench pp{PROMPT_PROCESSING_TOKENS}:               {}", tok_s(pp));
+            println!(
+                "  llama-bench pp{PROMPT_PROCESSING_TOKENS} ({}):      {}",
+                r.llama_bench_pp_build.as_deref().unwrap_or("?"),
+                tok_s(pp)
+            );
             println!("  prompt-processing ratio:          {ratio:.3} (target >= 1.00)");
         }
         _ => println!("  prompt-processing ratio:          not measured (pass --llama-bench)"),

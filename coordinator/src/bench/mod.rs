@@ -20,6 +20,21 @@ pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 /// Workers stopped with SIGTERM have this long to drain before SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// A llama.cpp tool build's name in a report, from its build directory (scripts/build-llama-tool.sh:
+/// `build` is portable, `build-native-…` native).
+pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
+    use std::path::Path;
+    let dir =
+        binary.parent().and_then(Path::parent).and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if dir.starts_with("build-native") {
+        "native".into()
+    } else if dir == "build" {
+        "portable".into()
+    } else {
+        binary.display().to_string()
+    }
+}
+
 /// The worker binary and the model a bench starts workers with.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerFiles {

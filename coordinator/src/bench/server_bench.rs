@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -178,19 +178,6 @@ fn np_name(np: u32) -> String {
     if np == 0 { format!("auto ({AUTO_SLOTS}, unified KV)") } else { np.to_string() }
 }
 
-/// A build's name in the report: its build directory (`build`: portable; `build-native-…`: native).
-fn build_name(binary: &Path) -> String {
-    let dir =
-        binary.parent().and_then(Path::parent).and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if dir.starts_with("build-native") {
-        "native".into()
-    } else if dir == "build" {
-        "portable".into()
-    } else {
-        binary.display().to_string()
-    }
-}
-
 /// llama-server on a free port of 127.0.0.1, killed when dropped.
 struct LlamaServer {
     child: Child,
@@ -344,16 +331,17 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             let server = match LlamaServer::start(binary, &model, np, args.threads, args.ctx_per_slot).await {
                 Ok(server) => server,
                 Err(error) => {
-                    eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", build_name(binary));
-                    builds_not_run
-                        .push(json!({"build": build_name(binary), "binary": binary.display().to_string(), "error": format!("{error:#}")}));
+                    eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
+                    builds_not_run.push(
+                        json!({"build": llama_build_name(binary), "binary": binary.display().to_string(), "error": format!("{error:#}")}),
+                    );
                     break;
                 }
             };
             let (records, wall) = measure(&server.url, &sweep_prompts, args.clients, args.max_tokens).await;
             server.stop().await;
             let round = round_of(&records, wall);
-            eprintln!("== sweep: llama-server ({}) -np {}: {:.2} prompts/s", build_name(binary), np_name(np), round.prompts_per_s);
+            eprintln!("== sweep: llama-server ({}) -np {}: {:.2} prompts/s", llama_build_name(binary), np_name(np), round.prompts_per_s);
             if best_server.is_none_or(|(_, _, best)| round.prompts_per_s > best) {
                 best_server = Some((binary, np, round.prompts_per_s));
             }
@@ -374,7 +362,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let shape = best_shape.0;
     eprintln!(
         "== llama-server ({}) -np {} -t {} against the pool {}x{} ({} thread(s) per worker)",
-        build_name(server_binary),
+        llama_build_name(server_binary),
         np_name(np),
         args.threads,
         shape.0,
@@ -442,7 +430,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         "rounds": args.rounds,
         "llama_server": {
             "binary": server_binary.display().to_string(),
-            "build": build_name(server_binary),
+            "build": llama_build_name(server_binary),
             "np": np_name(np),
             "sweep_prompts_per_s": server_sweep,
             "builds_not_run": builds_not_run,

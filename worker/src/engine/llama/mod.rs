@@ -100,6 +100,12 @@ pub fn backend(
     Ok((backend, kernels))
 }
 
+/// The backend with the default kernel choice (`--cpu-variant auto`, probed with `model` by the worker
+/// binary beside this executable): for code that uses llama.cpp directly, such as tests.
+pub fn default_backend(model: &Path) -> Result<&'static LlamaBackend, PoolError> {
+    backend(&cpu_variant::VariantRequest::Auto, &cpu_variant::default_probe_exe(), model).map(|(backend, _)| backend)
+}
+
 /// Loads the model, starts the engine thread and generates one warm-up token. Blocking.
 pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
     if config.slots == 0 || config.queue_capacity == 0 || config.context_per_slot < 16 {
