@@ -6,7 +6,8 @@
 # here, with every -np and its automatic slots), then every workload (chats and DSPy-shaped calls that
 # never repeat, growing conversations, a fixed 128:64 shape) in interleaved rounds through both OpenAI
 # endpoints, with the same cores. Prints pool ÷ llama-server per workload; extra flags go to
-# server-bench (e.g. --json FILE, --rounds 5, --threads 4, --workloads dspy).
+# server-bench (e.g. --json FILE, --rounds 5, --threads 4, --workloads dspy; --hosts 2, as root: two
+# simulated hosts, the pool against two llama-servers behind round-robin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

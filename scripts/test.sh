@@ -12,6 +12,12 @@ python3 scripts/structure-check.py
 cargo build --release --workspace --bins
 MODELPOOL_MLX_FIXTURES=$(scripts/mlx-fixture.sh --dir)
 export MODELPOOL_MLX_FIXTURES
+# The simulated-hosts test (coordinator/tests/across_hosts.rs, root only) runs the pool against real
+# llama-servers: the portable build, from the pinned source, cached after the first time.
+if [ "$(id -u)" = 0 ] && [ -z "${MODELPOOL_LLAMA_SERVER:-}" ]; then
+  MODELPOOL_LLAMA_SERVER=$(scripts/build-llama-tool.sh llama-server portable)
+  export MODELPOOL_LLAMA_SERVER
+fi
 cargo test --release --workspace "$@"
 scripts/python-tests.sh
 scripts/k8s-check.sh

@@ -1,6 +1,7 @@
 //! The bench client: drives serial and parallel scenarios through a coordinator and reports throughput,
 //! latency and memory. `coordinator run-bench` uses this same code, so there is one measuring path.
 
+pub mod balancer;
 pub mod cli;
 pub mod fresh;
 pub mod hosts;

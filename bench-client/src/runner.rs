@@ -20,6 +20,8 @@ pub enum Target {
     Pool(CoordinatorClient<AuthChannel>),
     /// An OpenAI-compatible HTTP endpoint, streamed: timings are measured at the client.
     OpenAi(OpenAiClient),
+    /// Several OpenAI endpoints behind a balancer in the client (round-robin, least-connections).
+    Balanced(crate::balancer::Balancer),
 }
 
 impl From<CoordinatorClient<AuthChannel>> for Target {
@@ -39,6 +41,7 @@ impl Target {
         let record = match self {
             Target::Pool(client) => send(&mut client.clone(), proto::PredictRequest::from(request), index, client_wait_ms).await,
             Target::OpenAi(client) => client.send(request, index, client_wait_ms).await,
+            Target::Balanced(balancer) => balancer.send(request, index, client_wait_ms).await,
         };
         if let Some(progress) = progress {
             progress.inc(1);

@@ -12,9 +12,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = coordinator::Config::try_from(&args)?;
-            let listener = TcpListener::bind((args.bind.as_str(), args.port))
-                .await
-                .with_context(|| format!("binding {}:{}", args.bind, args.port))?;
+            let listener =
+                TcpListener::bind((args.bind.as_str(), args.port)).await.with_context(|| format!("binding {}:{}", args.bind, args.port))?;
             let http = if args.no_http {
                 None
             } else {
@@ -27,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
             // Machine-readable, for scripts and tests that start the coordinator on port 0.
             let scheme = if config.server_tls.is_some() { "https" } else { "http" };
             let http_scheme = if config.https.is_some() { "https" } else { "http" };
-            let http_url = http.as_ref().and_then(|h| h.local_addr().ok()).map(|a| format!(" http={http_scheme}://{a}")).unwrap_or_default();
+            let http_url =
+                http.as_ref().and_then(|h| h.local_addr().ok()).map(|a| format!(" http={http_scheme}://{a}")).unwrap_or_default();
             println!("MODELPOOL_COORDINATOR_LISTENING grpc={scheme}://{}{http_url}", listener.local_addr()?);
             coordinator::serve(config, listener, http, modelpool::shutdown::shutdown_signal()).await?;
         }
@@ -45,7 +45,10 @@ async fn main() -> anyhow::Result<()> {
             coordinator::bench::mlx_bench::run_mlx_bench(args).await?;
         }
         Command::ServerBench(args) => {
-            coordinator::bench::server_bench::run_server_bench(args).await?;
+            match args.hosts {
+                Some(hosts) => coordinator::bench::across_hosts::run_across_hosts(args, hosts).await?,
+                None => coordinator::bench::server_bench::run_server_bench(args).await?,
+            };
         }
         Command::Multihost(args) => {
             coordinator::bench::multihost::run_multihost(args).await?;

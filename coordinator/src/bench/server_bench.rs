@@ -42,7 +42,7 @@ pub enum ServerWorkload {
 }
 
 impl ServerWorkload {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ServerWorkload::Chats => "chats",
             ServerWorkload::Dspy => "dspy",
@@ -104,6 +104,20 @@ pub struct ServerBenchArgs {
     /// for measuring the worker's settings against each other.
     #[arg(long, allow_hyphen_values = true)]
     pub worker_args: Option<String>,
+    /// Simulated hosts (needs root): N network namespaces on this machine, each with its share of the
+    /// cores (CPU affinity). The pool (one coordinator, one worker per host) against N llama-servers,
+    /// one per host, behind `--balancer` in the client.
+    #[arg(long)]
+    pub hosts: Option<usize>,
+    /// How the client spreads requests over the N llama-servers with --hosts.
+    #[arg(long, value_enum, default_value_t = bench_client::balancer::Policy::RoundRobin)]
+    pub balancer: bench_client::balancer::Policy,
+    /// Slots of each host's worker with --hosts.
+    #[arg(long, default_value_t = 4)]
+    pub host_slots: u32,
+    /// The script that makes the namespaces (--hosts).
+    #[arg(long, default_value = "scripts/multihost/netns.sh")]
+    pub netns_script: PathBuf,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -112,7 +126,7 @@ pub struct ServerBenchArgs {
 }
 
 /// The flags every pool worker gets besides its shape.
-fn pool_worker_args(args: &ServerBenchArgs) -> Vec<String> {
+pub(crate) fn pool_worker_args(args: &ServerBenchArgs) -> Vec<String> {
     let mut flags = vec!["--ctx-per-slot".into(), args.ctx_per_slot.to_string()];
     if let Some(mib) = args.prompt_cache_mib {
         flags.extend(["--prompt-cache-mib".into(), mib.to_string()]);
@@ -131,12 +145,12 @@ fn parse_shape(shape: &str) -> anyhow::Result<(usize, u32)> {
 
 /// One side's figures for one round.
 #[derive(Debug, Clone, Copy)]
-struct Round {
-    prompts_per_s: f64,
+pub(crate) struct Round {
+    pub(crate) prompts_per_s: f64,
     output_tokens_per_s: f64,
 }
 
-fn round_of(records: &[RequestRecord], wall_s: f64) -> Round {
+pub(crate) fn round_of(records: &[RequestRecord], wall_s: f64) -> Round {
     let ok: Vec<&RequestRecord> = records.iter().filter(|r| r.ok).collect();
     Round {
         prompts_per_s: ok.len() as f64 / wall_s.max(1e-9),
@@ -174,14 +188,15 @@ fn side_summary(rounds: &[Round], records: &[RequestRecord]) -> Value {
 const AUTO_SLOTS: u32 = 4;
 
 /// How a llama-server run was configured, as the report names it.
-fn np_name(np: u32) -> String {
+pub(crate) fn np_name(np: u32) -> String {
     if np == 0 { format!("auto ({AUTO_SLOTS}, unified KV)") } else { np.to_string() }
 }
 
-/// llama-server on a free port of 127.0.0.1, killed when dropped.
-struct LlamaServer {
+/// llama-server on a free port of 127.0.0.1 (or wherever [`LlamaServer::start_with`] puts it), killed
+/// when dropped.
+pub(crate) struct LlamaServer {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl LlamaServer {
@@ -189,9 +204,31 @@ impl LlamaServer {
     /// of 4 slots.
     async fn start(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut command = Command::new(binary);
+        Self::start_with(&[], "127.0.0.1", port, binary, model, np, threads, ctx_per_slot).await
+    }
+
+    /// Started through `launcher` (e.g. `ip netns exec NS taskset -c 0`), listening on `host:port`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_with(
+        launcher: &[String],
+        host: &str,
+        port: u16,
+        binary: &Path,
+        model: &Path,
+        np: u32,
+        threads: u32,
+        ctx_per_slot: u32,
+    ) -> anyhow::Result<Self> {
+        let mut command = match launcher.split_first() {
+            Some((program, words)) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
-            .args(["-m", &model.display().to_string(), "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-m", &model.display().to_string(), "--host", host, "--port", &port.to_string()])
             .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
             .args(["-c", &(ctx_per_slot * np.max(AUTO_SLOTS)).to_string()]);
         if np > 0 {
@@ -204,7 +241,7 @@ impl LlamaServer {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let mut server = Self { child, url: format!("http://{host}:{port}") };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -233,7 +270,7 @@ impl LlamaServer {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }
@@ -273,7 +310,7 @@ impl Pool {
 }
 
 /// What one round of a workload sends.
-enum RoundLoad {
+pub(crate) enum RoundLoad {
     /// Independent prompts, `--clients` in flight.
     Prompts(Vec<PredictRequest>),
     /// Conversations, `--clients` at once, each sending its turns in order.
@@ -303,12 +340,61 @@ fn load_for(workload: ServerWorkload, args: &ServerBenchArgs, model: &Path, roun
 }
 
 async fn measure(url: &str, load: &RoundLoad, clients: usize, max_tokens: u32) -> (Vec<RequestRecord>, f64) {
-    let client = OpenAiClient::new(url, None, Some("bench".into())).expect("an http:// URL");
-    match load {
-        RoundLoad::Prompts(prompts) => run_closed_loop(Target::OpenAi(client), prompts, clients).await,
-        RoundLoad::Conversations(conversations) => {
-            run_conversations(Target::OpenAi(client), conversations.clone(), clients, max_tokens).await
+    measure_target(openai(url), load, clients, max_tokens).await
+}
+
+fn openai(url: &str) -> Target {
+    Target::OpenAi(OpenAiClient::new(url, None, Some("bench".into())).expect("an http:// URL"))
+}
+
+/// Every round of one workload against both sides, in alternating order so that drift on the machine
+/// hits both alike; each round's load is new to both. Returns the workload's part of the report.
+pub(crate) async fn compare_rounds(
+    workload: ServerWorkload,
+    args: &ServerBenchArgs,
+    model: &Path,
+    server_name: &str,
+    pool: impl Fn() -> Target,
+    server: impl Fn() -> Target,
+) -> anyhow::Result<Value> {
+    let (mut pool_rounds, mut server_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pool_records, mut server_records) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let load = load_for(workload, args, model, round)?;
+        let mut measured = [None, None];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            let target = if side == 0 { pool() } else { server() };
+            let (records, wall) = measure_target(target, &load, args.clients, args.max_tokens).await;
+            measured[side] = Some((round_of(&records, wall), records));
         }
+        let [Some((pool_round, p)), Some((server_round, s))] = measured else { unreachable!("both sides ran") };
+        eprintln!(
+            "== {} round {}: pool {:.3} prompts/s, {server_name} {:.3} prompts/s",
+            workload.name(),
+            round + 1,
+            pool_round.prompts_per_s,
+            server_round.prompts_per_s
+        );
+        ratios.push(pool_round.prompts_per_s / server_round.prompts_per_s.max(1e-9));
+        pool_rounds.push(pool_round);
+        server_rounds.push(server_round);
+        pool_records.extend(p);
+        server_records.extend(s);
+    }
+    let ratio = Spread::of(&ratios);
+    Ok(json!({
+        "pool": side_summary(&pool_rounds, &pool_records),
+        "llama_server": side_summary(&server_rounds, &server_records),
+        "ratio_prompts_per_s": {"median": ratio.median, "min": ratio.min, "max": ratio.max},
+    }))
+}
+
+/// One round of `load` against `target`: its records and wall time.
+pub(crate) async fn measure_target(target: Target, load: &RoundLoad, clients: usize, max_tokens: u32) -> (Vec<RequestRecord>, f64) {
+    match load {
+        RoundLoad::Prompts(prompts) => run_closed_loop(target, prompts, clients).await,
+        RoundLoad::Conversations(conversations) => run_conversations(target, conversations.clone(), clients, max_tokens).await,
     }
 }
 
@@ -381,44 +467,11 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
                 kernels.push(kernel.clone());
             }
         }
-        let (mut pool_rounds, mut server_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut pool_records, mut server_records) = (Vec::new(), Vec::new());
-        for round in 0..args.rounds {
-            // Both sides get the same load; each round's is new to both.
-            let load = load_for(workload, &args, &model, round)?;
-            let mut measured = [None, None];
-            // Alternate who goes first, so drift on the machine hits both alike.
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for side in order {
-                let url = if side == 0 { pool.coordinator.http_url.clone() } else { server.url.clone() };
-                let (records, wall) = measure(&url, &load, args.clients, args.max_tokens).await;
-                measured[side] = Some((round_of(&records, wall), records));
-            }
-            let [Some((pool_round, p)), Some((server_round, s))] = measured else { unreachable!("both sides ran") };
-            eprintln!(
-                "== {} round {}: pool {:.3} prompts/s, llama-server {:.3} prompts/s",
-                workload.name(),
-                round + 1,
-                pool_round.prompts_per_s,
-                server_round.prompts_per_s
-            );
-            ratios.push(pool_round.prompts_per_s / server_round.prompts_per_s.max(1e-9));
-            pool_rounds.push(pool_round);
-            server_rounds.push(server_round);
-            pool_records.extend(p);
-            server_records.extend(s);
-        }
+        let pool_url = pool.coordinator.http_url.clone();
+        let summary = compare_rounds(workload, &args, &model, "llama-server", || openai(&pool_url), || openai(&server.url)).await?;
         pool.stop().await;
         server.stop().await;
-        let ratio = Spread::of(&ratios);
-        workloads.insert(
-            workload.name().into(),
-            json!({
-                "pool": side_summary(&pool_rounds, &pool_records),
-                "llama_server": side_summary(&server_rounds, &server_records),
-                "ratio_prompts_per_s": {"median": ratio.median, "min": ratio.min, "max": ratio.max},
-            }),
-        );
+        workloads.insert(workload.name().into(), summary);
     }
     let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
     let result = json!({
@@ -435,7 +488,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             "sweep_prompts_per_s": server_sweep,
             "builds_not_run": builds_not_run,
         },
-        "pool_build": "portable (AVX2 kernels: llama-cpp-sys-2 with GGML_NATIVE off)",
+        "pool_build": if kernels.is_empty() { "kernels not reported".to_string() } else { format!("{} kernels", kernels.join(" | ")) },
         "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
         "workloads": workloads,
     });
@@ -446,7 +499,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     Ok(result)
 }
 
-fn print_result(result: &Value) {
+pub(crate) fn print_result(result: &Value) {
     println!("\nmachine: {}", result["machine"].as_str().unwrap_or(""));
     println!(
         "pool {}x{} ({} MiB prompt store per worker; {}) vs llama-server ({}) -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
