@@ -64,13 +64,16 @@ pub struct VariantChoice {
     pub passed_over: Vec<(String, String)>,
     /// How many modules this CPU's flags allow.
     pub supported: usize,
+    /// Named by `--cpu-variant` rather than chosen.
+    pub named: bool,
 }
 
 impl VariantChoice {
     /// The one line the worker's log, its `Info` and the reports carry, e.g.
     /// `zen4 (probed; best of 12 this CPU supports)`.
     pub fn describe(&self) -> String {
-        let mut text = format!("{} (probed; best of {} this CPU supports", self.module.name, self.supported);
+        let how = if self.named { "as asked; one of" } else { "best of" };
+        let mut text = format!("{} (probed; {how} {} this CPU supports", self.module.name, self.supported);
         for (name, why) in &self.passed_over {
             text.push_str(&format!("; {name} skipped: {why}"));
         }
@@ -236,7 +239,10 @@ pub fn choose(
     let mut passed_over = Vec::new();
     for module in candidates {
         match probe(module) {
-            Ok(()) => return Ok(VariantChoice { module: module.clone(), passed_over, supported: supported.len() }),
+            Ok(()) => {
+                let named = matches!(request, VariantRequest::Named(_));
+                return Ok(VariantChoice { module: module.clone(), passed_over, supported: supported.len(), named });
+            }
             Err(why) => {
                 tracing::warn!(module = %module.name, %why, "llama.cpp CPU module failed its probe; trying the next one");
                 passed_over.push((module.name.clone(), why));
@@ -405,6 +411,8 @@ mod tests {
         assert!(unsupported.contains("lacks the instructions"), "{unsupported}");
         let failing = choose(&VariantRequest::Named("haswell".into()), &modules, |_| Err("exit status 1".into())).unwrap_err();
         assert!(failing.contains("haswell: exit status 1"), "{failing}");
+        let named = choose(&VariantRequest::Named("haswell".into()), &modules, |_| Ok(())).unwrap();
+        assert_eq!(named.describe(), "haswell (probed; as asked; one of 1 this CPU supports)");
     }
 
     #[test]
