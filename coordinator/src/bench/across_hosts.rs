@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
 use crate::bench::server_bench::{
-    LlamaServer, RoundLoad, ServerBenchArgs, compare_rounds, measure_target, np_name, pool_worker_args, print_result, round_of,
+    LlamaServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, measure_target, np_name, pool_build, pool_worker_args,
+    print_result, round_of,
 };
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use crate::scheduler::SchedulerConfig;
@@ -228,11 +229,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
         // Fresh servers and pool per workload: one workload's caches do not help the next.
         let servers = start_servers(&hosts, server_binary, &model, threads, args.ctx_per_slot).await?;
         let pool = HostPool::start(args, &hosts, net, &worker_bin, &model, threads).await?;
-        for kernel in &pool.workers.cpu_kernels {
-            if !kernels.contains(kernel) {
-                kernels.push(kernel.clone());
-            }
-        }
+        add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let server_name = format!("{count} llama-servers");
         let summary = compare_rounds(workload, args, &model, &server_name, || pool.target(), || balanced(&servers, args.balancer)).await;
         pool.stop().await;
@@ -257,7 +254,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
             "sweep_prompts_per_s": server_sweep,
             "builds_not_run": builds_not_run,
         },
-        "pool_build": if kernels.is_empty() { "kernels not reported".to_string() } else { format!("{} kernels", kernels.join(" | ")) },
+        "pool_build": pool_build(&kernels),
         "pool": {"workers": count, "slots": args.host_slots, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "worker_args": args.worker_args.clone().unwrap_or_default()},
         "workloads": workloads,
     });

@@ -390,6 +390,20 @@ pub(crate) async fn compare_rounds(
     }))
 }
 
+/// Adds the kernels a pool's workers reported to those seen in the run, each once.
+pub(crate) fn add_kernels(seen: &mut Vec<String>, reported: &[String]) {
+    for kernel in reported {
+        if !seen.contains(kernel) {
+            seen.push(kernel.clone());
+        }
+    }
+}
+
+/// The report's line for what the pool computed with.
+pub(crate) fn pool_build(kernels: &[String]) -> String {
+    if kernels.is_empty() { "kernels not reported".to_string() } else { format!("{} kernels", kernels.join(" | ")) }
+}
+
 /// One round of `load` against `target`: its records and wall time.
 pub(crate) async fn measure_target(target: Target, load: &RoundLoad, clients: usize, max_tokens: u32) -> (Vec<RequestRecord>, f64) {
     match load {
@@ -462,11 +476,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         // Fresh servers per workload: one workload's cached prefixes do not help the next.
         let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot).await?;
         let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
-        for kernel in &pool.workers.cpu_kernels {
-            if !kernels.contains(kernel) {
-                kernels.push(kernel.clone());
-            }
-        }
+        add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let pool_url = pool.coordinator.http_url.clone();
         let summary = compare_rounds(workload, &args, &model, "llama-server", || openai(&pool_url), || openai(&server.url)).await?;
         pool.stop().await;
@@ -488,7 +498,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             "sweep_prompts_per_s": server_sweep,
             "builds_not_run": builds_not_run,
         },
-        "pool_build": if kernels.is_empty() { "kernels not reported".to_string() } else { format!("{} kernels", kernels.join(" | ")) },
+        "pool_build": pool_build(&kernels),
         "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
         "workloads": workloads,
     });
