@@ -125,10 +125,18 @@ pub struct ServeArgs {
     /// Longest an HTTP API request may take before it fails with 504.
     #[arg(long, default_value_t = 300)]
     pub http_timeout_secs: u64,
-    /// Longest an HTTP client may take to send a request's headers (and a TLS handshake).
+    /// Longest an HTTP client may take to send a request's headers, and from connecting to its first
+    /// request's headers (TLS handshake included; HTTP/1 and HTTP/2 alike).
     #[arg(long, default_value_t = 10)]
     pub http_header_timeout_secs: u64,
-    /// Open HTTP connections at most; one more is answered 503 and closed.
+    /// Longest an HTTP client may take to send a request's body once its headers are in (408 after).
+    #[arg(long, default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+    /// Longest an HTTP connection may stay open with no request in flight after its last one.
+    #[arg(long, default_value_t = 60)]
+    pub http_idle_timeout_secs: u64,
+    /// Open HTTP connections at most. At the limit a new one takes the place of the one idle the
+    /// longest; only when every one has a request in flight is it answered 503 and closed.
     #[arg(long, default_value_t = 512)]
     pub http_max_connections: usize,
     /// Longest the HTTP API waits for a client that accepts no data (a stream it stopped reading);
@@ -215,6 +223,8 @@ impl TryFrom<&ServeArgs> for Config {
         for (flag, value) in [
             ("http-timeout-secs", args.http_timeout_secs),
             ("http-header-timeout-secs", args.http_header_timeout_secs),
+            ("http-body-timeout-secs", args.http_body_timeout_secs),
+            ("http-idle-timeout-secs", args.http_idle_timeout_secs),
             ("http-write-timeout-secs", args.http_write_timeout_secs),
             ("http-max-connections", args.http_max_connections as u64),
         ] {
@@ -274,6 +284,8 @@ impl TryFrom<&ServeArgs> for Config {
             http_request_timeout: Duration::from_secs(args.http_timeout_secs),
             http_limits: HttpLimits {
                 header_read_timeout: Duration::from_secs(args.http_header_timeout_secs),
+                body_read_timeout: Duration::from_secs(args.http_body_timeout_secs),
+                idle_timeout: Duration::from_secs(args.http_idle_timeout_secs),
                 max_connections: args.http_max_connections,
                 write_timeout: Duration::from_secs(args.http_write_timeout_secs),
             },

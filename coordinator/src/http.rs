@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::Access;
 use crate::admission::Admission;
+use crate::http_server::BodyTimedOut;
 use crate::metrics::CoordinatorMetrics;
 use crate::openai::{ApiError, ChatCompletionRequest, CompletionRequest, Envelope, Kind};
 use crate::scheduler::{Scheduler, stopped};
@@ -33,6 +35,8 @@ pub struct HttpState {
     pub access: Access,
     /// Longest a request may take from admission to its last token before it fails with 504.
     pub request_timeout: Duration,
+    /// Longest a stream's next event may wait for a client that takes no data; then it is dropped.
+    pub stall_timeout: Duration,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -46,7 +50,15 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(protected)
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
-        .fallback(|| async { error_response(&ApiError { status: 404, message: "no such route".into(), kind: "invalid_request_error", param: None, code: Some("not_found") }) })
+        .fallback(|| async {
+            error_response(&ApiError {
+                status: 404,
+                message: "no such route".into(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("not_found"),
+            })
+        })
         .with_state(state)
 }
 
@@ -72,8 +84,28 @@ fn error_response(error: &ApiError) -> Response {
     response
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError {
+/// A body axum could not read, as the API's JSON error: 408 past the body deadline, 413 over the size
+/// limit, 400 otherwise.
+fn body_error(rejection: &BytesRejection) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if let Some(timeout) = error.downcast_ref::<BodyTimedOut>() {
+            return ApiError {
+                status: 408,
+                message: timeout.to_string(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("body_timeout"),
+            };
+        }
+        source = error.source();
+    }
+    ApiError { status: rejection.status().as_u16(), message: rejection.body_text(), kind: "invalid_request_error", param: None, code: None }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| body_error(&rejection))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError {
         status: 400,
         message: format!("invalid JSON body: {e}"),
         kind: "invalid_request_error",
@@ -82,8 +114,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-async fn chat_completions(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
-    let request: ChatCompletionRequest = match parse(&body) {
+async fn chat_completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let request: ChatCompletionRequest = match parse(body) {
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
@@ -91,8 +123,8 @@ async fn chat_completions(State(state): State<Arc<HttpState>>, body: Bytes) -> R
     complete(state, Kind::Chat, request.model, wire, request.sampling.stream, request.sampling.include_usage()).await
 }
 
-async fn completions(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
-    let request: CompletionRequest = match parse(&body) {
+async fn completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let request: CompletionRequest = match parse(body) {
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
@@ -166,61 +198,90 @@ async fn stream_response(
     };
     let (events, receiver) = mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
     tokio::spawn(async move {
-        let send = |value: Value| {
-            let events = events.clone();
-            async move { events.send(Ok(Event::default().data(value.to_string()))).await.is_ok() }
-        };
+        let data = |value: Value| Event::default().data(value.to_string());
+        let deadline = tokio::time::Instant::now() + state.request_timeout;
+        let stall = state.stall_timeout;
         // The client closed the connection or stopped reading (the listener's write deadline dropped
-        // it): returning drops the receivers, which cancels the prompt, queued or running.
+        // it, or its HTTP/2 stream took no data for the stall limit): returning drops the receivers,
+        // which cancels the prompt, queued or running.
         let gone = |state: &HttpState| {
             let error = PoolError::Cancelled("the HTTP client went away or stopped reading".into());
             state.metrics.record(Err(&error), started);
         };
-        let deadline = tokio::time::sleep(state.request_timeout);
-        tokio::pin!(deadline);
         let mut first = true;
-        let mut open = true;
-        while open {
+        let ended = loop {
             tokio::select! {
                 piece = pieces.recv() => match piece {
-                    Some(text) => {
-                        if !send(envelope.chunk(Some(&text), first, None, include_usage)).await {
-                            return gone(&state);
-                        }
-                        first = false;
-                    }
-                    None => open = false,
+                    Some(text) => match deliver(&events, data(envelope.chunk(Some(&text), first, None, include_usage)), deadline, stall).await {
+                        Delivery::Sent => first = false,
+                        Delivery::Gone => return gone(&state),
+                        Delivery::PastDeadline => break None,
+                    },
+                    None => break Some(result.await.unwrap_or_else(|_| Err(stopped()))),
                 },
                 // Noticed while the prompt waits in the queue too, so it is never dispatched.
                 () = events.closed() => return gone(&state),
-                () = &mut deadline => {
-                    let error = timed_out(state.request_timeout);
-                    state.metrics.record(Err(&error), started);
-                    send(ApiError::from_pool(&error).body()).await;
-                    let _ = events.send(Ok(Event::default().data("[DONE]"))).await;
-                    return;
+                () = tokio::time::sleep_until(deadline) => break None,
+            }
+        };
+        let mut last = Vec::new();
+        match ended {
+            None => {
+                let error = timed_out(state.request_timeout);
+                state.metrics.record(Err(&error), started);
+                last.push(data(ApiError::from_pool(&error).body()));
+            }
+            Some(outcome) => {
+                state.metrics.record(outcome.as_ref(), started);
+                match outcome {
+                    Ok(response) => {
+                        if first {
+                            last.push(data(envelope.chunk(None, true, None, include_usage)));
+                        }
+                        last.push(data(envelope.chunk(None, false, Some(&response), include_usage)));
+                        if include_usage {
+                            last.push(data(envelope.usage_chunk(&response)));
+                        }
+                    }
+                    Err(error) => last.push(data(ApiError::from_pool(&error).body())),
                 }
             }
         }
-        let outcome = result.await.unwrap_or_else(|_| Err(stopped()));
-        state.metrics.record(outcome.as_ref(), started);
-        match outcome {
-            Ok(response) => {
-                if first {
-                    send(envelope.chunk(None, true, None, include_usage)).await;
-                }
-                send(envelope.chunk(None, false, Some(&response), include_usage)).await;
-                if include_usage {
-                    send(envelope.usage_chunk(&response)).await;
-                }
-            }
-            Err(error) => {
-                send(ApiError::from_pool(&error).body()).await;
+        last.push(Event::default().data("[DONE]"));
+        // Past the request's deadline the last events still get the stall limit to go out.
+        let until = deadline.max(tokio::time::Instant::now() + stall);
+        for event in last {
+            if deliver(&events, event, until, stall).await != Delivery::Sent {
+                return;
             }
         }
-        let _ = events.send(Ok(Event::default().data("[DONE]"))).await;
     });
     Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    Sent,
+    /// The client left, or took no data for the stall limit.
+    Gone,
+    PastDeadline,
+}
+
+/// Queues one event for the client's stream, raced against its departure, a stall and the deadline:
+/// an HTTP/2 client that holds its stream's window at 0 keeps a healthy socket (no write deadline
+/// fires), and only this notices it.
+async fn deliver(
+    events: &mpsc::Sender<Result<Event, std::convert::Infallible>>,
+    event: Event,
+    deadline: tokio::time::Instant,
+    stall: Duration,
+) -> Delivery {
+    tokio::select! {
+        sent = events.send(Ok(event)) => if sent.is_ok() { Delivery::Sent } else { Delivery::Gone },
+        () = events.closed() => Delivery::Gone,
+        () = tokio::time::sleep(stall) => Delivery::Gone,
+        () = tokio::time::sleep_until(deadline) => Delivery::PastDeadline,
+    }
 }
 
 async fn models(State(state): State<Arc<HttpState>>) -> Response {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod http_connections;
 pub mod http_server;
 pub mod metrics;
 pub mod openai;
@@ -87,6 +88,7 @@ pub async fn serve(
                 admission: Arc::clone(&admission),
                 access: access.clone(),
                 request_timeout,
+                stall_timeout: http_limits.write_timeout,
             };
             let app = http::router(Arc::new(state));
             let mut stopped = http_stopped;

@@ -1,7 +1,9 @@
-//! The HTTP API as a server on a network (hardening findings 3 and 12), against a real coordinator and,
-//! where prompts run, a real worker: HTTPS with the gRPC port's certificate, plaintext refused where it
-//! would carry the token in the clear, a header deadline, a connection limit, a write deadline for
-//! clients that stop reading, and queued prompts of clients that left never dispatched.
+//! The HTTP API as a server on a network (hardening findings 3 and 12, round 2's 1, 4 and 8), against a
+//! real coordinator and, where prompts run, a real worker: HTTPS with the gRPC port's certificate,
+//! plaintext refused where it would carry the token in the clear, deadlines for a first request, headers,
+//! a body and idleness over HTTP/1, HTTP/2 and TLS, a connection limit that idle sockets cannot fill, a
+//! write deadline for clients that stop reading and a stall limit for HTTP/2 streams that take no data,
+//! and queued prompts of clients that left never dispatched.
 
 mod common;
 
@@ -59,40 +61,133 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     coordinator.stop().await;
 }
 
-/// Finding 12: open connections had no limit. One over the limit is answered 503 and closed; once one
-/// closes, a new connection is served again.
+/// Finding 12: open connections had no limit. One over the limit is answered 503 and closed while every
+/// open one has a request in flight (here: bodies that never finish), and those requests end at the body
+/// deadline with 408, which frees their places.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_limit_get_503_until_one_closes() {
-    let limits = HttpLimits { max_connections: 3, ..HttpLimits::default() };
+async fn connections_over_the_limit_get_503_while_every_one_is_busy() {
+    let limits = HttpLimits { max_connections: 3, body_read_timeout: Duration::from_secs(2), ..HttpLimits::default() };
     let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
     let host = host_of(&coordinator.http_url);
-    let request = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    let mut open = Vec::new();
+    let mut busy = Vec::new();
     for _ in 0..3 {
-        // Kept alive after its answer: each holds a connection.
+        // Headers and a part of the body: the request is in flight, waiting for the rest.
         let mut stream = TcpStream::connect(&host).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buffer = [0u8; 1024];
-        let n = stream.read(&mut buffer).await.unwrap();
-        assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
-        open.push(stream);
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"messages\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        busy.push(stream);
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut extra = TcpStream::connect(&host).await.unwrap();
-    extra.write_all(request.as_bytes()).await.unwrap();
+    extra.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
     let answer = read_until_closed(&mut extra, Duration::from_secs(10)).await.expect("refused and closed");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too_many_connections") && answer.contains("limit 3"), "{answer}");
-    drop(open.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    for mut stream in busy {
+        let mut head = [0u8; 1024];
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await.expect("answered at the body deadline").unwrap();
+        let answer = String::from_utf8_lossy(&head[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
+    }
+    let (status, _) = common::http_get(&format!("{}/health", coordinator.http_url)).await;
+    assert_eq!(status, 200, "the places are free again");
+    coordinator.stop().await;
+}
+
+/// Hardening round 2, finding 1: sockets that send nothing held their places forever (the header
+/// deadline only started with a first byte), so 600 of them answered every probe of /health with 503.
+/// Now at the limit a new connection takes the place of the one idle the longest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_never_lock_out_a_health_probe() {
+    let limits = HttpLimits { max_connections: 3, header_read_timeout: Duration::from_secs(60), ..HttpLimits::default() };
+    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let host = host_of(&coordinator.http_url);
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(&host).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let probed = Instant::now();
+    let (status, body) = common::http_get(&format!("{}/health", coordinator.http_url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(probed.elapsed() < Duration::from_secs(5), "answered at once, not after a deadline: {:?}", probed.elapsed());
+    // The oldest were closed to make room.
+    assert!(read_until_closed(&mut idle[0], Duration::from_secs(5)).await.is_some(), "the idlest socket was closed");
+    coordinator.stop().await;
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: what a client sends before its first request.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Hardening round 2, finding 1: the header deadline did not cover a connection that sent no byte, nor
+/// one that spoke HTTP/2 (its preface, then nothing). Both now close at the header deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_http2_connections_close_at_the_header_deadline() {
+    let limits = HttpLimits { header_read_timeout: Duration::from_secs(1), ..HttpLimits::default() };
+    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let host = host_of(&coordinator.http_url);
+    let mut silent = TcpStream::connect(&host).await.unwrap();
+    let mut http2 = TcpStream::connect(&host).await.unwrap();
+    http2.write_all(HTTP2_PREFACE).await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut silent, Duration::from_secs(10)).await.is_some(), "a socket that sent nothing was closed");
+    assert!(read_until_closed(&mut http2, Duration::from_secs(10)).await.is_some(), "an idle HTTP/2 connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    coordinator.stop().await;
+}
+
+/// Hardening round 2, finding 1: after a keep-alive request the connection stays only for the idle limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_closes_after_the_idle_limit() {
+    let limits = HttpLimits { idle_timeout: Duration::from_secs(1), ..HttpLimits::default() };
+    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let host = host_of(&coordinator.http_url);
+    let mut stream = TcpStream::connect(&host).await.unwrap();
+    stream.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await.expect("closed once idle");
+    assert!(answer.starts_with("HTTP/1.1 200"), "served first: {answer}");
+    coordinator.stop().await;
+}
+
+/// Hardening round 2, finding 4: an HTTP/2 client that holds its stream's window at 0 keeps a healthy
+/// socket, so the write deadline never fired; the stream's task waited in a send and the prompt ran to
+/// `max_tokens`. Now a stream that takes no data for the stall limit is dropped and its prompt cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http2_stream_held_at_a_zero_window_is_dropped_and_its_prompt_cancelled() {
+    let limits = HttpLimits { write_timeout: Duration::from_secs(2), ..HttpLimits::default() };
+    let config = Config { http_limits: limits, ..Config::from(fast_scheduler()) };
+    let pool = TestPool::start(1, config, &[]).await;
+    let host = host_of(&pool.http_url());
+    let tcp = TcpStream::connect(&host).await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new().initial_window_size(0).handshake::<_, axum::body::Bytes>(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = axum::http::Request::post(format!("http://{host}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(chat_body("Count from one to one thousand in words.", 2000, true).into(), true).unwrap();
+    let response = response.await.expect("headers are not flow-controlled");
+    assert_eq!(response.status(), 200);
+    // The client never opens its window: not one byte of the stream can reach it.
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (status, _) = common::http_get(&format!("{}/health", coordinator.http_url)).await;
-        if status == 200 {
+        let load = pool.list().await[0].load.unwrap_or_default();
+        if load.cancelled >= 1 {
+            assert_eq!(load.served, 0, "cancelled, not finished");
             break;
         }
-        assert!(Instant::now() < deadline, "a freed connection slot is used again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(load.served == 0, "the prompt ran to its end for a client that took no data");
+        assert!(Instant::now() < deadline, "the prompt is cancelled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    coordinator.stop().await;
+    drop(response);
+    pool.shutdown().await;
 }
 
 /// Finding 12: an SSE client that stopped reading held its stream's task, and its prompt ran to the end.
@@ -171,6 +266,7 @@ async fn the_http_api_serves_https_with_the_grpc_certificate() {
         server_tls: modelpool::tls::server_config(Some(cert.as_ref()), Some(key.as_ref())).unwrap(),
         https: modelpool::tls::https_config(Some(cert.as_ref()), Some(key.as_ref())).unwrap(),
         credentials: modelpool::auth::Credentials { tls: modelpool::tls::ClientTls::from_ca_pem(&pki.ca_pem), ..Default::default() },
+        http_limits: HttpLimits { header_read_timeout: Duration::from_secs(1), ..HttpLimits::default() },
         ..Config::default()
     };
     let coordinator = LocalCoordinator::start(config).await.unwrap();
@@ -198,6 +294,16 @@ async fn the_http_api_serves_https_with_the_grpc_certificate() {
     plain.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
     let answer = read_until_closed(&mut plain, Duration::from_secs(15)).await.unwrap_or_default();
     assert!(!answer.starts_with("HTTP/1.1 200"), "plaintext got an answer: {answer}");
+
+    // Hardening round 2, finding 1: a client that finished the handshake and then sent nothing held
+    // its connection forever. It is now closed at the header deadline (1 s here) from connecting.
+    let started = Instant::now();
+    let tcp = TcpStream::connect(&host).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap().to_owned(), tcp).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "a silent TLS connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
     coordinator.stop().await;
 }
 
