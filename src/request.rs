@@ -141,6 +141,10 @@ impl TryFrom<proto::PredictRequest> for PredictRequest {
                 format!("{} bytes, limit {}", request.request_id.len(), limits::MAX_REQUEST_ID_BYTES),
             ));
         }
+        // Ids are logged as given: a newline or an escape sequence in one would forge or garble log lines.
+        if let Some((at, _)) = request.request_id.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(PoolError::invalid("request_id", format!("a control character at byte {at}: ids must be printable")));
+        }
         let prompt = match request.input {
             None => return Err(PoolError::invalid("input", "missing: set chat or prompt")),
             Some(proto::predict_request::Input::Chat(chat)) => Prompt::Chat(chat_messages(chat)?),
