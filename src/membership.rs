@@ -33,6 +33,8 @@ pub struct WorkerDescription {
     pub prompt_store_tokens: u64,
     /// The kernels its engine computes with (for llama.cpp, the CPU module chosen at start).
     pub cpu_kernels: String,
+    /// The most bytes of text one token covers (0: the tokenizer gives no such bound).
+    pub max_token_bytes: u32,
 }
 
 impl WorkerDescription {
@@ -178,6 +180,7 @@ impl From<proto::WorkerInfo> for WorkerReport {
                 prompt_store_capacity_bytes: info.prompt_store_capacity_bytes,
                 prompt_store_tokens: info.prompt_store_tokens,
                 cpu_kernels: info.cpu_kernels,
+                max_token_bytes: info.max_token_bytes,
             },
         }
     }
@@ -206,6 +209,7 @@ impl From<&WorkerReport> for proto::WorkerInfo {
             prompt_store_capacity_bytes: d.prompt_store_capacity_bytes,
             prompt_store_tokens: d.prompt_store_tokens,
             cpu_kernels: d.cpu_kernels.clone(),
+            max_token_bytes: d.max_token_bytes,
         }
     }
 }

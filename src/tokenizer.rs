@@ -41,8 +41,7 @@ const SUPPORTED_PRE_TOKENIZERS: &str = "smollm, gpt2, default, llama-bpe, qwen2"
 const LLAMA3_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split: single digits.
-const QWEN2_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct Tokenizer {
     /// Special-token markers in text become their ids.
@@ -59,6 +58,8 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// Every id that ends a generation (Qwen declares several).
     pub eos: Vec<u32>,
+    /// See [`Tokenizer::longest_token_bytes`].
+    longest_token_bytes: Option<u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -75,7 +76,8 @@ impl Tokenizer {
             return Err(TokenizerError::Model(model.into()));
         }
         let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
-        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
+        let byte_level =
+            |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex});
         let pre = file.str("tokenizer.ggml.pre").unwrap_or("default");
         let pre_tokenizer = match pre {
             "smollm" => json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
@@ -121,10 +123,10 @@ impl Tokenizer {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": merges},
         });
-        let parsing = description.to_string().parse::<tokenizers::Tokenizer>().map_err(|e| TokenizerError::File {
-            path: "the GGUF's tokenizer metadata".into(),
-            message: e.to_string(),
-        })?;
+        let parsing = description
+            .to_string()
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| TokenizerError::File { path: "the GGUF's tokenizer metadata".into(), message: e.to_string() })?;
         let eos = file.u64("tokenizer.ggml.eos_token_id").ok().map(|v| vec![v as u32]).unwrap_or_default();
         let mut eos = eos;
         if let Ok(eot) = file.u64("tokenizer.ggml.eot_token_id") {
@@ -161,7 +163,7 @@ impl Tokenizer {
             }
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let bytes = (0..size as u32)
+        let bytes: Vec<Vec<u8>> = (0..size as u32)
             .map(|id| {
                 let piece = parsing.id_to_token(id).unwrap_or_default();
                 if special[id as usize] { piece.into_bytes() } else { decoder.bytes(&piece) }
@@ -169,7 +171,24 @@ impl Tokenizer {
             .collect();
         eos.sort_unstable();
         eos.dedup();
-        Ok(Self { parsing, literal, bytes, special, specials, bos, add_bos, eos })
+        let longest_token_bytes = keeps_every_byte(&parsing).then(|| {
+            // The vocabulary entry's own length as well as its decoded bytes: "Ġthe" or "▁the" is longer
+            // than the text it covers, so the larger of the two is never short of it.
+            let longest = (0..size as u32)
+                .map(|id| parsing.id_to_token(id).map_or(0, |piece| piece.len()).max(bytes_len(&bytes, id)))
+                .max()
+                .unwrap_or(0);
+            u32::try_from(longest).unwrap_or(u32::MAX).max(1)
+        });
+        Ok(Self { parsing, literal, bytes, special, specials, bos, add_bos, eos, longest_token_bytes })
+    }
+
+    /// The most bytes of input text one token can cover, when this tokenizer turns every byte of its
+    /// input into some token (no normalizer that shortens text, no pre-tokenizer that drops any); `None`
+    /// otherwise. A text of N bytes is then at least N / this many tokens: what lets the coordinator
+    /// refuse, without a tokenizer, a prompt that cannot fit a slot.
+    pub fn longest_token_bytes(&self) -> Option<u32> {
+        self.longest_token_bytes
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -235,6 +254,47 @@ impl Tokenizer {
     }
 }
 
+fn bytes_len(bytes: &[Vec<u8>], id: u32) -> usize {
+    bytes.get(id as usize).map_or(0, Vec::len)
+}
+
+/// Whether every byte of a text reaches some token: no normalizer but ones that only add or replace
+/// with text at least as long, and no pre-tokenizer that removes what it splits on (BERT's whitespace
+/// split does). Read from the library's own description of the pipeline, so an unknown step counts as
+/// dropping text.
+fn keeps_every_byte(tokenizer: &tokenizers::Tokenizer) -> bool {
+    let normalizer = tokenizer.get_normalizer().map(serde_json::to_value);
+    let pre_tokenizer = tokenizer.get_pre_tokenizer().map(serde_json::to_value);
+    let normalizer_keeps = match normalizer {
+        None => true,
+        Some(Ok(step)) => step_keeps_bytes(&step, &["Prepend", "Replace"], "normalizers"),
+        Some(Err(_)) => false,
+    };
+    let pre_tokenizer_keeps = match pre_tokenizer {
+        None => true,
+        Some(Ok(step)) => step_keeps_bytes(&step, &["ByteLevel", "Digits", "Metaspace", "Split", "Punctuation"], "pretokenizers"),
+        Some(Err(_)) => false,
+    };
+    normalizer_keeps && pre_tokenizer_keeps
+}
+
+fn step_keeps_bytes(step: &Value, kept: &[&str], nested: &str) -> bool {
+    let kind = step.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind == "Sequence" {
+        return step.get(nested).and_then(Value::as_array).is_some_and(|steps| steps.iter().all(|s| step_keeps_bytes(s, kept, nested)));
+    }
+    if !kept.contains(&kind) || step.get("behavior").and_then(Value::as_str) == Some("Removed") {
+        return false;
+    }
+    if kind == "Replace" {
+        // Only a plain string replaced by one at least as long: a regex may match any length.
+        let pattern = step.get("pattern").and_then(|p| p.get("String")).and_then(Value::as_str);
+        let content = step.get("content").and_then(Value::as_str).unwrap_or("");
+        return pattern.is_some_and(|p| content.len() >= p.len());
+    }
+    true
+}
+
 /// How a token's vocabulary entry turns into the bytes it stands for.
 enum TokenDecoder {
     /// GPT-2's byte-to-character map (each byte a printable character).
@@ -295,7 +355,12 @@ fn byte_level_map() -> [Option<u8>; 512] {
     let mut next = 256usize;
     for byte in 0..=255u8 {
         let printable = matches!(byte, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        let c = if printable { byte as usize } else { next += 1; next - 1 };
+        let c = if printable {
+            byte as usize
+        } else {
+            next += 1;
+            next - 1
+        };
         map[c] = Some(byte);
     }
     map
@@ -319,5 +384,31 @@ mod tests {
     fn byte_fallback_pieces_decode_to_their_bytes() {
         assert_eq!(TokenDecoder::ByteFallback.bytes("<0x0A>"), b"\n");
         assert_eq!(TokenDecoder::ByteFallback.bytes("\u{2581}Hello"), b" Hello");
+    }
+
+    /// A byte-level BPE over "a", "b" and "ab", with the given pre-tokenizer.
+    fn tiny(pre_tokenizer: Value) -> Tokenizer {
+        let description = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": {"a": 0, "b": 1, "Ġ": 2, "ab": 3, "Ġab": 4}, "merges": [["a", "b"], ["Ġ", "ab"]]},
+        });
+        Tokenizer::new(description.to_string().parse().unwrap(), None, false, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn the_longest_token_bounds_text_only_when_no_byte_is_dropped() {
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true});
+        // "Ġab" is three characters in four UTF-8 bytes and stands for three bytes of text (" ab").
+        assert_eq!(tiny(byte_level.clone()).longest_token_bytes(), Some(4));
+        let sequence = json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]});
+        assert_eq!(tiny(sequence).longest_token_bytes(), Some(4));
+        // BERT's whitespace split drops every space: a megabyte of them is no token at all.
+        assert_eq!(tiny(json!({"type": "WhitespaceSplit"})).longest_token_bytes(), None);
+        let removed = json!({"type": "Split", "pattern": {"String": " "}, "behavior": "Removed", "invert": false});
+        assert_eq!(tiny(removed).longest_token_bytes(), None);
     }
 }

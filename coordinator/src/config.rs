@@ -30,6 +30,11 @@ pub struct SchedulerArgs {
     /// Prompts that may wait for a worker; beyond that, RESOURCE_EXHAUSTED at once.
     #[arg(long, default_value_t = 1024)]
     pub max_queue: usize,
+    /// Bytes of prompt text (and what comes with it) that may wait for a worker, in MiB; beyond that,
+    /// RESOURCE_EXHAUSTED (HTTP 429 with Retry-After) at once. Bounds the queue's memory whatever the
+    /// prompts' sizes: 1024 prompts of 1 MiB would otherwise be a gigabyte.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue_mib: u64,
     /// Workers one prompt is tried on before it fails.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
@@ -81,6 +86,10 @@ impl TryFrom<&SchedulerArgs> for SchedulerConfig {
         if args.max_queue < 1 {
             return refuse("max-queue", "must be at least 1");
         }
+        // Room for the largest prompt a request may carry, so that every valid prompt can queue.
+        if !(2..=1 << 20).contains(&args.max_queue_mib) {
+            return refuse("max-queue-mib", "must be 2 to 1048576 (one prompt may be 1 MiB of text)");
+        }
         if args.max_attempts < 1 {
             return refuse("max-attempts", "must be at least 1");
         }
@@ -95,6 +104,7 @@ impl TryFrom<&SchedulerArgs> for SchedulerConfig {
             heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
             heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
             max_queue: args.max_queue,
+            max_queue_bytes: args.max_queue_mib << 20,
             max_attempts: args.max_attempts,
             progress: ProgressTimeouts {
                 first_token: Duration::from_secs(args.first_token_timeout_secs),

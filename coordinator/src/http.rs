@@ -119,8 +119,10 @@ async fn chat_completions(State(state): State<Arc<HttpState>>, body: Result<Byte
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
-    let wire = request.to_proto();
-    complete(state, Kind::Chat, request.model, wire, request.sampling.stream, request.sampling.include_usage()).await
+    let (model, stream, include_usage) = (request.model.clone(), request.sampling.stream, request.sampling.include_usage());
+    // Consumed: while the prompt waits, the coordinator holds its text once (in the queued request).
+    let wire = request.into_proto();
+    complete(state, Kind::Chat, model, wire, stream, include_usage).await
 }
 
 async fn completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -128,8 +130,10 @@ async fn completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, By
         Ok(request) => request,
         Err(error) => return error_response(&error),
     };
-    let wire = request.to_proto();
-    complete(state, Kind::Text, request.model, wire, request.sampling.stream, request.sampling.include_usage()).await
+    let (model, stream, include_usage) = (request.model.clone(), request.sampling.stream, request.sampling.include_usage());
+    // Consumed: while the prompt waits, the coordinator holds its text once (in the queued request).
+    let wire = request.into_proto();
+    complete(state, Kind::Text, model, wire, stream, include_usage).await
 }
 
 /// Validates, admits and runs one prompt, as one JSON response or as server-sent events.

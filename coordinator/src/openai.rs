@@ -137,15 +137,17 @@ impl Sampling {
 }
 
 impl ChatCompletionRequest {
-    pub fn to_proto(&self) -> Result<proto::PredictRequest, PoolError> {
+    /// The wire request, built by moving the message texts out (no copy of a long prompt is kept).
+    pub fn into_proto(self) -> Result<proto::PredictRequest, PoolError> {
+        let sampling = self.sampling.to_proto(None)?;
         let messages = self
             .messages
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, m)| {
-                let content = match &m.content {
+                let content = match m.content {
                     None => String::new(),
-                    Some(Content::Text(text)) => text.clone(),
+                    Some(Content::Text(text)) => text,
                     Some(Content::Parts(parts)) => {
                         if let Some(part) = parts.iter().find(|p| p.kind != "text") {
                             return Err(PoolError::invalid(
@@ -153,28 +155,30 @@ impl ChatCompletionRequest {
                                 format!("part of type {:?}; this pool serves text only", part.kind),
                             ));
                         }
-                        parts.iter().filter_map(|p| p.text.as_deref()).collect::<Vec<_>>().join("")
+                        parts.into_iter().filter_map(|p| p.text).collect::<Vec<_>>().concat()
                     }
                 };
                 // OpenAI's newer name for the system role.
-                let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
+                let role = if m.role == "developer" { "system".to_string() } else { m.role };
                 Ok(proto::ChatMessage { role, content })
             })
             .collect::<Result<Vec<_>, PoolError>>()?;
         Ok(proto::PredictRequest {
             request_id: String::new(),
             input: Some(proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
-            sampling: Some(self.sampling.to_proto(None)?),
+            sampling: Some(sampling),
             run_alone: false,
         })
     }
 }
 
 impl CompletionRequest {
-    pub fn to_proto(&self) -> Result<proto::PredictRequest, PoolError> {
-        let prompt = match &self.prompt {
-            PromptInput::One(p) => p.clone(),
-            PromptInput::Many(v) if v.len() == 1 => v[0].clone(),
+    /// The wire request, built by moving the prompt out.
+    pub fn into_proto(self) -> Result<proto::PredictRequest, PoolError> {
+        let sampling = self.sampling.to_proto(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+        let prompt = match self.prompt {
+            PromptInput::One(p) => p,
+            PromptInput::Many(mut v) if v.len() == 1 => v.swap_remove(0),
             PromptInput::Many(v) => {
                 return Err(PoolError::invalid("prompt", format!("{} prompts; send one per request", v.len())));
             }
@@ -182,7 +186,7 @@ impl CompletionRequest {
         Ok(proto::PredictRequest {
             request_id: String::new(),
             input: Some(proto::predict_request::Input::Prompt(prompt.into_bytes())),
-            sampling: Some(self.sampling.to_proto(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?),
+            sampling: Some(sampling),
             run_alone: false,
         })
     }
@@ -344,22 +348,22 @@ mod tests {
             "max_tokens": 12, "temperature": 0.0, "stop": "\n", "seed": 3, "stream": true
         }))
         .unwrap();
-        let wire = request.to_proto().unwrap();
+        assert!(request.sampling.stream);
+        let wire = request.into_proto().unwrap();
         let Some(proto::predict_request::Input::Chat(chat)) = &wire.input else { panic!("chat input") };
         assert_eq!(chat.messages[0].role, "system");
         assert_eq!(chat.messages[1].content, "Capital of France?");
         let sampling = wire.sampling.unwrap();
         assert_eq!((sampling.max_tokens, sampling.seed, sampling.stop), (Some(12), Some(3), vec!["\n".to_string()]));
-        assert!(request.sampling.stream);
     }
 
     #[test]
     fn benchmark_extensions_pass_through_and_usage_names_cached_tokens() {
         let request: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "ignore_eos": true, "top_k": 5})).unwrap();
-        let sampling = request.to_proto().unwrap().sampling.unwrap();
+        let sampling = request.into_proto().unwrap().sampling.unwrap();
         assert_eq!((sampling.ignore_eos, sampling.top_k), (Some(true), Some(5)));
         let plain: CompletionRequest = serde_json::from_value(json!({"prompt": "a"})).unwrap();
-        assert_eq!(plain.to_proto().unwrap().sampling.unwrap().ignore_eos, None);
+        assert_eq!(plain.into_proto().unwrap().sampling.unwrap().ignore_eos, None);
         let response = PredictResponse { prompt_tokens: 100, completion_tokens: 5, cached_tokens: 90, ..Default::default() };
         assert_eq!(usage(&response)["prompt_tokens_details"]["cached_tokens"], 90);
         let envelope = Envelope { kind: Kind::Chat, id: "x".into(), created: 0, model: "m".into() };
@@ -371,11 +375,11 @@ mod tests {
     #[test]
     fn completions_default_to_sixteen_tokens_and_refuse_several_prompts_or_choices() {
         let one: CompletionRequest = serde_json::from_value(json!({"prompt": "Once upon"})).unwrap();
-        assert_eq!(one.to_proto().unwrap().sampling.unwrap().max_tokens, Some(16));
+        assert_eq!(one.into_proto().unwrap().sampling.unwrap().max_tokens, Some(16));
         let many: CompletionRequest = serde_json::from_value(json!({"prompt": ["a", "b"]})).unwrap();
-        assert_eq!(ApiError::from_pool(&many.to_proto().unwrap_err()).param.as_deref(), Some("prompt"));
+        assert_eq!(ApiError::from_pool(&many.into_proto().unwrap_err()).param.as_deref(), Some("prompt"));
         let n: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "n": 2})).unwrap();
-        assert!(n.to_proto().unwrap_err().to_string().contains("n"));
+        assert!(n.into_proto().unwrap_err().to_string().contains("n"));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use modelpool::PoolError;
 use modelpool::auth::constant_time_eq;
-use modelpool::memory::ProcessMemory;
 use modelpool::membership::{Heartbeat, WorkerDescription, WorkerLoad, WorkerPhase, WorkerReport, WorkerStatus};
+use modelpool::memory::ProcessMemory;
 use modelpool::request::limits;
 
 use crate::routing::Candidate;
@@ -83,7 +83,10 @@ impl Registry {
         // Bounded by what a worker can have: a registration claiming more would draw nearly every
         // prompt (the pick is by in-flight / slots), or, with a tiny context, fail them all at admission.
         if info.slots == 0 || info.slots > limits::MAX_SLOTS_PER_WORKER {
-            return Err(PoolError::invalid("info.slots", format!("{}; a worker has 1 to {} slots", info.slots, limits::MAX_SLOTS_PER_WORKER)));
+            return Err(PoolError::invalid(
+                "info.slots",
+                format!("{}; a worker has 1 to {} slots", info.slots, limits::MAX_SLOTS_PER_WORKER),
+            ));
         }
         if info.context_per_slot < limits::MIN_CONTEXT_PER_SLOT {
             return Err(PoolError::invalid(
@@ -107,12 +110,13 @@ impl Registry {
             )));
         }
         if let Some(other) = self.workers.values().find(|w| w.description.address != info.address)
-            && (other.description.model_name != info.model_name || other.description.model_size_bytes != info.model_size_bytes) {
-                return Err(PoolError::FailedPrecondition(format!(
-                    "info.model_name: worker serves {:?} ({} bytes) but the pool serves {:?} ({} bytes)",
-                    info.model_name, info.model_size_bytes, other.description.model_name, other.description.model_size_bytes
-                )));
-            }
+            && (other.description.model_name != info.model_name || other.description.model_size_bytes != info.model_size_bytes)
+        {
+            return Err(PoolError::FailedPrecondition(format!(
+                "info.model_name: worker serves {:?} ({} bytes) but the pool serves {:?} ({} bytes)",
+                info.model_name, info.model_size_bytes, other.description.model_name, other.description.model_size_bytes
+            )));
+        }
         self.workers.retain(|_, w| w.description.address != info.address);
         self.next_id += 1;
         let id = format!("w{}-{}", self.next_id, info.pid);
@@ -169,12 +173,8 @@ impl Registry {
 
     /// Removes workers not heard from within `timeout`; returns their ids.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
-        let dead: Vec<String> = self
-            .workers
-            .values()
-            .filter(|w| now.saturating_duration_since(w.last_seen) > timeout)
-            .map(|w| w.id.clone())
-            .collect();
+        let dead: Vec<String> =
+            self.workers.values().filter(|w| now.saturating_duration_since(w.last_seen) > timeout).map(|w| w.id.clone()).collect();
         for id in &dead {
             self.workers.remove(id);
         }
@@ -201,6 +201,13 @@ impl Registry {
     /// The smallest per-slot context in the pool: the longest request every worker can take.
     pub fn min_context_per_slot(&self) -> Option<u32> {
         self.workers.values().map(|w| w.description.context_per_slot).filter(|&c| c > 0).min()
+    }
+
+    /// The most bytes of text one token covers, over every worker (the loosest bound, so that no worker
+    /// would have taken a prompt it refuses); `None` unless every worker reports one.
+    pub fn max_token_bytes(&self) -> Option<u32> {
+        let claims: Vec<u32> = self.workers.values().map(|w| w.description.max_token_bytes).collect();
+        if claims.is_empty() || claims.contains(&0) { None } else { claims.into_iter().max() }
     }
 
     /// The live workers, as routing sees them.

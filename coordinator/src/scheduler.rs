@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::membership::{Heartbeat, Registered, WorkerReport, WorkerStatus};
 use modelpool::proto::worker_client::WorkerClient;
+use modelpool::request::Prompt;
 use modelpool::response::PredictResponse;
 use modelpool::{PoolError, PredictRequest};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,6 +30,8 @@ pub struct SchedulerConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub max_queue: usize,
+    /// What the waiting prompts may hold in all, in bytes (see [`queued_bytes`]).
+    pub max_queue_bytes: u64,
     pub max_attempts: u32,
     /// How long an attempt may go without progress before it is retried elsewhere.
     pub progress: ProgressTimeouts,
@@ -46,6 +49,7 @@ impl Default for SchedulerConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
             max_queue: 1024,
+            max_queue_bytes: 64 << 20,
             max_attempts: 3,
             progress: ProgressTimeouts::default(),
             routing: Routing::default(),
@@ -76,6 +80,8 @@ struct Job {
     run_alone: bool,
     /// The prompt's prefix key for routing (see `prefix_index`).
     key: Vec<u64>,
+    /// What it holds while it waits, counted against `max_queue_bytes`.
+    bytes: u64,
     reply: Reply,
     /// Set for streamed prompts: the text goes here piece by piece, and `reply` gets the final response.
     pieces: Option<Pieces>,
@@ -223,6 +229,59 @@ impl Scheduler {
     }
 }
 
+/// About what a queued prompt holds in memory: its text, its stop strings and id, and a little per
+/// message and per prompt for the structures around them.
+fn queued_bytes(request: &PredictRequest) -> u64 {
+    const PER_PROMPT: usize = 512;
+    const PER_MESSAGE: usize = 64;
+    let text = match &request.prompt {
+        Prompt::Chat(messages) => messages.iter().map(|m| m.content.len() + PER_MESSAGE).sum(),
+        Prompt::Raw(text) => text.len(),
+    };
+    let stop: usize = request.sampling.stop.iter().map(String::len).sum();
+    (PER_PROMPT + text + stop + request.request_id.len()) as u64
+}
+
+/// What admission knows of the pool's context without a tokenizer: the smallest slot, and the most
+/// bytes one token covers (from the workers' tokenizers).
+struct ContextFit {
+    context: Option<u32>,
+    max_token_bytes: Option<u32>,
+}
+
+impl ContextFit {
+    /// Why a prompt can never run on this pool, if it cannot: `max_tokens` alone fills a slot, or its
+    /// text is more tokens than the rest of a slot holds even if every token covered the most bytes
+    /// any does. The worker's exact count still decides the prompts that pass.
+    fn refusal(&self, job: &Submission) -> Option<PoolError> {
+        let context = self.context?;
+        let max_tokens = job.request.sampling.max_tokens;
+        if max_tokens >= context {
+            return Some(PoolError::invalid(
+                format!("{}sampling.max_tokens", job.field),
+                format!("{max_tokens} does not fit the pool's context of {context} tokens per slot (prompt included)"),
+            ));
+        }
+        let per_token = u64::from(self.max_token_bytes?);
+        let (field, text_bytes) = match &job.request.prompt {
+            // Chat templates commonly trim each message, so only the trimmed text is sure to be tokenized.
+            Prompt::Chat(messages) => ("chat.messages", messages.iter().map(|m| m.content.trim().len() as u64).sum::<u64>()),
+            Prompt::Raw(text) => ("prompt", text.len() as u64),
+        };
+        let fewest_tokens = text_bytes.div_ceil(per_token);
+        let room = u64::from(context - max_tokens);
+        (fewest_tokens > room).then(|| {
+            PoolError::invalid(
+                format!("{}{field}", job.field),
+                format!(
+                    "{text_bytes} bytes of text are at least {fewest_tokens} tokens (no token covers more than \
+                     {per_token} bytes), more than the {room} a slot of {context} tokens leaves beside max_tokens {max_tokens}"
+                ),
+            )
+        })
+    }
+}
+
 struct Actor {
     config: SchedulerConfig,
     credentials: Credentials,
@@ -312,24 +371,24 @@ impl Actor {
                 self.config.max_queue
             )));
         }
-        let context = self.registry.min_context_per_slot();
-        let too_long = |job: &Submission| {
-            let max_tokens = job.request.sampling.max_tokens;
-            context.filter(|&c| max_tokens >= c).map(|c| {
-                PoolError::invalid(
-                    format!("{}sampling.max_tokens", job.field),
-                    format!("{max_tokens} does not fit the pool's context of {c} tokens per slot (prompt included)"),
-                )
-            })
-        };
+        let sizes: Vec<u64> = jobs.iter().map(|job| queued_bytes(&job.request)).collect();
+        let waiting_bytes: u64 = self.queue.iter().map(|job| job.bytes).sum();
+        let new_bytes: u64 = sizes.iter().sum();
+        if waiting_bytes + new_bytes > self.config.max_queue_bytes {
+            return Err(PoolError::ResourceExhausted(format!(
+                "coordinator queue: {waiting_bytes} bytes waiting + {new_bytes} new exceeds the limit of {} bytes (--max-queue-mib)",
+                self.config.max_queue_bytes
+            )));
+        }
+        let fit = ContextFit { context: self.registry.min_context_per_slot(), max_token_bytes: self.registry.max_token_bytes() };
         // A single prompt that cannot run is refused outright; in a batch it fails alone.
         if jobs.len() == 1
-            && let Some(error) = too_long(&jobs[0])
+            && let Some(error) = fit.refusal(&jobs[0])
         {
             return Err(error);
         }
-        for job in jobs {
-            if let Some(error) = too_long(&job) {
+        for (job, bytes) in jobs.into_iter().zip(sizes) {
+            if let Some(error) = fit.refusal(&job) {
                 let _ = job.reply.send(Err(error));
                 continue;
             }
@@ -339,6 +398,7 @@ impl Actor {
                 request,
                 run_alone: false,
                 key,
+                bytes,
                 reply,
                 pieces,
                 streamed: false,

@@ -130,6 +130,7 @@ impl SharedState {
             d.prompt_store_capacity_bytes = e.prompt_store_capacity_bytes;
             d.prompt_store_tokens = e.prompt_store_tokens;
             d.cpu_kernels = e.cpu_kernels.clone();
+            d.max_token_bytes = e.max_token_bytes;
             report.load = engine.stats();
         }
         report

@@ -105,6 +105,8 @@ pub struct EngineInfo {
     pub prompt_store_tokens: u64,
     /// The kernels the engine computes with, e.g. `zen4 (probed; best of 12 this CPU supports)`.
     pub cpu_kernels: String,
+    /// The most bytes of text one token covers (0: no bound; see `Tokenizer::longest_token_bytes`).
+    pub max_token_bytes: u32,
 }
 
 /// What MLX computes with: its own kernels (no run-time choice to report).

@@ -18,7 +18,8 @@ pub struct ServedEngine {
 
 impl ServedEngine {
     /// The engine whose batch loop reads `queue`, after one warm-up token.
-    pub fn start(info: EngineInfo, format: Arc<PromptFormat>, queue: JobQueue) -> Result<Self, PoolError> {
+    pub fn start(mut info: EngineInfo, format: Arc<PromptFormat>, queue: JobQueue) -> Result<Self, PoolError> {
+        info.max_token_bytes = format.tokenizer.longest_token_bytes().unwrap_or(0);
         let engine = Self { info, format, queue };
         warm_up(&engine, &engine.queue.counters)?;
         Ok(engine)

@@ -202,6 +202,7 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         prompt_store_capacity_bytes: config.prompt_store_bytes,
         prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token(&model).max(1),
         cpu_kernels: cpu_kernels.to_string(),
+        max_token_bytes: 0, // ServedEngine::start reads it from the tokenizer
     };
     ServedEngine::start(info, Arc::new(format), queue)
 }

@@ -110,6 +110,7 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
         prompt_store_capacity_bytes: config.prompt_store_bytes,
         prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token.max(1) as u64,
         cpu_kernels: super::mlx_kernels().to_string(),
+        max_token_bytes: 0, // ServedEngine::start reads it from the tokenizer
     };
     ServedEngine::start(info, format, queue)
 }
