@@ -163,21 +163,15 @@ impl Tokenizer {
             }
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let bytes: Vec<Vec<u8>> = (0..size as u32)
-            .map(|id| {
-                let piece = parsing.id_to_token(id).unwrap_or_default();
-                if special[id as usize] { piece.into_bytes() } else { decoder.bytes(&piece) }
-            })
-            .collect();
+        let pieces: Vec<String> = (0..size as u32).map(|id| parsing.id_to_token(id).unwrap_or_default()).collect();
+        let bytes: Vec<Vec<u8>> =
+            pieces.iter().enumerate().map(|(id, piece)| if special[id] { piece.clone().into_bytes() } else { decoder.bytes(piece) }).collect();
         eos.sort_unstable();
         eos.dedup();
         let longest_token_bytes = keeps_every_byte(&parsing).then(|| {
             // The vocabulary entry's own length as well as its decoded bytes: "Ġthe" or "▁the" is longer
             // than the text it covers, so the larger of the two is never short of it.
-            let longest = (0..size as u32)
-                .map(|id| parsing.id_to_token(id).map_or(0, |piece| piece.len()).max(bytes_len(&bytes, id)))
-                .max()
-                .unwrap_or(0);
+            let longest = bytes.iter().zip(&pieces).map(|(b, piece)| b.len().max(piece.len())).max().unwrap_or(0);
             u32::try_from(longest).unwrap_or(u32::MAX).max(1)
         });
         Ok(Self { parsing, literal, bytes, special, specials, bos, add_bos, eos, longest_token_bytes })
@@ -252,10 +246,6 @@ impl Tokenizer {
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.parsing.token_to_id(token)
     }
-}
-
-fn bytes_len(bytes: &[Vec<u8>], id: u32) -> usize {
-    bytes.get(id as usize).map_or(0, Vec::len)
 }
 
 /// Whether every byte of a text reaches some token: no normalizer but ones that only add or replace
