@@ -38,10 +38,45 @@ grep -q "token: \"$token\"$" "$out/readme.yaml" || { echo "k8s-check: the token 
   --set tls.secretName=mp-tls --set autoscaling.enabled=true \
   --set worker.model.claimName=models --set worker.model.path=/models/model.gguf > "$out/full.yaml"
 "$helm" template mp "$chart" --set secrets.existingSecret=mp-secrets --set worker.replicas=4 > "$out/existing.yaml"
+"$helm" template mp "$chart" --set secrets.existingSecret=mp-secrets --set secrets.existingSecretHasApiKeys=true > "$out/existing-keys.yaml"
 for rendered in "$out"/*.yaml; do
   validate "$rendered"
   echo "k8s-check: $(basename "$rendered"): $(grep -c '^kind:' "$rendered") objects valid" >&2
 done
+# What a cluster would trip on although every object validates: under TLS a worker must advertise a
+# name one certificate can hold (not its pod IP) and no probe may speak plaintext gRPC; an existing
+# Secret is given a keys file only when the values say it holds one.
+"$venv/bin/python" - "$out" <<'PY'
+import sys, yaml
+out = sys.argv[1]
+def containers(name):
+    for doc in yaml.safe_load_all(open(f"{out}/{name}.yaml")):
+        if doc and doc.get("kind") == "Deployment":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                yield doc["metadata"]["name"], c
+def fail(message):
+    sys.exit(f"k8s-check: {message}")
+for deployment, c in containers("full"):
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if "grpc" in c.get(probe, {}):
+            fail(f"{deployment}: {probe} speaks plaintext gRPC with TLS on")
+        if "httpGet" in c.get(probe, {}) and c[probe]["httpGet"].get("scheme") != "HTTPS":
+            fail(f"{deployment}: {probe} speaks plain HTTP with TLS on")
+    for arg in c.get("args", []):
+        if arg.startswith("--advertise=") and ("POD_IP" in arg or not arg.startswith("https://", len("--advertise="))
+                                               or ".svc.cluster.local:" not in arg):
+            fail(f"{deployment}: advertises {arg} with TLS on; a shared certificate cannot name it")
+for deployment, c in containers("plain"):
+    if any(arg.startswith("--advertise=") and "POD_IP" not in arg for arg in c.get("args", [])):
+        fail(f"{deployment}: without TLS a worker advertises its pod IP")
+keys = lambda name: [a for _, c in containers(name) for a in c.get("args", []) if a.startswith("--api-keys-file")]
+if keys("existing"):
+    fail("an existing Secret not said to hold api-keys is given --api-keys-file (the coordinator would not start)")
+if not keys("existing-keys"):
+    fail("an existing Secret said to hold api-keys is not given --api-keys-file")
+if not any(d.get("kind") == "Service" and d["spec"].get("clusterIP") == "None" for d in yaml.safe_load_all(open(f"{out}/full.yaml")) if d):
+    fail("no headless Service gives the worker pods their names")
+PY
 # A chart without a token (and no existing Secret) is refused at render time, not deployed open.
 if "$helm" template mp "$chart" > /dev/null 2>&1; then
   echo "k8s-check: a chart without secrets.token rendered" >&2; exit 1

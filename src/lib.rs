@@ -6,15 +6,17 @@
 //! the memory probe ([`memory`]), the default-model cache ([`model_cache`]), streaming text helpers
 //! ([`text`]), a GGUF metadata reader ([`gguf`]), an mlx-lm folder's text files ([`model_folder`]), the
 //! model's tokenizer ([`tokenizer`]) and chat template ([`chat_template`]) and the two together
-//! ([`prompt_format`]),
-//! the pool's shared secret ([`auth`]), TLS settings ([`tls`]) and the flags for both ([`security_args`]),
+//! ([`prompt_format`]), the cheap context bound both daemons check before tokenizing ([`context_fit`]),
+//! the gRPC port's connection limits ([`grpc_incoming`]), the pool's shared secret ([`auth`]), TLS settings ([`tls`]) and the flags for both ([`security_args`]),
 //! the engine kind both daemons name ([`engine_kind`]), telemetry and the shutdown signal.
 
 pub mod auth;
 pub mod chat_template;
+pub mod context_fit;
 pub mod engine_kind;
 pub mod error;
 pub mod gguf;
+pub mod grpc_incoming;
 pub mod membership;
 pub mod memory;
 pub mod metrics;

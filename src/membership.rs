@@ -41,7 +41,8 @@ impl WorkerDescription {
     /// About how many tokens' keys and values the worker keeps for reuse: its slots' contexts and what
     /// its prompt store holds. Read from its claim, so bounded by what a worker can have.
     pub fn cached_tokens_capacity(&self) -> u64 {
-        let slots = u64::from(self.slots.max(1)) * u64::from(self.context_per_slot);
+        let slots = u64::from(self.slots.clamp(1, crate::request::limits::MAX_SLOTS_PER_WORKER))
+            * u64::from(self.context_per_slot.min(crate::request::limits::MAX_CONTEXT_PER_SLOT));
         slots + self.prompt_store_tokens.min(crate::request::limits::MAX_PROMPT_STORE_TOKENS)
     }
 }

@@ -28,6 +28,9 @@ pub mod limits {
     pub const MAX_BATCH_TOKENS: u32 = 8192;
     /// The smallest context per slot a worker may have (its `--ctx-per-slot`), and so claim.
     pub const MIN_CONTEXT_PER_SLOT: u32 = 64;
+    /// The largest context per slot a worker may have, and so claim: past the longest context models
+    /// are trained for today, and what keeps the coordinator's prefix index for one worker bounded.
+    pub const MAX_CONTEXT_PER_SLOT: u32 = 1 << 20;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,9 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 
 use crate::PoolError;
 
+/// Longest a client may take over its TLS handshake on a gRPC port.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, PoolError> {
     std::fs::read(path).map_err(|e| PoolError::invalid(flag, format!("reading {}: {e}", path.display())))
 }
@@ -24,7 +27,7 @@ pub fn server_config(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<S
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => {
             let identity = Identity::from_pem(read(cert, "tls-cert")?, read(key, "tls-key")?);
-            Ok(Some(ServerTlsConfig::new().identity(identity)))
+            Ok(Some(ServerTlsConfig::new().identity(identity).timeout(HANDSHAKE_TIMEOUT)))
         }
         (Some(_), None) => Err(PoolError::invalid("tls-key", "missing: --tls-cert needs --tls-key")),
         (None, Some(_)) => Err(PoolError::invalid("tls-cert", "missing: --tls-key needs --tls-cert")),
@@ -105,9 +108,7 @@ impl ClientTls {
         if let Some(identity) = &self.identity {
             config = config.identity(identity.clone());
         }
-        endpoint
-            .tls_config(config)
-            .map_err(|e| PoolError::invalid("tls-ca", format!("TLS settings for {url}: {e}")))
+        endpoint.tls_config(config).map_err(|e| PoolError::invalid("tls-ca", format!("TLS settings for {url}: {e}")))
     }
 }
 

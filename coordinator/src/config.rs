@@ -149,6 +149,10 @@ pub struct ServeArgs {
     /// longest; only when every one has a request in flight is it answered 503 and closed.
     #[arg(long, default_value_t = 512)]
     pub http_max_connections: usize,
+    /// Open gRPC connections at most (workers' and applications'); past it a new one is closed at once.
+    /// Each must send its first bytes within 10 s of connecting, and finish a TLS handshake within 10 s.
+    #[arg(long, default_value_t = 1024)]
+    pub grpc_max_connections: usize,
     /// Longest the HTTP API waits for a client that accepts no data (a stream it stopped reading);
     /// then the connection is dropped and its prompt cancelled.
     #[arg(long, default_value_t = 30)]
@@ -195,6 +199,10 @@ pub struct Config {
     pub worker_certificates: bool,
     pub http_request_timeout: Duration,
     pub http_limits: HttpLimits,
+    /// Open gRPC connections at most.
+    pub grpc_max_connections: usize,
+    /// How long a new gRPC connection may stay silent (see `modelpool::grpc_incoming`).
+    pub grpc_first_bytes_timeout: Duration,
 }
 
 impl Default for Config {
@@ -208,6 +216,8 @@ impl Default for Config {
             worker_certificates: false,
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             http_limits: HttpLimits::default(),
+            grpc_max_connections: 1024,
+            grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
         }
     }
 }
@@ -237,6 +247,7 @@ impl TryFrom<&ServeArgs> for Config {
             ("http-idle-timeout-secs", args.http_idle_timeout_secs),
             ("http-write-timeout-secs", args.http_write_timeout_secs),
             ("http-max-connections", args.http_max_connections as u64),
+            ("grpc-max-connections", args.grpc_max_connections as u64),
         ] {
             if value < 1 {
                 return refuse(flag, "must be at least 1");
@@ -299,6 +310,8 @@ impl TryFrom<&ServeArgs> for Config {
                 max_connections: args.http_max_connections,
                 write_timeout: Duration::from_secs(args.http_write_timeout_secs),
             },
+            grpc_max_connections: args.grpc_max_connections,
+            grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
         })
     }
 }

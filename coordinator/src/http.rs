@@ -14,7 +14,6 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use modelpool::membership::WorkerPhase;
 use modelpool::proto;
 use modelpool::{PoolError, PredictRequest};
 use serde_json::{Value, json};
@@ -301,13 +300,14 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let workers = state.scheduler.workers().await.unwrap_or_default();
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    (headers, state.metrics.render(&workers, state.scheduler.queue_depth())).into_response()
+    (headers, state.metrics.render(&workers, state.scheduler.gauges())).into_response()
 }
 
 /// Ready when at least one worker takes prompts.
+/// Read from what the scheduler published, never by asking it: probes are unauthenticated and must not
+/// queue behind (or delay) heartbeats and prompts.
 async fn ready(State(state): State<Arc<HttpState>>) -> Response {
-    let workers = state.scheduler.workers().await.unwrap_or_default();
-    let serving = workers.iter().filter(|w| w.phase == WorkerPhase::Serving).count();
+    let serving = state.scheduler.gauges().serving_workers;
     let status = if serving > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"ready": serving > 0, "workers_serving": serving}))).into_response()
 }

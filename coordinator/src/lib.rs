@@ -26,20 +26,19 @@ pub mod worker_client;
 use std::future::Future;
 use std::sync::Arc;
 
-
+use modelpool::grpc_incoming::LimitedIncoming;
 use modelpool::proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::info;
 
+use admission::Admission;
 pub use cli::{Cli, Command};
 pub use config::{Config, ServeArgs};
-pub use scheduler::{Scheduler, SchedulerConfig};
-use admission::Admission;
 use http::HttpState;
 use metrics::CoordinatorMetrics;
+pub use scheduler::{Scheduler, SchedulerConfig};
 use service::CoordinatorService;
 
 const SERVICE_NAME: &str = "modelpool.v1.Coordinator";
@@ -59,6 +58,7 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let (request_timeout, http_limits, https) = (config.http_request_timeout, config.http_limits, config.https.clone());
+    let incoming = LimitedIncoming::new(listener, config.grpc_max_connections, config.grpc_first_bytes_timeout);
     let scheduler = Scheduler::start(config.scheduler, config.credentials);
     let metrics = Arc::new(CoordinatorMetrics::default());
     let admission = Arc::new(Admission::new(Arc::clone(&metrics)));
@@ -105,7 +105,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(CoordinatorServer::new(CoordinatorService::new(access, scheduler, metrics, admission)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     if let Some(task) = http_task {
         task.await??;

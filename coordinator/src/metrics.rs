@@ -5,9 +5,11 @@
 use std::time::Instant;
 
 use modelpool::PoolError;
-use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
 use modelpool::membership::{WorkerPhase, WorkerStatus};
+use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
 use modelpool::response::PredictResponse;
+
+use crate::scheduler::SchedulerGauges;
 
 const HELP: RequestHelp = RequestHelp {
     requests: "Prompts by how they ended (gRPC and HTTP).",
@@ -34,22 +36,42 @@ impl CoordinatorMetrics {
         }
     }
 
-    pub fn render(&self, workers: &[WorkerStatus], queue_depth: usize) -> String {
+    pub fn render(&self, workers: &[WorkerStatus], scheduler: SchedulerGauges) -> String {
         let mut out = Exposition::new();
         self.requests.render(&mut out, "modelpool_coordinator", &HELP);
         let serving = workers.iter().filter(|w| w.phase == WorkerPhase::Serving).count();
         out.gauge("modelpool_coordinator_workers", "Registered workers.", workers.len() as f64);
         out.gauge("modelpool_coordinator_workers_serving", "Registered workers that take prompts.", serving as f64);
-        out.gauge("modelpool_coordinator_queue_depth", "Prompts waiting in the coordinator's queue for a worker (scale workers on it).", queue_depth as f64);
+        out.gauge(
+            "modelpool_coordinator_queue_depth",
+            "Prompts waiting in the coordinator's queue for a worker (scale workers on it).",
+            scheduler.queue_depth as f64,
+        );
+        out.counter(
+            "modelpool_coordinator_dispatch_passes_total",
+            "Times the scheduler went over its queue to hand prompts to workers.",
+            scheduler.dispatch_passes,
+        );
+        out.counter(
+            "modelpool_coordinator_dispatch_prompts_examined_total",
+            "Queued prompts those passes put before the routing policy (a bounded window from the front).",
+            scheduler.prompts_examined,
+        );
 
         type Figure = fn(&WorkerStatus) -> f64;
         let per_worker: [(&str, &str, Figure); 6] = [
             ("modelpool_worker_in_flight", "Prompts the coordinator has sent to the worker and not had back.", |w| f64::from(w.in_flight)),
-            ("modelpool_worker_queued", "Requests waiting in the worker's own queue (last heartbeat).", |w| f64::from(w.report.load.queued)),
+            ("modelpool_worker_queued", "Requests waiting in the worker's own queue (last heartbeat).", |w| {
+                f64::from(w.report.load.queued)
+            }),
             ("modelpool_worker_slots_in_use", "The worker's busy slots (last heartbeat).", |w| f64::from(w.report.load.slots_in_use)),
             ("modelpool_worker_rss_bytes", "The worker's resident memory (last heartbeat).", |w| w.report.memory.rss_bytes as f64),
-            ("modelpool_worker_pss_bytes", "The worker's proportional memory: shared pages split among their users.", |w| w.report.memory.pss_bytes as f64),
-            ("modelpool_worker_completed", "Prompts the worker answered through this coordinator since it registered.", |w| w.completed as f64),
+            ("modelpool_worker_pss_bytes", "The worker's proportional memory: shared pages split among their users.", |w| {
+                w.report.memory.pss_bytes as f64
+            }),
+            ("modelpool_worker_completed", "Prompts the worker answered through this coordinator since it registered.", |w| {
+                w.completed as f64
+            }),
         ];
         for (name, help, figure) in per_worker {
             out.describe(name, "gauge", help);

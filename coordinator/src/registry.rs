@@ -66,11 +66,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Adds a worker and returns its id. The same worker instance registering again from the same
-    /// address (the coordinator restarted or forgot it) replaces its old entry. Refused: another
-    /// instance claiming a registered worker's address (until that one deregisters or is evicted), one
-    /// instance under a second address, and a worker serving a different model from the rest of the
-    /// pool (results would silently depend on where a prompt went).
+    /// Adds a worker and returns its id. Refused: a claim on a registered worker's address, by another
+    /// instance or by the same one (until that registration is deregistered or evicted: a live one is
+    /// never replaced), one instance under a second address, and a worker serving a different model
+    /// from the rest of the pool (results would silently depend on where a prompt went).
     pub fn register(&mut self, report: WorkerReport, lease: String, now: Instant) -> Result<String, PoolError> {
         // Refusals name the fields of the Register call (`info.*`) that a worker operator would fix.
         let WorkerReport { description: info, load, memory } = report;
@@ -88,36 +87,56 @@ impl Registry {
                 format!("{}; a worker has 1 to {} slots", info.slots, limits::MAX_SLOTS_PER_WORKER),
             ));
         }
-        if info.context_per_slot < limits::MIN_CONTEXT_PER_SLOT {
+        // The prefix index sizes a worker's entries by its context.
+        if !(limits::MIN_CONTEXT_PER_SLOT..=limits::MAX_CONTEXT_PER_SLOT).contains(&info.context_per_slot) {
             return Err(PoolError::invalid(
                 "info.context_per_slot",
-                format!("{}; a worker has at least {} tokens per slot", info.context_per_slot, limits::MIN_CONTEXT_PER_SLOT),
+                format!(
+                    "{}; a worker has {} to {} tokens per slot",
+                    info.context_per_slot,
+                    limits::MIN_CONTEXT_PER_SLOT,
+                    limits::MAX_CONTEXT_PER_SLOT
+                ),
             ));
         }
-        let same_instance = |w: &WorkerEntry| !info.instance_id.is_empty() && w.description.instance_id == info.instance_id;
-        if let Some(holder) = self.workers.values().find(|w| w.description.address == info.address && !same_instance(w))
-            && !(info.instance_id.is_empty() && holder.description.instance_id.is_empty())
-        {
-            return Err(PoolError::AlreadyExists(format!(
-                "info.address: {} is registered to worker {} (instance {:?}); a second process cannot claim it until that one deregisters or misses its heartbeats",
-                info.address, holder.id, holder.description.instance_id
-            )));
+        if info.instance_id.is_empty() {
+            return Err(PoolError::invalid("info.instance_id", "empty: a worker names the run of the process that registers"));
         }
-        if let Some(first) = self.workers.values().find(|w| same_instance(w) && w.description.address != info.address) {
+        let same_instance = |w: &WorkerEntry| w.description.instance_id == info.instance_id;
+        if let Some(holder) = self.workers.values().find(|w| w.description.address == info.address) {
+            // A live registration is acted on only with its lease (heartbeat, deregister), never replaced:
+            // address and instance are public (ListWorkers, Info), so a replacement would let any token
+            // holder take a worker over, and the old entry's attempts and index entries would be orphaned.
+            // A worker whose Register answer was lost registers once its entry has missed its heartbeats.
+            return Err(PoolError::AlreadyExists(if same_instance(holder) {
+                format!(
+                    "info.instance_id: instance {:?} is registered as worker {} already; only its lease acts on it, and it \
+                     may register again once that registration is deregistered or misses its heartbeats",
+                    info.instance_id, holder.id
+                )
+            } else {
+                format!(
+                    "info.address: {} is registered to worker {} (instance {:?}); a second process cannot claim it until that one deregisters or misses its heartbeats",
+                    info.address, holder.id, holder.description.instance_id
+                )
+            }));
+        }
+        if let Some(first) = self.workers.values().find(|w| same_instance(w)) {
             return Err(PoolError::AlreadyExists(format!(
                 "info.instance_id: instance {:?} is already registered as worker {} at {}; one process serves one address",
                 info.instance_id, first.id, first.description.address
             )));
         }
-        if let Some(other) = self.workers.values().find(|w| w.description.address != info.address)
-            && (other.description.model_name != info.model_name || other.description.model_size_bytes != info.model_size_bytes)
+        if let Some(other) = self
+            .workers
+            .values()
+            .find(|w| w.description.model_name != info.model_name || w.description.model_size_bytes != info.model_size_bytes)
         {
             return Err(PoolError::FailedPrecondition(format!(
                 "info.model_name: worker serves {:?} ({} bytes) but the pool serves {:?} ({} bytes)",
                 info.model_name, info.model_size_bytes, other.description.model_name, other.description.model_size_bytes
             )));
         }
-        self.workers.retain(|_, w| w.description.address != info.address);
         self.next_id += 1;
         let id = format!("w{}-{}", self.next_id, info.pid);
         let entry = WorkerEntry {
@@ -198,6 +217,11 @@ impl Registry {
         self.workers.values().filter(|w| w.is_live()).count()
     }
 
+    /// Workers serving prompts, suspect ones included (a missed beat is not a departure): readiness.
+    pub fn serving_count(&self) -> usize {
+        self.workers.values().filter(|w| w.phase == WorkerPhase::Serving).count()
+    }
+
     /// The smallest per-slot context in the pool: the longest request every worker can take.
     pub fn min_context_per_slot(&self) -> Option<u32> {
         self.workers.values().map(|w| w.description.context_per_slot).filter(|&c| c > 0).min()
@@ -248,6 +272,7 @@ mod tests {
             model_name: "m".into(),
             model_size_bytes: 10,
             context_per_slot: 512,
+            instance_id: format!("instance-{port}"),
             ..Default::default()
         };
         WorkerReport { description, ..Default::default() }
@@ -312,19 +337,19 @@ mod tests {
     }
 
     #[test]
-    fn re_registering_an_address_replaces_it_and_other_models_are_refused() {
+    fn other_models_and_nameless_workers_are_refused() {
         let now = Instant::now();
         let mut registry = Registry::default();
-        let first = registry.register(info(1, 1), String::new(), now).unwrap();
-        let second = registry.register(info(1, 1), String::new(), now).unwrap();
-        assert_ne!(first, second);
-        assert!(registry.get(&first).is_none() && registry.get(&second).is_some());
+        registry.register(info(1, 1), String::new(), now).unwrap();
         let mut other = info(2, 1);
         other.description.model_name = "another".into();
         assert_eq!(registry.register(other, String::new(), now).unwrap_err().code(), tonic::Code::FailedPrecondition);
         let mut nowhere = info(3, 1);
         nowhere.description.address = String::new();
         assert!(registry.register(nowhere, String::new(), now).unwrap_err().to_string().contains("info.address"));
+        let mut anonymous = info(4, 1);
+        anonymous.description.instance_id = String::new();
+        assert!(registry.register(anonymous, String::new(), now).unwrap_err().to_string().contains("info.instance_id"));
     }
 
     #[test]
@@ -336,10 +361,12 @@ mod tests {
             report.description.instance_id = instance.into();
             report
         };
-        let first = registry.register(with_instance(1, "a"), String::new(), now).unwrap();
-        // The same instance again (the coordinator forgot it): replaces its entry.
-        let again = registry.register(with_instance(1, "a"), String::new(), now).unwrap();
-        assert!(registry.get(&first).is_none() && registry.get(&again).is_some());
+        let first = registry.register(with_instance(1, "a"), "lease-a".into(), now).unwrap();
+        // The same instance again, from anyone who read its address and instance: never a replacement.
+        let again = registry.register(with_instance(1, "a"), String::new(), now).unwrap_err();
+        assert_eq!(again.code(), tonic::Code::AlreadyExists);
+        assert!(again.to_string().contains("info.instance_id") && again.to_string().contains(&first), "{again}");
+        assert_eq!(registry.get(&first).map(|w| w.lease.as_str()), Some("lease-a"));
         // Another process claiming that address is refused while the first is registered.
         let claim = registry.register(with_instance(1, "b"), String::new(), now).unwrap_err();
         assert_eq!(claim.code(), tonic::Code::AlreadyExists);
@@ -349,7 +376,7 @@ mod tests {
         assert_eq!(moved.code(), tonic::Code::AlreadyExists);
         assert!(moved.to_string().contains("info.instance_id"), "{moved}");
         // Once the first has left, the address is free.
-        registry.deregister(&again, "").unwrap();
+        registry.deregister(&first, "lease-a").unwrap();
         registry.register(with_instance(1, "b"), String::new(), now).unwrap();
     }
 
@@ -368,6 +395,10 @@ mod tests {
         tiny.description.context_per_slot = 1;
         let tiny = registry.register(tiny, String::new(), now).unwrap_err();
         assert!(tiny.to_string().contains("info.context_per_slot"), "{tiny}");
+        let mut vast = info(4, 1);
+        vast.description.context_per_slot = u32::MAX;
+        let vast = registry.register(vast, String::new(), now).unwrap_err();
+        assert!(vast.to_string().contains("info.context_per_slot"), "{vast}");
         registry.deregister(&id, "lease-a").unwrap();
         assert!(registry.is_empty());
     }

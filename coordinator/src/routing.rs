@@ -30,7 +30,7 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn has_room(&self) -> bool {
+    pub fn has_room(&self) -> bool {
         self.in_flight < self.capacity
     }
 
@@ -93,6 +93,9 @@ pub fn assign(routing: Routing, candidates: &mut [Candidate], index: &PrefixInde
     // DSPy preamble on a CPU), more than waiting a little for the holder's next free slot. Once its wait
     // is over (`--affinity-wait-ms`), no worker idles while it waits.
     for (position, held) in deferred {
+        if !candidates.iter().any(Candidate::has_room) {
+            break;
+        }
         let prompt = &waiting[position];
         if routing == Routing::Prefix && prompt.may_wait {
             let held = held.unwrap_or_else(|| holder(candidates, index, prompt).map_or(0, |(_, matched)| matched));
@@ -168,12 +171,10 @@ fn least_loaded(candidates: &[Candidate], prompt: &Waiting) -> Option<usize> {
 
 /// [`least_loaded`], with `tie` deciding between equally loaded workers before their ids do.
 fn least_loaded_by(candidates: &[Candidate], prompt: &Waiting, tie: impl Fn(&Candidate) -> usize) -> Option<usize> {
-    eligible(candidates, prompt)
-        .filter(|&i| candidates[i].has_room())
-        .min_by(|&a, &b| {
-            let (ca, cb) = (&candidates[a], &candidates[b]);
-            ca.load().total_cmp(&cb.load()).then(ca.in_flight.cmp(&cb.in_flight)).then(tie(ca).cmp(&tie(cb))).then(ca.id.cmp(&cb.id))
-        })
+    eligible(candidates, prompt).filter(|&i| candidates[i].has_room()).min_by(|&a, &b| {
+        let (ca, cb) = (&candidates[a], &candidates[b]);
+        ca.load().total_cmp(&cb.load()).then(ca.in_flight.cmp(&cb.in_flight)).then(tie(ca).cmp(&tie(cb))).then(ca.id.cmp(&cb.id))
+    })
 }
 
 #[cfg(test)]
@@ -181,7 +182,11 @@ mod tests {
     use super::*;
 
     fn workers(slots: &[u32]) -> Vec<Candidate> {
-        slots.iter().enumerate().map(|(i, &capacity)| Candidate { id: format!("w{i}"), in_flight: 0, capacity, freed: Vec::new() }).collect()
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, &capacity)| Candidate { id: format!("w{i}"), in_flight: 0, capacity, freed: Vec::new() })
+            .collect()
     }
 
     fn waiting<'a>(keys: &'a [Vec<u64>], tried: &'a [String]) -> Vec<Waiting<'a>> {

@@ -6,10 +6,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use modelpool::auth::{AuthChannel, Credentials};
+use modelpool::context_fit::ContextFit;
 use modelpool::membership::{Heartbeat, Registered, WorkerReport, WorkerStatus};
 use modelpool::proto::worker_client::WorkerClient;
 use modelpool::request::Prompt;
@@ -21,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::prefix_index::{PrefixIndex, capacity_for, prefix_key};
 use crate::registry::Registry;
-use crate::routing::{self, Routing, Waiting};
+use crate::routing::{self, Candidate, Routing, Waiting};
 use crate::worker_client::{self, AfterFailure, ProgressTimeouts};
 
 /// How the scheduler behaves; see the `serve` flags for what each means.
@@ -129,9 +130,36 @@ enum Command {
 #[derive(Clone)]
 pub struct Scheduler {
     commands: mpsc::Sender<Command>,
-    /// Prompts waiting in the queue, as the actor last left it (for /metrics and autoscalers).
-    queue_depth: Arc<AtomicUsize>,
+    gauges: Arc<Gauges>,
 }
+
+/// What the actor publishes after every command, for readers that must not queue behind it: readiness
+/// probes and /metrics are unauthenticated, so answering them costs the actor nothing.
+#[derive(Default)]
+struct Gauges {
+    /// Prompts waiting in the queue (for /metrics and autoscalers).
+    queue_depth: AtomicUsize,
+    /// Workers registered and serving (suspect or not): what readiness means.
+    serving_workers: AtomicUsize,
+    /// Times the actor went over a non-empty queue to hand prompts out.
+    dispatch_passes: AtomicU64,
+    /// Queued prompts those passes put before the routing policy (at most `DISPATCH_WINDOW` each).
+    prompts_examined: AtomicU64,
+}
+
+/// The scheduler's published counters, as one reading.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SchedulerGauges {
+    pub queue_depth: usize,
+    pub serving_workers: usize,
+    pub dispatch_passes: u64,
+    pub prompts_examined: u64,
+}
+
+/// Queued prompts one dispatch pass considers, from the front. Routing costs each prompt a look at every
+/// worker's prefix index, and a pass follows every command that could free or fill a slot; past the
+/// window a prompt waits for those ahead of it to leave, as it would in a queue served in order.
+const DISPATCH_WINDOW: usize = 512;
 
 /// The one answer to a caller whose prompt the coordinator can no longer run because it is stopping.
 pub fn stopped() -> PoolError {
@@ -143,9 +171,9 @@ impl Scheduler {
     /// to a worker.
     pub fn start(config: SchedulerConfig, credentials: Credentials) -> Self {
         let (commands, inbox) = mpsc::channel(1024);
-        let queue_depth = Arc::new(AtomicUsize::new(0));
+        let gauges = Arc::new(Gauges::default());
         let actor = Actor {
-            queue_depth: Arc::clone(&queue_depth),
+            gauges: Arc::clone(&gauges),
             config,
             credentials,
             registry: Registry::default(),
@@ -156,7 +184,7 @@ impl Scheduler {
             workerless_since: None,
         };
         tokio::spawn(actor.run(inbox));
-        Self { commands, queue_depth }
+        Self { commands, gauges }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, PoolError> {
@@ -178,9 +206,15 @@ impl Scheduler {
         self.ask(|reply| Command::Deregister { worker_id, lease, reply }).await?
     }
 
-    /// Prompts waiting for a worker now.
-    pub fn queue_depth(&self) -> usize {
-        self.queue_depth.load(Ordering::Relaxed)
+    /// The counters as the actor last left them; never waits for the actor.
+    pub fn gauges(&self) -> SchedulerGauges {
+        let gauges = &self.gauges;
+        SchedulerGauges {
+            queue_depth: gauges.queue_depth.load(Ordering::Relaxed),
+            serving_workers: gauges.serving_workers.load(Ordering::Relaxed),
+            dispatch_passes: gauges.dispatch_passes.load(Ordering::Relaxed),
+            prompts_examined: gauges.prompts_examined.load(Ordering::Relaxed),
+        }
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerStatus>, PoolError> {
@@ -242,46 +276,6 @@ fn queued_bytes(request: &PredictRequest) -> u64 {
     (PER_PROMPT + text + stop + request.request_id.len()) as u64
 }
 
-/// What admission knows of the pool's context without a tokenizer: the smallest slot, and the most
-/// bytes one token covers (from the workers' tokenizers).
-struct ContextFit {
-    context: Option<u32>,
-    max_token_bytes: Option<u32>,
-}
-
-impl ContextFit {
-    /// Why a prompt can never run on this pool, if it cannot: `max_tokens` alone fills a slot, or its
-    /// text is more tokens than the rest of a slot holds even if every token covered the most bytes
-    /// any does. The worker's exact count still decides the prompts that pass.
-    fn refusal(&self, job: &Submission) -> Option<PoolError> {
-        let context = self.context?;
-        let max_tokens = job.request.sampling.max_tokens;
-        if max_tokens >= context {
-            return Some(PoolError::invalid(
-                format!("{}sampling.max_tokens", job.field),
-                format!("{max_tokens} does not fit the pool's context of {context} tokens per slot (prompt included)"),
-            ));
-        }
-        let per_token = u64::from(self.max_token_bytes?);
-        let (field, text_bytes) = match &job.request.prompt {
-            // Chat templates commonly trim each message, so only the trimmed text is sure to be tokenized.
-            Prompt::Chat(messages) => ("chat.messages", messages.iter().map(|m| m.content.trim().len() as u64).sum::<u64>()),
-            Prompt::Raw(text) => ("prompt", text.len() as u64),
-        };
-        let fewest_tokens = text_bytes.div_ceil(per_token);
-        let room = u64::from(context - max_tokens);
-        (fewest_tokens > room).then(|| {
-            PoolError::invalid(
-                format!("{}{field}", job.field),
-                format!(
-                    "{text_bytes} bytes of text are at least {fewest_tokens} tokens (no token covers more than \
-                     {per_token} bytes), more than the {room} a slot of {context} tokens leaves beside max_tokens {max_tokens}"
-                ),
-            )
-        })
-    }
-}
-
 struct Actor {
     config: SchedulerConfig,
     credentials: Credentials,
@@ -295,7 +289,7 @@ struct Actor {
     commands: mpsc::WeakSender<Command>,
     /// When the pool last found itself without a live worker (None while it has one).
     workerless_since: Option<Instant>,
-    queue_depth: Arc<AtomicUsize>,
+    gauges: Arc<Gauges>,
 }
 
 impl Actor {
@@ -303,22 +297,31 @@ impl Actor {
         let mut expiry = tokio::time::interval(self.config.heartbeat_timeout / 4);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let may_dispatch = tokio::select! {
                 command = inbox.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                _ = expiry.tick() => self.expire(),
+                // Affinity waits run out and callers give up between commands.
+                _ = expiry.tick() => {
+                    self.expire();
+                    true
+                }
+            };
+            if may_dispatch {
+                self.dispatch();
             }
-            self.dispatch();
-            self.queue_depth.store(self.queue.len(), Ordering::Relaxed);
+            self.gauges.queue_depth.store(self.queue.len(), Ordering::Relaxed);
+            self.gauges.serving_workers.store(self.registry.serving_count(), Ordering::Relaxed);
         }
         for job in self.queue.drain(..) {
             let _ = job.reply.send(Err(stopped()));
         }
     }
 
-    fn handle(&mut self, command: Command) {
+    /// Carries out one command; true when it may have freed a slot or queued a prompt, so that a dispatch
+    /// pass could hand something out. A listing or a departure cannot, and costs no pass.
+    fn handle(&mut self, command: Command) -> bool {
         let now = Instant::now();
         match command {
             Command::Register { report, reply } => {
@@ -328,15 +331,20 @@ impl Actor {
                     let channel = worker_client::channel_for(&self.credentials, &address)?;
                     self.registry.register(report, lease.clone(), now).map(|worker_id| {
                         info!(%worker_id, %address, "worker registered");
-                        self.channels.retain(|id, _| self.registry.get(id).is_some());
                         self.channels.insert(worker_id.clone(), WorkerLink::new(channel));
                         Registered { worker_id, heartbeat_interval: self.config.heartbeat_interval, lease }
                     })
                 });
+                let joined = result.is_ok();
                 let _ = reply.send(result);
+                joined
             }
+            // A beat can bring a suspect or draining worker back to serving.
             Command::Heartbeat { beat, reply } => {
-                let _ = reply.send(self.registry.heartbeat(beat, now));
+                let result = self.registry.heartbeat(beat, now);
+                let known = result.is_ok();
+                let _ = reply.send(result);
+                known
             }
             Command::Deregister { worker_id, lease, reply } => {
                 let result = self.registry.deregister(&worker_id, &lease).map(|entry| {
@@ -346,14 +354,22 @@ impl Actor {
                 });
                 let _ = reply.send(result);
                 self.fail_queue_if_no_workers();
+                false
             }
             Command::List { reply } => {
                 let _ = reply.send(self.registry.statuses(now));
+                false
             }
             Command::Submit { jobs, admitted } => {
-                let _ = admitted.send(self.admit(jobs, now));
+                let result = self.admit(jobs, now);
+                let queued = result.is_ok();
+                let _ = admitted.send(result);
+                queued
             }
-            Command::AttemptDone { worker_id, job, dispatched, result } => self.attempt_done(worker_id, job, dispatched, result),
+            Command::AttemptDone { worker_id, job, dispatched, result } => {
+                self.attempt_done(worker_id, job, dispatched, result);
+                true
+            }
         }
     }
 
@@ -380,15 +396,18 @@ impl Actor {
                 self.config.max_queue_bytes
             )));
         }
-        let fit = ContextFit { context: self.registry.min_context_per_slot(), max_token_bytes: self.registry.max_token_bytes() };
+        // The smallest slot in the pool, and the loosest tokenizer bound among the workers.
+        let fit =
+            self.registry.min_context_per_slot().map(|context| ContextFit { context, max_token_bytes: self.registry.max_token_bytes() });
+        let refusal = |job: &Submission| fit.and_then(|fit| fit.refusal(&job.request, &job.field));
         // A single prompt that cannot run is refused outright; in a batch it fails alone.
         if jobs.len() == 1
-            && let Some(error) = fit.refusal(&jobs[0])
+            && let Some(error) = refusal(&jobs[0])
         {
             return Err(error);
         }
         for (job, bytes) in jobs.into_iter().zip(sizes) {
-            if let Some(error) = fit.refusal(&job) {
+            if let Some(error) = refusal(&job) {
                 let _ = job.reply.send(Err(error));
                 continue;
             }
@@ -419,14 +438,20 @@ impl Actor {
         if self.queue.is_empty() {
             return;
         }
+        self.gauges.dispatch_passes.fetch_add(1, Ordering::Relaxed);
         let mut candidates = self.registry.candidates();
+        if !candidates.iter().any(Candidate::has_room) {
+            return;
+        }
         let now = Instant::now();
         let affinity_wait = self.config.affinity_wait;
         let waiting: Vec<Waiting> = self
             .queue
             .iter()
+            .take(DISPATCH_WINDOW)
             .map(|job| Waiting { key: &job.key, tried: &job.tried, may_wait: now.saturating_duration_since(job.accepted) < affinity_wait })
             .collect();
+        self.gauges.prompts_examined.fetch_add(waiting.len() as u64, Ordering::Relaxed);
         let assigned = routing::assign(self.config.routing, &mut candidates, &self.index, &waiting);
         drop(waiting);
         // Highest position first, so the lower positions stay valid while removing.

@@ -190,6 +190,41 @@ async fn register_claims_are_bounded_and_only_the_registrant_may_leave_or_heartb
     pool.shutdown().await;
 }
 
+/// Hardening round 2, finding 5: a token holder who read a worker's address and instance in
+/// ListWorkers re-registered them and so replaced the live worker: a new id and lease of its own, the
+/// real worker's heartbeats refused, the old entry's attempts and prefix-index entries orphaned. A live
+/// registration is now never replaced, and a claim's context per slot is bounded (the prefix index
+/// sizes a worker's entries by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_registration_cannot_be_taken_over_and_context_claims_are_bounded() {
+    let pool = TestPool::start(1, fast_scheduler(), &[]).await;
+    let mut client = pool.client.clone();
+    let victim = pool.list().await[0].clone();
+    let takeover = proto::RegisterRequest { info: victim.info.clone(), protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32 };
+    let refused = client.register(takeover).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert!(refused.message().contains("info.instance_id") && refused.message().contains(&victim.worker_id), "{}", refused.message());
+    // The real worker is still the registered one (its heartbeats keep being accepted) and serves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let workers = pool.list().await;
+    assert_eq!(workers.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), [victim.worker_id.as_str()]);
+    assert!(client.predict(chat("Say hi.", 4)).await.unwrap().into_inner().completion_tokens > 0);
+
+    let vast = proto::RegisterRequest {
+        info: Some(proto::WorkerInfo {
+            address: "http://127.0.0.1:1".into(),
+            instance_id: "vast".into(),
+            context_per_slot: u32::MAX,
+            ..victim.info.clone().unwrap()
+        }),
+        protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32,
+    };
+    let refused = client.register(vast).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("info.context_per_slot") && refused.message().contains("1048576"), "{}", refused.message());
+    pool.shutdown().await;
+}
+
 /// Finding 4: optional mutual TLS for workers. With `--tls-worker-ca`, membership calls need a client
 /// certificate that CA signed: the worker presents its own and joins; a token holder without one cannot
 /// register, though it may still call the client API.

@@ -37,6 +37,10 @@ impl Drop for Hosts {
 
 /// Runs `coordinator multihost` in the coordinator's namespace; returns its report and its stdout.
 fn multihost(hosts: &Hosts, net: &str, extra: &[&str]) -> (serde_json::Value, String) {
+    multihost_with_env(hosts, net, extra, &[])
+}
+
+fn multihost_with_env(hosts: &Hosts, net: &str, extra: &[&str], env: &[(&str, &str)]) -> (serde_json::Value, String) {
     let json = hosts.dir.join("report.json");
     let output = Command::new("ip")
         .args(["netns", "exec", &format!("{}c", hosts.prefix)])
@@ -59,12 +63,41 @@ fn multihost(hosts: &Hosts, net: &str, extra: &[&str]) -> (serde_json::Value, St
         .arg("--json")
         .arg(&json)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     println!("{stdout}");
     assert!(output.status.success(), "multihost failed: {}", String::from_utf8_lossy(&output.stderr));
     (serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap(), stdout)
+}
+
+/// Runs `run` while a thread reads every process's command line from /proc; returns what `run` gave
+/// and the command lines seen holding `secret`.
+fn command_lines_holding<T>(secret: &str, run: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (done, secret) = (std::sync::Arc::clone(&done), secret.to_string());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.load(Ordering::Relaxed) {
+                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    if let Ok(line) = std::fs::read(entry.path().join("cmdline")) {
+                        let line = String::from_utf8_lossy(&line).replace('\0', " ");
+                        if line.contains(&secret) {
+                            seen.insert(line);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            seen.into_iter().collect()
+        })
+    };
+    let result = run();
+    done.store(true, Ordering::Relaxed);
+    (result, watcher.join().unwrap())
 }
 
 fn copied(report: &serde_json::Value) -> Vec<(String, Vec<String>)> {
@@ -145,7 +178,14 @@ fn ssh_hosts_are_provisioned_by_checksum_and_serve_through_a_cut_link_and_a_kill
     let owner = std::fs::metadata(&model).unwrap();
     let (uid, gid) = (std::os::unix::fs::MetadataExt::uid(&owner), std::os::unix::fs::MetadataExt::gid(&owner));
     std::os::unix::fs::chown(&partial, Some(uid), Some(gid)).unwrap();
-    let (third, _) = multihost(&hosts, net, &["--prompts-per-worker", "4"]);
+    // With the operator's token (hardening round 2, finding 8): no process on this machine, the
+    // hosts' sshd sessions and workers included, ever shows it on its command line; the old multihost
+    // passed it to every worker as `--token` on the ssh command line.
+    let token = "operator-token-0123456789abcdef";
+    let ((third, _), exposed) =
+        command_lines_holding(token, || multihost_with_env(&hosts, net, &["--prompts-per-worker", "4"], &[("MODELPOOL_TOKEN", token)]));
+    assert!(exposed.is_empty(), "the token on a command line: {exposed:?}");
+    assert_eq!(third["pool_token"], "MODELPOOL_TOKEN");
     for (name, files) in copied(&third) {
         let expected: &[&str] = if name == host(3) { &["model"] } else { &[] };
         assert_eq!(files, expected, "{name}");

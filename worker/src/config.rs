@@ -102,6 +102,10 @@ pub struct Args {
     /// Longest time to finish in-flight requests after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// Open connections at most (gRPC and the HTTP/1.1 probes share the port); past it a new one is
+    /// closed at once. Each must send its first bytes within 10 s, and finish a TLS handshake within 10 s.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
     #[command(flatten)]
     pub security: modelpool::security_args::SecurityArgs,
     /// Log JSON lines instead of text.
@@ -151,6 +155,9 @@ pub struct Config {
     pub credentials: modelpool::auth::Credentials,
     /// Serve TLS with this identity.
     pub server_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Open connections at most, and how long a new one may stay silent (`modelpool::grpc_incoming`).
+    pub max_connections: usize,
+    pub first_bytes_timeout: Duration,
 }
 
 pub fn available_cores() -> u32 {
@@ -182,6 +189,8 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             credentials: modelpool::auth::Credentials::default(),
             server_tls: None,
+            max_connections: 256,
+            first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
         }
     }
 }
@@ -209,11 +218,14 @@ impl TryFrom<&Args> for Config {
         if args.slots == 0 || args.slots > limits::MAX_SLOTS_PER_WORKER {
             return bad("slots", &format!("must be 1 to {}", limits::MAX_SLOTS_PER_WORKER));
         }
-        if args.ctx_per_slot < limits::MIN_CONTEXT_PER_SLOT {
-            return bad("ctx-per-slot", &format!("must be at least {} tokens", limits::MIN_CONTEXT_PER_SLOT));
+        if !(limits::MIN_CONTEXT_PER_SLOT..=limits::MAX_CONTEXT_PER_SLOT).contains(&args.ctx_per_slot) {
+            return bad("ctx-per-slot", &format!("must be {} to {} tokens", limits::MIN_CONTEXT_PER_SLOT, limits::MAX_CONTEXT_PER_SLOT));
         }
         if args.queue == 0 {
             return bad("queue", "must be at least 1");
+        }
+        if args.max_connections == 0 {
+            return bad("max-connections", "must be at least 1");
         }
         if args.batch_tokens == 0 || args.batch_tokens > limits::MAX_BATCH_TOKENS {
             return bad("batch-tokens", &format!("must be 1 to {}", limits::MAX_BATCH_TOKENS));
@@ -263,6 +275,8 @@ impl TryFrom<&Args> for Config {
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
             credentials: args.security.credentials().map_err(flag_error)?,
             server_tls: args.security.server_tls().map_err(flag_error)?,
+            max_connections: args.max_connections,
+            first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
         })
     }
 }

@@ -14,10 +14,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use modelpool::grpc_incoming::LimitedIncoming;
 use modelpool::proto::worker_server::WorkerServer;
 use modelpool::{PoolError, proto};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -82,7 +82,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .add_service(reflection_v1)
         .add_service(reflection_alpha)
         .add_service(WorkerServer::with_interceptor(WorkerService::new(Arc::clone(&state)), token.require()));
-    let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let incoming = LimitedIncoming::new(listener, config.max_connections, config.first_bytes_timeout);
+    let server = tokio::spawn(builder.add_routes(routes).serve_with_incoming_shutdown(incoming, async {
         let _ = server_stopped.await;
     }));
     info!(%address, "worker listening; loading the model");

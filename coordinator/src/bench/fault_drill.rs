@@ -13,12 +13,12 @@ use modelpool::proto::{self, ListWorkersRequest, WorkerState};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+use crate::Config;
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec};
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
 use crate::http_server::HttpLimits;
 use crate::scheduler::SchedulerConfig;
 use crate::worker_client::ProgressTimeouts;
-use crate::Config;
 
 #[derive(Debug, clap::Args)]
 pub struct FaultDrillArgs {
@@ -123,7 +123,11 @@ impl Pool {
         let before = self.list().await.len();
         let launcher: Vec<String> = std::iter::once("env".to_string()).chain(env.iter().map(|s| s.to_string())).collect();
         self.workers.workers.push(WorkerProcess::spawn_with(&launcher, &self.spec)?);
-        self.wait_for(|workers| workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count() > before, "the added worker serves").await
+        self.wait_for(
+            |workers| workers.iter().filter(|w| w.state == WorkerState::Serving as i32).count() > before,
+            "the added worker serves",
+        )
+        .await
     }
 
     async fn wait_for(&self, done: impl Fn(&[proto::WorkerStatus]) -> bool, what: &str) -> anyhow::Result<()> {
@@ -139,7 +143,8 @@ impl Pool {
     async fn busy_worker(&self) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let busy: Vec<u32> = self.list().await.iter().filter(|w| w.in_flight > 0).filter_map(|w| w.info.as_ref().map(|i| i.pid)).collect();
+            let busy: Vec<u32> =
+                self.list().await.iter().filter(|w| w.in_flight > 0).filter_map(|w| w.info.as_ref().map(|i| i.pid)).collect();
             if let Some(index) = self.workers.workers.iter().position(|w| busy.contains(&w.pid)) {
                 return Ok(index);
             }
@@ -172,7 +177,8 @@ fn fire(
             let mut client = client.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let answer = tokio::time::timeout(ANSWER_BOUND, client.predict(request)).await.ok().map(|r| r.map(tonic::Response::into_inner));
+                let answer =
+                    tokio::time::timeout(ANSWER_BOUND, client.predict(request)).await.ok().map(|r| r.map(tonic::Response::into_inner));
                 (answer, started.elapsed())
             })
         })
@@ -186,7 +192,10 @@ fn fire(
     })
 }
 
-async fn collect(row: &mut DrillRow, fired: tokio::task::JoinHandle<Vec<(Option<Result<proto::PredictResponse, tonic::Status>>, Duration)>>) {
+async fn collect(
+    row: &mut DrillRow,
+    fired: tokio::task::JoinHandle<Vec<(Option<Result<proto::PredictResponse, tonic::Status>>, Duration)>>,
+) {
     for (outcome, latency) in fired.await.unwrap_or_default() {
         row.record(outcome, latency);
     }
@@ -196,7 +205,12 @@ type Files<'a> = (&'a Path, &'a Path);
 
 /// One of two single-slot workers gets `signal` (and, when `resume_after` is given, SIGCONT that
 /// long after) while 8 prompts run.
-async fn one_of_two_workers(name: &str, (binary, model): Files<'_>, signal: i32, resume_after: Option<Duration>) -> anyhow::Result<DrillRow> {
+async fn one_of_two_workers(
+    name: &str,
+    (binary, model): Files<'_>,
+    signal: i32,
+    resume_after: Option<Duration>,
+) -> anyhow::Result<DrillRow> {
     let mut row = DrillRow::new(name);
     let pool = Pool::start(drill_config(), 2, 1, binary, model).await?;
     let fired = fire(&pool.client(), (0..8).map(|i| prompt(i, 24)).collect());
@@ -263,7 +277,9 @@ async fn poison_prompt((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
             for result in response.into_inner().results {
                 let outcome = match result.outcome {
                     Some(proto::predict_result::Outcome::Response(response)) => Ok(response),
-                    Some(proto::predict_result::Outcome::Error(error)) => Err(tonic::Status::new(tonic::Code::from(error.code), error.message)),
+                    Some(proto::predict_result::Outcome::Error(error)) => {
+                        Err(tonic::Status::new(tonic::Code::from(error.code), error.message))
+                    }
                     None => Err(tonic::Status::unknown("")),
                 };
                 row.record(Some(outcome), latency);
@@ -330,7 +346,10 @@ async fn client_never_reads((binary, model): Files<'_>) -> anyhow::Result<DrillR
         "max_tokens": 2000, "ignore_eos": true, "stream": true,
     })
     .to_string();
-    let request = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await?;
     let started = Instant::now();
     let ended = loop {
@@ -340,9 +359,73 @@ async fn client_never_reads((binary, model): Files<'_>) -> anyhow::Result<DrillR
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let outcome = ended.then(|| Err(tonic::Status::cancelled("the client stopped reading: dropped after the write timeout, prompt cancelled")));
+    let outcome =
+        ended.then(|| Err(tonic::Status::cancelled("the client stopped reading: dropped after the write timeout, prompt cancelled")));
     row.record(outcome, started.elapsed());
     drop(stream);
+    pool.stop().await;
+    Ok(row)
+}
+
+/// 300 sockets that send nothing, on the gRPC port (capped at 64 here) and the HTTP port (capped at
+/// 64), while 8 prompts run: the applications' connections keep being served and the HTTP API keeps
+/// answering `/health`, since the silent ones are refused, closed at their deadline or evicted.
+async fn idle_sockets((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
+    let mut row = DrillRow::new("idle-sockets");
+    let mut config = drill_config();
+    config.grpc_max_connections = 64;
+    config.grpc_first_bytes_timeout = Duration::from_secs(2);
+    config.http_limits = HttpLimits { max_connections: 64, header_read_timeout: Duration::from_secs(2), ..HttpLimits::default() };
+    let pool = Pool::start(config, 2, 1, binary, model).await?;
+    let client = pool.client();
+    client.clone().list_workers(ListWorkersRequest {}).await?;
+    let grpc = pool.coordinator.url.trim_start_matches("http://").to_string();
+    let http = pool.coordinator.http_url.trim_start_matches("http://").to_string();
+    let mut silent = Vec::new();
+    for i in 0..300 {
+        let address = if i % 2 == 0 { &grpc } else { &http };
+        if let Ok(stream) = tokio::net::TcpStream::connect(address).await {
+            silent.push(stream);
+        }
+    }
+    let fired = fire(&client, (0..8).map(|i| prompt(i, 16)).collect());
+    // `/health` beside 150 silent HTTP sockets counts as one more request: answered, or lost.
+    let started = Instant::now();
+    let health = tokio::time::timeout(Duration::from_secs(10), health_status(&http)).await.ok().flatten();
+    row.record((health == Some(200)).then(|| Ok(proto::PredictResponse::default())), started.elapsed());
+    collect(&mut row, fired).await;
+    drop(silent);
+    pool.stop().await;
+    Ok(row)
+}
+
+/// The status code of a plain `GET /health` on its own connection.
+async fn health_status(host: &str) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    stream.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    String::from_utf8_lossy(&answer).split(' ').nth(1)?.parse().ok()
+}
+
+/// While 8 prompts run on two workers, a token holder re-registers one worker's own address and
+/// instance (as ListWorkers shows them) to take it over: refused, and every prompt is answered by the
+/// workers the pool had.
+async fn takeover_under_load((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
+    let mut row = DrillRow::new("takeover");
+    let pool = Pool::start(drill_config(), 2, 1, binary, model).await?;
+    let fired = fire(&pool.client(), (0..8).map(|i| prompt(i, 24)).collect());
+    pool.busy_worker().await?;
+    let victim = pool.list().await.into_iter().find(|w| w.in_flight > 0).and_then(|w| w.info);
+    let takeover = proto::RegisterRequest { info: victim, protocol_version: proto::ProtocolVersion::ProtocolVersion1 as i32 };
+    let refused = pool.client().register(takeover).await;
+    anyhow::ensure!(
+        matches!(&refused, Err(status) if status.code() == tonic::Code::AlreadyExists),
+        "a takeover of a live worker was not refused: {refused:?}"
+    );
+    collect(&mut row, fired).await;
+    anyhow::ensure!(pool.list().await.len() == 2, "the pool still has its two workers");
     pool.stop().await;
     Ok(row)
 }
@@ -371,6 +454,8 @@ pub async fn run_fault_drill(args: FaultDrillArgs) -> anyhow::Result<()> {
     drill!("overload-10x", overload(files));
     drill!("huge-prompt", oversized_prompt(files));
     drill!("never-reads", client_never_reads(files));
+    drill!("idle-sockets", idle_sockets(files));
+    drill!("takeover", takeover_under_load(files));
     print_rows(&rows);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
@@ -381,7 +466,10 @@ pub async fn run_fault_drill(args: FaultDrillArgs) -> anyhow::Result<()> {
 }
 
 fn print_rows(rows: &[DrillRow]) {
-    println!("{:<20} {:>8} {:>5} {:>15} {:>8} {:>5} {:>14}", "scenario", "requests", "ok", "failed clearly", "retried", "lost", "max latency s");
+    println!(
+        "{:<20} {:>8} {:>5} {:>15} {:>8} {:>5} {:>14}",
+        "scenario", "requests", "ok", "failed clearly", "retried", "lost", "max latency s"
+    );
     for r in rows {
         println!(
             "{:<20} {:>8} {:>5} {:>15} {:>8} {:>5} {:>14.1}",

@@ -100,6 +100,9 @@ pub fn find_worker_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
 pub struct WorkerProcess {
     child: Child,
     pub pid: u32,
+    /// The write end of its standard input, kept open while it runs when the token went that way
+    /// ([`Self::spawn_over_ssh`]): closing it would end the remote side's input.
+    _stdin: Option<std::fs::File>,
 }
 
 impl WorkerProcess {
@@ -110,6 +113,19 @@ impl WorkerProcess {
     /// Through a launcher: `launcher` is a command prefix that runs the worker elsewhere (for example
     /// `ip netns exec NS` or `ssh -tt HOST`); empty runs it here.
     pub fn spawn_with(launcher: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
+        Self::start(Self::launched(launcher, spec), None)
+    }
+
+    /// As [`Self::spawn_with`], with the pool token in the worker's environment (`MODELPOOL_TOKEN`) rather
+    /// than on its command line: a process's environment is readable by its owner only, its command
+    /// line by every user of the machine (`ps`).
+    pub fn spawn_with_token(launcher: &[String], spec: &WorkerSpec, token: &str) -> std::io::Result<Self> {
+        let mut command = Self::launched(launcher, spec);
+        command.env("MODELPOOL_TOKEN", token);
+        Self::start(command, None)
+    }
+
+    fn launched(launcher: &[String], spec: &WorkerSpec) -> Command {
         let worker = worker_command(spec);
         let command = match launcher.split_first() {
             Some((program, args)) => {
@@ -123,22 +139,29 @@ impl WorkerProcess {
                 command
             }
         };
-        Self::start(command)
+        command
     }
 
     /// On another machine through `ssh` (the ssh arguments, ending with the target): the remote side
     /// gets one command line, `remote_prefix` and the worker's, every word quoted for its shell, so no
-    /// path, address or token can be read as shell syntax there.
-    pub fn spawn_over_ssh(ssh: &[String], remote_prefix: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
+    /// path, address or token can be read as shell syntax there. `token` goes over the connection's
+    /// standard input, read by the remote shell into the worker's environment: on either command line
+    /// (ssh's here, the shell's there) every user of that machine could read it.
+    pub fn spawn_over_ssh(ssh: &[String], remote_prefix: &[String], spec: &WorkerSpec, token: Option<&str>) -> std::io::Result<Self> {
         let words: Vec<String> =
             remote_prefix.iter().cloned().chain(worker_command(spec).iter().map(|w| w.to_string_lossy().into_owned())).collect();
-        let remote = words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+        let mut remote = words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ");
+        if token.is_some() {
+            remote = format!("IFS= read -r MODELPOOL_TOKEN && export MODELPOOL_TOKEN && {remote}");
+        }
         let mut command = Command::new("ssh");
         command.args(ssh).arg(remote);
-        Self::start(command)
+        Self::start(command, token)
     }
 
-    fn start(mut command: Command) -> std::io::Result<Self> {
+    /// Starts `command`; with `stdin_line`, writes it (and a newline) to the process's standard input
+    /// and keeps that open.
+    fn start(mut command: Command, stdin_line: Option<&str>) -> std::io::Result<Self> {
         command
             // The pool's secrets come from the spec (extra_args), never from this process's environment:
             // an exported MODELPOOL_TOKEN would otherwise close the workers to a coordinator started
@@ -147,7 +170,7 @@ impl WorkerProcess {
             .env_remove("MODELPOOL_TLS_CERT")
             .env_remove("MODELPOOL_TLS_KEY")
             .env_remove("MODELPOOL_TLS_CA")
-            .stdin(Stdio::null())
+            .stdin(if stdin_line.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::null())
             .kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
@@ -162,9 +185,18 @@ impl WorkerProcess {
                 Ok(())
             });
         }
-        let child = command.spawn()?;
+        let mut child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
-        Ok(Self { child, pid })
+        let stdin = match (stdin_line, child.stdin.take()) {
+            (Some(line), Some(stdin)) => {
+                // A line of a few dozen bytes fits the pipe's buffer: this write does not block.
+                let mut stdin = std::fs::File::from(stdin.into_owned_fd()?);
+                std::io::Write::write_all(&mut stdin, format!("{line}\n").as_bytes())?;
+                Some(stdin)
+            }
+            _ => None,
+        };
+        Ok(Self { child, pid, _stdin: stdin })
     }
 
     /// Whether it has exited (and how), without waiting.

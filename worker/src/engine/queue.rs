@@ -106,6 +106,16 @@ impl JobQueue {
         self.alive.load(Ordering::SeqCst)
     }
 
+    /// Refuses now, before a request is tokenized, when the queue is already full; `submit` still
+    /// decides (another request may take the last place in between).
+    pub fn refuse_if_full(&self) -> Result<(), PoolError> {
+        if self.counters.queued.load(Ordering::Relaxed) >= self.capacity { Err(self.full()) } else { Ok(()) }
+    }
+
+    fn full(&self) -> PoolError {
+        PoolError::ResourceExhausted(format!("worker queue is full ({} waiting for {} slots)", self.capacity, self.slots))
+    }
+
     /// Queues a job without blocking; a full queue is refused at once.
     pub fn submit(&self, job: Job) -> Result<(), PoolError> {
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
@@ -113,7 +123,7 @@ impl JobQueue {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(PoolError::ResourceExhausted(format!("worker queue is full ({} waiting for {} slots)", self.capacity, self.slots)))
+                Err(self.full())
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.counters.queued.fetch_sub(1, Ordering::Relaxed);

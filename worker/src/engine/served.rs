@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use modelpool::context_fit::ContextFit;
 use modelpool::prompt_format::PromptFormat;
 use modelpool::{PoolError, PredictRequest};
 
@@ -36,6 +37,12 @@ impl Engine for ServedEngine {
     }
 
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError> {
+        // The cheap checks first: a megabyte of text that cannot fit, or a full queue, costs no tokenizer pass.
+        let bound = ContextFit { context: self.info.context_per_slot, max_token_bytes: Some(self.info.max_token_bytes) };
+        if let Some(error) = bound.refusal(request, "") {
+            return Err(error);
+        }
+        self.queue.refuse_if_full()?;
         let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
         check_context_fit(tokens.len(), request.sampling.max_tokens, self.info.context_per_slot)?;
         Ok(PreparedPrompt { tokens })

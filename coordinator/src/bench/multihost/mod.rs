@@ -27,10 +27,10 @@ use tokio::process::Command;
 mod hosts;
 mod provision;
 
-pub use hosts::{HostLine, Target, parse_hosts};
-use hosts::host_of;
 use crate::bench::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec};
 use crate::scheduler::SchedulerConfig;
+use hosts::host_of;
+pub use hosts::{HostLine, Target, parse_hosts};
 
 #[derive(Debug, clap::Args)]
 pub struct MultihostArgs {
@@ -83,7 +83,6 @@ pub struct MultihostArgs {
     pub files: crate::bench::WorkerFiles,
 }
 
-
 /// A membership change seen by sampling ListWorkers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MembershipEvent {
@@ -126,7 +125,6 @@ pub struct Provisioned {
     pub host: String,
     pub copied: Vec<String>,
 }
-
 
 pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostReport> {
     let text = std::fs::read_to_string(&args.hosts).with_context(|| format!("reading {}", args.hosts.display()))?;
@@ -248,24 +246,33 @@ async fn start_workers(
                     host.address.clone(),
                     "--engine".into(),
                     host.engine.clone(),
-                    // On the command line: visible to other users of a shared host in `ps`.
-                    "--token".into(),
-                    token.to_string(),
                 ],
             };
+            // The token never goes on a command line (`ps` shows those to every user of a host): into
+            // the worker's environment, over ssh by way of the connection's input.
             let worker = match &launch {
-                Launch::Netns(launcher) => WorkerProcess::spawn_with(launcher, &spec),
-                Launch::Ssh { ssh, remote_prefix } => WorkerProcess::spawn_over_ssh(ssh, remote_prefix, &spec),
+                Launch::Netns(launcher) => WorkerProcess::spawn_with_token(launcher, &spec, token),
+                Launch::Ssh { ssh, remote_prefix } => WorkerProcess::spawn_over_ssh(ssh, remote_prefix, &spec, Some(token)),
             }
             .with_context(|| format!("starting a worker on {}", host.name()))?;
             workers.push((host.name().to_string(), worker));
         }
-        eprintln!("== {}: {} worker(s) starting ({} x {} slot(s) x {} thread(s))", host.name(), host.workers, host.engine, host.slots, host.threads);
+        eprintln!(
+            "== {}: {} worker(s) starting ({} x {} slot(s) x {} thread(s))",
+            host.name(),
+            host.workers,
+            host.engine,
+            host.slots,
+            host.threads
+        );
     }
     Ok(())
 }
 
-async fn serving_by_host(client: &CoordinatorClient<AuthChannel>, hosts: &[HostLine]) -> Option<(BTreeMap<String, usize>, Vec<WorkerStatus>)> {
+async fn serving_by_host(
+    client: &CoordinatorClient<AuthChannel>,
+    hosts: &[HostLine],
+) -> Option<(BTreeMap<String, usize>, Vec<WorkerStatus>)> {
     let list = client.clone().list_workers(ListWorkersRequest {}).await.ok()?.into_inner().workers;
     let mut counts: BTreeMap<String, usize> = hosts.iter().map(|h| (h.name().to_string(), 0)).collect();
     for status in list.iter().filter(|w| w.state == WorkerState::Serving as i32) {
@@ -341,7 +348,11 @@ async fn measure(
                     }
                     for (host, &count) in &counts {
                         if last.get(host) != Some(&count) {
-                            events.lock().unwrap().push(MembershipEvent { at_s: start.elapsed().as_secs_f64(), host: host.clone(), serving_workers: count });
+                            events.lock().unwrap().push(MembershipEvent {
+                                at_s: start.elapsed().as_secs_f64(),
+                                host: host.clone(),
+                                serving_workers: count,
+                            });
                         }
                     }
                     last = counts;
@@ -396,13 +407,7 @@ async fn measure(
     })
 }
 
-fn phase(
-    name: &str,
-    records: &[RequestRecord],
-    prompts: usize,
-    wall_s: f64,
-    placements: &BTreeMap<String, WorkerPlacement>,
-) -> Phase {
+fn phase(name: &str, records: &[RequestRecord], prompts: usize, wall_s: f64, placements: &BTreeMap<String, WorkerPlacement>) -> Phase {
     let ids: HashSet<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
     let answered = records.iter().filter(|r| r.ok).count();
     Phase {

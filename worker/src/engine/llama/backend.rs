@@ -135,8 +135,12 @@ impl Backend for LlamaBackend<'_> {
             let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
             let _ = self.context.copy_kv_cache_seq(source as i32, seq, None, None);
         }
-        // Whatever this sequence held past the reused prefix must not leak into the new job.
-        if matches!(self.context.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None), Ok(true)) {
+        // Whatever this sequence held past the reused prefix must not leak into the new job. A kept
+        // prefix must also start at position 0: a cache that dropped older positions (a sliding window
+        // kept at its own size) would leave the new prompt's attention without keys and values it
+        // needs, and its text would silently change (llama-server checks `seq_pos_min` likewise).
+        let kept = matches!(self.context.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None), Ok(true));
+        if kept && (reuse == 0 || self.context.kv_cache_seq_pos_min(seq) == 0) {
             reuse
         } else {
             let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);

@@ -55,8 +55,13 @@ pub struct LlamaConfig {
 /// rounds queries, keys and values to float16, which decides near-ties: with it, "Name three primary
 /// colors." has its top two tokens 0.026 apart in the opposite order from float32 attention (llama.cpp
 /// without flash attention, and the MLX engine). `--no-flash-attention` gives float32 attention.
+///
+/// Sliding-window layers keep every position (`swa_full`, llama.cpp's library default; llama-server
+/// turns it off to save memory): a reused prefix then holds all the keys and values a new prompt's
+/// window needs. With a window-sized cache, positions older than the window are dropped as decoding
+/// goes on, and a prefix kept for reuse could lack them ([`backend`]'s `start_sequence` checks anyway).
 pub fn base_context_params(flash_attention: bool) -> LlamaContextParams {
-    let params = LlamaContextParams::default();
+    let params = LlamaContextParams::default().with_swa_full(true);
     if flash_attention { params } else { params.with_flash_attention_policy(0) }
 }
 
