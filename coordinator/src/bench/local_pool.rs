@@ -97,6 +97,16 @@ pub fn find_worker_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
     })
 }
 
+/// How a worker process gets the pool token, if it is handed one apart from its flags.
+#[derive(Clone, Copy)]
+enum Handover<'a> {
+    None,
+    /// `MODELPOOL_TOKEN` in its environment.
+    Environment(&'a str),
+    /// One line on its standard input (a remote shell reads it, see [`WorkerProcess::spawn_over_ssh`]).
+    StdinLine(&'a str),
+}
+
 pub struct WorkerProcess {
     child: Child,
     pub pid: u32,
@@ -113,16 +123,14 @@ impl WorkerProcess {
     /// Through a launcher: `launcher` is a command prefix that runs the worker elsewhere (for example
     /// `ip netns exec NS` or `ssh -tt HOST`); empty runs it here.
     pub fn spawn_with(launcher: &[String], spec: &WorkerSpec) -> std::io::Result<Self> {
-        Self::start(Self::launched(launcher, spec), None)
+        Self::start(Self::launched(launcher, spec), Handover::None)
     }
 
     /// As [`Self::spawn_with`], with the pool token in the worker's environment (`MODELPOOL_TOKEN`) rather
     /// than on its command line: a process's environment is readable by its owner only, its command
     /// line by every user of the machine (`ps`).
     pub fn spawn_with_token(launcher: &[String], spec: &WorkerSpec, token: &str) -> std::io::Result<Self> {
-        let mut command = Self::launched(launcher, spec);
-        command.env("MODELPOOL_TOKEN", token);
-        Self::start(command, None)
+        Self::start(Self::launched(launcher, spec), Handover::Environment(token))
     }
 
     fn launched(launcher: &[String], spec: &WorkerSpec) -> Command {
@@ -156,23 +164,25 @@ impl WorkerProcess {
         }
         let mut command = Command::new("ssh");
         command.args(ssh).arg(remote);
-        Self::start(command, token)
+        Self::start(command, token.map_or(Handover::None, Handover::StdinLine))
     }
 
-    /// Starts `command`; with `stdin_line`, writes it (and a newline) to the process's standard input
-    /// and keeps that open.
-    fn start(mut command: Command, stdin_line: Option<&str>) -> std::io::Result<Self> {
+    /// Starts `command`, handing the token over as `token` says.
+    fn start(mut command: Command, token: Handover<'_>) -> std::io::Result<Self> {
         command
-            // The pool's secrets come from the spec (extra_args), never from this process's environment:
-            // an exported MODELPOOL_TOKEN would otherwise close the workers to a coordinator started
-            // without it, and every prompt of a bench would be refused.
+            // The pool's secrets come from the spec (extra_args) or the handover, never from this
+            // process's environment: an exported MODELPOOL_TOKEN would otherwise close the workers to a
+            // coordinator started without it, and every prompt of a bench would be refused.
             .env_remove("MODELPOOL_TOKEN")
             .env_remove("MODELPOOL_TLS_CERT")
             .env_remove("MODELPOOL_TLS_KEY")
             .env_remove("MODELPOOL_TLS_CA")
-            .stdin(if stdin_line.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if matches!(token, Handover::StdinLine(_)) { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::null())
             .kill_on_drop(true);
+        if let Handover::Environment(token) = token {
+            command.env("MODELPOOL_TOKEN", token);
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }
@@ -187,8 +197,8 @@ impl WorkerProcess {
         }
         let mut child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
-        let stdin = match (stdin_line, child.stdin.take()) {
-            (Some(line), Some(stdin)) => {
+        let stdin = match (token, child.stdin.take()) {
+            (Handover::StdinLine(line), Some(stdin)) => {
                 // A line of a few dozen bytes fits the pipe's buffer: this write does not block.
                 let mut stdin = std::fs::File::from(stdin.into_owned_fd()?);
                 std::io::Write::write_all(&mut stdin, format!("{line}\n").as_bytes())?;
