@@ -399,6 +399,23 @@ async fn idle_sockets((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
     Ok(row)
 }
 
+/// 24 prompts of 100 kB each at a coordinator whose queue holds 1 MiB of prompts, beside 4 ordinary
+/// ones: what fits waits (and the worker refuses it, naming its token count), the rest is refused at
+/// once with RESOURCE_EXHAUSTED naming the byte limit, the ordinary prompts are answered.
+async fn queue_bytes((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
+    let mut row = DrillRow::new("queue-bytes");
+    let mut config = drill_config();
+    config.scheduler.max_queue_bytes = 1 << 20;
+    let pool = Pool::start(config, 1, 1, binary, model).await?;
+    let big = |i: usize| proto::PredictRequest::from(&modelpool::PredictRequest::user(format!("{i} {}", "word ".repeat(20_000)), 8));
+    let ordinary = fire(&pool.client(), (0..4).map(|i| prompt(i, 8)).collect());
+    let big = fire(&pool.client(), (0..24).map(big).collect());
+    collect(&mut row, ordinary).await;
+    collect(&mut row, big).await;
+    pool.stop().await;
+    Ok(row)
+}
+
 /// The status code of a plain `GET /health` on its own connection.
 async fn health_status(host: &str) -> Option<u16> {
     use tokio::io::AsyncReadExt;
@@ -454,6 +471,7 @@ pub async fn run_fault_drill(args: FaultDrillArgs) -> anyhow::Result<()> {
     drill!("overload-10x", overload(files));
     drill!("huge-prompt", oversized_prompt(files));
     drill!("never-reads", client_never_reads(files));
+    drill!("queue-bytes", queue_bytes(files));
     drill!("idle-sockets", idle_sockets(files));
     drill!("takeover", takeover_under_load(files));
     print_rows(&rows);
