@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::host_of;
 use coordinator::Config;
 use coordinator::bench::local_pool::LocalCoordinator;
 use modelpool::proto::ListWorkersRequest;
@@ -25,7 +26,7 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 async fn idle_sockets_are_bounded_in_number_and_in_time() {
     let config = Config { grpc_max_connections: 8, grpc_first_bytes_timeout: Duration::from_secs(2), ..Config::default() };
     let coordinator = LocalCoordinator::start(config).await.unwrap();
-    let address = coordinator.url.trim_start_matches("http://").to_string();
+    let address = host_of(&coordinator.url);
     // The harness's own client holds one place once it has called.
     let mut client = coordinator.client.clone();
     client.list_workers(ListWorkersRequest {}).await.unwrap();

@@ -9,16 +9,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestPki, TestPool, fast_scheduler};
+use common::{TestPki, TestPool, fast_scheduler, host_of};
 use coordinator::Config;
 use coordinator::bench::local_pool::LocalCoordinator;
 use coordinator::http_server::HttpLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn host_of(url: &str) -> String {
-    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/').to_string()
-}
 
 /// Reads until the server closes the connection or `limit` passes; None if it was still open then.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {

@@ -7,15 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestPool, fast_scheduler, http_get, metric};
+use common::{TestPool, fast_scheduler, host_of, http_get, metric};
 use coordinator::bench::local_pool::LocalCoordinator;
 use coordinator::{Config, SchedulerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn host_of(url: &str) -> String {
-    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/').to_string()
-}
 
 /// Sends one chat completion on a connection of its own; the answer is read by `answer`.
 async fn send_chat(host: &str, text: &str, max_tokens: u32) -> TcpStream {

@@ -72,6 +72,11 @@ mod http_get;
 pub use http_get::http_get;
 
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
+/// `HOST:PORT` of a URL such as `http://127.0.0.1:8000/`, for raw TCP clients.
+pub fn host_of(url: &str) -> String {
+    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/').to_string()
+}
+
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
