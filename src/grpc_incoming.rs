@@ -21,6 +21,10 @@ use tracing::warn;
 
 /// How long a new connection may stay silent.
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most on the coordinator's gRPC port (workers' and applications'), by default.
+pub const COORDINATOR_MAX_CONNECTIONS: usize = 1024;
+/// Open connections at most on a worker's port (the coordinator's, probes, scrapes), by default.
+pub const WORKER_MAX_CONNECTIONS: usize = 256;
 
 /// Accepted connections of `listener`, at most `max_connections` open at once.
 pub struct LimitedIncoming {

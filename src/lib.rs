@@ -7,7 +7,8 @@
 //! ([`text`]), a GGUF metadata reader ([`gguf`]), an mlx-lm folder's text files ([`model_folder`]), the
 //! model's tokenizer ([`tokenizer`]) and chat template ([`chat_template`]) and the two together
 //! ([`prompt_format`]), the cheap context bound both daemons check before tokenizing ([`context_fit`]),
-//! the gRPC port's connection limits ([`grpc_incoming`]), the pool's shared secret ([`auth`]), TLS settings ([`tls`]) and the flags for both ([`security_args`]),
+//! the gRPC ports' connection limits ([`grpc_incoming`]), the pool's shared secret ([`auth`]), TLS
+//! settings ([`tls`]) and the flags for both ([`security_args`]),
 //! the engine kind both daemons name ([`engine_kind`]), telemetry and the shutdown signal.
 
 pub mod auth;

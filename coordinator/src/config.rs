@@ -151,7 +151,7 @@ pub struct ServeArgs {
     pub http_max_connections: usize,
     /// Open gRPC connections at most (workers' and applications'); past it a new one is closed at once.
     /// Each must send its first bytes within 10 s of connecting, and finish a TLS handshake within 10 s.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = modelpool::grpc_incoming::COORDINATOR_MAX_CONNECTIONS)]
     pub grpc_max_connections: usize,
     /// Longest the HTTP API waits for a client that accepts no data (a stream it stopped reading);
     /// then the connection is dropped and its prompt cancelled.
@@ -216,7 +216,7 @@ impl Default for Config {
             worker_certificates: false,
             http_request_timeout: DEFAULT_HTTP_REQUEST_TIMEOUT,
             http_limits: HttpLimits::default(),
-            grpc_max_connections: 1024,
+            grpc_max_connections: modelpool::grpc_incoming::COORDINATOR_MAX_CONNECTIONS,
             grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
         }
     }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use modelpool::PoolError;
-use modelpool::membership::{WorkerPhase, WorkerStatus};
+use modelpool::membership::WorkerStatus;
 use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
 use modelpool::response::PredictResponse;
 
@@ -39,9 +39,8 @@ impl CoordinatorMetrics {
     pub fn render(&self, workers: &[WorkerStatus], scheduler: SchedulerGauges) -> String {
         let mut out = Exposition::new();
         self.requests.render(&mut out, "modelpool_coordinator", &HELP);
-        let serving = workers.iter().filter(|w| w.phase == WorkerPhase::Serving).count();
         out.gauge("modelpool_coordinator_workers", "Registered workers.", workers.len() as f64);
-        out.gauge("modelpool_coordinator_workers_serving", "Registered workers that take prompts.", serving as f64);
+        out.gauge("modelpool_coordinator_workers_serving", "Registered workers that take prompts.", scheduler.serving_workers as f64);
         out.gauge(
             "modelpool_coordinator_queue_depth",
             "Prompts waiting in the coordinator's queue for a worker (scale workers on it).",

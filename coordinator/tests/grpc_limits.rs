@@ -7,20 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::host_of;
+use common::{closed_within, host_of};
 use coordinator::Config;
 use coordinator::bench::local_pool::LocalCoordinator;
 use modelpool::proto::ListWorkersRequest;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-/// Whether the server closed `stream` within `limit` (end of stream or a reset); what it sent before
-/// (an HTTP/2 server speaks first: its SETTINGS) is read and dropped.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    let mut buffer = [0u8; 256];
-    let closed = async { while let Ok(1..) = stream.read(&mut buffer).await {} };
-    tokio::time::timeout(limit, closed).await.is_ok()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_are_bounded_in_number_and_in_time() {

@@ -104,7 +104,7 @@ pub struct Args {
     pub drain_timeout_secs: u64,
     /// Open connections at most (gRPC and the HTTP/1.1 probes share the port); past it a new one is
     /// closed at once. Each must send its first bytes within 10 s, and finish a TLS handshake within 10 s.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = modelpool::grpc_incoming::WORKER_MAX_CONNECTIONS)]
     pub max_connections: usize,
     #[command(flatten)]
     pub security: modelpool::security_args::SecurityArgs,
@@ -189,7 +189,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             credentials: modelpool::auth::Credentials::default(),
             server_tls: None,
-            max_connections: 256,
+            max_connections: modelpool::grpc_incoming::WORKER_MAX_CONNECTIONS,
             first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
         }
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestWorker, chat, config};
+use common::{TestWorker, chat, closed_within, config};
 use modelpool::proto::{self, InfoRequest};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -80,14 +80,6 @@ async fn streams_what_unary_returns_and_reports_itself() {
 /// old main idle sockets stayed open for as long as their clients liked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_bounded_in_number_and_in_time() {
-    use tokio::io::AsyncReadExt;
-    // Closed within `limit` (end of stream or a reset); what the server sent first (an HTTP/2 server
-    // speaks first: its SETTINGS) is read and dropped.
-    let closed_within = |mut stream: tokio::net::TcpStream, limit: std::time::Duration| async move {
-        let mut buffer = [0u8; 256];
-        let closed = async move { while let Ok(1..) = stream.read(&mut buffer).await {} };
-        tokio::time::timeout(limit, closed).await.is_ok()
-    };
     let mut config = config(1).await;
     config.max_connections = 3;
     config.first_bytes_timeout = std::time::Duration::from_secs(1);
@@ -95,10 +87,10 @@ async fn idle_connections_are_bounded_in_number_and_in_time() {
     let address = worker.url.trim_start_matches("http://").to_string();
     let idle = [tokio::net::TcpStream::connect(&address).await.unwrap(), tokio::net::TcpStream::connect(&address).await.unwrap()];
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let over = tokio::net::TcpStream::connect(&address).await.unwrap();
-    assert!(closed_within(over, std::time::Duration::from_millis(800)).await, "the fourth connection is closed at once");
-    for stream in idle {
-        assert!(closed_within(stream, std::time::Duration::from_secs(5)).await, "a silent connection is closed at its deadline");
+    let mut over = tokio::net::TcpStream::connect(&address).await.unwrap();
+    assert!(closed_within(&mut over, std::time::Duration::from_millis(800)).await, "the fourth connection is closed at once");
+    for mut stream in idle {
+        assert!(closed_within(&mut stream, std::time::Duration::from_secs(5)).await, "a silent connection is closed at its deadline");
     }
     let answer = worker.client.clone().predict(chat("Say hi.", 4)).await.unwrap().into_inner();
     assert!(answer.completion_tokens > 0);

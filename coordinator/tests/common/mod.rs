@@ -71,6 +71,13 @@ mod http_get;
 #[allow(unused_imports)]
 pub use http_get::http_get;
 
+#[path = "../../../tests/support/closed_within.rs"]
+mod closed_within;
+
+// Used by the connection-limit tests only; the other test binaries include this module too.
+#[allow(unused_imports)]
+pub use closed_within::closed_within;
+
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
 /// `HOST:PORT` of a URL such as `http://127.0.0.1:8000/`, for raw TCP clients.
 pub fn host_of(url: &str) -> String {

@@ -13,6 +13,13 @@ use worker::Config;
 #[path = "../../../tests/support/http_get.rs"]
 mod http_get;
 
+#[path = "../../../tests/support/closed_within.rs"]
+mod closed_within;
+
+// Used by the connection-limit tests only; the other test binaries include this module too.
+#[allow(unused_imports)]
+pub use closed_within::closed_within;
+
 pub struct TestWorker {
     /// `http://127.0.0.1:PORT`: gRPC, and GET /metrics over HTTP/1.1.
     pub url: String,
