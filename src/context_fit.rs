@@ -15,12 +15,14 @@ pub struct ContextFit {
 }
 
 impl ContextFit {
-    /// Why `request` can never run in such a slot, if it cannot: `max_tokens` alone fills it, or its
-    /// text is more tokens than the rest of the slot holds even if every token covered the most bytes
-    /// any does. `field_prefix` goes before the field names (a batch's `requests[3].`).
+    /// Why `request` can never run in such a slot, if it cannot: its text is more tokens than the slot
+    /// leaves it even if every token covered the most bytes any does. What it leaves: the context less
+    /// max_tokens for a strict request (`max_tokens` alone may fill it), else all but the one token
+    /// generation needs (it stops where the context ends). `field_prefix` goes before the field names
+    /// (a batch's `requests[3].`).
     pub fn refusal(&self, request: &PredictRequest, field_prefix: &str) -> Option<PoolError> {
         let context = self.context;
-        let max_tokens = request.sampling.max_tokens;
+        let max_tokens = if request.sampling.strict_max_tokens { request.sampling.max_tokens } else { 1 };
         if max_tokens >= context {
             return Some(PoolError::invalid(
                 format!("{field_prefix}sampling.max_tokens"),
@@ -40,7 +42,7 @@ impl ContextFit {
                 format!("{field_prefix}{field}"),
                 format!(
                     "{text_bytes} bytes of text are at least {fewest_tokens} tokens (no token covers more than \
-                     {per_token} bytes), more than the {room} a slot of {context} tokens leaves beside max_tokens {max_tokens}"
+                     {per_token} bytes), more than the {room} a slot of {context} tokens leaves beside {max_tokens} to generate"
                 ),
             )
         })
@@ -52,7 +54,9 @@ mod tests {
     use super::*;
 
     fn raw(text: &str, max_tokens: u32) -> PredictRequest {
-        PredictRequest { prompt: Prompt::Raw(text.into()), ..PredictRequest::user("", max_tokens) }
+        let mut request = PredictRequest { prompt: Prompt::Raw(text.into()), ..PredictRequest::user("", max_tokens) };
+        request.sampling.strict_max_tokens = true;
+        request
     }
 
     #[test]
@@ -70,5 +74,21 @@ mod tests {
         // Without a bound from the tokenizer only max_tokens is checked.
         let unbounded = ContextFit { context: 100, max_token_bytes: None };
         assert!(unbounded.refusal(&raw(&"a".repeat(100_000), 10), "").is_none());
+    }
+
+    #[test]
+    fn a_lenient_request_leaves_its_text_all_but_the_one_token_it_generates() {
+        let fit = ContextFit { context: 100, max_token_bytes: Some(10) };
+        let lenient = |text: &str, max_tokens| {
+            let mut request = raw(text, max_tokens);
+            request.sampling.strict_max_tokens = false;
+            request
+        };
+        // DSPy's default max_tokens is no refusal: generation stops where the context ends.
+        assert!(fit.refusal(&lenient("hi", 4000), "").is_none());
+        // 99 tokens of room whatever max_tokens says: 990 bytes might fit, 991 cannot.
+        assert!(fit.refusal(&lenient(&"a".repeat(990), 4000), "").is_none());
+        let refused = fit.refusal(&lenient(&"a".repeat(991), 4000), "").unwrap().to_string();
+        assert!(refused.contains("prompt") && refused.contains("at least 100 tokens"), "{refused}");
     }
 }

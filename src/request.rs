@@ -93,6 +93,10 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating through end-of-generation tokens, up to max_tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Refuse a prompt whose length plus max_tokens does not fit a slot's context. Off (the default),
+    /// a prompt that fits is served and generation stops where the context ends, with finish reason
+    /// length: DSPy's `dspy.LM` sends max_tokens 4000 whatever the context, and llama-server serves it.
+    pub strict_max_tokens: bool,
 }
 
 impl Default for SamplingParams {
@@ -105,6 +109,7 @@ impl Default for SamplingParams {
             seed: 0,
             stop: Vec::new(),
             ignore_eos: false,
+            strict_max_tokens: false,
         }
     }
 }
@@ -231,6 +236,7 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
         seed: params.seed.unwrap_or(0),
         stop: params.stop,
         ignore_eos: params.ignore_eos.unwrap_or(false),
+        strict_max_tokens: params.strict_max_tokens.unwrap_or(false),
     })
 }
 
@@ -258,6 +264,7 @@ impl From<&PredictRequest> for proto::PredictRequest {
                 stop: s.stop.clone(),
                 top_k: Some(s.top_k),
                 ignore_eos: Some(s.ignore_eos),
+                strict_max_tokens: Some(s.strict_max_tokens),
             }),
         }
     }

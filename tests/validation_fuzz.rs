@@ -37,8 +37,9 @@ fn any_sampling() -> impl Strategy<Value = proto::SamplingParams> {
         proptest::option::of(any::<u64>()),
         proptest::collection::vec(".{0,80}", 0..12),
         proptest::option::of(any::<bool>()),
+        proptest::option::of(any::<bool>()),
     )
-        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)| proto::SamplingParams {
+        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens)| proto::SamplingParams {
             max_tokens,
             temperature,
             top_p,
@@ -46,6 +47,7 @@ fn any_sampling() -> impl Strategy<Value = proto::SamplingParams> {
             seed,
             stop,
             ignore_eos,
+            strict_max_tokens,
         })
 }
 
@@ -53,8 +55,7 @@ fn any_input() -> impl Strategy<Value = Option<proto::predict_request::Input>> {
     let role = prop_oneof![Just("user".to_string()), Just("system".to_string()), Just("assistant".to_string()), ".{0,12}"];
     let message = (role, ".{0,200}").prop_map(|(role, content)| proto::ChatMessage { role, content });
     proptest::option::of(prop_oneof![
-        proptest::collection::vec(message, 0..6)
-            .prop_map(|messages| proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
+        proptest::collection::vec(message, 0..6).prop_map(|messages| proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(proto::predict_request::Input::Prompt),
         ".{0,300}".prop_map(|text| proto::predict_request::Input::Prompt(text.into_bytes())),
     ])

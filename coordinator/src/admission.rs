@@ -1,6 +1,7 @@
 //! Where every prompt enters the pool, whichever door it came through (gRPC or the HTTP API): the wire
 //! request becomes the domain [`PredictRequest`] (validated with the same rules as a worker's; past this
-//! point the coordinator sees no proto request), is given an id if it has none, and a refusal is counted.
+//! point the coordinator sees no proto request), is given an id if it has none, is made strict about
+//! max_tokens when the coordinator is (`--strict-max-tokens`), and a refusal is counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,16 +12,16 @@ use modelpool::{PoolError, PredictRequest};
 
 use crate::metrics::CoordinatorMetrics;
 
-
 /// Numbers prompts (one sequence for the whole coordinator) and counts refusals.
 pub struct Admission {
     next_id: AtomicU64,
     metrics: Arc<CoordinatorMetrics>,
+    strict_max_tokens: bool,
 }
 
 impl Admission {
-    pub fn new(metrics: Arc<CoordinatorMetrics>) -> Self {
-        Self { next_id: AtomicU64::new(1), metrics }
+    pub fn new(metrics: Arc<CoordinatorMetrics>, strict_max_tokens: bool) -> Self {
+        Self { next_id: AtomicU64::new(1), metrics, strict_max_tokens }
     }
 
     /// Validates one prompt; `field` prefixes the field a refusal names (`requests[3]` in a batch).
@@ -32,6 +33,7 @@ impl Admission {
                 if request.request_id.is_empty() {
                     request.request_id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
                 }
+                request.sampling.strict_max_tokens |= self.strict_max_tokens;
                 Ok(request)
             }
             Err(error) => {
@@ -65,7 +67,7 @@ mod tests {
 
     #[test]
     fn ids_are_given_once_and_refusals_name_the_prompt() {
-        let admission = Admission::new(Arc::new(CoordinatorMetrics::default()));
+        let admission = Admission::new(Arc::new(CoordinatorMetrics::default()), false);
         let chat = |text: &str| proto::PredictRequest::from(&PredictRequest::user(text, 4));
         let first = admission.admit(chat("a"), "", Instant::now()).unwrap();
         let second = admission.admit(chat("b"), "", Instant::now()).unwrap();
@@ -82,5 +84,20 @@ mod tests {
         bad.sampling.as_mut().unwrap().max_tokens = Some(0);
         let error = admission.admit(bad, "requests[2]", Instant::now()).unwrap_err();
         assert!(error.to_string().contains("requests[2].sampling.max_tokens"), "{error}");
+    }
+
+    #[test]
+    fn a_strict_coordinator_makes_every_prompt_strict_and_a_lenient_one_keeps_the_callers_choice() {
+        let chat = |strict: Option<bool>| {
+            let mut wire = proto::PredictRequest::from(&PredictRequest::user("a", 4));
+            wire.sampling.as_mut().unwrap().strict_max_tokens = strict;
+            wire
+        };
+        let strict = Admission::new(Arc::new(CoordinatorMetrics::default()), true);
+        let lenient = Admission::new(Arc::new(CoordinatorMetrics::default()), false);
+        let admitted =
+            |admission: &Admission, strict| admission.admit(chat(strict), "", Instant::now()).unwrap().sampling.strict_max_tokens;
+        assert!(admitted(&strict, None) && admitted(&strict, Some(false)));
+        assert!(!admitted(&lenient, None) && admitted(&lenient, Some(true)));
     }
 }

@@ -162,6 +162,11 @@ pub struct ServeArgs {
     /// --tls-key (the API is then HTTPS) or --no-http.
     #[arg(long)]
     pub allow_plaintext_http: bool,
+    /// Refuse a prompt whose length plus max_tokens does not fit a slot's context (400 naming the
+    /// field), on both doors. Without it a prompt that fits is served and generation stops where the
+    /// context ends (finish reason "length"), as llama-server does with DSPy's default max_tokens 4000.
+    #[arg(long)]
+    pub strict_max_tokens: bool,
     /// Applications' API keys, one per line (`#` comments and blank lines skipped; each at least 16
     /// visible ASCII characters). With it, the client API (Predict, PredictBatch, ListWorkers, the HTTP
     /// API) takes only these keys and the pool token only lets workers join; without it the token opens
@@ -203,6 +208,8 @@ pub struct Config {
     pub grpc_max_connections: usize,
     /// How long a new gRPC connection may stay silent (see `modelpool::grpc_incoming`).
     pub grpc_first_bytes_timeout: Duration,
+    /// Every admitted prompt is strict about max_tokens (see `SamplingParams::strict_max_tokens`).
+    pub strict_max_tokens: bool,
 }
 
 impl Default for Config {
@@ -218,6 +225,7 @@ impl Default for Config {
             http_limits: HttpLimits::default(),
             grpc_max_connections: modelpool::grpc_incoming::COORDINATOR_MAX_CONNECTIONS,
             grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
+            strict_max_tokens: false,
         }
     }
 }
@@ -312,6 +320,7 @@ impl TryFrom<&ServeArgs> for Config {
             },
             grpc_max_connections: args.grpc_max_connections,
             grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
+            strict_max_tokens: args.strict_max_tokens,
         })
     }
 }

@@ -61,7 +61,7 @@ pub async fn serve(
     let incoming = LimitedIncoming::new(listener, config.grpc_max_connections, config.grpc_first_bytes_timeout);
     let scheduler = Scheduler::start(config.scheduler, config.credentials);
     let metrics = Arc::new(CoordinatorMetrics::default());
-    let admission = Arc::new(Admission::new(Arc::clone(&metrics)));
+    let admission = Arc::new(Admission::new(Arc::clone(&metrics), config.strict_max_tokens));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;

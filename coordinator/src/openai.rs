@@ -128,6 +128,8 @@ impl Sampling {
             seed: self.seed,
             stop,
             ignore_eos: self.ignore_eos,
+            // The coordinator's --strict-max-tokens decides it for API requests ([`crate::admission`]).
+            strict_max_tokens: None,
         })
     }
 

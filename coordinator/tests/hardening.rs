@@ -58,10 +58,12 @@ async fn a_batch_prompt_that_cannot_fit_fails_alone_under_its_own_index() {
     let pool = TestPool::start(1, fast_scheduler(), &[]).await;
     let mut bad_temperature = common::chat("Say hi.", 4);
     bad_temperature.sampling.as_mut().unwrap().temperature = Some(-1.0);
+    let mut too_long = common::chat("Say hi.", 100_000);
+    too_long.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
     let requests = vec![
         common::chat("Say hi.", 4),
         bad_temperature,
-        common::chat("Say hi.", 100_000),
+        too_long,
         common::chat("Say bye.", 4),
     ];
     let results = pool.client.clone().predict_batch(proto::PredictBatchRequest { requests }).await.unwrap().into_inner().results;

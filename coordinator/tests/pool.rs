@@ -115,6 +115,7 @@ async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
     zero.sampling.as_mut().unwrap().max_tokens = Some(0);
     let mut huge = chat("hi", 8);
     huge.sampling.as_mut().unwrap().max_tokens = Some(1_000_000);
+    huge.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
     let mut cold = chat("hi", 8);
     cold.sampling.as_mut().unwrap().temperature = Some(-0.5);
     let mut no_messages = chat("hi", 8);
@@ -153,13 +154,30 @@ async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
             assert!(status.message().contains(field), "{daemon} message {:?} names {field}", status.message());
         }
     }
-    // The worker checks prompt plus max_tokens against its context and says the numbers.
+    // Strict about max_tokens, the worker checks prompt plus max_tokens against its context and says
+    // the numbers.
     let long_prompt = "word ".repeat(1900);
-    let status = worker.predict(chat(&long_prompt, 500)).await.unwrap_err();
+    let strict = || {
+        let mut request = chat(&long_prompt, 500);
+        request.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
+        request
+    };
+    let status = worker.predict(strict()).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("2048"), "{}", status.message());
-    let status = coordinator.predict(chat(&long_prompt, 500)).await.unwrap_err();
+    let status = coordinator.predict(strict()).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "passed through, not retried: {status:?}");
+    // Not strict (the default), the same request is served and stops where the context ends.
+    let mut lenient = chat(&long_prompt, 500);
+    lenient.sampling.as_mut().unwrap().ignore_eos = Some(true);
+    let served = coordinator.predict(lenient).await.unwrap().into_inner();
+    assert_eq!(served.finish_reason(), proto::FinishReason::Length);
+    assert!(served.completion_tokens > 0 && served.completion_tokens < 500, "{served:?}");
+    assert_eq!(served.prompt_tokens + served.completion_tokens, 2048, "generated up to the context's end: {served:?}");
+    // A prompt that leaves no room at all is refused, naming the prompt.
+    let status = worker.predict(chat(&"word ".repeat(2100), 8)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("prompt") && status.message().contains("2048"), "{}", status.message());
 
     // Over the gRPC message limit (4 MiB): refused by the transport with the limit in the message.
     let mut oversized = chat("", 8);

@@ -115,3 +115,14 @@ def test_a_repeated_prompt_reports_its_cached_tokens(client):
     cached = again.usage.prompt_tokens_details.cached_tokens
     assert again.usage.prompt_tokens - 64 <= cached < again.usage.prompt_tokens
     assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_dspy_default_max_tokens_is_served_to_where_the_context_ends(client):
+    # dspy.LM sends max_tokens 4000 unless told otherwise; a slot holds 2048 tokens. A short question is
+    # answered as usual, ending on its own.
+    short = ask(client, "Which city is the capital of France?", max_tokens=4000)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 100
+    # A prompt that fills most of the slot generates up to the context's end and says "length".
+    long = ask(client, "word " * 1900, max_tokens=4000, extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length"
+    assert long.usage.prompt_tokens + long.usage.completion_tokens == 2048

@@ -71,9 +71,14 @@ async fn a_full_queue_refuses_at_once_and_over_context_is_invalid() {
     drop(running);
     assert!(queued.await.unwrap().is_ok(), "the queued request is served once the slot frees");
 
-    let status = worker.client.clone().predict(chat(&"word ".repeat(200), 100)).await.unwrap_err();
+    let mut strict = chat(&"word ".repeat(200), 100);
+    strict.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
+    let status = worker.client.clone().predict(strict).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("256"), "names the context per slot: {}", status.message());
+    let status = worker.client.clone().predict(chat(&"word ".repeat(300), 100)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("no room to generate"), "a prompt filling the slot: {}", status.message());
     // Hardening round 2, finding 8: a megabyte that can never fit is refused from the tokenizer's bound
     // on bytes per token, before the tokenizer runs; the old worker tokenized it first (its refusal
     // gave the exact token count).

@@ -174,9 +174,10 @@ async fn a_reused_prefix_does_not_stretch_the_context() {
     config.context_per_slot = 512;
     let cached = TestWorker::start(config).await;
     let first = predict(&cached, &short_call(0, 0, 8)).await;
-    // The same preamble again, asking for more than the context has left after the prompt: refused with
-    // the numbers, although most of the prompt is cached.
-    let too_long = short_call(0, 1, 512 - first.prompt_tokens + 8);
+    // The same preamble again, strict about max_tokens and asking for more than the context has left
+    // after the prompt: refused with the numbers, although most of the prompt is cached.
+    let mut too_long = short_call(0, 1, 512 - first.prompt_tokens + 8);
+    too_long.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
     let status = cached.client.clone().predict(too_long).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("512"), "{}", status.message());

@@ -26,6 +26,9 @@ pub use modelpool::EngineKind;
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     pub tokens: Vec<i32>,
+    /// Tokens to generate at most: the request's max_tokens, or fewer where the slot's context ends
+    /// (a request that is not strict about it, see [`generation_limit`]).
+    pub max_tokens: u32,
 }
 
 /// One generation handed to an engine.
@@ -121,7 +124,8 @@ pub trait Engine: Send + Sync + 'static {
     fn info(&self) -> &EngineInfo;
     /// What the engine is doing now and has done: slots in use, queue, counters.
     fn stats(&self) -> WorkerLoad;
-    /// Formats and tokenizes a request and checks that prompt plus max_tokens fit one slot's context.
+    /// Formats and tokenizes a request and decides how many tokens it may generate in one slot's
+    /// context ([`generation_limit`]).
     /// CPU work: call it from a blocking thread, not from the async runtime.
     fn prepare(&self, request: &PredictRequest) -> Result<PreparedPrompt, PoolError>;
     /// Queues a job without blocking. A full queue is refused at once with `ResourceExhausted`.
@@ -131,11 +135,24 @@ pub trait Engine: Send + Sync + 'static {
     fn is_alive(&self) -> bool;
 }
 
-/// Checks that a prompt of `prompt_tokens` plus `max_tokens` new tokens fits in one slot's context, and
-/// says the numbers when it does not: a request is never silently truncated.
-pub fn check_context_fit(prompt_tokens: usize, max_tokens: u32, context_per_slot: u32) -> Result<(), PoolError> {
+/// How many tokens a prompt of `prompt_tokens` may generate in one slot's context. A prompt is never
+/// truncated: one that leaves no room is refused with the numbers. Strict about max_tokens, prompt plus
+/// max_tokens must fit; otherwise generation stops where the context ends (finish reason length), as
+/// llama-server and other local servers treat a max_tokens larger than the context.
+pub fn generation_limit(prompt_tokens: usize, sampling: &SamplingParams, context_per_slot: u32) -> Result<u32, PoolError> {
     if prompt_tokens == 0 {
         return Err(PoolError::invalid("prompt", "tokenizes to no tokens"));
+    }
+    let max_tokens = sampling.max_tokens;
+    let room = u64::from(context_per_slot).saturating_sub(prompt_tokens as u64);
+    if !sampling.strict_max_tokens {
+        if room == 0 {
+            return Err(PoolError::invalid(
+                "prompt",
+                format!("{prompt_tokens} tokens leave no room to generate in the context of {context_per_slot} tokens per slot"),
+            ));
+        }
+        return Ok(max_tokens.min(room as u32));
     }
     let needed = prompt_tokens as u64 + u64::from(max_tokens);
     if needed > u64::from(context_per_slot) {
@@ -148,20 +165,34 @@ pub fn check_context_fit(prompt_tokens: usize, max_tokens: u32, context_per_slot
             ),
         ));
     }
-    Ok(())
+    Ok(max_tokens)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn sampling(max_tokens: u32, strict_max_tokens: bool) -> SamplingParams {
+        SamplingParams { max_tokens, strict_max_tokens, ..SamplingParams::default() }
+    }
+
     #[test]
-    fn context_fit_names_the_numbers() {
-        assert!(check_context_fit(10, 20, 30).is_ok());
-        let e = check_context_fit(10, 21, 30).unwrap_err().to_string();
+    fn a_strict_request_must_fit_whole_and_the_refusal_names_the_numbers() {
+        assert_eq!(generation_limit(10, &sampling(20, true), 30).unwrap(), 20);
+        let e = generation_limit(10, &sampling(21, true), 30).unwrap_err().to_string();
         assert!(e.contains("prompt") && e.contains("31") && e.contains("30"), "{e}");
-        let e = check_context_fit(10, 5000, 2048).unwrap_err().to_string();
+        let e = generation_limit(10, &sampling(5000, true), 2048).unwrap_err().to_string();
         assert!(e.contains("sampling.max_tokens") && e.contains("2048"), "{e}");
-        assert!(check_context_fit(0, 1, 30).is_err());
+        assert!(generation_limit(0, &sampling(1, true), 30).is_err());
+    }
+
+    #[test]
+    fn a_lenient_request_generates_up_to_where_the_context_ends() {
+        assert_eq!(generation_limit(10, &sampling(20, false), 30).unwrap(), 20);
+        assert_eq!(generation_limit(10, &sampling(4000, false), 30).unwrap(), 20);
+        assert_eq!(generation_limit(29, &sampling(4000, false), 30).unwrap(), 1);
+        let e = generation_limit(30, &sampling(4000, false), 30).unwrap_err().to_string();
+        assert!(e.contains("prompt") && e.contains("no room") && e.contains("30"), "{e}");
+        assert!(generation_limit(0, &sampling(1, false), 30).is_err());
     }
 }

@@ -9,7 +9,7 @@ use modelpool::prompt_format::PromptFormat;
 use modelpool::{PoolError, PredictRequest};
 
 use super::queue::{JobQueue, warm_up};
-use super::{Engine, EngineInfo, Job, PreparedPrompt, WorkerLoad, check_context_fit};
+use super::{Engine, EngineInfo, Job, PreparedPrompt, WorkerLoad, generation_limit};
 
 pub struct ServedEngine {
     info: EngineInfo,
@@ -44,8 +44,8 @@ impl Engine for ServedEngine {
         }
         self.queue.refuse_if_full()?;
         let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
-        check_context_fit(tokens.len(), request.sampling.max_tokens, self.info.context_per_slot)?;
-        Ok(PreparedPrompt { tokens })
+        let max_tokens = generation_limit(tokens.len(), &request.sampling, self.info.context_per_slot)?;
+        Ok(PreparedPrompt { tokens, max_tokens })
     }
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {

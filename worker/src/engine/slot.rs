@@ -119,7 +119,7 @@ impl<S> Slot<S> {
         if step.stopped {
             return Progress::Finished(FinishReason::StopSequence);
         }
-        if self.generated >= self.job.sampling.max_tokens {
+        if self.generated >= self.job.prompt.max_tokens {
             return Progress::Finished(FinishReason::Length);
         }
         self.next_token = Some(token);
