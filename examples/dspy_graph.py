@@ -54,8 +54,10 @@ def build_program():
 
 
 def configure(pool, max_tokens=160):
-    # Greedy and uncached, so every run really goes through the pool.
-    lm = dspy.LM("openai/smollm2", api_base=pool, api_key="unused", max_tokens=max_tokens, temperature=0.0, cache=False)
+    # Greedy and uncached, so every run really goes through the pool. max_tokens None leaves DSPy's own
+    # default (4000), which the pool serves as llama-server does: generation stops where the context ends.
+    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
+    lm = dspy.LM("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, **limit)
     dspy.configure(lm=lm, adapter=dspy.ChatAdapter())
 
 
@@ -92,8 +94,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default="http://127.0.0.1:8000/v1", help="the coordinator's OpenAI-compatible API")
     parser.add_argument("--threads", type=int, default=4, help="paragraphs in flight at once")
+    parser.add_argument("--max-tokens", type=int, default=160, help="per call; 0 leaves DSPy's default (4000)")
     args = parser.parse_args()
-    configure(args.pool)
+    configure(args.pool, args.max_tokens or None)
     program = build_program()
     examples = [dspy.Example(paragraph=p).with_inputs("paragraph") for p in PARAGRAPHS]
     started = time.monotonic()

@@ -23,6 +23,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The ssh path of `coordinator multihost` is tested against real ssh servers, one per namespace.
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# The coordinator's status page is tested in a real headless browser.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

@@ -115,6 +115,8 @@ pub struct WorkerStatus {
     pub in_flight: u32,
     pub last_heartbeat_age: Duration,
     pub completed: u64,
+    /// Tokens generated for the prompts it answered through this coordinator.
+    pub tokens_generated: u64,
     pub failed_attempts: u64,
 }
 
@@ -275,6 +277,7 @@ impl From<&WorkerStatus> for proto::WorkerStatus {
             in_flight: s.in_flight,
             last_heartbeat_age_ms: s.last_heartbeat_age.as_secs_f64() * 1000.0,
             completed: s.completed,
+            tokens_generated: s.tokens_generated,
             failed_attempts: s.failed_attempts,
         }
     }

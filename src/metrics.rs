@@ -250,6 +250,16 @@ impl RequestMetrics {
         self.requests.record(Outcome::of_error(error));
     }
 
+    /// Requests by how they ended, in [`Outcome::ALL`]'s order.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
+        Outcome::ALL.iter().map(|&outcome| (outcome.as_str(), self.requests.get(outcome))).collect()
+    }
+
+    /// Answered requests and the tokens generated for them, since the start.
+    pub fn answered_and_tokens(&self) -> (u64, u64) {
+        (self.requests.get(Outcome::Ok), self.generated_tokens.load(Ordering::Relaxed))
+    }
+
     /// The series `{prefix}_requests_total`, `_queue_wait_seconds`, `_time_to_first_token_seconds`,
     /// `_request_duration_seconds` and `_generated_tokens_total`.
     pub fn render(&self, out: &mut Exposition, prefix: &str, help: &RequestHelp) {

@@ -21,6 +21,14 @@ pub struct Cli {
     /// Log JSON lines instead of text.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// Bench commands: log more (-v info, -vv debug; default warn). `serve` logs at info (RUST_LOG
+    /// sets either).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Bench commands: the file their logs (and their workers' stderr) go to. Default: a new
+    /// `modelpool-COMMAND-TIME.log` in the temporary directory, named at the start and the end.
+    #[arg(long, global = true)]
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,4 +56,20 @@ pub enum Command {
     /// oversized prompt, a client that never reads): requests, answered, failed with a clear error,
     /// retried, lost, slowest. Exits non-zero if any prompt was lost.
     FaultDrill(FaultDrillArgs),
+}
+
+impl Command {
+    /// The bench command's name (its logs go to a file), `None` for the daemon.
+    pub fn bench_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Serve(_) => return None,
+            Self::RunBench(_) => "run-bench",
+            Self::EngineBench(_) => "engine-bench",
+            Self::OverloadBench(_) => "overload-bench",
+            Self::Multihost(_) => "multihost",
+            Self::ServerBench(_) => "server-bench",
+            Self::MlxBench(_) => "mlx-bench",
+            Self::FaultDrill(_) => "fault-drill",
+        })
+    }
 }

@@ -12,6 +12,7 @@ use tonic::transport::ServerTlsConfig;
 
 use crate::access::Access;
 use crate::http_server::HttpLimits;
+use crate::model_names::ModelNames;
 use modelpool::auth::ApiKeys;
 
 use crate::routing::Routing;
@@ -167,6 +168,15 @@ pub struct ServeArgs {
     /// context ends (finish reason "length"), as llama-server does with DSPy's default max_tokens 4000.
     #[arg(long)]
     pub strict_max_tokens: bool,
+    /// Another name for the pool's model in the HTTP API (repeatable): listed by /v1/models before the
+    /// model's file or folder name and accepted in requests' `model`.
+    #[arg(long = "model-alias", value_name = "NAME")]
+    pub model_aliases: Vec<String>,
+    /// Refuse (404 model_not_found) an HTTP request whose `model` is none of the model's names (its
+    /// file or folder name, with or without extension, its own name, an alias). Without it any name is
+    /// served: the pool serves one model.
+    #[arg(long)]
+    pub strict_model: bool,
     /// Applications' API keys, one per line (`#` comments and blank lines skipped; each at least 16
     /// visible ASCII characters). With it, the client API (Predict, PredictBatch, ListWorkers, the HTTP
     /// API) takes only these keys and the pool token only lets workers join; without it the token opens
@@ -210,6 +220,8 @@ pub struct Config {
     pub grpc_first_bytes_timeout: Duration,
     /// Every admitted prompt is strict about max_tokens (see `SamplingParams::strict_max_tokens`).
     pub strict_max_tokens: bool,
+    /// The names the HTTP API lists and accepts for the model.
+    pub model_names: ModelNames,
 }
 
 impl Default for Config {
@@ -226,6 +238,7 @@ impl Default for Config {
             grpc_max_connections: modelpool::grpc_incoming::COORDINATOR_MAX_CONNECTIONS,
             grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
             strict_max_tokens: false,
+            model_names: ModelNames::default(),
         }
     }
 }
@@ -321,6 +334,7 @@ impl TryFrom<&ServeArgs> for Config {
             grpc_max_connections: args.grpc_max_connections,
             grpc_first_bytes_timeout: modelpool::grpc_incoming::FIRST_BYTES_TIMEOUT,
             strict_max_tokens: args.strict_max_tokens,
+            model_names: ModelNames { aliases: args.model_aliases.clone(), strict: args.strict_model },
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The coordinator's HTTP side, on its own port: an OpenAI-compatible API (`/v1/chat/completions`,
 //! `/v1/completions` with server-sent events when `stream` is true, `/v1/models`), Prometheus
-//! `/metrics`, liveness `/health` and readiness `/ready`. Prompts go through the same scheduler as gRPC.
+//! `/metrics`, liveness `/health`, readiness `/ready`, and a status page at `/` (`status_page`). Prompts
+//! go through the same scheduler as gRPC.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use crate::access::Access;
 use crate::admission::Admission;
 use crate::http_server::BodyTimedOut;
 use crate::metrics::CoordinatorMetrics;
+use crate::model_names::ModelNames;
 use crate::openai::{ApiError, ChatCompletionRequest, CompletionRequest, Envelope, Kind};
 use crate::scheduler::{Scheduler, stopped};
 
@@ -36,6 +38,7 @@ pub struct HttpState {
     pub request_timeout: Duration,
     /// Longest a stream's next event may wait for a client that takes no data; then it is dropped.
     pub stall_timeout: Duration,
+    pub model_names: ModelNames,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -44,9 +47,12 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
+        .route("/status.json", get(status))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_client_key));
     Router::new()
         .merge(protected)
+        // The page holds no data (it asks for /status.json, behind the keys): a browser may load it.
+        .route("/", get(crate::status_page::page))
         .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .fallback(|| async {
@@ -145,6 +151,9 @@ async fn complete(
     include_usage: bool,
 ) -> Response {
     let started = Instant::now();
+    if let Some(refusal) = unknown_model(&state, model.as_deref(), started).await {
+        return refusal;
+    }
     let admitted = match wire {
         // The caller's id is not taken from the API body: every HTTP prompt gets the coordinator's.
         Ok(wire) => state.admission.admit(proto::PredictRequest { request_id: String::new(), ..wire }, "", started),
@@ -175,6 +184,21 @@ async fn complete(
         Ok(response) => axum::Json(envelope.response(&response)).into_response(),
         Err(error) => error_response(&ApiError::from_pool(&error)),
     }
+}
+
+/// With `--strict-model`, the 404 for a `model` that is none of the pool's model's names (OpenAI's
+/// answer to an unknown model), counted as a refusal.
+async fn unknown_model(state: &HttpState, requested: Option<&str>, started: Instant) -> Option<Response> {
+    let requested = requested.filter(|_| state.model_names.strict)?;
+    let workers = state.scheduler.workers().await.unwrap_or_default();
+    let descriptions: Vec<_> = workers.iter().map(|w| &w.report.description).collect();
+    if state.model_names.accepts(requested, &descriptions) {
+        return None;
+    }
+    let served = state.model_names.listed(descriptions.iter().copied()).join(", ");
+    let error = PoolError::NotFound(format!("model {requested:?} is not served here (--strict-model); this pool serves: {served}"));
+    state.admission.refused(&error, started);
+    Some(error_response(&ApiError { param: Some("model".into()), code: Some("model_not_found"), ..ApiError::from_pool(&error) }))
 }
 
 fn timed_out(limit: Duration) -> PoolError {
@@ -289,11 +313,14 @@ async fn deliver(
 
 async fn models(State(state): State<Arc<HttpState>>) -> Response {
     let workers = state.scheduler.workers().await.unwrap_or_default();
-    let mut names: Vec<String> = workers.iter().map(|w| w.report.description.model_name.clone()).collect();
-    names.sort();
-    names.dedup();
+    let names = state.model_names.listed(workers.iter().map(|w| &w.report.description));
     let data: Vec<Value> = names.iter().map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "modelpool"})).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn status(State(state): State<Arc<HttpState>>) -> Response {
+    let workers = state.scheduler.workers().await.unwrap_or_default();
+    crate::status_page::status(&workers, state.scheduler.gauges(), &state.metrics, &state.model_names)
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {

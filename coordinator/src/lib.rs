@@ -7,6 +7,7 @@
 //! `127.0.0.1:0`.
 
 pub mod access;
+pub mod activity;
 pub mod admission;
 pub mod bench;
 pub mod cli;
@@ -15,12 +16,14 @@ pub mod http;
 pub mod http_connections;
 pub mod http_server;
 pub mod metrics;
+pub mod model_names;
 pub mod openai;
 pub mod prefix_index;
 pub mod registry;
 pub mod routing;
 pub mod scheduler;
 pub mod service;
+pub mod status_page;
 pub mod worker_client;
 
 use std::future::Future;
@@ -62,6 +65,8 @@ pub async fn serve(
     let scheduler = Scheduler::start(config.scheduler, config.credentials);
     let metrics = Arc::new(CoordinatorMetrics::default());
     let admission = Arc::new(Admission::new(Arc::clone(&metrics), config.strict_max_tokens));
+    // Stops with this function, however it returns.
+    let _sampler = AbortOnDrop(tokio::spawn(sample_activity(Arc::clone(&metrics))));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
@@ -89,6 +94,7 @@ pub async fn serve(
                 access: access.clone(),
                 request_timeout,
                 stall_timeout: http_limits.write_timeout,
+                model_names: config.model_names.clone(),
             };
             let app = http::router(Arc::new(state));
             let mut stopped = http_stopped;
@@ -111,4 +117,21 @@ pub async fn serve(
         task.await??;
     }
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The status page's throughput series: one sample per interval while the coordinator runs.
+async fn sample_activity(metrics: Arc<CoordinatorMetrics>) {
+    let mut every = tokio::time::interval(activity::SAMPLE_EVERY);
+    loop {
+        every.tick().await;
+        metrics.sample_activity();
+    }
 }

@@ -2,14 +2,42 @@
 
 use anyhow::Context;
 use clap::Parser;
+use coordinator::bench::log_file::BenchLog;
 use coordinator::{Cli, Command};
 use tokio::net::TcpListener;
+
+/// Lines of a failed bench's log shown with its error.
+const FAILURE_LOG_LINES: usize = 20;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    modelpool::telemetry::init(cli.log_json);
-    match cli.command {
+    // The daemon logs to stderr; a bench command's terminal is its report's, its logs go to a file.
+    let bench_log = match cli.command.bench_name() {
+        Some(name) => {
+            let log = BenchLog::start(name, cli.log_file.clone(), cli.verbose, cli.log_json).context("opening the bench's log file")?;
+            eprintln!("-- logs ({} and above; -v for more): {}", log.level, log.path.display());
+            Some(log)
+        }
+        None => {
+            modelpool::telemetry::init(cli.log_json);
+            None
+        }
+    };
+    let result = run(cli.command).await;
+    if let Some(log) = bench_log {
+        let tail = if result.is_err() { log.tail(FAILURE_LOG_LINES) } else { String::new() };
+        if tail.is_empty() {
+            eprintln!("-- logs: {}", log.path.display());
+        } else {
+            eprintln!("-- the last lines of {}:\n{tail}", log.path.display());
+        }
+    }
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => {
             let config = coordinator::Config::try_from(&args)?;
             let listener =

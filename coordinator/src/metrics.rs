@@ -9,6 +9,7 @@ use modelpool::membership::WorkerStatus;
 use modelpool::metrics::{Exposition, RequestHelp, RequestMetrics};
 use modelpool::response::PredictResponse;
 
+use crate::activity::Activity;
 use crate::scheduler::SchedulerGauges;
 
 const HELP: RequestHelp = RequestHelp {
@@ -22,6 +23,8 @@ const HELP: RequestHelp = RequestHelp {
 #[derive(Debug, Default)]
 pub struct CoordinatorMetrics {
     requests: RequestMetrics,
+    /// The last errors and the throughput series, for the status page.
+    pub activity: Activity,
 }
 
 impl CoordinatorMetrics {
@@ -32,8 +35,22 @@ impl CoordinatorMetrics {
                 let stages = response.timings.as_ref().map(|t| (t.coordinator_queue_ms, t.coordinator_queue_ms + t.ttft_ms));
                 self.requests.record_answer(stages, started.elapsed().as_secs_f64(), response.completion_tokens);
             }
-            Err(error) => self.requests.record_error(error),
+            Err(error) => {
+                self.requests.record_error(error);
+                self.activity.record_error(error);
+            }
         }
+    }
+
+    /// Requests by how they ended.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
+        self.requests.outcomes()
+    }
+
+    /// Adds the last interval to the throughput series ([`crate::activity::SAMPLE_EVERY`]).
+    pub fn sample_activity(&self) {
+        let (answered, tokens) = self.requests.answered_and_tokens();
+        self.activity.sample(answered, tokens);
     }
 
     pub fn render(&self, workers: &[WorkerStatus], scheduler: SchedulerGauges) -> String {

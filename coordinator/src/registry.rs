@@ -29,6 +29,7 @@ pub struct WorkerEntry {
     /// A call to it just failed at the transport level; no new work until it heartbeats again.
     pub suspect: bool,
     pub completed: u64,
+    pub tokens_generated: u64,
     pub failed_attempts: u64,
     /// Prefix keys of prompts that finished here since the last dispatch to it: the slots they freed
     /// hold those prefixes (see `routing`).
@@ -54,6 +55,7 @@ impl WorkerEntry {
             in_flight: self.in_flight,
             last_heartbeat_age: now.saturating_duration_since(self.last_seen),
             completed: self.completed,
+            tokens_generated: self.tokens_generated,
             failed_attempts: self.failed_attempts,
         }
     }
@@ -150,6 +152,7 @@ impl Registry {
             in_flight: 0,
             suspect: false,
             completed: 0,
+            tokens_generated: 0,
             failed_attempts: 0,
             freed: Vec::new(),
         };

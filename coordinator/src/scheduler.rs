@@ -486,6 +486,7 @@ impl Actor {
                 if let Some(entry) = entry {
                     entry.in_flight = entry.in_flight.saturating_sub(1);
                     entry.completed += 1;
+                    entry.tokens_generated += u64::from(response.completion_tokens);
                     if entry.freed.len() < entry.capacity() as usize {
                         entry.freed.push(job.key.clone());
                     }

@@ -138,23 +138,29 @@ async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
     assert_eq!(operator.predict(chat("Say hi.", 4)).await.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(operator.list_workers(ListWorkersRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
     // Nor the HTTP API, which takes the key.
-    let http_as = |authorization: String| {
+    let get_as = |path: &'static str, authorization: String| {
         let url = coordinator.http_url.clone();
         async move {
             let host = url.trim_start_matches("http://").to_string();
             let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
-            let request = format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n");
             tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
             let mut answer = String::new();
             tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await.unwrap();
             answer
         }
     };
+    let http_as = |authorization: String| get_as("/v1/models", authorization);
     let http = |key: &str| http_as(format!("Bearer {key}"));
     assert!(http(KEY).await.starts_with("HTTP/1.1 200"));
     assert!(http(SECRET).await.starts_with("HTTP/1.1 401"));
     // HTTP's scheme names are case-insensitive (hardening round 2, finding 8): `bearer` is a Bearer.
     assert!(http_as(format!("bearer {KEY}")).await.starts_with("HTTP/1.1 200"));
+    // The status page's data is behind the keys too; the page itself holds none, and asks for a key.
+    assert!(get_as("/status.json", format!("Bearer {KEY}")).await.starts_with("HTTP/1.1 200"));
+    assert!(get_as("/status.json", format!("Bearer {SECRET}")).await.starts_with("HTTP/1.1 401"));
+    let page = get_as("/", String::new()).await;
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("status.json"), "{page}");
     workers.stop(Duration::from_secs(10)).await;
     coordinator.stop().await;
 }

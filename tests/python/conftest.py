@@ -1,6 +1,7 @@
 """A real pool for the Python tests: `coordinator serve` and one `worker` from target/release, on free
 ports of 127.0.0.1, with the default model. The coordinator's queue holds one prompt, so a burst of
-requests is refused with 429."""
+requests is refused with 429. The model is also called `smollm2` (`--model-alias`), and a request naming
+a model the pool does not serve is refused (`--strict-model`)."""
 
 import json
 import os
@@ -46,7 +47,8 @@ def _wait_ready(url, timeout=120.0):
 def pool():
     env = dict(os.environ, RUST_LOG="warn")
     coordinator = subprocess.Popen(
-        [BIN / "coordinator", "serve", "--port", "0", "--http-port", "0", "--max-queue", "1"],
+        [BIN / "coordinator", "serve", "--port", "0", "--http-port", "0", "--max-queue", "1",
+         "--model-alias", "smollm2", "--strict-model"],
         stdout=subprocess.PIPE, text=True, env=env,
     )
     worker = None

@@ -12,9 +12,9 @@ def client(pool):
     return openai.OpenAI(base_url=f"{pool}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def ask(client, text, max_tokens=24, temperature=0.0, **extra):
+def ask(client, text, max_tokens=24, temperature=0.0, model="smollm2", **extra):
     return client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=temperature, **extra
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=temperature, **extra
     )
 
 
@@ -49,8 +49,20 @@ def test_streamed_pieces_concatenate_to_the_full_text(client):
 def test_text_completions_and_models(client):
     completion = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0)
     assert completion.choices[0].text
-    models = client.models.list()
-    assert len(models.data) == 1 and models.data[0].id
+    # The alias first, then the model file's name; each of the names users write is served.
+    ids = [model.id for model in client.models.list().data]
+    assert ids == ["smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"]
+    for name in ids + ["SmolLM2-135M-Instruct.Q4_1"]:
+        reply = ask(client, "Say hi.", max_tokens=2, model=name)
+        assert reply.model == name and reply.choices[0].message.content is not None
+
+
+def test_a_model_the_pool_does_not_serve_is_a_404_under_strict_model(client):
+    with pytest.raises(openai.NotFoundError) as refused:
+        ask(client, "Say hi.", max_tokens=2, model="gpt-4o")
+    error = refused.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "gpt-4o" in error["message"] and "smollm2" in error["message"]
 
 
 def test_an_invalid_request_is_a_400_in_openais_error_shape(client):

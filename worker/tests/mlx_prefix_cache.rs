@@ -95,10 +95,17 @@ async fn mlx_evicts_the_least_recently_used_prefix_and_keeps_the_context_limit()
     assert!(cached_tokens[..3].iter().all(|&c| c == 0), "{cached_tokens:?}");
     assert!(cached_tokens[3] >= 16, "the second prompt was still cached: {cached_tokens:?}");
     assert_eq!(cached_tokens[4], 0, "the first was evicted: {cached_tokens:?}");
-    // A cached prompt asking for more than its slot's context has left is still refused, with the numbers.
-    let status = cached.client.clone().predict(raw(texts[1], 120, false)).await.unwrap_err();
+    // A cached prompt strict about max_tokens and asking for more than its slot's context has left is
+    // still refused, with the numbers.
+    let mut strict = raw(texts[1], 120, false);
+    strict.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
+    let status = cached.client.clone().predict(strict).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("128"), "{}", status.message());
+    // Not strict (the default), it is served and generation stops where the slot's context ends.
+    let served = cached.client.clone().predict(raw(texts[1], 120, true)).await.unwrap().into_inner();
+    assert_eq!(served.finish_reason(), proto::FinishReason::Length);
+    assert_eq!(served.prompt_tokens + served.completion_tokens, 128, "{served:?}");
     cached.stop().await;
 }
 

@@ -179,6 +179,7 @@ impl WorkerProcess {
             .env_remove("MODELPOOL_TLS_CA")
             .stdin(if matches!(token, Handover::StdinLine(_)) { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::null())
+            .stderr(crate::bench::log_file::worker_stderr())
             .kill_on_drop(true);
         if let Handover::Environment(token) = token {
             command.env("MODELPOOL_TOKEN", token);

@@ -5,6 +5,7 @@ pub mod across_hosts;
 pub mod engine_bench;
 pub mod fault_drill;
 pub mod local_pool;
+pub mod log_file;
 pub mod mlx_bench;
 pub mod multihost;
 pub mod overload_bench;

@@ -40,8 +40,14 @@ pub struct RunBenchArgs {
     /// Quick check: 3 prompts on 1 worker (the serial baseline only, one run).
     #[arg(long)]
     pub sanity: bool,
-    /// What to measure (comma-separated). The default is the original plan: serial, then 2..N processes.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scenario::Serial, Scenario::Replicas])]
+    /// What to measure (comma-separated). The default answers the question whole: serial, the one-lock
+    /// app, 2..N processes and 2..B slots in one process, so the recommendation can pick batching.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [Scenario::Serial, Scenario::Lock, Scenario::Replicas, Scenario::Batched]
+    )]
     pub scenario: Vec<Scenario>,
     /// Engines to measure (comma-separated; both side by side with `llama,mlx`). Default: the worker's
     /// platform default (mlx on macOS, llama elsewhere).
@@ -409,7 +415,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_is_serial_then_two_to_n_replicas() {
+    fn serial_and_replicas_are_the_baseline_then_two_to_n_processes() {
         let shapes: Vec<_> = configurations(&[Scenario::Serial, Scenario::Replicas], 3, 4)
             .into_iter()
             .map(|c| (c.name, c.workers, c.slots, c.concurrency))
