@@ -8,8 +8,8 @@ use modelpool::request::limits;
 
 use crate::engine::EngineKind;
 use crate::engine::batch_loop::PassShape;
-use crate::engine::llama::cpu_variant;
 pub use crate::engine::llama::cpu_variant::VariantRequest as CpuVariantRequest;
+use crate::engine::llama::{KvCacheType, cpu_variant};
 
 /// One worker process: loads one model and serves the gRPC Worker service (Predict, PredictStream, Info).
 #[derive(Debug, Parser)]
@@ -76,6 +76,11 @@ pub struct Args {
     /// About 20% slower decode here; greedy near-ties then fall as the MLX engine's do.
     #[arg(long)]
     pub no_flash_attention: bool,
+    /// llama.cpp: the type of the cached keys and values (llama-server's -ctk/-ctv). `q8_0` halves
+    /// their memory (the prompt store holds twice the tokens) at the cost of rounding them to 8 bits;
+    /// served, it measured slower than float16 here (server-bench 2026-12-04). Needs flash attention.
+    #[arg(long, value_enum, default_value_t = KvCacheType::F16)]
+    pub kv_cache_type: KvCacheType,
     /// Compute every prompt in full: no reuse of the keys and values a slot kept from an earlier
     /// request with the same prefix (for measuring what the prefix cache buys).
     #[arg(long)]
@@ -139,6 +144,8 @@ pub struct Config {
     pub batch_tokens: u32,
     pub kv_unified: bool,
     pub flash_attention: bool,
+    /// llama.cpp: the cached keys' and values' type.
+    pub kv_cache_type: KvCacheType,
     /// Reuse a slot's cached keys and values for prompts sharing their prefix (see engine::prefix_cache).
     pub prefix_cache: bool,
     /// Bytes of host memory for the prompt store (0: off).
@@ -179,6 +186,7 @@ impl Default for Config {
             batch_tokens: DEFAULT_BATCH_TOKENS,
             kv_unified: false,
             flash_attention: true,
+            kv_cache_type: KvCacheType::F16,
             prefix_cache: true,
             prompt_store_bytes: u64::from(modelpool::DEFAULT_PROMPT_CACHE_MIB) << 20,
             mlx_dense: false,
@@ -238,6 +246,14 @@ impl TryFrom<&Args> for Config {
         if args.mlx_dense && args.engine != EngineKind::Mlx {
             return bad("mlx-dense", "is for --engine mlx");
         }
+        if args.kv_cache_type != KvCacheType::F16 {
+            if args.engine != EngineKind::Llama {
+                return bad("kv-cache-type", "is for --engine llama (the MLX engine keeps float keys and values)");
+            }
+            if args.no_flash_attention {
+                return bad("kv-cache-type", "a quantized cache needs flash attention (llama.cpp quantizes values only there)");
+            }
+        }
         if let Some(model) = &args.model {
             if model.is_dir() && args.engine == EngineKind::Llama {
                 return bad(
@@ -264,6 +280,7 @@ impl TryFrom<&Args> for Config {
             batch_tokens: args.batch_tokens,
             kv_unified,
             flash_attention: !args.no_flash_attention,
+            kv_cache_type: args.kv_cache_type,
             prefix_cache: !args.no_prefix_cache,
             // Nothing is reused without the prefix cache, so nothing is worth keeping.
             prompt_store_bytes: if args.no_prefix_cache { 0 } else { u64::from(args.prompt_cache_mib) << 20 },
@@ -283,4 +300,24 @@ impl TryFrom<&Args> for Config {
 
 fn flag_error(e: modelpool::security_args::FlagError) -> ConfigError {
     ConfigError { flag: e.flag, reason: e.reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[&str]) -> Result<Config, ConfigError> {
+        Config::try_from(&Args::parse_from(std::iter::once("worker").chain(flags.iter().copied())))
+    }
+
+    #[test]
+    fn a_quantized_cache_is_llama_cpps_and_needs_flash_attention() {
+        assert_eq!(config(&[]).unwrap().kv_cache_type, KvCacheType::F16);
+        assert_eq!(config(&["--kv-cache-type", "q8_0"]).unwrap().kv_cache_type, KvCacheType::Q8_0);
+        let refused = config(&["--kv-cache-type", "q8_0", "--no-flash-attention"]).unwrap_err();
+        assert_eq!(refused.flag, "kv-cache-type");
+        assert!(refused.reason.contains("flash attention"), "{}", refused.reason);
+        let refused = config(&["--kv-cache-type", "q4_0", "--engine", "mlx"]).unwrap_err();
+        assert!(refused.flag == "kv-cache-type" && refused.reason.contains("--engine llama"), "{}", refused.reason);
+    }
 }

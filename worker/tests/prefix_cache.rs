@@ -290,3 +290,26 @@ async fn default_passes_reuse_and_copy_prefixes_that_continue_the_context() {
     cached.stop().await;
     cold.stop().await;
 }
+
+/// `--kv-cache-type q8_0`: llama.cpp really caches 8-bit keys and values (a saved sequence takes about
+/// 12 KiB a token instead of float16's 22.5), the store says it holds about twice the tokens, and the
+/// worker still answers (greedy text then differs from float16's, so it is not compared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_q8_0_cache_takes_half_the_bytes_per_token_and_still_serves() {
+    let mut config = config(1).await;
+    config.kv_cache_type = worker::engine::llama::KvCacheType::Q8_0;
+    let worker = TestWorker::start(config).await;
+    let info = worker.client.clone().info(proto::InfoRequest {}).await.unwrap().into_inner();
+    let per_token = info.prompt_store_capacity_bytes / info.prompt_store_tokens;
+    assert!((11 << 10..13 << 10).contains(&per_token), "about 12 KiB a token: {info:?}");
+    // The first program is displaced by the second and saved: what it took is what llama.cpp wrote.
+    let first = predict(&worker, &short_call(0, 0, 4)).await;
+    assert!(first.completion_tokens > 0 && !first.text.is_empty(), "{first:?}");
+    predict(&worker, &short_call(1, 0, 4)).await;
+    let load = worker.load().await;
+    assert_eq!(load.prompt_store_entries, 1, "{load:?}");
+    let saved_tokens = u64::from(first.prompt_tokens + first.completion_tokens);
+    let saved_per_token = load.prompt_store_bytes / saved_tokens;
+    assert!(saved_per_token < 16 << 10, "{saved_per_token} bytes a token saved: float16 would be 23040 ({load:?})");
+    worker.stop().await;
+}

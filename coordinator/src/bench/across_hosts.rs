@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
 use crate::bench::server_bench::{
-    LlamaServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, measure_target, np_name, pool_build, pool_worker_args,
-    print_result, round_of,
+    LlamaServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, np_name, pool_build,
+    pool_worker_args, print_result, round_of,
 };
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use crate::scheduler::SchedulerConfig;
@@ -107,10 +107,17 @@ fn hosts_of(hosts: usize, prefix: &str, net: &str) -> Vec<Host> {
 }
 
 /// One llama-server per host.
-async fn start_servers(hosts: &[Host], binary: &Path, model: &Path, threads: u32, ctx_per_slot: u32) -> anyhow::Result<Vec<LlamaServer>> {
+async fn start_servers(
+    hosts: &[Host],
+    binary: &Path,
+    model: &Path,
+    threads: u32,
+    ctx_per_slot: u32,
+    extra: &[String],
+) -> anyhow::Result<Vec<LlamaServer>> {
     let mut servers = Vec::new();
     for host in hosts {
-        match LlamaServer::start_with(&host.launcher, &host.address, SERVER_PORT, binary, model, 0, threads, ctx_per_slot).await {
+        match LlamaServer::start_with(&host.launcher, &host.address, SERVER_PORT, binary, model, 0, threads, ctx_per_slot, extra).await {
             Ok(server) => servers.push(server),
             Err(error) => {
                 for server in servers {
@@ -200,7 +207,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
     let mut best: Option<(&Path, f64)> = None;
     let mut builds_not_run = Vec::new();
     for binary in &args.llama_server {
-        let servers = match start_servers(&hosts, binary, &model, threads, args.ctx_per_slot).await {
+        let servers = match start_servers(&hosts, binary, &model, threads, args.ctx_per_slot, &llama_server_args(&args)).await {
             Ok(servers) => servers,
             Err(error) => {
                 eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
@@ -227,7 +234,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
     let mut kernels: Vec<String> = Vec::new();
     for &workload in &args.workloads {
         // Fresh servers and pool per workload: one workload's caches do not help the next.
-        let servers = start_servers(&hosts, server_binary, &model, threads, args.ctx_per_slot).await?;
+        let servers = start_servers(&hosts, server_binary, &model, threads, args.ctx_per_slot, &llama_server_args(&args)).await?;
         let pool = HostPool::start(args, &hosts, net, &worker_bin, &model, threads).await?;
         add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let server_name = format!("{count} llama-servers");
@@ -253,6 +260,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
             "np": format!("{} on each of {count} hosts, behind {} in the client", np_name(0), args.balancer.name()),
             "sweep_prompts_per_s": server_sweep,
             "builds_not_run": builds_not_run,
+            "extra_args": args.llama_server_args.clone().unwrap_or_default(),
         },
         "pool_build": pool_build(&kernels),
         "pool": {"workers": count, "slots": args.host_slots, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "worker_args": args.worker_args.clone().unwrap_or_default()},

@@ -104,6 +104,10 @@ pub struct ServerBenchArgs {
     /// for measuring the worker's settings against each other.
     #[arg(long, allow_hyphen_values = true)]
     pub worker_args: Option<String>,
+    /// More flags for every llama-server, as one string (e.g. "-ctk q8_0 -ctv q8_0"): the peer's side
+    /// of --worker-args, so that a setting is compared with the same setting.
+    #[arg(long, allow_hyphen_values = true)]
+    pub llama_server_args: Option<String>,
     /// Simulated hosts (needs root): N network namespaces on this machine, each with its share of the
     /// cores (CPU affinity). The pool (one coordinator, one worker per host) against N llama-servers,
     /// one per host, behind `--balancer` in the client.
@@ -133,6 +137,11 @@ pub(crate) fn pool_worker_args(args: &ServerBenchArgs) -> Vec<String> {
     }
     flags.extend(args.worker_args.iter().flat_map(|a| a.split_whitespace().map(String::from)));
     flags
+}
+
+/// The flags every llama-server gets besides its model, address, threads, context and slots.
+pub(crate) fn llama_server_args(args: &ServerBenchArgs) -> Vec<String> {
+    args.llama_server_args.iter().flat_map(|a| a.split_whitespace().map(String::from)).collect()
 }
 
 /// A pool shape: workers x slots.
@@ -202,9 +211,9 @@ pub(crate) struct LlamaServer {
 impl LlamaServer {
     /// `np` 0 leaves the slot count to llama-server (4 slots, one unified KV buffer), with the context
     /// of 4 slots.
-    async fn start(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32) -> anyhow::Result<Self> {
+    async fn start(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32, extra: &[String]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Self::start_with(&[], "127.0.0.1", port, binary, model, np, threads, ctx_per_slot).await
+        Self::start_with(&[], "127.0.0.1", port, binary, model, np, threads, ctx_per_slot, extra).await
     }
 
     /// Started through `launcher` (e.g. `ip netns exec NS taskset -c 0`), listening on `host:port`.
@@ -218,6 +227,7 @@ impl LlamaServer {
         np: u32,
         threads: u32,
         ctx_per_slot: u32,
+        extra: &[String],
     ) -> anyhow::Result<Self> {
         let mut command = match launcher.split_first() {
             Some((program, words)) => {
@@ -234,6 +244,7 @@ impl LlamaServer {
         if np > 0 {
             command.args(["-np", &np.to_string()]);
         }
+        command.args(extra);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -428,7 +439,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let mut builds_not_run = Vec::new();
     for binary in &args.llama_server {
         for &np in &args.np {
-            let server = match LlamaServer::start(binary, &model, np, args.threads, args.ctx_per_slot).await {
+            let server = match LlamaServer::start(binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await {
                 Ok(server) => server,
                 Err(error) => {
                     eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
@@ -474,7 +485,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let mut kernels: Vec<String> = Vec::new();
     for &workload in &args.workloads {
         // Fresh servers per workload: one workload's cached prefixes do not help the next.
-        let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot).await?;
+        let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await?;
         let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
         add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let pool_url = pool.coordinator.http_url.clone();
@@ -497,6 +508,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
             "np": np_name(np),
             "sweep_prompts_per_s": server_sweep,
             "builds_not_run": builds_not_run,
+            "extra_args": args.llama_server_args.clone().unwrap_or_default(),
         },
         "pool_build": pool_build(&kernels),
         "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
@@ -524,6 +536,12 @@ pub(crate) fn print_result(result: &Value) {
         result["max_tokens"],
         result["rounds"]
     );
+    // Settings measured against each other are named on the report, not only in the command line.
+    for (side, flags) in [("pool workers", &result["pool"]["worker_args"]), ("llama-server", &result["llama_server"]["extra_args"])] {
+        if let Some(flags) = flags.as_str().filter(|f| !f.is_empty()) {
+            println!("{side} also got: {flags}");
+        }
+    }
     println!(
         "{:<14} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
         "workload", "server", "prompt/s", "out tok/s", "ttft p50", "ttft p95", "e2e p50", "e2e p95", "cached", "computed", "failed"

@@ -37,6 +37,8 @@ pub struct LlamaConfig {
     pub kv_unified: bool,
     /// See [`base_context_params`].
     pub flash_attention: bool,
+    /// The cached keys' and values' type (float16 unless asked).
+    pub kv_cache_type: KvCacheType,
     /// Keep each slot's keys and values after its request for prompts that share their prefix.
     pub prefix_cache: bool,
     /// Host memory for saved sequences (the prompt store; 0: off).
@@ -48,6 +50,36 @@ pub struct LlamaConfig {
     /// Which CPU module to run, and the executable that probes it (see [`cpu_variant`]).
     pub cpu_variant: cpu_variant::VariantRequest,
     pub cpu_probe_exe: PathBuf,
+}
+
+/// The type of llama.cpp's cached keys and values (`--kv-cache-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCacheType {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl KvCacheType {
+    /// Bytes per block of elements and elements per block (ggml's block formats).
+    fn bytes_per_elements(self) -> (u64, u64) {
+        match self {
+            Self::F16 => (2, 1),
+            Self::Q8_0 => (34, 32),
+            Self::Q4_0 => (18, 32),
+        }
+    }
+
+    fn ggml(self) -> llama_cpp_2::context::params::KvCacheType {
+        use llama_cpp_2::context::params::KvCacheType as Ggml;
+        match self {
+            Self::F16 => Ggml::F16,
+            Self::Q8_0 => Ggml::Q8_0,
+            Self::Q4_0 => Ggml::Q4_0,
+        }
+    }
 }
 
 /// The context settings every llama.cpp context here starts from. Flash attention is llama.cpp's
@@ -65,11 +97,11 @@ pub fn base_context_params(flash_attention: bool) -> LlamaContextParams {
     if flash_attention { params } else { params.with_flash_attention_policy(0) }
 }
 
-/// Bytes one token's keys and values take in the KV cache, over all layers (float16 keys and values,
-/// llama.cpp's default).
-fn kv_bytes_per_token(model: &LlamaModel) -> u64 {
+/// Bytes one token's keys and values take in the KV cache, over all layers, in `kind`.
+fn kv_bytes_per_token(model: &LlamaModel, kind: KvCacheType) -> u64 {
     let head_dim = u64::from(model.n_embd() as u32 / model.n_head().max(1));
-    2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * 2
+    let (bytes, elements) = kind.bytes_per_elements();
+    (2 * u64::from(model.n_layer()) * u64::from(model.n_head_kv()) * head_dim * bytes).div_ceil(elements)
 }
 
 /// llama.cpp's backend initialises once per process, with the CPU kernels chosen then (the first
@@ -161,7 +193,9 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         // with the same token count per sequence. Unified: one buffer, a mixed batch is one
         // micro-batch, but every token attends over (masked) cells of every sequence: slower once
         // prompts are long (measured; see --kv-layout).
-        .with_kv_unified(config.kv_unified);
+        .with_kv_unified(config.kv_unified)
+        .with_type_k(config.kv_cache_type.ggml())
+        .with_type_v(config.kv_cache_type.ggml());
 
     let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -205,7 +239,7 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         threads: config.threads,
         threads_batch: config.threads_batch,
         prompt_store_capacity_bytes: config.prompt_store_bytes,
-        prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token(&model).max(1),
+        prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token(&model, config.kv_cache_type).max(1),
         cpu_kernels: cpu_kernels.to_string(),
         max_token_bytes: 0, // ServedEngine::start reads it from the tokenizer
     };
