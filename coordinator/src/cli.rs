@@ -53,8 +53,9 @@ pub enum Command {
     MlxBench(MlxBenchArgs),
     /// Faults and abuse against a real pool, one scenario each (killed, frozen, draining and stuck
     /// workers, a dead engine thread, a poison prompt, a restarted coordinator, 10x overload, an
-    /// oversized prompt, a client that never reads): requests, answered, failed with a clear error,
-    /// retried, lost, slowest. Exits non-zero if any prompt was lost.
+    /// oversized prompt, a client that never reads, over HTTP/1 or HTTP/2, a queue full of bytes, idle
+    /// sockets, a takeover attempt): requests, answered, failed with a clear error, retried, lost,
+    /// slowest. Exits non-zero if any prompt was lost.
     FaultDrill(FaultDrillArgs),
 }
 

@@ -46,11 +46,16 @@ fn post(host: &str, path: &str, body: &str) -> String {
     format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
+/// A coordinator (no workers) whose HTTP API has these limits.
+async fn coordinator_with(limits: HttpLimits) -> LocalCoordinator {
+    LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap()
+}
+
 /// Finding 12: a client that sent part of its headers and then nothing held its connection forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let limits = HttpLimits { header_read_timeout: Duration::from_secs(1), ..HttpLimits::default() };
-    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let coordinator = coordinator_with(limits).await;
     let mut stream = TcpStream::connect(host_of(&coordinator.http_url)).await.unwrap();
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     assert!(read_until_closed(&mut stream, Duration::from_secs(15)).await.is_some(), "the server closed the connection");
@@ -63,7 +68,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_get_503_while_every_one_is_busy() {
     let limits = HttpLimits { max_connections: 3, body_read_timeout: Duration::from_secs(2), ..HttpLimits::default() };
-    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let coordinator = coordinator_with(limits).await;
     let host = host_of(&coordinator.http_url);
     let mut busy = Vec::new();
     for _ in 0..3 {
@@ -99,7 +104,7 @@ async fn connections_over_the_limit_get_503_while_every_one_is_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_never_lock_out_a_health_probe() {
     let limits = HttpLimits { max_connections: 3, header_read_timeout: Duration::from_secs(60), ..HttpLimits::default() };
-    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let coordinator = coordinator_with(limits).await;
     let host = host_of(&coordinator.http_url);
     let mut idle = Vec::new();
     for _ in 0..10 {
@@ -123,7 +128,7 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_http2_connections_close_at_the_header_deadline() {
     let limits = HttpLimits { header_read_timeout: Duration::from_secs(1), ..HttpLimits::default() };
-    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let coordinator = coordinator_with(limits).await;
     let host = host_of(&coordinator.http_url);
     let mut silent = TcpStream::connect(&host).await.unwrap();
     let mut http2 = TcpStream::connect(&host).await.unwrap();
@@ -139,7 +144,7 @@ async fn silent_and_http2_connections_close_at_the_header_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_connection_closes_after_the_idle_limit() {
     let limits = HttpLimits { idle_timeout: Duration::from_secs(1), ..HttpLimits::default() };
-    let coordinator = LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap();
+    let coordinator = coordinator_with(limits).await;
     let host = host_of(&coordinator.http_url);
     let mut stream = TcpStream::connect(&host).await.unwrap();
     stream.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();

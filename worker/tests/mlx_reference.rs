@@ -5,16 +5,15 @@
 //! must give exactly the same: ids for hard strings, rendered chats, and the first 32 greedy tokens of
 //! eight prompts in every folder.
 
-use std::time::Instant;
-
 use modelpool::chat_template::TemplateMessage;
 use modelpool::prompt_format::PromptFormat;
 use modelpool::{ChatMessage, PredictRequest, Prompt, Role, SamplingParams};
 use serde_json::Value;
+use worker::engine::Completion;
 use worker::engine::batch_loop::PassShape;
 use worker::engine::mlx::MlxConfig;
+use worker::engine::queue::generate_blocking;
 use worker::engine::served::ServedEngine;
-use worker::engine::{Completion, Delivery, Engine, Job, JobEvent};
 
 #[path = "../../tests/support/mlx_fixtures.rs"]
 mod mlx_fixtures;
@@ -89,28 +88,9 @@ fn generate(engine: &ServedEngine, messages: &[ChatMessage], max_tokens: u32) ->
         prompt: Prompt::Chat(messages.to_vec()),
         sampling: SamplingParams { max_tokens, ..SamplingParams::default() },
     };
-    let prompt = engine.prepare(&request).unwrap();
-    let prompt_ids = prompt.tokens.iter().map(|&t| t as u32).collect();
-    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
-    engine
-        .submit(Job {
-            request_id: "reference".into(),
-            prompt,
-            sampling: request.sampling,
-            arrived: Instant::now(),
-            events,
-            delivery: Delivery::Whole,
-            alone: false,
-            poisoned: false,
-        })
-        .unwrap();
-    loop {
-        match received.blocking_recv().expect("the engine answers") {
-            JobEvent::Done(completion) => return (prompt_ids, completion),
-            JobEvent::Failed(error) => panic!("generation failed: {error}"),
-            JobEvent::Text(_) => {}
-        }
-    }
+    let (tokens, completion) =
+        generate_blocking(engine, "reference", &request).unwrap_or_else(|error| panic!("generation failed: {error}"));
+    (tokens.iter().map(|&t| t as u32).collect(), completion)
 }
 
 #[test]

@@ -82,6 +82,18 @@ impl Machine {
     }
 }
 
+/// The kernels named by several workers or runs, once each in the order first seen (a worker that
+/// names none is left out): what a report's machine line lists.
+pub fn distinct_kernels<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut kernels: Vec<String> = Vec::new();
+    for name in names {
+        if !name.is_empty() && !kernels.iter().any(|k| k == name) {
+            kernels.push(name.to_string());
+        }
+    }
+    kernels
+}
+
 /// Everything a bench run produced; written as JSON with `--json`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -126,12 +138,7 @@ impl Report {
             (!runs.is_empty()).then(|| Spread::of(&runs.iter().map(|r| r.output_tokens_per_s()).collect::<Vec<_>>()).median)
         };
         let summaries: Vec<_> = names.iter().map(|n| ScenarioSummary::of(&group(n), baseline_of(n), &slo)).collect();
-        let mut kernels: Vec<String> = Vec::new();
-        for kernel in runs.iter().flat_map(|r| &r.cpu_kernels) {
-            if !kernels.contains(kernel) {
-                kernels.push(kernel.clone());
-            }
-        }
+        let kernels = distinct_kernels(runs.iter().flat_map(|r| r.cpu_kernels.iter().map(String::as_str)));
         let machine = Machine::this().with_worker_kernels(&kernels);
         let recommendation = recommend(&summaries, slo.is_set(), machine.memory_available_bytes);
         Self {
@@ -197,6 +204,12 @@ impl Report {
 mod tests {
     use super::*;
     use crate::memory::PoolMemory;
+
+    #[test]
+    fn kernels_are_listed_once_in_the_order_first_seen() {
+        assert_eq!(distinct_kernels(["zen4 (probed)", "", "haswell", "zen4 (probed)"]), ["zen4 (probed)", "haswell"]);
+        assert!(distinct_kernels([""]).is_empty());
+    }
 
     fn run(name: &str, repeat: usize, workers: usize, wall_s: f64, tokens: &[u32]) -> ScenarioRun {
         ScenarioRun {

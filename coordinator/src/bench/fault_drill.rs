@@ -352,19 +352,56 @@ async fn client_never_reads((binary, model): Files<'_>) -> anyhow::Result<DrillR
     );
     stream.write_all(request.as_bytes()).await?;
     let started = Instant::now();
-    let ended = loop {
-        let load = pool.list().await.first().and_then(|w| w.load).unwrap_or_default();
-        if load.cancelled > 0 || load.served > 0 || started.elapsed() > ANSWER_BOUND {
-            break load.cancelled > 0;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let outcome =
-        ended.then(|| Err(tonic::Status::cancelled("the client stopped reading: dropped after the write timeout, prompt cancelled")));
+    let outcome = cancelled_within_bound(&pool, started)
+        .await
+        .then(|| Err(tonic::Status::cancelled("the client stopped reading: dropped after the write timeout, prompt cancelled")));
     row.record(outcome, started.elapsed());
     drop(stream);
     pool.stop().await;
     Ok(row)
+}
+
+/// The same over HTTP/2, where the socket stays healthy: a client that keeps its stream's window at 0
+/// can take no byte of the answer. The stream must be dropped at the write timeout and the prompt
+/// cancelled, not run on to max_tokens.
+async fn http2_zero_window((binary, model): Files<'_>) -> anyhow::Result<DrillRow> {
+    let mut row = DrillRow::new("h2-zero-window");
+    let mut config = drill_config();
+    config.http_limits = HttpLimits { write_timeout: Duration::from_secs(2), ..HttpLimits::default() };
+    let pool = Pool::start(config, 1, 1, binary, model).await?;
+    let host = pool.coordinator.http_url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&host).await?;
+    let (mut client, connection) = h2::client::Builder::new().initial_window_size(0).handshake::<_, axum::body::Bytes>(tcp).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = hyper::Request::post(format!("http://{host}/v1/chat/completions")).header("content-type", "application/json").body(())?;
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "Count from one to one thousand in words."}],
+        "max_tokens": 2000, "ignore_eos": true, "stream": true,
+    });
+    let (response, mut send) = client.send_request(request, false)?;
+    send.send_data(body.to_string().into(), true)?;
+    let started = Instant::now();
+    let response = response.await?;
+    let outcome = cancelled_within_bound(&pool, started).await.then(|| {
+        Err(tonic::Status::cancelled("an HTTP/2 stream held at a zero window: dropped after the write timeout, prompt cancelled"))
+    });
+    row.record(outcome, started.elapsed());
+    drop(response);
+    pool.stop().await;
+    Ok(row)
+}
+
+/// Whether the one worker counted a prompt cancelled (rather than served) within [`ANSWER_BOUND`].
+async fn cancelled_within_bound(pool: &Pool, started: Instant) -> bool {
+    loop {
+        let load = pool.list().await.first().and_then(|w| w.load).unwrap_or_default();
+        if load.cancelled > 0 || load.served > 0 || started.elapsed() > ANSWER_BOUND {
+            return load.cancelled > 0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// 300 sockets that send nothing, on the gRPC port (capped at 64 here) and the HTTP port (capped at
@@ -471,6 +508,7 @@ pub async fn run_fault_drill(args: FaultDrillArgs) -> anyhow::Result<()> {
     drill!("overload-10x", overload(files));
     drill!("huge-prompt", oversized_prompt(files));
     drill!("never-reads", client_never_reads(files));
+    drill!("h2-zero-window", http2_zero_window(files));
     drill!("queue-bytes", queue_bytes(files));
     drill!("idle-sockets", idle_sockets(files));
     drill!("takeover", takeover_under_load(files));

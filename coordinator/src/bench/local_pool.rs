@@ -285,13 +285,9 @@ pub async fn wait_for_workers(
         if let Ok(list) = client.list_workers(ListWorkersRequest {}).await {
             let serving: Vec<_> = list.into_inner().workers.into_iter().filter(|w| w.state == WorkerState::Serving as i32).collect();
             if serving.len() >= count {
-                let mut kernels: Vec<String> = Vec::new();
-                for kernel in serving.into_iter().filter_map(|w| w.info).map(|info| info.cpu_kernels) {
-                    if !kernel.is_empty() && !kernels.contains(&kernel) {
-                        kernels.push(kernel);
-                    }
-                }
-                return Ok(kernels);
+                return Ok(bench_client::report::distinct_kernels(
+                    serving.iter().filter_map(|w| w.info.as_ref()).map(|info| info.cpu_kernels.as_str()),
+                ));
             }
         }
         for worker in &mut pool.workers {

@@ -403,11 +403,7 @@ pub(crate) async fn compare_rounds(
 
 /// Adds the kernels a pool's workers reported to those seen in the run, each once.
 pub(crate) fn add_kernels(seen: &mut Vec<String>, reported: &[String]) {
-    for kernel in reported {
-        if !seen.contains(kernel) {
-            seen.push(kernel.clone());
-        }
-    }
+    *seen = bench_client::report::distinct_kernels(seen.iter().chain(reported).map(String::as_str));
 }
 
 /// The report's line for what the pool computed with.

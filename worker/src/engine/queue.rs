@@ -10,7 +10,7 @@ use modelpool::{PoolError, PredictRequest};
 use tokio::sync::mpsc;
 
 use super::prompt_store::StoreStats;
-use super::{Delivery, Engine, Job, JobEvent, WorkerLoad, fault};
+use super::{Completion, Delivery, Engine, Job, JobEvent, WorkerLoad, fault};
 
 /// Counters the engine thread updates and the gRPC side reads.
 #[derive(Debug, Default)]
@@ -227,13 +227,22 @@ impl Intake {
 /// Generates one token so that the first real request does not pay for first-touch page faults; the
 /// warm-up is not counted as served.
 pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolError> {
-    let request = PredictRequest::user("Hi", 1);
-    let prompt = engine.prepare(&request)?;
+    generate_blocking(engine, "warm-up", &PredictRequest::user("Hi", 1))?;
+    counters.served.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Prepares `request`, runs it through the engine's queue and batch loop as the worker serves it (the
+/// whole text at the end) and waits for it on this thread, which must not be the async runtime's:
+/// the warm-up, and tests that drive an engine without a server. Returns the prompt's tokens too.
+pub fn generate_blocking(engine: &dyn Engine, request_id: &str, request: &PredictRequest) -> Result<(Vec<i32>, Completion), PoolError> {
+    let prompt = engine.prepare(request)?;
+    let tokens = prompt.tokens.clone();
     let (events, mut rx) = mpsc::unbounded_channel();
     engine.submit(Job {
-        request_id: "warm-up".into(),
+        request_id: request_id.into(),
         prompt,
-        sampling: request.sampling,
+        sampling: request.sampling.clone(),
         arrived: Instant::now(),
         events,
         delivery: Delivery::Whole,
@@ -243,12 +252,9 @@ pub fn warm_up(engine: &dyn Engine, counters: &LoadCounters) -> Result<(), PoolE
     while let Some(event) = rx.blocking_recv() {
         match event {
             JobEvent::Text(_) => {}
-            JobEvent::Done(_) => {
-                counters.served.fetch_sub(1, Ordering::Relaxed);
-                return Ok(());
-            }
+            JobEvent::Done(completion) => return Ok((tokens, completion)),
             JobEvent::Failed(e) => return Err(e),
         }
     }
-    Err(PoolError::Internal("engine thread stopped during warm-up".into()))
+    Err(PoolError::Internal(format!("engine thread stopped during {request_id}")))
 }
