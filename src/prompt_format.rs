@@ -83,9 +83,9 @@ impl PromptFormat {
 
     /// The model's chat template; an error when it has none.
     pub fn template(&self) -> Result<&ChatTemplate, PoolError> {
-        self.template.as_ref().ok_or_else(|| {
-            PoolError::FailedPrecondition("this model has no chat template; send a raw prompt instead of messages".into())
-        })
+        self.template
+            .as_ref()
+            .ok_or_else(|| PoolError::FailedPrecondition("this model has no chat template; send a raw prompt instead of messages".into()))
     }
 }
 

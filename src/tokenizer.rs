@@ -164,8 +164,11 @@ impl Tokenizer {
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let pieces: Vec<String> = (0..size as u32).map(|id| parsing.id_to_token(id).unwrap_or_default()).collect();
-        let bytes: Vec<Vec<u8>> =
-            pieces.iter().enumerate().map(|(id, piece)| if special[id] { piece.clone().into_bytes() } else { decoder.bytes(piece) }).collect();
+        let bytes: Vec<Vec<u8>> = pieces
+            .iter()
+            .enumerate()
+            .map(|(id, piece)| if special[id] { piece.clone().into_bytes() } else { decoder.bytes(piece) })
+            .collect();
         eos.sort_unstable();
         eos.dedup();
         let longest_token_bytes = keeps_every_byte(&parsing).then(|| {

@@ -132,7 +132,14 @@ mod tests {
     }
 
     fn record(worker: &str, tokens: u32, tpot_ms: f64) -> RequestRecord {
-        RequestRecord { ok: true, worker_id: worker.into(), completion_tokens: tokens, tpot_ms, e2e_ms: tpot_ms * f64::from(tokens), ..Default::default() }
+        RequestRecord {
+            ok: true,
+            worker_id: worker.into(),
+            completion_tokens: tokens,
+            tpot_ms,
+            e2e_ms: tpot_ms * f64::from(tokens),
+            ..Default::default()
+        }
     }
 
     fn placements() -> BTreeMap<String, WorkerPlacement> {
@@ -149,7 +156,8 @@ mod tests {
 
     #[test]
     fn records_are_grouped_by_the_host_of_their_worker() {
-        let records = [record("w0", 10, 20.0), record("w1", 10, 20.0), record("w2", 10, 22.0), record("w3", 10, 44.0), RequestRecord::default()];
+        let records =
+            [record("w0", 10, 20.0), record("w1", 10, 20.0), record("w2", 10, 22.0), record("w3", 10, 44.0), RequestRecord::default()];
         let hosts = summarise_by_host(&records, &placements(), 2.0);
         let a = hosts.iter().find(|h| h.host == "a").unwrap();
         assert_eq!((a.workers, a.prompts, a.output_tokens), (2, 3, 30), "w0's answer counts for a, w0 itself does not");

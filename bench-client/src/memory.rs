@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use modelpool::auth::AuthChannel;
 use modelpool::memory::{ProcessMemory, SystemMemory};
 use modelpool::proto::{ListWorkersRequest, coordinator_client::CoordinatorClient};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use modelpool::auth::AuthChannel;
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// How often the worker list (and remote workers' reported memory) is refreshed.

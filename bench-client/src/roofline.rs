@@ -31,12 +31,7 @@ impl ModelTraffic {
         let tied = !file.tensors.iter().any(|t| t.name == "output.weight");
         // The embedding table is only gathered from (one row per token), unless it doubles as the output
         // projection (tied embeddings), which reads all of it every step.
-        let weight_bytes = file
-            .tensors
-            .iter()
-            .filter(|t| tied || t.name != "token_embd.weight")
-            .filter_map(|t| t.bytes())
-            .sum();
+        let weight_bytes = file.tensors.iter().filter(|t| tied || t.name != "token_embd.weight").filter_map(|t| t.bytes()).sum();
         Ok(Self { weight_bytes, kv_bytes_per_context_token: 2 * layers * kv_heads * head_dim * 2 })
     }
 
@@ -64,10 +59,8 @@ pub fn measure_bandwidth(threads: usize, megabytes: usize) -> f64 {
     for _ in 0..4 {
         let start = Instant::now();
         let total: u64 = std::thread::scope(|scope| {
-            let handles: Vec<_> = buffer
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().fold(0u64, |acc, &w| acc.wrapping_add(w))))
-                .collect();
+            let handles: Vec<_> =
+                buffer.chunks(chunk).map(|part| scope.spawn(move || part.iter().fold(0u64, |acc, &w| acc.wrapping_add(w)))).collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
         });
         std::hint::black_box(total);

@@ -17,9 +17,7 @@ impl Slo {
 
     /// Whether a request succeeded within every target.
     pub fn met_by(&self, record: &RequestRecord) -> bool {
-        record.ok
-            && self.ttft_ms.is_none_or(|limit| record.ttft_ms <= limit)
-            && self.e2e_ms.is_none_or(|limit| record.e2e_ms <= limit)
+        record.ok && self.ttft_ms.is_none_or(|limit| record.ttft_ms <= limit) && self.e2e_ms.is_none_or(|limit| record.e2e_ms <= limit)
     }
 
     /// Share of all requests (failed ones included) that met the targets.

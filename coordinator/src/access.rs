@@ -39,11 +39,7 @@ impl Access {
     /// An application's call over gRPC.
     pub fn client<T>(&self, request: &Request<T>) -> Result<(), PoolError> {
         let authorization = request.metadata().get("authorization").map(|v| v.as_bytes());
-        if self.admits_client(authorization) {
-            Ok(())
-        } else {
-            Err(self.client_refusal())
-        }
+        if self.admits_client(authorization) { Ok(()) } else { Err(self.client_refusal()) }
     }
 
     /// Whether an `authorization` value (gRPC metadata or an HTTP header) opens the client API.

@@ -33,10 +33,7 @@ impl CoordinatorService {
 fn error_result(index: usize, error: &PoolError) -> proto::PredictResult {
     proto::PredictResult {
         index: index as u32,
-        outcome: Some(proto::predict_result::Outcome::Error(proto::PredictError {
-            code: error.code() as i32,
-            message: error.to_string(),
-        })),
+        outcome: Some(proto::predict_result::Outcome::Error(proto::PredictError { code: error.code() as i32, message: error.to_string() })),
     }
 }
 

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use modelpool::response::PredictResponse;
-use modelpool::{PoolError, PredictRequest};
 use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::{self, worker_client::WorkerClient};
+use modelpool::response::PredictResponse;
+use modelpool::{PoolError, PredictRequest};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -113,9 +113,8 @@ pub async fn call(
         let interval = PROGRESS_INTERVAL.as_millis().to_string();
         request.metadata_mut().insert(proto::STREAM_INTERVAL_MS_HEADER, interval.parse().expect("digits are valid metadata"));
     }
-    let silent = |wait: Duration, what: &str| {
-        tonic::Status::deadline_exceeded(format!("worker {worker_id} {what} within {} s", wait.as_secs_f64()))
-    };
+    let silent =
+        |wait: Duration, what: &str| tonic::Status::deadline_exceeded(format!("worker {worker_id} {what} within {} s", wait.as_secs_f64()));
     let first = timeouts.first_token;
     let mut stream = match tokio::time::timeout(first, client.predict_stream(request)).await {
         Ok(response) => response?.into_inner(),

@@ -86,7 +86,11 @@ async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resum
         async move { client.predict(chat(&format!("Count to {i}."), 16)).await.unwrap().into_inner() }
     }))
     .await;
-    assert!(answers.iter().any(|a| a.worker_id == rejoined), "the rejoined worker served: {:?}", answers.iter().map(|a| &a.worker_id).collect::<Vec<_>>());
+    assert!(
+        answers.iter().any(|a| a.worker_id == rejoined),
+        "the rejoined worker served: {:?}",
+        answers.iter().map(|a| &a.worker_id).collect::<Vec<_>>()
+    );
     pool.shutdown().await;
 }
 
@@ -136,7 +140,10 @@ async fn with_every_worker_gone_and_no_wait_requests_fail_fast_with_unavailable(
     let pool = TestPool::start(1, scheduler, &[]).await;
     let mut client = pool.client.clone();
     let running = tokio::spawn(async move { client.predict(chat("Tell me a very long story.", 1000)).await });
-    eventually(Duration::from_secs(30), "the prompt is running", || async { pool.list().await.iter().any(|w| w.in_flight > 0).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "the prompt is running", || async {
+        pool.list().await.iter().any(|w| w.in_flight > 0).then_some(())
+    })
+    .await;
     pool.workers.workers[0].signal(libc::SIGKILL);
     let killed_at = Instant::now();
 
@@ -192,7 +199,10 @@ async fn prompts_wait_a_bounded_time_for_a_worker_to_join() {
     let pool = TestPool::start(1, scheduler, &[]).await;
     let mut client = pool.client.clone();
     let running = tokio::spawn(async move { client.predict(chat("Tell me a long story.", 200)).await });
-    eventually(Duration::from_secs(30), "the prompt is running", || async { pool.list().await.iter().any(|w| w.in_flight > 0).then_some(()) }).await;
+    eventually(Duration::from_secs(30), "the prompt is running", || async {
+        pool.list().await.iter().any(|w| w.in_flight > 0).then_some(())
+    })
+    .await;
     pool.workers.workers[0].signal(libc::SIGKILL);
     eventually(Duration::from_secs(5), "the killed worker is evicted", || async { pool.list().await.is_empty().then_some(()) }).await;
 

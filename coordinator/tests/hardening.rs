@@ -6,8 +6,8 @@ mod common;
 use std::process::Command;
 
 use common::{TestPool, fast_scheduler};
-use modelpool::proto;
 use modelpool::prompt_format::PromptFormat;
+use modelpool::proto;
 use modelpool::{ChatMessage, Prompt, Role};
 
 /// Finding 1: with MODELPOOL_TOKEN exported, `run-bench` lost every prompt (its spawned workers took the
@@ -60,12 +60,7 @@ async fn a_batch_prompt_that_cannot_fit_fails_alone_under_its_own_index() {
     bad_temperature.sampling.as_mut().unwrap().temperature = Some(-1.0);
     let mut too_long = common::chat("Say hi.", 100_000);
     too_long.sampling.as_mut().unwrap().strict_max_tokens = Some(true);
-    let requests = vec![
-        common::chat("Say hi.", 4),
-        bad_temperature,
-        too_long,
-        common::chat("Say bye.", 4),
-    ];
+    let requests = vec![common::chat("Say hi.", 4), bad_temperature, too_long, common::chat("Say bye.", 4)];
     let results = pool.client.clone().predict_batch(proto::PredictBatchRequest { requests }).await.unwrap().into_inner().results;
     assert_eq!(results.len(), 4);
     for (i, result) in results.iter().enumerate() {

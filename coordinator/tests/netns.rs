@@ -69,7 +69,13 @@ fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_r
 
     // The cut host was evicted after the cut, and registered again after the link came back.
     let events = report["membership"].as_array().unwrap();
-    let of_cut = |serving: u64| events.iter().filter(|e| e["host"] == cut_host.as_str() && e["serving_workers"] == serving).map(|e| e["at_s"].as_f64().unwrap()).collect::<Vec<_>>();
+    let of_cut = |serving: u64| {
+        events
+            .iter()
+            .filter(|e| e["host"] == cut_host.as_str() && e["serving_workers"] == serving)
+            .map(|e| e["at_s"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
     let evicted = of_cut(0);
     assert!(evicted.iter().any(|&t| t > 3.0), "evicted after the cut: {events:?}");
     let rejoined = of_cut(1);
@@ -78,7 +84,8 @@ fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_r
     // And it served again.
     let after = &report["phases"][1];
     assert_eq!(after["exactly_once"], true);
-    let served_after = after["hosts"].as_array().unwrap().iter().find(|h| h["host"] == cut_host.as_str()).map(|h| h["prompts"].as_u64().unwrap());
+    let served_after =
+        after["hosts"].as_array().unwrap().iter().find(|h| h["host"] == cut_host.as_str()).map(|h| h["prompts"].as_u64().unwrap());
     assert!(served_after.unwrap_or(0) >= 1, "the healed host served prompts: {after}");
     drop(namespaces);
     let _ = std::fs::remove_dir_all(&dir);

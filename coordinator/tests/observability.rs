@@ -3,10 +3,10 @@
 mod common;
 
 use common::{TestPool, chat, fast_scheduler, http_get, metric};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 /// The service names a server lists through reflection, as `grpcurl list` would show them.
 async fn listed_services(url: &str) -> Vec<String> {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelpool::proto::coordinator_client::CoordinatorClient;
+use modelpool::PoolError;
+use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::membership::{Heartbeat, WorkerPhase};
+use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ProtocolVersion};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use modelpool::PoolError;
-use modelpool::auth::{AuthChannel, Credentials};
 use tracing::{debug, info, warn};
 
 use crate::state::SharedState;
@@ -28,11 +28,7 @@ pub struct Membership {
 
 impl Membership {
     pub fn start(coordinator: &str, credentials: &Credentials, state: Arc<SharedState>) -> Result<Self, PoolError> {
-        let channel = credentials
-            .endpoint(coordinator)?
-            .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
+        let channel = credentials.endpoint(coordinator)?.connect_timeout(CALL_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
         let (leave, left) = oneshot::channel();
         let task = tokio::spawn(run(CoordinatorClient::with_interceptor(channel, credentials.attach()), state, left));
         Ok(Self { leave, task })
@@ -54,7 +50,8 @@ async fn run(mut client: CoordinatorClient<AuthChannel>, state: Arc<SharedState>
     loop {
         match &registration {
             None if !state.is_draining() => {
-                let request = proto::RegisterRequest { info: Some(state.info()), protocol_version: ProtocolVersion::ProtocolVersion1 as i32 };
+                let request =
+                    proto::RegisterRequest { info: Some(state.info()), protocol_version: ProtocolVersion::ProtocolVersion1 as i32 };
                 match client.register(request).await {
                     Ok(response) => {
                         let response = response.into_inner();

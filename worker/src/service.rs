@@ -25,7 +25,11 @@ impl WorkerService {
     }
 
     /// Validates, prepares and queues a request; returns the receiver of its events.
-    async fn start(&self, request: proto::PredictRequest, delivery: Delivery) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
+    async fn start(
+        &self,
+        request: proto::PredictRequest,
+        delivery: Delivery,
+    ) -> Result<(mpsc::UnboundedReceiver<JobEvent>, String), PoolError> {
         let arrived = Instant::now();
         let engine = self.state.engine_for_new_request()?;
         let alone = request.run_alone;
@@ -41,7 +45,16 @@ impl WorkerService {
         let prompt = prompt?;
         debug!(request_id = %request.request_id, prompt_tokens = prompt.tokens.len(), "queued");
         let (events, rx) = mpsc::unbounded_channel();
-        engine.submit(Job { request_id: request.request_id.clone(), prompt, sampling: request.sampling, arrived, events, delivery, alone, poisoned })?;
+        engine.submit(Job {
+            request_id: request.request_id.clone(),
+            prompt,
+            sampling: request.sampling,
+            arrived,
+            events,
+            delivery,
+            alone,
+            poisoned,
+        })?;
         Ok((rx, request.request_id))
     }
 }
@@ -83,7 +96,8 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<proto::PredictChunk, Status>
 impl Worker for WorkerService {
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let _in_flight = self.state.track();
-        let (mut events, request_id) = self.start(request.into_inner(), Delivery::Whole).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
+        let (mut events, request_id) =
+            self.start(request.into_inner(), Delivery::Whole).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;
         while let Some(event) = events.recv().await {
             match event {
                 JobEvent::Text(_) => {}
@@ -104,10 +118,7 @@ impl Worker for WorkerService {
 
     type PredictStreamStream = ChunkStream;
 
-    async fn predict_stream(
-        &self,
-        request: Request<proto::PredictRequest>,
-    ) -> Result<Response<Self::PredictStreamStream>, Status> {
+    async fn predict_stream(&self, request: Request<proto::PredictRequest>) -> Result<Response<Self::PredictStreamStream>, Status> {
         let in_flight = self.state.track();
         let delivery = stream_delivery(request.metadata()).inspect_err(|e| self.state.metrics.record(Err(e)))?;
         let (events, request_id) = self.start(request.into_inner(), delivery).await.inspect_err(|e| self.state.metrics.record(Err(e)))?;

@@ -17,20 +17,25 @@ fn escape(text: &str) -> String {
 
 /// Horizontal bars, one group per row, one bar per series; an optional (min, max) whisker on the first.
 pub fn bar_chart(title: &str, unit: &str, series: &[&str], rows: &[(String, Vec<f64>, Option<(f64, f64)>)]) -> String {
-    let max = rows
-        .iter()
-        .flat_map(|(_, values, range)| values.iter().copied().chain(range.map(|r| r.1)))
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
+    let max = rows.iter().flat_map(|(_, values, range)| values.iter().copied().chain(range.map(|r| r.1))).fold(0.0f64, f64::max).max(1e-9);
     let group = BAR_HEIGHT * series.len() as f64 + 8.0;
     let height = 40.0 + group * rows.len() as f64 + 24.0;
     let plot = WIDTH - LABEL_WIDTH - 70.0;
     let mut svg = String::new();
-    let _ = write!(svg, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#);
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = write!(svg, r#"<text x="0" y="16" font-size="14" font-weight="bold">{}</text>"#, escape(title));
     for (i, name) in series.iter().enumerate() {
         let x = LABEL_WIDTH + i as f64 * 140.0;
-        let _ = write!(svg, r#"<rect x="{x}" y="24" width="10" height="10" fill="{}"/><text x="{}" y="33">{}</text>"#, COLORS[i % 8], x + 14.0, escape(name));
+        let _ = write!(
+            svg,
+            r#"<rect x="{x}" y="24" width="10" height="10" fill="{}"/><text x="{}" y="33">{}</text>"#,
+            COLORS[i % 8],
+            x + 14.0,
+            escape(name)
+        );
     }
     for (row, (label, values, range)) in rows.iter().enumerate() {
         let top = 40.0 + group * row as f64;
@@ -66,7 +71,12 @@ pub fn stacked_area(title: &str, unit_scale: f64, unit: &str, series: &[String],
     let x = |t: f64| left + w * t / t_max;
     let y = |v: f64| top + h - h * (v / unit_scale) / total_max;
     let mut svg = String::new();
-    let _ = write!(svg, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#, w + left + 10.0, h + top + 40.0);
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+        w + left + 10.0,
+        h + top + 40.0
+    );
     let _ = write!(svg, r#"<text x="0" y="14" font-size="13" font-weight="bold">{}</text>"#, escape(title));
     let mut below = vec![0.0; points.len()];
     for (s, name) in series.iter().enumerate() {
@@ -104,7 +114,14 @@ pub fn render(report: &Report) -> String {
          body{{font-family:sans-serif;margin:24px;max-width:1100px}} pre{{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}}\
          .grid{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>"
     );
-    let _ = write!(page, "<h1>modelpool: {}</h1><p>{} · model {} · max_tokens {}</p>", escape(&report.tool), escape(&report.machine.describe()), escape(&report.model), report.max_tokens);
+    let _ = write!(
+        page,
+        "<h1>modelpool: {}</h1><p>{} · model {} · max_tokens {}</p>",
+        escape(&report.tool),
+        escape(&report.machine.describe()),
+        escape(&report.model),
+        report.max_tokens
+    );
     let _ = write!(page, "<h2>Recommendation</h2><p><b>{}</b></p>", escape(&report.recommendation.text));
     if let Some(roofline) = &report.roofline {
         let _ = write!(page, "<p>Roofline verdict: {}</p>", escape(&roofline.verdict));
@@ -129,9 +146,15 @@ pub fn render(report: &Report) -> String {
         .map(|x| (x.name.clone(), vec![x.peak_pool_pss_bytes as f64 / 1048576.0, x.peak_pool_rss_bytes as f64 / 1048576.0], None))
         .collect();
     page.push_str("<h2>Memory</h2>");
-    page.push_str(&bar_chart("Pool memory at its peak: PSS counts shared weights once, RSS in every process", "MiB", &["pool PSS", "pool RSS"], &memory));
+    page.push_str(&bar_chart(
+        "Pool memory at its peak: PSS counts shared weights once, RSS in every process",
+        "MiB",
+        &["pool PSS", "pool RSS"],
+        &memory,
+    ));
     if let Some(roofline) = &report.roofline {
-        let rows: Vec<_> = roofline.points.iter().map(|p| (p.name.clone(), vec![p.achieved_tokens_per_s, p.ceiling_tokens_per_s], None)).collect();
+        let rows: Vec<_> =
+            roofline.points.iter().map(|p| (p.name.clone(), vec![p.achieved_tokens_per_s, p.ceiling_tokens_per_s], None)).collect();
         page.push_str("<h2>Roofline</h2>");
         page.push_str(&bar_chart(
             &format!("Achieved tokens/s against the memory-bandwidth ceiling ({:.1} GB/s measured)", roofline.bandwidth_bytes_per_s / 1e9),

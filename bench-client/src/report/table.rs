@@ -20,13 +20,33 @@ impl Report {
             self.max_tokens,
             self.machine.describe()
         );
-        let header = ["config", "N", "B", "thr", "conc", "ok", "prompt/s", "tok/s", "range", "mean lat", "p95 lat", "ttft p50", "speedup", "eff", "RSS/wkr", "PSS/wkr", "USS/wkr", "pool PSS"];
+        let header = [
+            "config", "N", "B", "thr", "conc", "ok", "prompt/s", "tok/s", "range", "mean lat", "p95 lat", "ttft p50", "speedup", "eff",
+            "RSS/wkr", "PSS/wkr", "USS/wkr", "pool PSS",
+        ];
         let units = ["", "", "", "", "", "", "", "out", "tok/s", "s", "s", "ms", "x", "", "MiB", "MiB", "MiB", "MiB"];
         for row in [header, units] {
             let _ = writeln!(
                 out,
                 "{:<16} {:>2} {:>2} {:>3} {:>4} {:>7} {:>8} {:>7} {:>12} {:>8} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8}",
-                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17]
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                row[10],
+                row[11],
+                row[12],
+                row[13],
+                row[14],
+                row[15],
+                row[16],
+                row[17]
             );
         }
         for s in &self.summaries {
@@ -78,7 +98,14 @@ impl Report {
         // A configuration that lost prompts says why, not only how many.
         for s in self.summaries.iter().filter(|s| s.failed > 0) {
             let first = self.runs.iter().filter(|r| r.name == s.name).flat_map(|r| &r.records).find_map(|r| r.error.as_deref());
-            let _ = writeln!(out, "failed: {} lost {}/{} prompts; first error: {}", s.name, s.failed, s.prompts, first.unwrap_or("(none recorded)"));
+            let _ = writeln!(
+                out,
+                "failed: {} lost {}/{} prompts; first error: {}",
+                s.name,
+                s.failed,
+                s.prompts,
+                first.unwrap_or("(none recorded)")
+            );
         }
         for run in self.runs.iter().filter(|r| r.stopped.is_some()) {
             let _ = writeln!(out, "stopped: {} run {}: {}", run.name, run.repeat, run.stopped.as_deref().unwrap_or_default());
@@ -147,7 +174,16 @@ impl Report {
                     (Some(e), false) => format!("ERROR {e}"),
                     (None, false) => "ERROR".into(),
                 };
-                let _ = writeln!(out, "[{} run {} #{} on {} | {} tokens] {}", run.name, run.repeat, r.index, r.worker_id, r.completion_tokens, body.trim());
+                let _ = writeln!(
+                    out,
+                    "[{} run {} #{} on {} | {} tokens] {}",
+                    run.name,
+                    run.repeat,
+                    r.index,
+                    r.worker_id,
+                    r.completion_tokens,
+                    body.trim()
+                );
             }
         }
         out

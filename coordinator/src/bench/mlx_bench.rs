@@ -187,7 +187,8 @@ pub async fn run_mlx_bench(args: MlxBenchArgs) -> anyhow::Result<MlxBenchResult>
         extra_args.push("--no-prefix-cache".into());
     }
     extra_args.extend(args.worker_flag.iter().cloned());
-    let spec = WorkerSpec { binary: worker_bin, model: model.clone(), coordinator: coordinator.url.clone(), threads: 1, slots: 1, extra_args };
+    let spec =
+        WorkerSpec { binary: worker_bin, model: model.clone(), coordinator: coordinator.url.clone(), threads: 1, slots: 1, extra_args };
     let pool = LocalPool::start(&spec, 1, &coordinator.client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
     let mut mlx_lm = MlxLm::start(&args.python, &args.runner, &model, args.mlx_lm_dense).await?;
 

@@ -16,8 +16,8 @@ use modelpool::PredictRequest;
 use modelpool::memory::{ProcessMemory, mib};
 use tokio::process::{Child, Command};
 
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
 use crate::bench::local_pool::{LocalPool, WorkerSpec};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
 
 #[derive(Debug, clap::Args)]
 pub struct OverloadBenchArgs {
@@ -158,7 +158,14 @@ pub async fn run_overload_bench(args: OverloadBenchArgs) -> anyhow::Result<Overl
     let _ = coordinator.start_kill();
     let _ = coordinator.wait().await;
 
-    let result = summarise(&records, capacity_rps, offered_rps, in_flight + args.max_queue, service_ms, [rss_before, rss_peak.max(rss_before), rss_after]);
+    let result = summarise(
+        &records,
+        capacity_rps,
+        offered_rps,
+        in_flight + args.max_queue,
+        service_ms,
+        [rss_before, rss_peak.max(rss_before), rss_after],
+    );
     print_result(&result, &args);
     Ok(result)
 }
@@ -167,7 +174,14 @@ fn median(samples: &[f64]) -> f64 {
     quantile(samples, 0.5).unwrap_or(0.0)
 }
 
-fn summarise(records: &[RequestRecord], capacity_rps: f64, offered_rps: f64, held: usize, service_ms: f64, rss: [u64; 3]) -> OverloadResult {
+fn summarise(
+    records: &[RequestRecord],
+    capacity_rps: f64,
+    offered_rps: f64,
+    held: usize,
+    service_ms: f64,
+    rss: [u64; 3],
+) -> OverloadResult {
     let is_rejection = |r: &RequestRecord| r.error.as_deref().is_some_and(|e| e.starts_with("ResourceExhausted"));
     let admitted: Vec<f64> = records.iter().filter(|r| r.ok).map(|r| r.e2e_ms).collect();
     let rejections: Vec<f64> = records.iter().filter(|r| is_rejection(r)).map(|r| r.e2e_ms).collect();
@@ -197,9 +211,15 @@ fn print_result(r: &OverloadResult, args: &OverloadBenchArgs) {
         args.workers, args.slots, args.max_queue, args.max_tokens
     );
     println!("  pool capacity (calibrated):  {:.1} requests/s", r.capacity_rps);
-    println!("  offered:                     {} requests at {:.1}/s ({:.0}x) for {} s", r.offered, r.offered_rps, args.overload, args.seconds);
+    println!(
+        "  offered:                     {} requests at {:.1}/s ({:.0}x) for {} s",
+        r.offered, r.offered_rps, args.overload, args.seconds
+    );
     println!("  admitted:                    {}", r.admitted);
-    println!("  rejected RESOURCE_EXHAUSTED: {} (answered in p50 {:.1} ms, p99 {:.1} ms)", r.rejected, r.rejection_p50_ms, r.rejection_p99_ms);
+    println!(
+        "  rejected RESOURCE_EXHAUSTED: {} (answered in p50 {:.1} ms, p99 {:.1} ms)",
+        r.rejected, r.rejection_p50_ms, r.rejection_p99_ms
+    );
     println!("  other failures:              {}", r.other_failures);
     println!(
         "  admitted latency:            p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (expected about {:.0} ms: a full queue and every slot ahead, then its own run)",

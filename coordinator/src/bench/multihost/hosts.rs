@@ -48,7 +48,9 @@ pub fn parse_hosts(text: &str) -> Result<Vec<HostLine>, String> {
             Some(("ssh", target)) if !target.is_empty() => Target::Ssh(target.to_string()),
             _ => Target::Ssh(fields[0].to_string()),
         };
-        let number_of = |i: usize, what: &str| fields[i].parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| at(format!("{what} {:?} is not a positive number", fields[i])));
+        let number_of = |i: usize, what: &str| {
+            fields[i].parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| at(format!("{what} {:?} is not a positive number", fields[i])))
+        };
         let engine = fields[2].to_string();
         if engine != "llama" && engine != "mlx" {
             return Err(at(format!("engine {engine:?}; expected llama or mlx")));
@@ -105,7 +107,8 @@ mod tests {
 
     #[test]
     fn hosts_files_parse_with_defaults_and_errors_name_the_line() {
-        let hosts = parse_hosts("# lab\nssh:me@gpu1 2 llama 4 8\nnetns:mp-h1 1 mlx 1 1 10.0.0.11  # sim\n\nbox3 1 llama 1 2 192.168.1.3\n").unwrap();
+        let hosts = parse_hosts("# lab\nssh:me@gpu1 2 llama 4 8\nnetns:mp-h1 1 mlx 1 1 10.0.0.11  # sim\n\nbox3 1 llama 1 2 192.168.1.3\n")
+            .unwrap();
         assert_eq!(hosts.len(), 3);
         assert_eq!(hosts[0].target, Target::Ssh("me@gpu1".into()));
         assert_eq!((hosts[0].workers, hosts[0].slots, hosts[0].threads, hosts[0].address.as_str()), (2, 4, 8, "gpu1"));
@@ -136,4 +139,3 @@ mod tests {
         assert_eq!(url_host("http://[::1]:5"), "::1");
     }
 }
-

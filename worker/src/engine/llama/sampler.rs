@@ -21,4 +21,3 @@ pub(super) fn sampler_for(params: &SamplingParams) -> Option<LlamaSampler> {
     chain.push(LlamaSampler::dist((params.seed ^ (params.seed >> 32)) as u32));
     Some(LlamaSampler::chain_simple(chain))
 }
-

@@ -184,7 +184,10 @@ mod tests {
         let mut config = qwen3();
         config["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
         let arch = Architecture::from_config(&config).unwrap();
-        assert_eq!(arch.rope_scaling, RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8192.0 });
+        assert_eq!(
+            arch.rope_scaling,
+            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8192.0 }
+        );
         config["rope_scaling"] = json!({"type": "linear", "factor": 4.0});
         assert_eq!(Architecture::from_config(&config).unwrap().rope_scaling, RopeScaling::Uniform { scale: 0.25 });
         config["rope_scaling"] = json!({"type": "yarn", "factor": 4.0});

@@ -18,7 +18,10 @@ use super::MlxResult;
 pub enum Storage {
     Dense,
     /// MLX's affine quantization: packed `weight`, per-group `scales` and `biases`.
-    Quantized { group_size: i32, bits: i32 },
+    Quantized {
+        group_size: i32,
+        bits: i32,
+    },
 }
 
 pub struct Weights {
