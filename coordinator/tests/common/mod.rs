@@ -136,6 +136,18 @@ pub fn coordinator_binary() -> std::path::PathBuf {
 }
 
 /// Why this machine cannot make network namespaces (it needs root and `ip`), if it cannot.
+/// Whether a test that needs root and network namespaces (or more: `missing`) can run here. Where it is
+/// meant to run (as root, or wherever `CI` is set: CI runs the tests as root) a missing piece fails the
+/// test rather than letting it pass unseen; elsewhere the test prints why and returns.
+pub fn can_run_as_root(missing: Option<String>) -> bool {
+    let Some(reason) = missing else { return true };
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    assert!(!is_root && std::env::var_os("CI").is_none(), "this test must run here (root or CI), but cannot set up: {reason}");
+    println!("not run here (needs root): {reason}");
+    false
+}
+
 pub fn namespaces_unavailable() -> Option<String> {
     use std::process::Command;
     // SAFETY: geteuid has no preconditions.
