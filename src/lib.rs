@@ -27,6 +27,7 @@ pub mod prompt_format;
 pub mod proto;
 pub mod request;
 pub mod response;
+pub mod response_format;
 pub mod rng;
 pub mod security_args;
 pub mod shutdown;

@@ -3,6 +3,7 @@
 
 use crate::error::PoolError;
 use crate::proto;
+use crate::response_format::ResponseFormat;
 
 /// Limits on what one request may ask for. Context limits depend on the model and are checked by the worker.
 pub mod limits {
@@ -97,6 +98,8 @@ pub struct SamplingParams {
     /// a prompt that fits is served and generation stops where the context ends, with finish reason
     /// length: DSPy's `dspy.LM` sends max_tokens 4000 whatever the context, and llama-server serves it.
     pub strict_max_tokens: bool,
+    /// What the text must be (structured outputs); decoding is constrained to it.
+    pub response_format: ResponseFormat,
 }
 
 impl Default for SamplingParams {
@@ -110,6 +113,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             strict_max_tokens: false,
+            response_format: ResponseFormat::Text,
         }
     }
 }
@@ -237,7 +241,39 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
         stop: params.stop,
         ignore_eos: params.ignore_eos.unwrap_or(false),
         strict_max_tokens: params.strict_max_tokens.unwrap_or(false),
+        response_format: response_format(params.response_format)?,
     })
+}
+
+fn response_format(format: Option<proto::ResponseFormat>) -> Result<ResponseFormat, PoolError> {
+    use proto::response_format::Format;
+    match format.and_then(|f| f.format) {
+        None | Some(Format::JsonObject(false)) => Ok(ResponseFormat::Text),
+        Some(Format::JsonObject(true)) => Ok(ResponseFormat::JsonObject),
+        Some(Format::JsonSchema(text)) => {
+            const FIELD: &str = "sampling.response_format.json_schema";
+            if text.len() > crate::response_format::MAX_SCHEMA_BYTES {
+                return Err(PoolError::invalid(
+                    FIELD,
+                    format!("{} bytes of schema, limit {}", text.len(), crate::response_format::MAX_SCHEMA_BYTES),
+                ));
+            }
+            let schema = serde_json::from_str(&text).map_err(|e| PoolError::invalid(FIELD, format!("not JSON: {e}")))?;
+            ResponseFormat::json_schema(schema).map_err(|reason| PoolError::invalid(FIELD, reason))
+        }
+    }
+}
+
+impl From<&ResponseFormat> for Option<proto::ResponseFormat> {
+    fn from(format: &ResponseFormat) -> Self {
+        use proto::response_format::Format;
+        let format = match format {
+            ResponseFormat::Text => return None,
+            ResponseFormat::JsonObject => Format::JsonObject(true),
+            ResponseFormat::JsonSchema(schema) => Format::JsonSchema(schema.to_string()),
+        };
+        Some(proto::ResponseFormat { format: Some(format) })
+    }
 }
 
 impl From<&PredictRequest> for proto::PredictRequest {
@@ -265,6 +301,7 @@ impl From<&PredictRequest> for proto::PredictRequest {
                 top_k: Some(s.top_k),
                 ignore_eos: Some(s.ignore_eos),
                 strict_max_tokens: Some(s.strict_max_tokens),
+                response_format: (&s.response_format).into(),
             }),
         }
     }

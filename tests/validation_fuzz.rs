@@ -38,17 +38,25 @@ fn any_sampling() -> impl Strategy<Value = proto::SamplingParams> {
         proptest::collection::vec(".{0,80}", 0..12),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<bool>()),
+        proptest::option::of(any_response_format()),
     )
-        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens)| proto::SamplingParams {
-            max_tokens,
-            temperature,
-            top_p,
-            top_k,
-            seed,
-            stop,
-            ignore_eos,
-            strict_max_tokens,
+        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens, response_format)| {
+            proto::SamplingParams { max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens, response_format }
         })
+}
+
+/// Schemas the compiler takes, ones it refuses, and text that is not JSON at all.
+fn any_response_format() -> impl Strategy<Value = proto::ResponseFormat> {
+    use proto::response_format::Format;
+    let schema = prop_oneof![
+        Just(r#"{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}"#.to_string()),
+        Just(r#"{"type":"nope"}"#.to_string()),
+        Just(r##"{"$ref":"#/$defs/x"}"##.to_string()),
+        r#"[{}\[\]":,a-z0-9 ]{0,60}"#,
+        ".{0,60}",
+    ];
+    proptest::option::of(prop_oneof![any::<bool>().prop_map(Format::JsonObject), schema.prop_map(Format::JsonSchema)])
+        .prop_map(|format| proto::ResponseFormat { format })
 }
 
 fn any_input() -> impl Strategy<Value = Option<proto::predict_request::Input>> {

@@ -78,6 +78,9 @@ pub struct Sampling {
     /// Extension (llama-server, vLLM): keep only the k most likely tokens before sampling.
     #[serde(default)]
     pub top_k: Option<u32>,
+    /// Structured outputs: `{"type": "text" | "json_object" | "json_schema", ...}` ([`response_format`]).
+    #[serde(default)]
+    pub response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,12 +133,38 @@ impl Sampling {
             ignore_eos: self.ignore_eos,
             // The coordinator's --strict-max-tokens decides it for API requests ([`crate::admission`]).
             strict_max_tokens: None,
+            response_format: response_format(self.response_format.as_ref())?,
         })
     }
 
     pub fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}` (llama-server also takes a
+/// `schema` beside it) or `{"type": "json_schema", "json_schema": {"name": …, "schema": {…}, "strict": …}}`.
+/// Strict or not, a schema is enforced: decoding cannot leave it. The schema itself is checked where the
+/// request is validated ([`modelpool::response_format`]).
+fn response_format(value: Option<&Value>) -> Result<Option<proto::ResponseFormat>, PoolError> {
+    use proto::response_format::Format;
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    const KINDS: &str = "one of text, json_object, json_schema";
+    let kind =
+        value.get("type").and_then(Value::as_str).ok_or_else(|| PoolError::invalid("response_format.type", format!("missing; {KINDS}")))?;
+    let format = match (kind, value.get("schema")) {
+        ("text", _) => return Ok(None),
+        ("json_object", None) => Format::JsonObject(true),
+        ("json_object", Some(schema)) => Format::JsonSchema(schema.to_string()),
+        ("json_schema", _) => {
+            let schema = value.get("json_schema").and_then(|s| s.get("schema")).ok_or_else(|| {
+                PoolError::invalid("response_format.json_schema.schema", "missing: the JSON Schema the output must match")
+            })?;
+            Format::JsonSchema(schema.to_string())
+        }
+        (other, _) => return Err(PoolError::invalid("response_format.type", format!("{other:?}; {KINDS}"))),
+    };
+    Ok(Some(proto::ResponseFormat { format: Some(format) }))
 }
 
 impl ChatCompletionRequest {
@@ -197,6 +226,9 @@ impl CompletionRequest {
 /// The pool's field names in OpenAI's terms, for an error's `param`.
 pub fn openai_param(field: &str) -> String {
     let field = field.strip_prefix("sampling.").unwrap_or(field);
+    if field == "response_format.json_schema" {
+        return "response_format.json_schema.schema".into();
+    }
     field.strip_prefix("chat.").unwrap_or(field).to_string()
 }
 
@@ -382,6 +414,32 @@ mod tests {
         assert_eq!(ApiError::from_pool(&many.into_proto().unwrap_err()).param.as_deref(), Some("prompt"));
         let n: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "n": 2})).unwrap();
         assert!(n.into_proto().unwrap_err().to_string().contains("n"));
+    }
+
+    #[test]
+    fn response_formats_become_the_pools_and_bad_ones_name_their_field() {
+        use proto::response_format::Format;
+        let format = |value: Value| {
+            let request: ChatCompletionRequest =
+                serde_json::from_value(json!({"messages": [{"role": "user", "content": "hi"}], "response_format": value})).unwrap();
+            request.into_proto().map(|r| r.sampling.unwrap().response_format.and_then(|f| f.format))
+        };
+        assert_eq!(format(json!({"type": "text"})).unwrap(), None);
+        assert_eq!(format(Value::Null).unwrap(), None);
+        assert_eq!(format(json!({"type": "json_object"})).unwrap(), Some(Format::JsonObject(true)));
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let named = json!({"type": "json_schema", "json_schema": {"name": "a", "strict": true, "schema": schema}});
+        assert_eq!(format(named).unwrap(), Some(Format::JsonSchema(schema.to_string())));
+        // llama-server's form: a schema beside json_object.
+        assert_eq!(format(json!({"type": "json_object", "schema": schema})).unwrap(), Some(Format::JsonSchema(schema.to_string())));
+        let field = |value: Value| match format(value).unwrap_err() {
+            PoolError::InvalidArgument { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(json!({"type": "xml"})), "response_format.type");
+        assert_eq!(field(json!({"json_schema": {}})), "response_format.type");
+        assert_eq!(field(json!({"type": "json_schema", "json_schema": {"name": "a"}})), "response_format.json_schema.schema");
+        assert_eq!(openai_param("sampling.response_format.json_schema"), "response_format.json_schema.schema");
     }
 
     #[test]

@@ -263,8 +263,8 @@ impl Scheduler {
     }
 }
 
-/// About what a queued prompt holds in memory: its text, its stop strings and id, and a little per
-/// message and per prompt for the structures around them.
+/// About what a queued prompt holds in memory: its text, its stop strings, id and output schema, and a
+/// little per message and per prompt for the structures around them.
 fn queued_bytes(request: &PredictRequest) -> u64 {
     const PER_PROMPT: usize = 512;
     const PER_MESSAGE: usize = 64;
@@ -273,7 +273,8 @@ fn queued_bytes(request: &PredictRequest) -> u64 {
         Prompt::Raw(text) => text.len(),
     };
     let stop: usize = request.sampling.stop.iter().map(String::len).sum();
-    (PER_PROMPT + text + stop + request.request_id.len()) as u64
+    let schema = request.sampling.response_format.approximate_bytes();
+    (PER_PROMPT + text + stop + schema + request.request_id.len()) as u64
 }
 
 struct Actor {

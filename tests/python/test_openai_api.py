@@ -1,7 +1,9 @@
 """The pool through the official OpenAI client: what a DSPy or Gradio app would do."""
 
 import concurrent.futures
+import json
 
+import jsonschema
 import openai
 import pytest
 
@@ -138,3 +140,38 @@ def test_dspy_default_max_tokens_is_served_to_where_the_context_ends(client):
     long = ask(client, "word " * 1900, max_tokens=4000, extra_body={"ignore_eos": True})
     assert long.choices[0].finish_reason == "length"
     assert long.usage.prompt_tokens + long.usage.completion_tokens == 2048
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "likes": {"type": "array", "items": {"type": "string", "enum": ["red", "green", "blue"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "likes"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_output_parses_and_validates(client, temperature, stream):
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
+    reply = ask(client, "Ann Berg is 31 and likes red. Describe her.", max_tokens=64, temperature=temperature,
+                seed=3, response_format=response_format, stream=stream)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+    else:
+        text = reply.choices[0].message.content
+        assert reply.choices[0].finish_reason == "stop", "the object was complete"
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_json_object_output_is_an_object_and_a_bad_schema_is_a_400_naming_it(client):
+    reply = ask(client, "List two fruits.", max_tokens=48, response_format={"type": "json_object"})
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(client, "Hi.", response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strnig"}}})
+    assert refused.value.body["param"] == "response_format.json_schema.schema"
+    assert "strnig" in refused.value.body["message"]

@@ -15,7 +15,7 @@ use bench_client::runner::run_closed_loop;
 use modelpool::PredictRequest;
 
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name, note_cpu_module};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]
@@ -295,6 +295,7 @@ fn llama_bench_test(binary: &Path, model: &Path, threads: u32, prompt: u32, gene
         .arg(model)
         .args(["-t", &threads.to_string(), "-p", &prompt.to_string(), "-n", &generated.to_string(), "-r", "1", "-o", "json"])
         .output()?;
+    note_cpu_module(binary, &String::from_utf8_lossy(&output.stderr));
     anyhow::ensure!(output.status.success(), "llama-bench failed: {}", String::from_utf8_lossy(&output.stderr));
     let runs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
     runs.first()

@@ -23,8 +23,8 @@ pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A llama.cpp tool build's name in a report, from its build directory (scripts/build-llama-tool.sh:
-/// `build` is portable, `build-native-…` native, `build-release` every CPU variant, the module ggml
-/// loads on this machine named).
+/// `build` is portable, `build-native-…` native, `build-release` every CPU variant, with the module ggml
+/// loaded here once a run of it has logged one, see [`note_cpu_module`]).
 pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
     use std::path::Path;
     let dir =
@@ -34,7 +34,7 @@ pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
     } else if dir == "build" {
         "portable".into()
     } else if dir == "build-release" {
-        match release_cpu_module(binary) {
+        match loaded_modules().get(&binary.parent().map(Path::to_path_buf).unwrap_or_default()) {
             Some(module) => format!("release, {module} module chosen at start"),
             None => "release, every CPU variant".into(),
         }
@@ -43,20 +43,20 @@ pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
     }
 }
 
-/// The CPU module a llama.cpp program built with every CPU variant loads on this machine: ggml scores
-/// the modules beside the program and logs the one it loads, which `--list-devices` shows without
-/// loading a model. Asked once per program.
-fn release_cpu_module(binary: &std::path::Path) -> Option<String> {
-    use std::collections::HashMap;
+/// The CPU module each build folder's programs loaded, as their logs said.
+fn loaded_modules() -> std::sync::MutexGuard<'static, std::collections::HashMap<std::path::PathBuf, String>> {
     use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<HashMap<std::path::PathBuf, Option<String>>>> = OnceLock::new();
-    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    seen.entry(binary.to_path_buf())
-        .or_insert_with(|| {
-            let output = std::process::Command::new(binary).arg("--list-devices").stdin(std::process::Stdio::null()).output().ok()?;
-            loaded_cpu_module(&String::from_utf8_lossy(&output.stderr))
-        })
-        .clone()
+    static LOADED: OnceLock<Mutex<std::collections::HashMap<std::path::PathBuf, String>>> = OnceLock::new();
+    LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads a llama.cpp program's log for the CPU module ggml loaded ("load_backend: loaded CPU backend from
+/// …/libggml-cpu-zen4.so", what a build with every CPU variant logs when it starts), so that reports can
+/// name it; other lines are ignored.
+pub(crate) fn note_cpu_module(binary: &std::path::Path, log: &str) {
+    if let (Some(module), Some(dir)) = (loaded_cpu_module(log), binary.parent()) {
+        loaded_modules().insert(dir.to_path_buf(), module);
+    }
 }
 
 /// The CPU module named by ggml's "load_backend: loaded CPU backend from …/libggml-cpu-NAME.so".
@@ -102,10 +102,13 @@ mod tests {
     }
 
     #[test]
-    fn builds_are_named_for_their_directory() {
-        assert_eq!(llama_build_name(std::path::Path::new("/c/build/bin/llama-server")), "portable");
-        assert_eq!(llama_build_name(std::path::Path::new("/c/build-native-0123abcd/bin/llama-server")), "native");
-        // No program there: the module cannot be asked for, the build is still named.
-        assert_eq!(llama_build_name(std::path::Path::new("/nowhere/build-release/bin/llama-server")), "release, every CPU variant");
+    fn builds_are_named_for_their_directory_and_a_release_build_for_the_module_it_loaded() {
+        use std::path::Path;
+        assert_eq!(llama_build_name(Path::new("/c/build/bin/llama-server")), "portable");
+        assert_eq!(llama_build_name(Path::new("/c/build-native-0123abcd/bin/llama-server")), "native");
+        let release = Path::new("/c/build-release/bin/llama-server");
+        assert_eq!(llama_build_name(release), "release, every CPU variant");
+        note_cpu_module(Path::new("/c/build-release/bin/llama-bench"), "load_backend: loaded CPU backend from /c/libggml-cpu-haswell.so");
+        assert_eq!(llama_build_name(release), "release, haswell module chosen at start", "the folder's programs share their modules");
     }
 }

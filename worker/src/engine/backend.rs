@@ -5,6 +5,7 @@
 //! abandoned jobs, failures, finishing, load counters) is the loop's and is written once.
 
 use modelpool::SamplingParams;
+use toktrie::SimpleVob;
 
 use super::prefix_cache::ReusePolicy;
 
@@ -36,8 +37,9 @@ pub trait Backend {
     /// to their sequences' caches. On error the sequences' caches are in an unknown state.
     fn forward(&mut self, runs: &[Run]) -> Result<(), String>;
 
-    /// The token for logits row `row` of the last pass: the sampler's draw, or the arg-max without one.
-    fn sample(&mut self, sampler: Option<&mut Self::Sampler>, row: usize) -> i32;
+    /// The token for logits row `row` of the last pass: the sampler's draw, or the arg-max without one;
+    /// only among the `allowed` tokens when given (constrained decoding, [`super::constraint`]).
+    fn sample(&mut self, sampler: Option<&mut Self::Sampler>, row: usize, allowed: Option<&SimpleVob>) -> i32;
 
     /// Writes the bytes of `token` into `bytes` (cleared first) and says whether it ends a generation.
     fn token_text(&self, token: i32, bytes: &mut Vec<u8>) -> bool;

@@ -18,6 +18,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
+use modelpool::PoolError;
+
 use super::backend::{Backend, Run};
 use super::prefix_cache::{Displaced, MIN_USEFUL_PREFIX, PrefixCache, ReusePolicy, Wait, chunk_end, reuse_all};
 use super::prompt_store::PromptStore;
@@ -313,6 +315,7 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
         }
         let mut row = 0;
         let mut finished = Vec::new();
+        let mut broken = Vec::new();
         for member in members {
             self.cache.extend(member.seq, &member.tokens);
             if !member.logits {
@@ -320,8 +323,20 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
             }
             let index = self.index_of(member.seq);
             let slot = &mut self.slots[index];
-            let token = self.backend.sample(slot.sampler.as_mut(), row);
+            let allowed = match slot.constraint.as_mut().map(|c| c.allowed()).transpose() {
+                Ok(allowed) => allowed,
+                Err(error) => {
+                    row += 1;
+                    broken.push((member.seq, error));
+                    continue;
+                }
+            };
+            let token = self.backend.sample(slot.sampler.as_mut(), row, allowed.as_ref());
             row += 1;
+            if let Some(Err(error)) = slot.constraint.as_mut().map(|c| c.accept(token)) {
+                broken.push((member.seq, error));
+                continue;
+            }
             let is_end = self.backend.token_text(token, &mut self.piece);
             if let Progress::Finished(reason) = slot.accept(token, &self.piece, is_end) {
                 finished.push((member.seq, reason));
@@ -334,7 +349,19 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
             self.counters.served.fetch_add(1, Ordering::Relaxed);
             slot.finish(reason);
         }
+        for (seq, error) in broken {
+            self.fail_one(seq, PoolError::Internal(error));
+        }
         self.publish_load();
+    }
+
+    /// Fails one job whose own state broke (its grammar), leaving its sequence's cache as computed.
+    fn fail_one(&mut self, seq: usize, error: PoolError) {
+        tracing::warn!(%error, "a job failed");
+        let slot = self.slots.remove(self.index_of(seq));
+        self.cache.release(seq);
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = slot.job.events.send(JobEvent::Failed(error));
     }
 
     /// A failed forward pass leaves its sequences' caches unknown: fail their jobs rather than produce

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod batch_loop;
+pub mod constraint;
 pub mod fault;
 pub mod llama;
 pub mod mlx;
@@ -29,6 +30,8 @@ pub struct PreparedPrompt {
     /// Tokens to generate at most: the request's max_tokens, or fewer where the slot's context ends
     /// (a request that is not strict about it, see [`generation_limit`]).
     pub max_tokens: u32,
+    /// The grammar its text must follow (structured outputs); `None` for free text.
+    pub constraint: Option<constraint::Constraint>,
 }
 
 /// One generation handed to an engine.

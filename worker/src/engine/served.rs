@@ -8,6 +8,7 @@ use modelpool::context_fit::ContextFit;
 use modelpool::prompt_format::PromptFormat;
 use modelpool::{PoolError, PredictRequest};
 
+use super::constraint::Constraints;
 use super::queue::{JobQueue, warm_up};
 use super::{Engine, EngineInfo, Job, PreparedPrompt, WorkerLoad, generation_limit};
 
@@ -15,13 +16,14 @@ pub struct ServedEngine {
     info: EngineInfo,
     format: Arc<PromptFormat>,
     queue: JobQueue,
+    constraints: Constraints,
 }
 
 impl ServedEngine {
     /// The engine whose batch loop reads `queue`, after one warm-up token.
     pub fn start(mut info: EngineInfo, format: Arc<PromptFormat>, queue: JobQueue) -> Result<Self, PoolError> {
         info.max_token_bytes = format.tokenizer.longest_token_bytes().unwrap_or(0);
-        let engine = Self { info, format, queue };
+        let engine = Self { info, format, queue, constraints: Constraints::default() };
         warm_up(&engine, &engine.queue.counters)?;
         Ok(engine)
     }
@@ -45,7 +47,8 @@ impl Engine for ServedEngine {
         self.queue.refuse_if_full()?;
         let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
         let max_tokens = generation_limit(tokens.len(), &request.sampling, self.info.context_per_slot)?;
-        Ok(PreparedPrompt { tokens, max_tokens })
+        let constraint = self.constraints.for_format(&request.sampling.response_format, &self.format.tokenizer)?;
+        Ok(PreparedPrompt { tokens, max_tokens, constraint })
     }
 
     fn submit(&self, job: Job) -> Result<(), PoolError> {

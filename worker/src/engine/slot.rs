@@ -7,6 +7,7 @@ use std::time::Instant;
 use modelpool::proto::{FinishReason, Timings};
 use modelpool::text::{StopMatcher, Utf8Stream};
 
+use crate::engine::constraint::Constraint;
 use crate::engine::{Completion, Delivery, Job, JobEvent, PROGRESS_EVERY, fault};
 
 pub struct Slot<S> {
@@ -24,6 +25,8 @@ pub struct Slot<S> {
     pub waiting_for: Option<(usize, usize)>,
     /// None for greedy decoding, which takes the arg-max of the logits directly.
     pub sampler: Option<S>,
+    /// The grammar its text must follow (structured outputs), taken from the job's prompt.
+    pub constraint: Option<Constraint>,
     utf8: Utf8Stream,
     stop: StopMatcher,
     text: String,
@@ -51,8 +54,9 @@ pub enum Progress {
 }
 
 impl<S> Slot<S> {
-    pub fn new(seq: usize, job: Job, sampler: Option<S>) -> Self {
+    pub fn new(seq: usize, mut job: Job, sampler: Option<S>) -> Self {
         let stop = StopMatcher::new(&job.sampling.stop);
+        let constraint = job.prompt.constraint.take();
         Self {
             seq,
             job,
@@ -61,6 +65,7 @@ impl<S> Slot<S> {
             position: 0,
             waiting_for: None,
             sampler,
+            constraint,
             utf8: Utf8Stream::default(),
             stop,
             text: String::new(),
@@ -118,6 +123,11 @@ impl<S> Slot<S> {
         self.send_if_due(now);
         if step.stopped {
             return Progress::Finished(FinishReason::StopSequence);
+        }
+        // A complete structured output can only be followed by an end token: end it now rather than
+        // spend a forward pass computing that token.
+        if self.constraint.as_ref().is_some_and(Constraint::is_complete) {
+            return Progress::Finished(FinishReason::Eos);
         }
         if self.generated >= self.job.prompt.max_tokens {
             return Progress::Finished(FinishReason::Length);

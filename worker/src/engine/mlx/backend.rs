@@ -9,9 +9,11 @@
 use mlx_rs::Array;
 use modelpool::SamplingParams;
 use modelpool::tokenizer::Tokenizer;
+use toktrie::SimpleVob;
 
 use super::model::{KvCache, MlxLlama};
 use crate::engine::backend::{Backend, Run};
+use crate::engine::constraint::masked;
 use crate::engine::prefix_cache::ReusePolicy;
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::argmax;
@@ -104,10 +106,19 @@ impl Backend for MlxBackend<'_> {
         Ok(())
     }
 
-    fn sample(&mut self, sampler: Option<&mut SeededSampler>, row: usize) -> i32 {
+    fn sample(&mut self, sampler: Option<&mut SeededSampler>, row: usize, allowed: Option<&SimpleVob>) -> i32 {
+        let masked_row;
+        let logits = match allowed {
+            Some(allowed) => {
+                masked_row = masked(self.row(row), allowed);
+                &masked_row[..]
+            }
+            None => self.row(row),
+        };
         match sampler {
-            Some(sampler) => sampler.sample(self.row(row)),
-            None => argmax(self.row(row)),
+            // The sampler leaves out tokens whose logit is not finite.
+            Some(sampler) => sampler.sample(logits),
+            None => argmax(logits),
         }
     }
 
