@@ -34,7 +34,9 @@ pub(crate) fn llama_build_name(binary: &std::path::Path) -> String {
     } else if dir == "build" {
         "portable".into()
     } else if dir == "build-release" {
-        match loaded_modules().get(&binary.parent().map(Path::to_path_buf).unwrap_or_default()) {
+        let folder = binary.parent().map(Path::to_path_buf).unwrap_or_default();
+        let known = loaded_modules().get(&folder).cloned();
+        match known.or_else(|| ask_cpu_module(&folder)) {
             Some(module) => format!("release, {module} module chosen at start"),
             None => "release, every CPU variant".into(),
         }
@@ -57,6 +59,17 @@ pub(crate) fn note_cpu_module(binary: &std::path::Path, log: &str) {
     if let (Some(module), Some(dir)) = (loaded_cpu_module(log), binary.parent()) {
         loaded_modules().insert(dir.to_path_buf(), module);
     }
+}
+
+/// The CPU module the programs in `folder` load here, from `llama-bench --list-devices` there (the one
+/// program of the folder that logs it without a model; llama-server logs it only at a verbosity that
+/// would also log every request). Asked once per folder.
+fn ask_cpu_module(folder: &std::path::Path) -> Option<String> {
+    let bench = folder.join("llama-bench");
+    let output = std::process::Command::new(&bench).arg("--list-devices").stdin(std::process::Stdio::null()).output().ok()?;
+    note_cpu_module(&bench, &String::from_utf8_lossy(&output.stderr));
+    note_cpu_module(&bench, &String::from_utf8_lossy(&output.stdout));
+    loaded_modules().get(folder).cloned()
 }
 
 /// The CPU module named by ggml's "load_backend: loaded CPU backend from …/libggml-cpu-NAME.so".

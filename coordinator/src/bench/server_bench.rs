@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name, note_cpu_module};
+use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use crate::scheduler::SchedulerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -245,25 +245,13 @@ impl LlamaServer {
             command.args(["-np", &np.to_string()]);
         }
         command.args(extra);
-        let mut child = command
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        // Its log is read for the CPU module a build with every variant loads (named in the report), and
-        // drained so that it never blocks on a full pipe.
-        if let Some(stderr) = child.stderr.take() {
-            let binary = binary.to_path_buf();
-            tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt;
-                let mut lines = tokio::io::BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    note_cpu_module(&binary, &line);
-                }
-            });
-        }
         let mut server = Self { child, url: format!("http://{host}:{port}") };
         server.wait_ready().await?;
         Ok(server)
