@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Renders the Helm chart (deploy/helm/modelpool) with the README's values and checks it offline:
+# Renders the Helm chart (deploy/helm/modelpool) with the values docs/deployment.md uses and checks it offline:
 # `helm lint`, then every rendered object against the Kubernetes 1.37 schemas (strict: unknown fields
 # fail), then every flag the chart passes to the daemons against their own --help. A deliberately broken
 # object must fail validation, so a validator that passes everything is caught. Tools pinned in
@@ -24,10 +24,10 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 chart=deploy/helm/modelpool
 
-# The values the README's install commands use (a throwaway token: the real one comes from --set-file).
+# The values docs/deployment.md's install commands use (a throwaway token: the real one comes from --set-file).
 token=0123456789abcdef-not-a-secret
 "$helm" lint --strict "$chart" --set secrets.token=$token >&2
-# The README's install command, with `template` for `install` (files as `echo` writes them: a newline
+# docs/deployment.md's install command, with `template` for `install` (files as `echo` writes them: a newline
 # at the end, which the chart trims from the token).
 echo "$token" > "$out/token.txt"
 printf 'app-key-0123456789abcdef\nsecond-app-key-0123456789\n' > "$out/api-keys.txt"

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Checks the layout the README promises, so that it stays true as the code moves:
+"""Checks the layout ARCHITECTURE.md promises, so that it stays true as the code moves:
 
 1. No import circles between the modules of a crate (`use crate::a` in b and `use crate::b` in a, or a
    longer loop). A parent and its own submodules may name each other; doc comments and tests are not
    imports.
-2. The "Where things live" map in the README names every source file of every crate, and every file
+2. The "Where things live" map in ARCHITECTURE.md names every source file of every crate, and every file
    it names exists.
 
 Exits non-zero with what is wrong. Standard library only."""
@@ -133,7 +133,7 @@ def check_map(readme):
     for crate in CRATES:
         lines = sections.get(crate)
         if lines is None:
-            problems.append(f"README map: no section for {crate}/")
+            problems.append(f"ARCHITECTURE.md map: no section for {crate}/")
             continue
         files, folders = named_files(lines)
         present = set(source_files(crate))
@@ -142,7 +142,7 @@ def check_map(readme):
             exists = named in present or named in basenames or any(p.endswith("/" + named) for p in present)
             # A file the crate's line mentions at the repository's root (build.rs).
             if not exists and not os.path.exists(os.path.join(ROOT, named)):
-                problems.append(f"README map names {crate}/{named}, which does not exist")
+                problems.append(f"ARCHITECTURE.md map names {crate}/{named}, which does not exist")
         # mod.rs, lib.rs and main.rs say nothing alone: they count only with their folder.
         named_basenames = {os.path.basename(f) for f in files} - {"mod.rs", "lib.rs", "main.rs"}
         # A folder stands for its files only when the map names none of them one by one.
@@ -155,7 +155,7 @@ def check_map(readme):
                 or any(relative.startswith(folder + "/") for folder in whole_folders)
             )
             if not covered:
-                problems.append(f"README map does not name {crate}/{relative}")
+                problems.append(f"ARCHITECTURE.md map does not name {crate}/{relative}")
     return problems
 
 
@@ -164,13 +164,13 @@ def main():
     for crate in CRATES:
         for component in circles(module_edges(crate)):
             problems.append(f"{crate}: import circle between {', '.join(component)}")
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "ARCHITECTURE.md"), encoding="utf-8") as f:
         problems += check_map(f.read())
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"structure: no import circles in {len(CRATES)} crates; the README map names every source file")
+    print(f"structure: no import circles in {len(CRATES)} crates; the ARCHITECTURE.md map names every source file")
     return 0
 
 

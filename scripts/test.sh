@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The tests: sets up, checks the layout the README promises (scripts/structure-check.py: no import
-# circles between modules, the README's map names every source file), builds every binary
+# The tests: sets up, checks the formatting (cargo fmt) and the layout ARCHITECTURE.md promises
+# (scripts/structure-check.py: no import circles between modules, its map names every source file),
+# builds every binary
 # (integration tests start real worker processes), runs the whole workspace's tests in release mode
 # (llama.cpp is built once, optimised, for both), then the Python tests (the official openai client against a real pool) in .venv. The MLX reference fixtures
 # (pinned Python mlx-lm in a venv, model folders and mlx-lm's answers) are built first, cached. Last,
@@ -8,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+cargo fmt --all --check
 python3 scripts/structure-check.py
 cargo build --release --workspace --bins
 MODELPOOL_MLX_FIXTURES=$(scripts/mlx-fixture.sh --dir)

@@ -128,7 +128,7 @@ pub fn mib(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    /// Hardening finding 13: heartbeats, Info and /metrics read memory on the async runtime (a /proc
+    /// Hardening Heartbeats, Info and /metrics read memory on the async runtime (a /proc
     /// read per call). They read the gauge instead, which touches /proc only on its own thread: 64 MiB
     /// touched after it started do not show until its next sample, though a fresh read sees them.
     #[cfg(target_os = "linux")]

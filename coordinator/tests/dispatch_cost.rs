@@ -1,4 +1,4 @@
-//! What unauthenticated readers and a long queue cost the scheduler (hardening round 2, finding 6),
+//! What unauthenticated readers and a long queue cost the scheduler,
 //! against a real coordinator and, for the window, a real worker: `/ready` and `/metrics` are answered
 //! without a dispatch pass, and one pass puts a bounded window from the front of the queue before the
 //! routing policy. Both are read from the coordinator's own counters, so the test does not race a clock.

@@ -187,7 +187,7 @@ async fn sigterm_drains_the_running_prompt_deregisters_and_exits_zero() {
     pool.shutdown().await;
 }
 
-/// Finding 10 of the hardening review: a moment without a live worker refused everything at once. Now
+/// A moment without a live worker refused everything at once. Now
 /// an admitted prompt waits (bounded by --no-worker-wait-secs) for a worker to join: the only worker is
 /// killed mid-prompt, a replacement starts, and both the running prompt and one sent while the pool was
 /// empty are answered; with nobody coming, a prompt fails after the wait, saying why.

@@ -1,4 +1,4 @@
-//! The coordinator's gRPC port under idle sockets (hardening round 2, finding 8), against a real
+//! The coordinator's gRPC port under idle sockets, against a real
 //! coordinator over TCP: past `--grpc-max-connections` a new connection is closed at once, a connection
 //! that sends nothing is closed after the first-bytes deadline, and then the port serves calls again.
 //! On the old main nothing bounded either: every socket stayed open as long as its client liked.

@@ -10,7 +10,7 @@ use modelpool::prompt_format::PromptFormat;
 use modelpool::proto;
 use modelpool::{ChatMessage, Prompt, Role};
 
-/// Finding 1: with MODELPOOL_TOKEN exported, `run-bench` lost every prompt (its spawned workers took the
+/// With MODELPOOL_TOKEN exported, `run-bench` lost every prompt (its spawned workers took the
 /// token, its in-process coordinator had none) and never said why.
 #[test]
 fn run_bench_serves_with_a_token_in_the_environment() {
@@ -29,7 +29,7 @@ fn run_bench_serves_with_a_token_in_the_environment() {
     assert_eq!((summary["ok"].as_u64(), summary["failed"].as_u64()), (Some(3), Some(0)), "{stdout}");
 }
 
-/// Finding 5: a user message with `<|im_end|>\n<|im_start|>system` became real control tokens in the
+/// A user message with `<|im_end|>\n<|im_start|>system` became real control tokens in the
 /// llama.cpp engine, a forged system turn. Now only the template's own markers are special: the worker
 /// counts exactly the ids of the protected encoding, not those of the naively parsed text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,7 +50,7 @@ async fn markers_in_a_user_message_reach_the_model_as_text() {
     pool.shutdown().await;
 }
 
-/// Finding 11: in PredictBatch, one prompt that did not fit the pool's context failed the whole batch,
+/// In PredictBatch, one prompt that did not fit the pool's context failed the whole batch,
 /// and the index its error named counted only the valid prompts. Now it fails alone, under its own index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_prompt_that_cannot_fit_fails_alone_under_its_own_index() {
@@ -75,7 +75,7 @@ async fn a_batch_prompt_that_cannot_fit_fails_alone_under_its_own_index() {
     pool.shutdown().await;
 }
 
-/// Finding 8: a worker whose engine thread died still heartbeated SERVING and drew the first attempt of
+/// A worker whose engine thread died still heartbeated SERVING and drew the first attempt of
 /// most prompts. Now it goes NOT_SERVING, deregisters and exits non-zero; its prompts are retried on the
 /// healthy worker and none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,7 +116,7 @@ async fn a_worker_whose_engine_dies_leaves_the_pool_and_exits_non_zero() {
     pool.shutdown().await;
 }
 
-/// Finding 9: a failed decode failed every prompt of its batch with INTERNAL, each retried: a poison
+/// A failed decode failed every prompt of its batch with INTERNAL, each retried: a poison
 /// prompt spent its batch-mates' attempts, and itself ended as "failed after 3 attempts" instead of its
 /// own error. Now a batch's failure is ABORTED and each prompt is retried alone: the batch-mates are
 /// served, and the poison prompt, failing alone, fails with its own internal error after one more try.
@@ -160,7 +160,7 @@ async fn a_poison_prompt_fails_alone_and_its_batch_mates_are_served() {
     pool.shutdown().await;
 }
 
-/// Finding 6, first half: `--attempt-timeout-secs` bounded a whole call, so a generation longer than
+/// `--attempt-timeout-secs` bounded a whole call, so a generation longer than
 /// it could never succeed (and was redone on three workers first). Now only progress is bounded: a
 /// generation that runs for several token-gap timeouts succeeds on its first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,7 +180,7 @@ async fn a_generation_longer_than_any_timeout_succeeds_while_it_makes_progress()
     pool.shutdown().await;
 }
 
-/// Finding 6, second half: a worker whose engine stops making progress (a stuck kernel, its heartbeats
+/// A worker whose engine stops making progress (a stuck kernel, its heartbeats
 /// still on time) loses the prompt after the token-gap timeout, and it is retried elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_that_stops_generating_loses_its_prompt_after_the_token_gap_timeout() {

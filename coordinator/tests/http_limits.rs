@@ -51,7 +51,7 @@ async fn coordinator_with(limits: HttpLimits) -> LocalCoordinator {
     LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap()
 }
 
-/// Finding 12: a client that sent part of its headers and then nothing held its connection forever.
+/// A client that sent part of its headers and then nothing held its connection forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let limits = HttpLimits { header_read_timeout: Duration::from_secs(1), ..HttpLimits::default() };
@@ -62,7 +62,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     coordinator.stop().await;
 }
 
-/// Finding 12: open connections had no limit. One over the limit is answered 503 and closed while every
+/// Open connections had no limit. One over the limit is answered 503 and closed while every
 /// open one has a request in flight (here: bodies that never finish), and those requests end at the body
 /// deadline with 408, which frees their places.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +98,7 @@ async fn connections_over_the_limit_get_503_while_every_one_is_busy() {
     coordinator.stop().await;
 }
 
-/// Hardening round 2, finding 1: sockets that send nothing held their places forever (the header
+/// Sockets that send nothing held their places forever (the header
 /// deadline only started with a first byte), so 600 of them answered every probe of /health with 503.
 /// Now at the limit a new connection takes the place of the one idle the longest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,7 @@ async fn idle_sockets_never_lock_out_a_health_probe() {
 /// The HTTP/2 connection preface and an empty SETTINGS frame: what a client sends before its first request.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-/// Hardening round 2, finding 1: the header deadline did not cover a connection that sent no byte, nor
+/// The header deadline did not cover a connection that sent no byte, nor
 /// one that spoke HTTP/2 (its preface, then nothing). Both now close at the header deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_http2_connections_close_at_the_header_deadline() {
@@ -140,7 +140,7 @@ async fn silent_and_http2_connections_close_at_the_header_deadline() {
     coordinator.stop().await;
 }
 
-/// Hardening round 2, finding 1: after a keep-alive request the connection stays only for the idle limit.
+/// After a keep-alive request the connection stays only for the idle limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_connection_closes_after_the_idle_limit() {
     let limits = HttpLimits { idle_timeout: Duration::from_secs(1), ..HttpLimits::default() };
@@ -153,7 +153,7 @@ async fn a_kept_alive_connection_closes_after_the_idle_limit() {
     coordinator.stop().await;
 }
 
-/// Hardening round 2, finding 4: an HTTP/2 client that holds its stream's window at 0 keeps a healthy
+/// An HTTP/2 client that holds its stream's window at 0 keeps a healthy
 /// socket, so the write deadline never fired; the stream's task waited in a send and the prompt ran to
 /// `max_tokens`. Now a stream that takes no data for the stall limit is dropped and its prompt cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -191,7 +191,7 @@ async fn an_http2_stream_held_at_a_zero_window_is_dropped_and_its_prompt_cancell
     pool.shutdown().await;
 }
 
-/// Finding 12: an SSE client that stopped reading held its stream's task, and its prompt ran to the end.
+/// An SSE client that stopped reading held its stream's task, and its prompt ran to the end.
 /// Now the write deadline drops the connection and the prompt is cancelled on the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_streaming_client_that_stops_reading_is_dropped_and_its_prompt_cancelled() {
@@ -221,7 +221,7 @@ async fn a_streaming_client_that_stops_reading_is_dropped_and_its_prompt_cancell
     pool.shutdown().await;
 }
 
-/// Finding 12: a streaming client that left while its prompt waited in the queue still had the prompt
+/// A streaming client that left while its prompt waited in the queue still had the prompt
 /// dispatched and prefilled. Now it is dropped from the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_queued_prompt_whose_streaming_client_left_is_never_run() {
@@ -255,7 +255,7 @@ async fn a_queued_prompt_whose_streaming_client_left_is_never_run() {
     pool.shutdown().await;
 }
 
-/// Finding 3: with a certificate the HTTP API is HTTPS (the gRPC port's identity); plaintext to it gets
+/// With a certificate the HTTP API is HTTPS (the gRPC port's identity); plaintext to it gets
 /// no answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_serves_https_with_the_grpc_certificate() {
@@ -296,7 +296,7 @@ async fn the_http_api_serves_https_with_the_grpc_certificate() {
     let answer = read_until_closed(&mut plain, Duration::from_secs(15)).await.unwrap_or_default();
     assert!(!answer.starts_with("HTTP/1.1 200"), "plaintext got an answer: {answer}");
 
-    // Hardening round 2, finding 1: a client that finished the handshake and then sent nothing held
+    // A client that finished the handshake and then sent nothing held
     // its connection forever. It is now closed at the header deadline (1 s here) from connecting.
     let started = Instant::now();
     let tcp = TcpStream::connect(&host).await.unwrap();
@@ -308,7 +308,7 @@ async fn the_http_api_serves_https_with_the_grpc_certificate() {
     coordinator.stop().await;
 }
 
-/// Finding 3: a daemon with a token on a non-loopback address would have served the HTTP API in
+/// A daemon with a token on a non-loopback address would have served the HTTP API in
 /// plaintext (the token in the clear). It now refuses to start, unless asked for it explicitly.
 #[test]
 fn a_plaintext_http_api_with_a_token_on_the_network_is_refused() {
@@ -336,7 +336,7 @@ fn a_plaintext_http_api_with_a_token_on_the_network_is_refused() {
     assert!(line.starts_with("MODELPOOL_COORDINATOR_LISTENING"), "{line}");
 }
 
-/// Hardening round 2, finding 8: `"stream": null`, which OpenAI's API takes as "not streamed", was
+/// `"stream": null`, which OpenAI's API takes as "not streamed", was
 /// refused with 400. Now it is an ordinary unstreamed completion, through a real worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_null_stream_flag_means_not_streamed() {

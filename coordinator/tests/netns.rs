@@ -57,7 +57,7 @@ fn three_namespaced_hosts_one_link_cut_every_prompt_answered_once_and_the_host_r
     assert!(output.status.success(), "multihost failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
 
-    // Closed by default (hardening finding 2): a token made for the run, which every worker was given
+    // Closed by default: a token made for the run, which every worker was given
     // (a worker without it could not have registered with this coordinator).
     assert_eq!(report["pool_token"], "generated for this run", "{report}");
 

@@ -130,7 +130,7 @@ async fn invalid_requests_are_refused_by_both_daemons_naming_the_field() {
     stops.sampling.as_mut().unwrap().stop = (0..9).map(|i| format!("stop{i}")).collect();
     let mut not_utf8 = chat("", 8);
     not_utf8.input = Some(proto::predict_request::Input::Prompt(vec![b'h', b'i', 0xff, 0xfe]));
-    // Hardening round 2, finding 8: ids are logged, and a newline in one forged log lines.
+    // Ids are logged, and a newline in one forged log lines.
     let mut forged_id = chat("hi", 8);
     forged_id.request_id = "r1\n{\"level\":\"ERROR\"}".into();
     let cases = [

@@ -1,4 +1,4 @@
-//! What waiting prompts may cost the coordinator (hardening round 2, finding 3), against a real
+//! What waiting prompts may cost the coordinator, against a real
 //! coordinator and, where the pool's context matters, a real worker: the queue is bounded in bytes as
 //! well as in prompts (429 with Retry-After past it), and a prompt whose text alone cannot fit a slot is
 //! refused at admission, before it queues, from the bound the workers' tokenizers give.

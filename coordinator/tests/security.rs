@@ -96,7 +96,7 @@ async fn every_link_can_run_over_tls() {
     pool.shutdown().await;
 }
 
-/// Finding 4 (hardening): one token opened both the client API and membership, so an application could
+/// One token opened both the client API and membership, so an application could
 /// join as a worker. With `--api-keys-file`, applications hold keys that open the client API only, and
 /// the pool token only lets workers join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -154,7 +154,7 @@ async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
     let http = |key: &str| http_as(format!("Bearer {key}"));
     assert!(http(KEY).await.starts_with("HTTP/1.1 200"));
     assert!(http(SECRET).await.starts_with("HTTP/1.1 401"));
-    // HTTP's scheme names are case-insensitive (hardening round 2, finding 8): `bearer` is a Bearer.
+    // HTTP's scheme names are case-insensitive: `bearer` is a Bearer.
     assert!(http_as(format!("bearer {KEY}")).await.starts_with("HTTP/1.1 200"));
     // The status page's data is behind the keys too; the page itself holds none, and asks for a key.
     assert!(get_as("/status.json", format!("Bearer {KEY}")).await.starts_with("HTTP/1.1 200"));
@@ -165,7 +165,7 @@ async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
     coordinator.stop().await;
 }
 
-/// Finding 4: a token holder could register a worker claiming 4294967295 slots (drawing nearly every
+/// A token holder could register a worker claiming 4294967295 slots (drawing nearly every
 /// prompt) or a 1-token context (failing every prompt at admission), and deregister any worker whose id
 /// ListWorkers shows. Claims are now bounded, and only the registering instance (its lease) may
 /// heartbeat or deregister.
@@ -196,7 +196,7 @@ async fn register_claims_are_bounded_and_only_the_registrant_may_leave_or_heartb
     pool.shutdown().await;
 }
 
-/// Hardening round 2, finding 5: a token holder who read a worker's address and instance in
+/// A token holder who read a worker's address and instance in
 /// ListWorkers re-registered them and so replaced the live worker: a new id and lease of its own, the
 /// real worker's heartbeats refused, the old entry's attempts and prefix-index entries orphaned. A live
 /// registration is now never replaced, and a claim's context per slot is bounded (the prefix index
@@ -231,7 +231,7 @@ async fn a_live_registration_cannot_be_taken_over_and_context_claims_are_bounded
     pool.shutdown().await;
 }
 
-/// Finding 4: optional mutual TLS for workers. With `--tls-worker-ca`, membership calls need a client
+/// Optional mutual TLS for workers. With `--tls-worker-ca`, membership calls need a client
 /// certificate that CA signed: the worker presents its own and joins; a token holder without one cannot
 /// register, though it may still call the client API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -265,7 +265,7 @@ async fn with_a_worker_ca_only_workers_with_its_certificates_join() {
     pool.shutdown().await;
 }
 
-/// Hardening round 2, finding 2: `--api-keys-file` without a worker secret left membership open (a
+/// `--api-keys-file` without a worker secret left membership open (a
 /// worker with no token registered and was sent prompts). `coordinator serve` now refuses to start so,
 /// naming the flags that fix it, and starts with a token beside the keys.
 #[test]

@@ -178,7 +178,7 @@ fn ssh_hosts_are_provisioned_by_checksum_and_serve_through_a_cut_link_and_a_kill
     let owner = std::fs::metadata(&model).unwrap();
     let (uid, gid) = (std::os::unix::fs::MetadataExt::uid(&owner), std::os::unix::fs::MetadataExt::gid(&owner));
     std::os::unix::fs::chown(&partial, Some(uid), Some(gid)).unwrap();
-    // With the operator's token (hardening round 2, finding 8): no process on this machine, the
+    // With the operator's token: no process on this machine, the
     // hosts' sshd sessions and workers included, ever shows it on its command line; the old multihost
     // passed it to every worker as `--token` on the ssh command line.
     let token = "operator-token-0123456789abcdef";

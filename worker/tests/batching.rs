@@ -79,7 +79,7 @@ async fn a_full_queue_refuses_at_once_and_over_context_is_invalid() {
     let status = worker.client.clone().predict(chat(&"word ".repeat(300), 100)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("no room to generate"), "a prompt filling the slot: {}", status.message());
-    // Hardening round 2, finding 8: a megabyte that can never fit is refused from the tokenizer's bound
+    // A megabyte that can never fit is refused from the tokenizer's bound
     // on bytes per token, before the tokenizer runs; the old worker tokenized it first (its refusal
     // gave the exact token count).
     let status = worker.client.clone().predict(chat(&"a".repeat(1_000_000), 8)).await.unwrap_err();

@@ -74,7 +74,7 @@ async fn streams_what_unary_returns_and_reports_itself() {
     worker.stop().await;
 }
 
-/// Hardening round 2, finding 8: the worker's port bounds its connections (`--max-connections`), in
+/// The worker's port bounds its connections (`--max-connections`), in
 /// number (past the limit a new one is closed at once) and in silence (one that sends nothing is closed
 /// after the first-bytes deadline); the coordinator's connection, which speaks, keeps working. On the
 /// old main idle sockets stayed open for as long as their clients liked.
