@@ -164,7 +164,7 @@ fn chat(seed: u64, k: u64, builtin: &[Vec<ChatMessage>]) -> Vec<ChatMessage> {
         return prompt.clone();
     }
     let k = k - builtin.len() as u64;
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         workload::extraction_chat(&passage(seed, k / 2))
     } else {
         let f = facts(start(seed) + k / 2);

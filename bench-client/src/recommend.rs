@@ -91,8 +91,7 @@ mod tests {
     }
 
     fn batched(name: &str, workers: usize, slots: u32, tokens_per_s: f64, latency_ms: f64, pss_mib: u64) -> ScenarioRun {
-        let mut memory = crate::memory::PoolMemory::default();
-        memory.peak_pool_pss_bytes = pss_mib << 20;
+        let memory = crate::memory::PoolMemory { peak_pool_pss_bytes: pss_mib << 20, ..Default::default() };
         ScenarioRun {
             cpu_kernels: Vec::new(),
             name: name.into(),

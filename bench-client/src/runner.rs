@@ -179,7 +179,7 @@ pub async fn run_open_loop(
         let due = start + std::time::Duration::from_secs_f64(at);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(due).await;
-            let late = ms(tokio::time::Instant::now().saturating_duration_since(due).into());
+            let late = ms(tokio::time::Instant::now().saturating_duration_since(due));
             target.send(&request, index, late, progress.as_ref()).await
         }));
     }

@@ -35,7 +35,7 @@ impl ModelNames {
     /// unless strict; then it must be an alias, a model's file or folder name (the extension may be left
     /// out), its path as the worker was given it, or the model's own name. With no worker registered
     /// there is nothing to check against: the scheduler's answer (wait, or no workers) decides.
-    pub fn accepts<'a>(&self, requested: &str, workers: &[&'a WorkerDescription]) -> bool {
+    pub fn accepts(&self, requested: &str, workers: &[&WorkerDescription]) -> bool {
         if !self.strict || workers.is_empty() || self.aliases.iter().any(|alias| alias == requested) {
             return true;
         }

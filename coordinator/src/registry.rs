@@ -306,9 +306,9 @@ mod tests {
         let mut registry = Registry::default();
         let a = registry.register(info(1, 1), String::new(), now).unwrap();
         let b = registry.register(info(2, 1), String::new(), now).unwrap();
-        assert_eq!(pick(&registry, &[a.clone()]), Some(b.clone()));
+        assert_eq!(pick(&registry, std::slice::from_ref(&a)), Some(b.clone()));
         registry.get_mut(&b).unwrap().in_flight = 1;
-        assert_eq!(pick(&registry, &[a.clone()]), None, "b is busy but untried: wait for it");
+        assert_eq!(pick(&registry, std::slice::from_ref(&a)), None, "b is busy but untried: wait for it");
         assert_eq!(pick(&registry, &[a.clone(), b.clone()]), Some(a));
     }
 

@@ -96,6 +96,9 @@ struct Job {
     last_error: Option<PoolError>,
 }
 
+// Commands move through the actor's channel one at a time; boxing the large ones would add an
+// allocation to every attempt for no saving.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Register {
         report: WorkerReport,

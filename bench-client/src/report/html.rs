@@ -15,8 +15,11 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// One row of a bar chart: its label, a value per series, and an optional (min, max) whisker.
+pub type BarRow = (String, Vec<f64>, Option<(f64, f64)>);
+
 /// Horizontal bars, one group per row, one bar per series; an optional (min, max) whisker on the first.
-pub fn bar_chart(title: &str, unit: &str, series: &[&str], rows: &[(String, Vec<f64>, Option<(f64, f64)>)]) -> String {
+pub fn bar_chart(title: &str, unit: &str, series: &[&str], rows: &[BarRow]) -> String {
     let max = rows.iter().flat_map(|(_, values, range)| values.iter().copied().chain(range.map(|r| r.1))).fold(0.0f64, f64::max).max(1e-9);
     let group = BAR_HEIGHT * series.len() as f64 + 8.0;
     let height = 40.0 + group * rows.len() as f64 + 24.0;

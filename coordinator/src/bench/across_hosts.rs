@@ -207,7 +207,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
     let mut best: Option<(&Path, f64)> = None;
     let mut builds_not_run = Vec::new();
     for binary in &args.llama_server {
-        let servers = match start_servers(&hosts, binary, &model, threads, args.ctx_per_slot, &llama_server_args(&args)).await {
+        let servers = match start_servers(&hosts, binary, &model, threads, args.ctx_per_slot, &llama_server_args(args)).await {
             Ok(servers) => servers,
             Err(error) => {
                 eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
@@ -234,7 +234,7 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
     let mut kernels: Vec<String> = Vec::new();
     for &workload in &args.workloads {
         // Fresh servers and pool per workload: one workload's caches do not help the next.
-        let servers = start_servers(&hosts, server_binary, &model, threads, args.ctx_per_slot, &llama_server_args(&args)).await?;
+        let servers = start_servers(&hosts, server_binary, &model, threads, args.ctx_per_slot, &llama_server_args(args)).await?;
         let pool = HostPool::start(args, &hosts, net, &worker_bin, &model, threads).await?;
         add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let server_name = format!("{count} llama-servers");

@@ -18,6 +18,9 @@ use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
 use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name, note_cpu_module};
 use crate::scheduler::SchedulerConfig;
 
+/// A llama.cpp build and the figure it reached.
+type BuildFigure = (PathBuf, f64);
+
 #[derive(Debug, clap::Args)]
 pub struct EngineBenchArgs {
     /// Threads for the worker and for llama-bench. Default: all cores.
@@ -139,7 +142,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     };
     let (mut llama, mut single, mut slots1, mut batched, mut unified) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Each llama-bench figure from the build fastest at it on this machine.
-    let (mut tg_build, mut pp_build): (Option<(PathBuf, f64)>, Option<(PathBuf, f64)>) = (None, None);
+    let (mut tg_build, mut pp_build): (Option<BuildFigure>, Option<BuildFigure>) = (None, None);
     for binary in &args.llama_bench {
         match (llama_bench(binary, &model, threads, args.max_tokens), llama_bench_pp(binary, &model, threads)) {
             (Ok(tg), Ok(pp)) => {

@@ -167,10 +167,10 @@ fn prompt(i: usize, max_tokens: u32) -> proto::PredictRequest {
 
 /// Sends `requests` at once, each on its own task; each result with its latency (None: no answer in
 /// the bound).
-fn fire(
-    client: &CoordinatorClient<AuthChannel>,
-    requests: Vec<proto::PredictRequest>,
-) -> tokio::task::JoinHandle<Vec<(Option<Result<proto::PredictResponse, tonic::Status>>, Duration)>> {
+/// One fired prompt: its answer (none past the bound) and how long it took.
+type Answer = (Option<Result<proto::PredictResponse, tonic::Status>>, Duration);
+
+fn fire(client: &CoordinatorClient<AuthChannel>, requests: Vec<proto::PredictRequest>) -> tokio::task::JoinHandle<Vec<Answer>> {
     let tasks: Vec<_> = requests
         .into_iter()
         .map(|request| {
@@ -192,10 +192,7 @@ fn fire(
     })
 }
 
-async fn collect(
-    row: &mut DrillRow,
-    fired: tokio::task::JoinHandle<Vec<(Option<Result<proto::PredictResponse, tonic::Status>>, Duration)>>,
-) {
+async fn collect(row: &mut DrillRow, fired: tokio::task::JoinHandle<Vec<Answer>>) {
     for (outcome, latency) in fired.await.unwrap_or_default() {
         row.record(outcome, latency);
     }

@@ -135,7 +135,7 @@ impl WorkerProcess {
 
     fn launched(launcher: &[String], spec: &WorkerSpec) -> Command {
         let worker = worker_command(spec);
-        let command = match launcher.split_first() {
+        match launcher.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
                 command.args(args).args(&worker);
@@ -146,8 +146,7 @@ impl WorkerProcess {
                 command.args(&worker[1..]);
                 command
             }
-        };
-        command
+        }
     }
 
     /// On another machine through `ssh` (the ssh arguments, ending with the target): the remote side

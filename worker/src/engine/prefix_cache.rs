@@ -151,7 +151,7 @@ impl PrefixCache {
         // new call of the same program keeps the preamble, and what it drops (the last call's own text)
         // is not asked for again, so copying the whole sequence out would buy nothing.
         let lost = old.tokens.len().saturating_sub(kept);
-        self.displaced = (self.enabled && lost >= MIN_USEFUL_PREFIX && lost * 2 > old.tokens.len()).then(|| Displaced {
+        self.displaced = (self.enabled && lost >= MIN_USEFUL_PREFIX && lost * 2 > old.tokens.len()).then_some(Displaced {
             seq: placement.seq,
             tokens: old.tokens,
             prompt_len: old.prompt.len(),

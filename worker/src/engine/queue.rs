@@ -146,7 +146,9 @@ pub fn forward_failed(sequences: usize, error: impl std::fmt::Display) -> PoolEr
     }
 }
 
-/// What an engine thread gets when it asks its queue for work.
+/// What an engine thread gets when it asks its queue for work. Returned by value and matched at once,
+/// never stored, so the size of its job variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum NextJob {
     Job(Job),
     /// Nothing is waiting (only when not blocking).
