@@ -58,10 +58,6 @@ impl ResponseFormat {
         Some(schema)
     }
 
-    pub fn is_text(&self) -> bool {
-        matches!(self, Self::Text)
-    }
-
     /// About the bytes this format holds in memory while its request waits, for the queue's byte bound:
     /// a parsed schema keeps every node in a map or a vector, some four times its text.
     pub fn approximate_bytes(&self) -> usize {

@@ -91,14 +91,15 @@ impl Constraint {
     }
 }
 
+/// Whether `allowed` lets token `id` through; ids past the grammar's vocabulary (a model's padding
+/// rows) never are.
+pub fn allows(allowed: &SimpleVob, id: usize) -> bool {
+    id < allowed.len() && allowed.is_allowed(id as u32)
+}
+
 /// `logits` with every token `allowed` does not allow taken out (negative infinity).
 pub fn masked(logits: &[f32], allowed: &SimpleVob) -> Vec<f32> {
-    let limit = allowed.len();
-    logits
-        .iter()
-        .enumerate()
-        .map(|(id, &logit)| if id < limit && allowed.is_allowed(id as u32) { logit } else { f32::NEG_INFINITY })
-        .collect()
+    logits.iter().enumerate().map(|(id, &logit)| if allows(allowed, id) { logit } else { f32::NEG_INFINITY }).collect()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use toktrie::SimpleVob;
 
 use super::sampler::sampler_for;
 use crate::engine::backend::{Backend, Run};
-use crate::engine::constraint::masked;
+use crate::engine::constraint::{allows, masked};
 use crate::engine::prefix_cache::ReusePolicy;
 use crate::engine::slot::argmax;
 
@@ -124,7 +124,7 @@ impl Backend for LlamaBackend<'_> {
                 let candidates = logits
                     .iter()
                     .enumerate()
-                    .filter(|&(id, _)| id < allowed.len() && allowed.is_allowed(id as u32))
+                    .filter(|&(id, _)| allows(allowed, id))
                     .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0));
                 let mut candidates = LlamaTokenDataArray::from_iter(candidates, false);
                 candidates.apply_sampler(sampler);
