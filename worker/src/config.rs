@@ -9,7 +9,7 @@ use modelpool::request::limits;
 use crate::engine::EngineKind;
 use crate::engine::batch_loop::PassShape;
 pub use crate::engine::llama::cpu_variant::VariantRequest as CpuVariantRequest;
-use crate::engine::llama::{KvCacheType, cpu_variant};
+use crate::engine::llama::{KvCacheType, SlidingWindowCache, cpu_variant};
 
 /// One worker process: loads one model and serves the gRPC Worker service (Predict, PredictStream, Info).
 #[derive(Debug, Parser)]
@@ -81,6 +81,13 @@ pub struct Args {
     /// served, it measured slower than float16 here (server-bench 2026-12-04). Needs flash attention.
     #[arg(long, value_enum, default_value_t = KvCacheType::F16)]
     pub kv_cache_type: KvCacheType,
+    /// llama.cpp, models with sliding-window attention layers (Gemma 2 and 3, ...): `full` keeps every
+    /// position in those layers too (llama.cpp's library default), so any cached prefix can be reused;
+    /// `window` keeps about the window plus one batch (llama-server's default), far less memory on long
+    /// contexts, but a prefix whose window was overwritten by a longer request is computed again.
+    /// No effect on other models.
+    #[arg(long, value_enum, default_value_t = SlidingWindowCache::Full)]
+    pub sliding_window_cache: SlidingWindowCache,
     /// Compute every prompt in full: no reuse of the keys and values a slot kept from an earlier
     /// request with the same prefix (for measuring what the prefix cache buys).
     #[arg(long)]
@@ -146,6 +153,8 @@ pub struct Config {
     pub flash_attention: bool,
     /// llama.cpp: the cached keys' and values' type.
     pub kv_cache_type: KvCacheType,
+    /// llama.cpp: how much of a sliding-window layer's keys and values a slot keeps.
+    pub sliding_window_cache: SlidingWindowCache,
     /// Reuse a slot's cached keys and values for prompts sharing their prefix (see engine::prefix_cache).
     pub prefix_cache: bool,
     /// Bytes of host memory for the prompt store (0: off).
@@ -187,6 +196,7 @@ impl Default for Config {
             kv_unified: false,
             flash_attention: true,
             kv_cache_type: KvCacheType::F16,
+            sliding_window_cache: SlidingWindowCache::Full,
             prefix_cache: true,
             prompt_store_bytes: u64::from(modelpool::DEFAULT_PROMPT_CACHE_MIB) << 20,
             mlx_dense: false,
@@ -254,6 +264,9 @@ impl TryFrom<&Args> for Config {
                 return bad("kv-cache-type", "a quantized cache needs flash attention (llama.cpp quantizes values only there)");
             }
         }
+        if args.sliding_window_cache != SlidingWindowCache::Full && args.engine != EngineKind::Llama {
+            return bad("sliding-window-cache", "is for --engine llama (the MLX engine does not load sliding-window models)");
+        }
         if let Some(model) = &args.model {
             if model.is_dir() && args.engine == EngineKind::Llama {
                 return bad(
@@ -281,6 +294,7 @@ impl TryFrom<&Args> for Config {
             kv_unified,
             flash_attention: !args.no_flash_attention,
             kv_cache_type: args.kv_cache_type,
+            sliding_window_cache: args.sliding_window_cache,
             prefix_cache: !args.no_prefix_cache,
             // Nothing is reused without the prefix cache, so nothing is worth keeping.
             prompt_store_bytes: if args.no_prefix_cache { 0 } else { u64::from(args.prompt_cache_mib) << 20 },
@@ -308,6 +322,15 @@ mod tests {
 
     fn config(flags: &[&str]) -> Result<Config, ConfigError> {
         Config::try_from(&Args::parse_from(std::iter::once("worker").chain(flags.iter().copied())))
+    }
+
+    #[test]
+    fn a_window_sized_cache_is_asked_for_and_only_of_llama_cpp() {
+        assert_eq!(config(&[]).unwrap().sliding_window_cache, SlidingWindowCache::Full);
+        let window = config(&["--engine", "llama", "--sliding-window-cache", "window"]).unwrap();
+        assert_eq!(window.sliding_window_cache, SlidingWindowCache::Window);
+        let refused = config(&["--engine", "mlx", "--sliding-window-cache", "window"]).unwrap_err();
+        assert_eq!(refused.flag, "sliding-window-cache");
     }
 
     #[test]

@@ -173,6 +173,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 kv_unified: config.kv_unified,
                 flash_attention: config.flash_attention,
                 kv_cache_type: config.kv_cache_type,
+                sliding_window_cache: config.sliding_window_cache,
                 prefix_cache: config.prefix_cache,
                 prompt_store_bytes: config.prompt_store_bytes,
                 shape: config.shape,

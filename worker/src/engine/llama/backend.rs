@@ -75,12 +75,29 @@ pub(super) struct LlamaBackend<'m> {
     batch: LlamaBatch<'static>,
     /// The batch index of each logits row of the last pass.
     rows: Vec<i32>,
+    /// The attention window of the model's sliding-window layers, if it has them and names it.
+    sliding_window: Option<u32>,
 }
 
 impl<'m> LlamaBackend<'m> {
     /// `batch_tokens`: the most tokens one pass holds (llama.cpp's n_batch).
-    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, batch_tokens: usize) -> Self {
-        Self { model, context, batch: LlamaBatch::new(batch_tokens, 1), rows: Vec::new() }
+    pub fn new(model: &'m LlamaModel, context: LlamaContext<'m>, batch_tokens: usize, sliding_window: Option<u32>) -> Self {
+        Self { model, context, batch: LlamaBatch::new(batch_tokens, 1), rows: Vec::new(), sliding_window }
+    }
+}
+
+/// Whether a kept prefix of `reuse` positions, whose oldest cached position is `oldest` (-1: none;
+/// llama.cpp's `seq_pos_min`, which for a model with sliding-window layers is their cache's), still
+/// holds every key and value a token after it attends to. All of them when nothing was dropped. A
+/// window-sized cache overwrites positions that fell out of the window; the next token at `reuse`
+/// reads the positions after `reuse - window`, so those must all be there (llama-server's test, which
+/// keeps one more). With no
+/// window known, nothing dropped is the only safe answer.
+pub fn kept_prefix_serves(oldest: i32, reuse: usize, sliding_window: Option<u32>) -> bool {
+    match (oldest, sliding_window) {
+        (0, _) => true,
+        (oldest, Some(window)) if oldest > 0 => i64::from(oldest) <= reuse as i64 - i64::from(window),
+        _ => false,
     }
 }
 
@@ -155,11 +172,11 @@ impl Backend for LlamaBackend<'_> {
             let _ = self.context.copy_kv_cache_seq(source as i32, seq, None, None);
         }
         // Whatever this sequence held past the reused prefix must not leak into the new job. A kept
-        // prefix must also start at position 0: a cache that dropped older positions (a sliding window
-        // kept at its own size) would leave the new prompt's attention without keys and values it
-        // needs, and its text would silently change (llama-server checks `seq_pos_min` likewise).
+        // prefix must also hold what the new prompt's attention reads: a sliding window kept at its
+        // own size (`--sliding-window-cache window`) overwrites positions as a longer request goes
+        // on, and reusing what is left would silently change the text.
         let kept = matches!(self.context.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None), Ok(true));
-        if kept && (reuse == 0 || self.context.kv_cache_seq_pos_min(seq) == 0) {
+        if kept && (reuse == 0 || kept_prefix_serves(self.context.kv_cache_seq_pos_min(seq), reuse, self.sliding_window)) {
             reuse
         } else {
             let _ = self.context.clear_kv_cache_seq(Some(seq as u32), None, None);
@@ -201,6 +218,18 @@ impl Backend for LlamaBackend<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_prefix_is_reused_only_if_the_next_tokens_window_is_still_cached() {
+        assert!(kept_prefix_serves(0, 900, None), "nothing dropped");
+        assert!(kept_prefix_serves(0, 900, Some(32)));
+        assert!(kept_prefix_serves(500, 900, Some(32)), "the token at 900 reads positions 869..=900");
+        assert!(kept_prefix_serves(868, 900, Some(32)));
+        assert!(!kept_prefix_serves(869, 900, Some(32)), "llama-server's bound, with one position to spare");
+        assert!(!kept_prefix_serves(880, 900, Some(32)), "positions 869..880 are gone");
+        assert!(!kept_prefix_serves(500, 900, None), "dropped positions and no window known");
+        assert!(!kept_prefix_serves(-1, 900, Some(32)), "the window's cache holds nothing of the prefix");
+    }
 
     #[test]
     fn a_reuse_point_keeps_the_rest_of_its_chunk_on_the_same_kernel() {

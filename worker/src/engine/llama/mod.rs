@@ -39,6 +39,8 @@ pub struct LlamaConfig {
     pub flash_attention: bool,
     /// The cached keys' and values' type (float16 unless asked).
     pub kv_cache_type: KvCacheType,
+    /// See [`SlidingWindowCache`].
+    pub sliding_window_cache: SlidingWindowCache,
     /// Keep each slot's keys and values after its request for prompts that share their prefix.
     pub prefix_cache: bool,
     /// Host memory for saved sequences (the prompt store; 0: off).
@@ -50,6 +52,17 @@ pub struct LlamaConfig {
     /// Which CPU module to run, and the executable that probes it (see [`cpu_variant`]).
     pub cpu_variant: cpu_variant::VariantRequest,
     pub cpu_probe_exe: PathBuf,
+}
+
+/// What a slot keeps of a sliding-window attention layer (`--sliding-window-cache`; models without
+/// such layers are not affected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlidingWindowCache {
+    /// Every position, as in the other layers (llama.cpp's `swa_full`, its library default).
+    Full,
+    /// The window and one batch's worth (llama-server's default): positions that fall out of every
+    /// later token's window are overwritten.
+    Window,
 }
 
 /// The type of llama.cpp's cached keys and values (`--kv-cache-type`).
@@ -89,12 +102,20 @@ impl KvCacheType {
 /// without flash attention, and the MLX engine). `--no-flash-attention` gives float32 attention.
 ///
 /// Sliding-window layers keep every position (`swa_full`, llama.cpp's library default; llama-server
-/// turns it off to save memory): a reused prefix then holds all the keys and values a new prompt's
-/// window needs. With a window-sized cache, positions older than the window are dropped as decoding
-/// goes on, and a prefix kept for reuse could lack them ([`backend`]'s `start_sequence` checks anyway).
+/// turns it off to save memory; `--sliding-window-cache window` does too): a reused prefix then holds
+/// all the keys and values a new prompt's window needs. With a window-sized cache, positions older
+/// than the window are overwritten as a longer request goes on, and a prefix kept for reuse can lack
+/// them: [`backend`]'s `start_sequence` checks before reusing one.
 pub fn base_context_params(flash_attention: bool) -> LlamaContextParams {
     let params = LlamaContextParams::default().with_swa_full(true);
     if flash_attention { params } else { params.with_flash_attention_policy(0) }
+}
+
+/// The attention window of the model's sliding-window layers, when its GGUF names one
+/// (`ARCH.attention.sliding_window`).
+fn sliding_window(model: &LlamaModel) -> Option<u32> {
+    let architecture = model.meta_val_str("general.architecture").ok()?;
+    model.meta_val_str(&format!("{architecture}.attention.sliding_window")).ok()?.parse().ok().filter(|&w| w > 0)
 }
 
 /// Bytes one token's keys and values take in the KV cache, over all layers, in `kind`.
@@ -195,7 +216,8 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
         // prompts are long (measured; see --kv-layout).
         .with_kv_unified(config.kv_unified)
         .with_type_k(config.kv_cache_type.ggml())
-        .with_type_v(config.kv_cache_type.ggml());
+        .with_type_v(config.kv_cache_type.ggml())
+        .with_swa_full(config.sliding_window_cache == SlidingWindowCache::Full);
 
     let (queue, jobs) = JobQueue::new(config.queue_capacity, config.slots);
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -221,7 +243,7 @@ pub fn load(config: LlamaConfig) -> Result<ServedEngine, PoolError> {
                 }
             };
             let _ = started_tx.send(Ok(()));
-            let passes = backend::LlamaBackend::new(&loop_model, context, pass_tokens);
+            let passes = backend::LlamaBackend::new(&loop_model, context, pass_tokens, sliding_window(&loop_model));
             BatchLoop::new(passes, &loop_counters, settings).run(jobs);
         })
         .map_err(|e| PoolError::Internal(format!("spawning the engine thread: {e}")))?;
