@@ -9,10 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p worker -p coordinator
+cargo build --release -p worker -p coordinator -p lab
 portable=$(scripts/build-llama-tool.sh llama-bench portable)
 native=$(scripts/build-llama-tool.sh llama-bench native)
 release=$(scripts/build-llama-tool.sh llama-bench release)
 llama_batched_bench=$(scripts/build-llama-tool.sh llama-batched-bench)
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" engine-bench --llama-bench "$portable" --llama-bench "$native" --llama-bench "$release" \
+exec "${CARGO_TARGET_DIR:-target}/release/lab" engine-bench --llama-bench "$portable" --llama-bench "$native" --llama-bench "$release" \
   --llama-batched-bench "$llama_batched_bench" "$@"

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >&2
-cargo build --release -p worker -p coordinator >&2
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" fault-drill "$@"
+cargo build --release -p worker -p coordinator -p lab >&2
+exec "${CARGO_TARGET_DIR:-target}/release/lab" fault-drill "$@"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >&2
-cargo build --release -p worker -p coordinator >&2
+cargo build --release -p worker -p coordinator -p lab >&2
 folder=$(scripts/mlx-fixture.sh)
 python=$(scripts/mlx-fixture.sh --python)
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" mlx-bench --model "$folder" --python "$python" --runner scripts/mlx/mlx_lm_runner.py "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/lab" mlx-bench --model "$folder" --python "$python" --runner scripts/mlx/mlx_lm_runner.py "$@"

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p worker -p coordinator -p bench-client
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" run-bench "$@"
+cargo build --release -p worker -p coordinator -p lab -p bench-client
+exec "${CARGO_TARGET_DIR:-target}/release/lab" run-bench "$@"

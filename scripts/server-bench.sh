@@ -12,11 +12,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p worker -p coordinator
+cargo build --release -p worker -p coordinator -p lab
 portable=$(scripts/build-llama-tool.sh llama-server portable)
 native=$(scripts/build-llama-tool.sh llama-server native)
 release=$(scripts/build-llama-tool.sh llama-server release)
 # Beside it, the one program of that build that says which CPU module ggml loads here (named in the report).
 scripts/build-llama-tool.sh llama-bench release >/dev/null
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" server-bench --llama-server "$portable" --llama-server "$native" \
+exec "${CARGO_TARGET_DIR:-target}/release/lab" server-bench --llama-server "$portable" --llama-server "$native" \
   --llama-server "$release" "$@"

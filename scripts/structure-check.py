@@ -14,7 +14,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRATES = ["src", "worker/src", "coordinator/src", "bench-client/src"]
+CRATES = ["src", "model-input/src", "worker/src", "coordinator/src", "lab/src", "bench-client/src", "test-support/src"]
 
 
 def source_files(crate):

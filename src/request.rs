@@ -1,5 +1,7 @@
-//! Validated prediction requests: what a worker or the coordinator accepts, converted from the wire type
-//! once, at the edge. Every refusal names the field and the limit.
+//! Validated prediction requests: what a worker or the coordinator accepts. Each door builds the domain
+//! request from what it received (the gRPC message here, OpenAI's JSON in the coordinator's `openai`
+//! module), and [`PredictRequest::validate`] is the one set of rules for both. Every refusal names the
+//! field, as the gRPC message calls it, and the limit.
 
 use crate::error::PoolError;
 use crate::proto;
@@ -50,7 +52,8 @@ impl Role {
         }
     }
 
-    fn parse(role: &str, index: usize) -> Result<Self, PoolError> {
+    /// A message's role by name; a refusal names `chat.messages[index].role`.
+    pub fn parse(role: &str, index: usize) -> Result<Self, PoolError> {
         match role {
             "system" => Ok(Role::System),
             "user" => Ok(Role::User),
@@ -143,107 +146,140 @@ impl PredictRequest {
     }
 }
 
+impl PredictRequest {
+    /// The rules every prompt passes, whichever door it came through: its id, its prompt's size and
+    /// content, and its sampling parameters' ranges. (A structured-output schema is checked when its
+    /// [`ResponseFormat`] is made.)
+    pub fn validate(self) -> Result<Self, PoolError> {
+        check_request_id(&self.request_id)?;
+        match &self.prompt {
+            Prompt::Chat(messages) => check_chat(messages)?,
+            Prompt::Raw(text) => check_raw(text)?,
+        }
+        self.sampling.check()?;
+        Ok(self)
+    }
+}
+
+fn check_request_id(id: &str) -> Result<(), PoolError> {
+    if id.len() > limits::MAX_REQUEST_ID_BYTES {
+        return Err(PoolError::invalid("request_id", format!("{} bytes, limit {}", id.len(), limits::MAX_REQUEST_ID_BYTES)));
+    }
+    // Ids are logged as given: a newline or an escape sequence in one would forge or garble log lines.
+    if let Some((at, _)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(PoolError::invalid("request_id", format!("a control character at byte {at}: ids must be printable")));
+    }
+    Ok(())
+}
+
+fn check_chat(messages: &[ChatMessage]) -> Result<(), PoolError> {
+    if messages.is_empty() {
+        return Err(PoolError::invalid("chat.messages", "empty: give at least one message"));
+    }
+    if messages.len() > limits::MAX_MESSAGES {
+        return Err(PoolError::invalid("chat.messages", format!("{} messages, limit {}", messages.len(), limits::MAX_MESSAGES)));
+    }
+    let total: usize = messages.iter().map(|m| m.content.len()).sum();
+    if total > limits::MAX_PROMPT_BYTES {
+        return Err(PoolError::invalid("chat.messages", format!("{total} bytes of content, limit {}", limits::MAX_PROMPT_BYTES)));
+    }
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(PoolError::invalid("chat.messages", "every message is empty"));
+    }
+    Ok(())
+}
+
+fn check_raw(text: &str) -> Result<(), PoolError> {
+    if text.len() > limits::MAX_PROMPT_BYTES {
+        return Err(PoolError::invalid("prompt", format!("{} bytes, limit {}", text.len(), limits::MAX_PROMPT_BYTES)));
+    }
+    if text.trim().is_empty() {
+        return Err(PoolError::invalid("prompt", "empty"));
+    }
+    Ok(())
+}
+
+impl SamplingParams {
+    fn check(&self) -> Result<(), PoolError> {
+        if self.max_tokens == 0 {
+            return Err(PoolError::invalid("sampling.max_tokens", "0; must be at least 1"));
+        }
+        let temperature = self.temperature;
+        if !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature) {
+            return Err(PoolError::invalid("sampling.temperature", format!("{temperature} is outside [0, {}]", limits::MAX_TEMPERATURE)));
+        }
+        let top_p = self.top_p;
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(PoolError::invalid("sampling.top_p", format!("{top_p} is outside (0, 1]")));
+        }
+        if self.top_k > limits::MAX_TOP_K {
+            return Err(PoolError::invalid("sampling.top_k", format!("{}, limit {}", self.top_k, limits::MAX_TOP_K)));
+        }
+        if self.stop.len() > limits::MAX_STOP_STRINGS {
+            return Err(PoolError::invalid("sampling.stop", format!("{} strings, limit {}", self.stop.len(), limits::MAX_STOP_STRINGS)));
+        }
+        for (i, stop) in self.stop.iter().enumerate() {
+            if stop.is_empty() || stop.len() > limits::MAX_STOP_BYTES {
+                return Err(PoolError::invalid(
+                    format!("sampling.stop[{i}]"),
+                    format!("{} bytes; must be 1 to {}", stop.len(), limits::MAX_STOP_BYTES),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The gRPC door: the message's fields moved into the domain request (absent ones take the
+/// defaults), then [`PredictRequest::validate`]. The wire's `run_alone` is the scheduler's retry tool,
+/// not something a client may ask, and is dropped here.
 impl TryFrom<proto::PredictRequest> for PredictRequest {
     type Error = PoolError;
 
     fn try_from(request: proto::PredictRequest) -> Result<Self, PoolError> {
-        if request.request_id.len() > limits::MAX_REQUEST_ID_BYTES {
-            return Err(PoolError::invalid(
-                "request_id",
-                format!("{} bytes, limit {}", request.request_id.len(), limits::MAX_REQUEST_ID_BYTES),
-            ));
-        }
-        // Ids are logged as given: a newline or an escape sequence in one would forge or garble log lines.
-        if let Some((at, _)) = request.request_id.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(PoolError::invalid("request_id", format!("a control character at byte {at}: ids must be printable")));
-        }
         let prompt = match request.input {
             None => return Err(PoolError::invalid("input", "missing: set chat or prompt")),
             Some(proto::predict_request::Input::Chat(chat)) => Prompt::Chat(chat_messages(chat)?),
             Some(proto::predict_request::Input::Prompt(bytes)) => Prompt::Raw(raw_prompt(bytes)?),
         };
         let sampling = sampling_params(request.sampling.unwrap_or_default())?;
-        Ok(Self { request_id: request.request_id, prompt, sampling })
+        PredictRequest { request_id: request.request_id, prompt, sampling }.validate()
     }
 }
 
 fn chat_messages(chat: proto::ChatMessages) -> Result<Vec<ChatMessage>, PoolError> {
-    if chat.messages.is_empty() {
-        return Err(PoolError::invalid("chat.messages", "empty: give at least one message"));
-    }
+    // Counted before the roles are read: a list far past the limit is refused without walking it.
     if chat.messages.len() > limits::MAX_MESSAGES {
         return Err(PoolError::invalid("chat.messages", format!("{} messages, limit {}", chat.messages.len(), limits::MAX_MESSAGES)));
     }
-    let total: usize = chat.messages.iter().map(|m| m.content.len()).sum();
-    if total > limits::MAX_PROMPT_BYTES {
-        return Err(PoolError::invalid("chat.messages", format!("{total} bytes of content, limit {}", limits::MAX_PROMPT_BYTES)));
-    }
-    let messages = chat
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| Ok(ChatMessage { role: Role::parse(&m.role, i)?, content: m.content }))
-        .collect::<Result<Vec<_>, PoolError>>()?;
-    if messages.iter().all(|m| m.content.trim().is_empty()) {
-        return Err(PoolError::invalid("chat.messages", "every message is empty"));
-    }
-    Ok(messages)
+    chat.messages.into_iter().enumerate().map(|(i, m)| Ok(ChatMessage { role: Role::parse(&m.role, i)?, content: m.content })).collect()
 }
 
 fn raw_prompt(bytes: Vec<u8>) -> Result<String, PoolError> {
     if bytes.len() > limits::MAX_PROMPT_BYTES {
         return Err(PoolError::invalid("prompt", format!("{} bytes, limit {}", bytes.len(), limits::MAX_PROMPT_BYTES)));
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        PoolError::invalid("prompt", format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()))
-    })?;
-    if text.trim().is_empty() {
-        return Err(PoolError::invalid("prompt", "empty"));
-    }
-    Ok(text)
+    String::from_utf8(bytes)
+        .map_err(|e| PoolError::invalid("prompt", format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to())))
 }
 
 fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, PoolError> {
     let defaults = SamplingParams::default();
-    let max_tokens = params.max_tokens.unwrap_or(defaults.max_tokens);
-    if max_tokens == 0 {
-        return Err(PoolError::invalid("sampling.max_tokens", "0; must be at least 1"));
-    }
-    let temperature = params.temperature.unwrap_or(defaults.temperature);
-    if !(0.0..=limits::MAX_TEMPERATURE).contains(&temperature) {
-        return Err(PoolError::invalid("sampling.temperature", format!("{temperature} is outside [0, {}]", limits::MAX_TEMPERATURE)));
-    }
-    let top_p = params.top_p.unwrap_or(defaults.top_p);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(PoolError::invalid("sampling.top_p", format!("{top_p} is outside (0, 1]")));
-    }
-    let top_k = params.top_k.unwrap_or(defaults.top_k);
-    if top_k > limits::MAX_TOP_K {
-        return Err(PoolError::invalid("sampling.top_k", format!("{top_k}, limit {}", limits::MAX_TOP_K)));
-    }
-    if params.stop.len() > limits::MAX_STOP_STRINGS {
-        return Err(PoolError::invalid("sampling.stop", format!("{} strings, limit {}", params.stop.len(), limits::MAX_STOP_STRINGS)));
-    }
-    for (i, stop) in params.stop.iter().enumerate() {
-        if stop.is_empty() || stop.len() > limits::MAX_STOP_BYTES {
-            return Err(PoolError::invalid(
-                format!("sampling.stop[{i}]"),
-                format!("{} bytes; must be 1 to {}", stop.len(), limits::MAX_STOP_BYTES),
-            ));
-        }
-    }
     Ok(SamplingParams {
-        max_tokens,
-        temperature,
-        top_p,
-        top_k,
-        seed: params.seed.unwrap_or(0),
+        max_tokens: params.max_tokens.unwrap_or(defaults.max_tokens),
+        temperature: params.temperature.unwrap_or(defaults.temperature),
+        top_p: params.top_p.unwrap_or(defaults.top_p),
+        top_k: params.top_k.unwrap_or(defaults.top_k),
+        seed: params.seed.unwrap_or(defaults.seed),
         stop: params.stop,
-        ignore_eos: params.ignore_eos.unwrap_or(false),
-        strict_max_tokens: params.strict_max_tokens.unwrap_or(false),
+        ignore_eos: params.ignore_eos.unwrap_or(defaults.ignore_eos),
+        strict_max_tokens: params.strict_max_tokens.unwrap_or(defaults.strict_max_tokens),
         response_format: response_format(params.response_format)?,
     })
 }
+
+/// Where a refusal of a structured-output schema points.
+pub const SCHEMA_FIELD: &str = "sampling.response_format.json_schema";
 
 fn response_format(format: Option<proto::ResponseFormat>) -> Result<ResponseFormat, PoolError> {
     use proto::response_format::Format;
@@ -251,15 +287,15 @@ fn response_format(format: Option<proto::ResponseFormat>) -> Result<ResponseForm
         None | Some(Format::JsonObject(false)) => Ok(ResponseFormat::Text),
         Some(Format::JsonObject(true)) => Ok(ResponseFormat::JsonObject),
         Some(Format::JsonSchema(text)) => {
-            const FIELD: &str = "sampling.response_format.json_schema";
+            // Bounded before it is parsed; ResponseFormat::json_schema bounds the parsed schema again.
             if text.len() > crate::response_format::MAX_SCHEMA_BYTES {
                 return Err(PoolError::invalid(
-                    FIELD,
+                    SCHEMA_FIELD,
                     format!("{} bytes of schema, limit {}", text.len(), crate::response_format::MAX_SCHEMA_BYTES),
                 ));
             }
-            let schema = serde_json::from_str(&text).map_err(|e| PoolError::invalid(FIELD, format!("not JSON: {e}")))?;
-            ResponseFormat::json_schema(schema).map_err(|reason| PoolError::invalid(FIELD, reason))
+            let schema = serde_json::from_str(&text).map_err(|e| PoolError::invalid(SCHEMA_FIELD, format!("not JSON: {e}")))?;
+            ResponseFormat::json_schema(schema).map_err(|reason| PoolError::invalid(SCHEMA_FIELD, reason))
         }
     }
 }

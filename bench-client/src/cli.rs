@@ -201,7 +201,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if let Some((input, output)) = args.prompt.synthetic_shape()? {
         let model = std::path::Path::new(&info.model_path);
         anyhow::ensure!(model.exists(), "--synthetic needs the model to count tokens; {} is not on this host", info.model_path);
-        let format = modelpool::prompt_format::PromptFormat::load(model)?;
+        let format = model_input::prompt_format::PromptFormat::load(model)?;
         prompts = workload::synthetic(&format.tokenizer, input, output, args.num_prompts)?;
     }
 

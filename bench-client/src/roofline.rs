@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use modelpool::gguf::GgufFile;
+use model_input::gguf::GgufFile;
 
 /// What one decode step reads, from the GGUF's tensor table and hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -19,7 +19,7 @@ pub struct ModelTraffic {
 }
 
 impl ModelTraffic {
-    pub fn from_gguf(path: &Path) -> Result<Self, modelpool::gguf::GgufError> {
+    pub fn from_gguf(path: &Path) -> Result<Self, model_input::gguf::GgufError> {
         let file = GgufFile::open(path)?;
         let arch = file.str("general.architecture")?.to_string();
         let key = |name: &str| file.u64(&format!("{arch}.{name}"));
@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn the_default_model_reads_its_weights_and_kv() {
-        let path = modelpool::model_cache::ensure_default_model().unwrap();
+        let path = model_input::model_cache::ensure_default_model().unwrap();
         let traffic = ModelTraffic::from_gguf(&path).unwrap();
         // 135M parameters at ~4.5 bits plus the tied Q8_0 embedding: 90-100 MB per step
         assert!((85_000_000..100_000_000).contains(&traffic.weight_bytes), "{traffic:?}");

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use modelpool::tokenizer::Tokenizer;
+use model_input::tokenizer::Tokenizer;
 use modelpool::{ChatMessage, PoolError, PredictRequest, Prompt, Role, SamplingParams};
 
 /// The system prompt of the extraction task, as the original DSPy program phrases it in spirit.
@@ -186,8 +186,8 @@ mod tests {
 
     #[test]
     fn synthetic_prompts_have_the_exact_token_count() {
-        let path = modelpool::model_cache::ensure_default_model().unwrap();
-        let tokenizer = Tokenizer::from_gguf(&modelpool::gguf::GgufFile::open(&path).unwrap()).unwrap();
+        let path = model_input::model_cache::ensure_default_model().unwrap();
+        let tokenizer = Tokenizer::from_gguf(&model_input::gguf::GgufFile::open(&path).unwrap()).unwrap();
         let requests = synthetic(&tokenizer, 100, 32, 3).unwrap();
         assert_eq!(requests.len(), 3);
         let Prompt::Raw(text) = &requests[0].prompt else { panic!("a raw prompt") };

@@ -1,13 +1,13 @@
-//! Where every prompt enters the pool, whichever door it came through (gRPC or the HTTP API): the wire
-//! request becomes the domain [`PredictRequest`] (validated with the same rules as a worker's; past this
-//! point the coordinator sees no proto request), is given an id if it has none, is made strict about
-//! max_tokens when the coordinator is (`--strict-max-tokens`), and a refusal is counted.
+//! Where every prompt enters the pool, whichever door it came through (gRPC or the HTTP API): each door
+//! has made the domain [`PredictRequest`] from what it received (validated by the same
+//! [`PredictRequest::validate`] as a worker's); here it is given an id if it has none and made strict
+//! about max_tokens when the coordinator is (`--strict-max-tokens`), or its refusal is counted and named
+//! for its place in a batch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use modelpool::proto;
 use modelpool::{PoolError, PredictRequest};
 
 use crate::metrics::CoordinatorMetrics;
@@ -24,11 +24,11 @@ impl Admission {
         Self { next_id: AtomicU64::new(1), metrics, strict_max_tokens }
     }
 
-    /// Validates one prompt; `field` prefixes the field a refusal names (`requests[3]` in a batch).
-    /// A prompt without an id gets `r<N>`. The wire's `run_alone` is dropped here: running alone is the
-    /// scheduler's retry tool (it idles the worker's other slots), not something a client may ask.
-    pub fn admit(&self, wire: proto::PredictRequest, field: &str, started: Instant) -> Result<PredictRequest, PoolError> {
-        match PredictRequest::try_from(wire) {
+    /// Admits one prompt as its door made it (`request`: the door's conversion and validation);
+    /// `field` prefixes the field a refusal names (`requests[3]` in a batch). A prompt without an id
+    /// gets `r<N>`.
+    pub fn admit(&self, request: Result<PredictRequest, PoolError>, field: &str, started: Instant) -> Result<PredictRequest, PoolError> {
+        match request {
             Ok(mut request) => {
                 if request.request_id.is_empty() {
                     request.request_id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -68,35 +68,37 @@ mod tests {
     #[test]
     fn ids_are_given_once_and_refusals_name_the_prompt() {
         let admission = Admission::new(Arc::new(CoordinatorMetrics::default()), false);
-        let chat = |text: &str| proto::PredictRequest::from(&PredictRequest::user(text, 4));
-        let first = admission.admit(chat("a"), "", Instant::now()).unwrap();
-        let second = admission.admit(chat("b"), "", Instant::now()).unwrap();
+        let chat = |text: &str| modelpool::proto::PredictRequest::from(&PredictRequest::user(text, 4));
+        let admit = |wire, field| admission.admit(PredictRequest::try_from(wire), field, Instant::now());
+        let first = admit(chat("a"), "").unwrap();
+        let second = admit(chat("b"), "").unwrap();
         assert_ne!(first.request_id, second.request_id);
         assert_eq!(first.sampling.max_tokens, 4);
         let mut named = chat("c");
         named.request_id = "mine".into();
         named.run_alone = true;
-        let named = admission.admit(named, "", Instant::now()).unwrap();
+        let named = admit(named, "").unwrap();
         assert_eq!(named.request_id, "mine");
         // The client's run_alone has nowhere to go: the domain request has no such field, and only the
         // scheduler sets it on the wire (Job.run_alone), so it needs no assertion here.
         let mut bad = chat("d");
         bad.sampling.as_mut().unwrap().max_tokens = Some(0);
-        let error = admission.admit(bad, "requests[2]", Instant::now()).unwrap_err();
+        let error = admit(bad, "requests[2]").unwrap_err();
         assert!(error.to_string().contains("requests[2].sampling.max_tokens"), "{error}");
     }
 
     #[test]
     fn a_strict_coordinator_makes_every_prompt_strict_and_a_lenient_one_keeps_the_callers_choice() {
         let chat = |strict: Option<bool>| {
-            let mut wire = proto::PredictRequest::from(&PredictRequest::user("a", 4));
+            let mut wire = modelpool::proto::PredictRequest::from(&PredictRequest::user("a", 4));
             wire.sampling.as_mut().unwrap().strict_max_tokens = strict;
             wire
         };
         let strict = Admission::new(Arc::new(CoordinatorMetrics::default()), true);
         let lenient = Admission::new(Arc::new(CoordinatorMetrics::default()), false);
-        let admitted =
-            |admission: &Admission, strict| admission.admit(chat(strict), "", Instant::now()).unwrap().sampling.strict_max_tokens;
+        let admitted = |admission: &Admission, strict| {
+            admission.admit(PredictRequest::try_from(chat(strict)), "", Instant::now()).unwrap().sampling.strict_max_tokens
+        };
         assert!(admitted(&strict, None) && admitted(&strict, Some(false)));
         assert!(!admitted(&lenient, None) && admitted(&lenient, Some(true)));
     }

@@ -15,7 +15,6 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use modelpool::proto;
 use modelpool::{PoolError, PredictRequest};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -126,8 +125,8 @@ async fn chat_completions(State(state): State<Arc<HttpState>>, body: Result<Byte
     };
     let (model, stream, include_usage) = (request.model.clone(), request.sampling.stream, request.sampling.include_usage());
     // Consumed: while the prompt waits, the coordinator holds its text once (in the queued request).
-    let wire = request.into_proto();
-    complete(state, Kind::Chat, model, wire, stream, include_usage).await
+    let request = request.into_request();
+    complete(state, Kind::Chat, model, request, stream, include_usage).await
 }
 
 async fn completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -137,8 +136,8 @@ async fn completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, By
     };
     let (model, stream, include_usage) = (request.model.clone(), request.sampling.stream, request.sampling.include_usage());
     // Consumed: while the prompt waits, the coordinator holds its text once (in the queued request).
-    let wire = request.into_proto();
-    complete(state, Kind::Text, model, wire, stream, include_usage).await
+    let request = request.into_request();
+    complete(state, Kind::Text, model, request, stream, include_usage).await
 }
 
 /// Validates, admits and runs one prompt, as one JSON response or as server-sent events.
@@ -146,7 +145,7 @@ async fn complete(
     state: Arc<HttpState>,
     kind: Kind,
     model: Option<String>,
-    wire: Result<proto::PredictRequest, PoolError>,
+    request: Result<PredictRequest, PoolError>,
     stream: bool,
     include_usage: bool,
 ) -> Response {
@@ -154,14 +153,7 @@ async fn complete(
     if let Some(refusal) = unknown_model(&state, model.as_deref(), started).await {
         return refusal;
     }
-    let admitted = match wire {
-        // The caller's id is not taken from the API body: every HTTP prompt gets the coordinator's.
-        Ok(wire) => state.admission.admit(proto::PredictRequest { request_id: String::new(), ..wire }, "", started),
-        Err(error) => {
-            state.admission.refused(&error, started);
-            Err(error)
-        }
-    };
+    let admitted = state.admission.admit(request, "", started);
     let request = match admitted {
         Ok(request) => request,
         Err(error) => return error_response(&ApiError::from_pool(&error)),

@@ -48,7 +48,7 @@ impl OpenConnections {
 
     /// Takes a place for a new connection: a free one, or the place of the connection idle the longest
     /// (told to close). None when every place is busy with requests.
-    pub fn admit(self: &Arc<Self>) -> Option<Connection> {
+    pub fn take_place(self: &Arc<Self>) -> Option<Connection> {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if open.entries.len() >= self.limit {
             let idlest = open
@@ -173,15 +173,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn at_the_limit_the_longest_idle_connection_makes_room_and_busy_ones_never_do() {
         let open = OpenConnections::new(2);
-        let first = open.admit().unwrap();
+        let first = open.take_place().unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
-        let second = open.admit().unwrap();
+        let second = open.take_place().unwrap();
         let _request = second.request_started();
-        let third = open.admit().expect("the idle first connection makes room");
+        let third = open.take_place().expect("the idle first connection makes room");
         assert_eq!(open.len(), 2);
         tokio::time::timeout(Duration::from_millis(1), first.evicted()).await.expect("the first was told to close");
         let _busy = third.request_started();
-        assert!(open.admit().is_none(), "every place is busy with a request");
+        assert!(open.take_place().is_none(), "every place is busy with a request");
         drop((first, second, third));
         assert!(open.is_empty());
     }
@@ -189,7 +189,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_limits_count_from_the_last_request_and_never_while_one_is_in_flight() {
         let open = OpenConnections::new(4);
-        let connection = open.admit().unwrap();
+        let connection = open.take_place().unwrap();
         let started = Instant::now();
         connection.idle_too_long(Duration::from_secs(2), Duration::from_secs(60)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(2), "before a first request: the header deadline");

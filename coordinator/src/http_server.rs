@@ -101,7 +101,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(connection) = connections.admit() else {
+        let Some(connection) = connections.take_place() else {
             tokio::spawn(refuse(stream, acceptor.is_none(), limits.max_connections));
             continue;
         };

@@ -1,7 +1,6 @@
 //! The coordinator daemon: workers register and heartbeat; prompts are queued and handed to workers with
-//! free slots. The daemon is [`serve`] and the modules beside it; the experiment harness (`run-bench`,
-//! `engine-bench`, `overload-bench`, `multihost`) lives apart in [`bench`] and uses the daemon as any
-//! client would.
+//! free slots. The daemon is [`serve`] and the modules beside it; the experiments (`run-bench`, ...)
+//! are the `lab` crate's, which uses this library as any embedder would.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start a real coordinator on
 //! `127.0.0.1:0`.
@@ -9,7 +8,6 @@
 pub mod access;
 pub mod activity;
 pub mod admission;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;
@@ -20,6 +18,7 @@ pub mod model_names;
 pub mod openai;
 pub mod prefix_index;
 pub mod registry;
+pub mod retry;
 pub mod routing;
 pub mod scheduler;
 pub mod service;

@@ -1,9 +1,11 @@
 //! OpenAI's wire format, as far as the pool serves it: chat and text completion requests turned into the
-//! pool's own requests, responses, stream chunks and errors turned back. No I/O here; see `http`.
+//! pool's own requests (the domain [`PredictRequest`], checked by the same [`PredictRequest::validate`]
+//! as the gRPC door's), responses, stream chunks and errors turned back. No I/O here; see `http`.
 
-use modelpool::PoolError;
-use modelpool::proto;
+use modelpool::request::SCHEMA_FIELD;
 use modelpool::response::{FinishReason, PredictResponse};
+use modelpool::response_format::ResponseFormat;
+use modelpool::{ChatMessage, PoolError, PredictRequest, Prompt, Role, SamplingParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -112,7 +114,9 @@ pub struct CompletionRequest {
 pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
 
 impl Sampling {
-    fn to_proto(&self, default_max_tokens: Option<u32>) -> Result<proto::SamplingParams, PoolError> {
+    /// The pool's sampling parameters; what the request leaves out takes the pool's defaults
+    /// (`default_max_tokens` first for max_tokens).
+    fn to_params(&self, default_max_tokens: Option<u32>) -> Result<SamplingParams, PoolError> {
         if let Some(n) = self.n
             && n != 1
         {
@@ -123,16 +127,17 @@ impl Sampling {
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         };
-        Ok(proto::SamplingParams {
-            max_tokens: self.max_completion_tokens.or(self.max_tokens).or(default_max_tokens),
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed: self.seed,
+        let defaults = SamplingParams::default();
+        Ok(SamplingParams {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens).or(default_max_tokens).unwrap_or(defaults.max_tokens),
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            seed: self.seed.unwrap_or(defaults.seed),
             stop,
-            ignore_eos: self.ignore_eos,
+            ignore_eos: self.ignore_eos.unwrap_or(defaults.ignore_eos),
             // The coordinator's --strict-max-tokens decides it for API requests ([`crate::admission`]).
-            strict_max_tokens: None,
+            strict_max_tokens: false,
             response_format: response_format(self.response_format.as_ref())?,
         })
     }
@@ -144,33 +149,31 @@ impl Sampling {
 
 /// OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}` (llama-server also takes a
 /// `schema` beside it) or `{"type": "json_schema", "json_schema": {"name": …, "schema": {…}, "strict": …}}`.
-/// Strict or not, a schema is enforced: decoding cannot leave it. The schema itself is checked where the
-/// request is validated ([`modelpool::response_format`]).
-fn response_format(value: Option<&Value>) -> Result<Option<proto::ResponseFormat>, PoolError> {
-    use proto::response_format::Format;
-    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+/// Strict or not, a schema is enforced: decoding cannot leave it. The schema is checked (size, and
+/// whether it compiles) as its [`ResponseFormat`] is made.
+fn response_format(value: Option<&Value>) -> Result<ResponseFormat, PoolError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(ResponseFormat::Text) };
     const KINDS: &str = "one of text, json_object, json_schema";
     let kind =
         value.get("type").and_then(Value::as_str).ok_or_else(|| PoolError::invalid("response_format.type", format!("missing; {KINDS}")))?;
-    let format = match (kind, value.get("schema")) {
-        ("text", _) => return Ok(None),
-        ("json_object", None) => Format::JsonObject(true),
-        ("json_object", Some(schema)) => Format::JsonSchema(schema.to_string()),
-        ("json_schema", _) => {
-            let schema = value.get("json_schema").and_then(|s| s.get("schema")).ok_or_else(|| {
-                PoolError::invalid("response_format.json_schema.schema", "missing: the JSON Schema the output must match")
-            })?;
-            Format::JsonSchema(schema.to_string())
-        }
+    let schema = match (kind, value.get("schema")) {
+        ("text", _) => return Ok(ResponseFormat::Text),
+        ("json_object", None) => return Ok(ResponseFormat::JsonObject),
+        ("json_object", Some(schema)) => schema,
+        ("json_schema", _) => value
+            .get("json_schema")
+            .and_then(|s| s.get("schema"))
+            .ok_or_else(|| PoolError::invalid("response_format.json_schema.schema", "missing: the JSON Schema the output must match"))?,
         (other, _) => return Err(PoolError::invalid("response_format.type", format!("{other:?}; {KINDS}"))),
     };
-    Ok(Some(proto::ResponseFormat { format: Some(format) }))
+    ResponseFormat::json_schema(schema.clone()).map_err(|reason| PoolError::invalid(SCHEMA_FIELD, reason))
 }
 
 impl ChatCompletionRequest {
-    /// The wire request, built by moving the message texts out (no copy of a long prompt is kept).
-    pub fn into_proto(self) -> Result<proto::PredictRequest, PoolError> {
-        let sampling = self.sampling.to_proto(None)?;
+    /// The pool's request, built by moving the message texts out (no copy of a long prompt is kept),
+    /// validated.
+    pub fn into_request(self) -> Result<PredictRequest, PoolError> {
+        let sampling = self.sampling.to_params(None)?;
         let messages = self
             .messages
             .into_iter()
@@ -190,23 +193,19 @@ impl ChatCompletionRequest {
                     }
                 };
                 // OpenAI's newer name for the system role.
-                let role = if m.role == "developer" { "system".to_string() } else { m.role };
-                Ok(proto::ChatMessage { role, content })
+                let role = if m.role == "developer" { Role::System } else { Role::parse(&m.role, i)? };
+                Ok(ChatMessage { role, content })
             })
             .collect::<Result<Vec<_>, PoolError>>()?;
-        Ok(proto::PredictRequest {
-            request_id: String::new(),
-            input: Some(proto::predict_request::Input::Chat(proto::ChatMessages { messages })),
-            sampling: Some(sampling),
-            run_alone: false,
-        })
+        // The caller's id is not taken from the API body: every HTTP prompt gets the coordinator's.
+        PredictRequest { request_id: String::new(), prompt: Prompt::Chat(messages), sampling }.validate()
     }
 }
 
 impl CompletionRequest {
-    /// The wire request, built by moving the prompt out.
-    pub fn into_proto(self) -> Result<proto::PredictRequest, PoolError> {
-        let sampling = self.sampling.to_proto(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+    /// The pool's request, built by moving the prompt out, validated.
+    pub fn into_request(self) -> Result<PredictRequest, PoolError> {
+        let sampling = self.sampling.to_params(Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
         let prompt = match self.prompt {
             PromptInput::One(p) => p,
             PromptInput::Many(mut v) if v.len() == 1 => v.swap_remove(0),
@@ -214,12 +213,7 @@ impl CompletionRequest {
                 return Err(PoolError::invalid("prompt", format!("{} prompts; send one per request", v.len())));
             }
         };
-        Ok(proto::PredictRequest {
-            request_id: String::new(),
-            input: Some(proto::predict_request::Input::Prompt(prompt.into_bytes())),
-            sampling: Some(sampling),
-            run_alone: false,
-        })
+        PredictRequest { request_id: String::new(), prompt: Prompt::Raw(prompt), sampling }.validate()
     }
 }
 
@@ -383,21 +377,21 @@ mod tests {
         }))
         .unwrap();
         assert!(request.sampling.stream);
-        let wire = request.into_proto().unwrap();
-        let Some(proto::predict_request::Input::Chat(chat)) = &wire.input else { panic!("chat input") };
-        assert_eq!(chat.messages[0].role, "system");
-        assert_eq!(chat.messages[1].content, "Capital of France?");
-        let sampling = wire.sampling.unwrap();
-        assert_eq!((sampling.max_tokens, sampling.seed, sampling.stop), (Some(12), Some(3), vec!["\n".to_string()]));
+        let request = request.into_request().unwrap();
+        let Prompt::Chat(messages) = &request.prompt else { panic!("chat input") };
+        assert_eq!(messages[0].role, Role::System);
+        assert_eq!(messages[1].content, "Capital of France?");
+        let sampling = request.sampling;
+        assert_eq!((sampling.max_tokens, sampling.seed, sampling.stop), (12, 3, vec!["\n".to_string()]));
     }
 
     #[test]
     fn benchmark_extensions_pass_through_and_usage_names_cached_tokens() {
         let request: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "ignore_eos": true, "top_k": 5})).unwrap();
-        let sampling = request.into_proto().unwrap().sampling.unwrap();
-        assert_eq!((sampling.ignore_eos, sampling.top_k), (Some(true), Some(5)));
+        let sampling = request.into_request().unwrap().sampling;
+        assert_eq!((sampling.ignore_eos, sampling.top_k), (true, 5));
         let plain: CompletionRequest = serde_json::from_value(json!({"prompt": "a"})).unwrap();
-        assert_eq!(plain.into_proto().unwrap().sampling.unwrap().ignore_eos, None);
+        assert!(!plain.into_request().unwrap().sampling.ignore_eos);
         let response = PredictResponse { prompt_tokens: 100, completion_tokens: 5, cached_tokens: 90, ..Default::default() };
         assert_eq!(usage(&response)["prompt_tokens_details"]["cached_tokens"], 90);
         let envelope = Envelope { kind: Kind::Chat, id: "x".into(), created: 0, model: "m".into() };
@@ -409,37 +403,53 @@ mod tests {
     #[test]
     fn completions_default_to_sixteen_tokens_and_refuse_several_prompts_or_choices() {
         let one: CompletionRequest = serde_json::from_value(json!({"prompt": "Once upon"})).unwrap();
-        assert_eq!(one.into_proto().unwrap().sampling.unwrap().max_tokens, Some(16));
+        assert_eq!(one.into_request().unwrap().sampling.max_tokens, 16);
         let many: CompletionRequest = serde_json::from_value(json!({"prompt": ["a", "b"]})).unwrap();
-        assert_eq!(ApiError::from_pool(&many.into_proto().unwrap_err()).param.as_deref(), Some("prompt"));
+        assert_eq!(ApiError::from_pool(&many.into_request().unwrap_err()).param.as_deref(), Some("prompt"));
         let n: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "n": 2})).unwrap();
-        assert!(n.into_proto().unwrap_err().to_string().contains("n"));
+        assert!(n.into_request().unwrap_err().to_string().contains("n"));
     }
 
     #[test]
     fn response_formats_become_the_pools_and_bad_ones_name_their_field() {
-        use proto::response_format::Format;
         let format = |value: Value| {
             let request: ChatCompletionRequest =
                 serde_json::from_value(json!({"messages": [{"role": "user", "content": "hi"}], "response_format": value})).unwrap();
-            request.into_proto().map(|r| r.sampling.unwrap().response_format.and_then(|f| f.format))
+            request.into_request().map(|r| r.sampling.response_format)
         };
-        assert_eq!(format(json!({"type": "text"})).unwrap(), None);
-        assert_eq!(format(Value::Null).unwrap(), None);
-        assert_eq!(format(json!({"type": "json_object"})).unwrap(), Some(Format::JsonObject(true)));
+        assert_eq!(format(json!({"type": "text"})).unwrap(), ResponseFormat::Text);
+        assert_eq!(format(Value::Null).unwrap(), ResponseFormat::Text);
+        assert_eq!(format(json!({"type": "json_object"})).unwrap(), ResponseFormat::JsonObject);
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let expected = ResponseFormat::json_schema(schema.clone()).unwrap();
         let named = json!({"type": "json_schema", "json_schema": {"name": "a", "strict": true, "schema": schema}});
-        assert_eq!(format(named).unwrap(), Some(Format::JsonSchema(schema.to_string())));
+        assert_eq!(format(named).unwrap(), expected);
         // llama-server's form: a schema beside json_object.
-        assert_eq!(format(json!({"type": "json_object", "schema": schema})).unwrap(), Some(Format::JsonSchema(schema.to_string())));
+        assert_eq!(format(json!({"type": "json_object", "schema": schema})).unwrap(), expected);
         let field = |value: Value| match format(value).unwrap_err() {
-            PoolError::InvalidArgument { field, .. } => field,
+            PoolError::InvalidArgument { field, .. } => openai_param(&field),
             other => panic!("{other:?}"),
         };
         assert_eq!(field(json!({"type": "xml"})), "response_format.type");
         assert_eq!(field(json!({"json_schema": {}})), "response_format.type");
         assert_eq!(field(json!({"type": "json_schema", "json_schema": {"name": "a"}})), "response_format.json_schema.schema");
+        assert_eq!(
+            field(json!({"type": "json_schema", "json_schema": {"schema": {"type": "no such type"}}})),
+            "response_format.json_schema.schema"
+        );
         assert_eq!(openai_param("sampling.response_format.json_schema"), "response_format.json_schema.schema");
+    }
+
+    #[test]
+    fn the_api_door_validates_with_the_grpc_doors_rules() {
+        let chat = |body: Value| serde_json::from_value::<ChatCompletionRequest>(body).unwrap().into_request();
+        let param = |body: Value| ApiError::from_pool(&chat(body).unwrap_err()).param;
+        let hi = json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(param(json!({"messages": hi, "temperature": 3.0})).as_deref(), Some("temperature"));
+        assert_eq!(param(json!({"messages": hi, "max_tokens": 0})).as_deref(), Some("max_tokens"));
+        assert_eq!(param(json!({"messages": []})).as_deref(), Some("messages"));
+        assert_eq!(param(json!({"messages": [{"role": "robot", "content": "hi"}]})).as_deref(), Some("messages[0].role"));
+        assert_eq!(param(json!({"messages": [{"role": "user", "content": "  "}]})).as_deref(), Some("messages"));
     }
 
     #[test]

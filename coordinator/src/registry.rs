@@ -2,7 +2,10 @@
 //! last heard from. Plain data owned by the scheduler task; no locks, no I/O, so it is tested directly.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, as the scheduler's (tests can pause it).
+use tokio::time::Instant;
 
 use modelpool::PoolError;
 use modelpool::auth::constant_time_eq;

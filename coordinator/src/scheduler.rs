@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::context_fit::ContextFit;
@@ -17,13 +17,17 @@ use modelpool::request::Prompt;
 use modelpool::response::PredictResponse;
 use modelpool::{PoolError, PredictRequest};
 use tokio::sync::{mpsc, oneshot, watch};
+// Tokio's clock, so that tests can pause it where the scheduler waits (no-worker waits, heartbeats);
+// the same as the system's monotonic clock otherwise.
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::prefix_index::{PrefixIndex, capacity_for, prefix_key};
 use crate::registry::Registry;
+use crate::retry::{self, Decision, Tries};
 use crate::routing::{self, Candidate, Routing, Waiting};
-use crate::worker_client::{self, AfterFailure, ProgressTimeouts};
+use crate::worker_client::{self, ProgressTimeouts};
 
 /// How the scheduler behaves; see the `serve` flags for what each means.
 #[derive(Debug, Clone)]
@@ -77,7 +81,7 @@ pub use crate::worker_client::Pieces;
 /// A prompt accepted by the coordinator, waiting or running.
 struct Job {
     request: PredictRequest,
-    /// Ask the worker to run it with no other sequence beside it (see `worker_client::after_failure`).
+    /// Ask the worker to run it with no other sequence beside it (see `retry::after_failure`).
     run_alone: bool,
     /// The prompt's prefix key for routing (see `prefix_index`).
     key: Vec<u64>,
@@ -89,7 +93,7 @@ struct Job {
     /// Some text already went to the caller: a retry would repeat it, so a failure now is final.
     streamed: bool,
     attempts: u32,
-    /// Attempts that ended in an internal error (see `worker_client::after_failure`).
+    /// Attempts that ended in an internal error (see `retry::after_failure`).
     internal_errors: u32,
     tried: Vec<String>,
     accepted: Instant,
@@ -365,7 +369,7 @@ impl Actor {
                 false
             }
             Command::Submit { jobs, admitted } => {
-                let result = self.admit(jobs, now);
+                let result = self.enqueue(jobs, now);
                 let queued = result.is_ok();
                 let _ = admitted.send(result);
                 queued
@@ -377,7 +381,7 @@ impl Actor {
         }
     }
 
-    fn admit(&mut self, jobs: Vec<Submission>, now: Instant) -> Result<(), PoolError> {
+    fn enqueue(&mut self, jobs: Vec<Submission>, now: Instant) -> Result<(), PoolError> {
         // With no live worker, prompts wait (bounded, see `expire`) for one to join or come back, as a
         // restart or a frozen host's return takes seconds; only with no wait configured are they refused.
         if self.registry.live_count() == 0 && self.config.no_worker_wait.is_zero() {
@@ -503,7 +507,7 @@ impl Actor {
                 let _ = job.reply.send(Ok(response));
             }
             Err(status) => {
-                let worker_gone = worker_client::means_worker_may_be_dead(status.code());
+                let worker_gone = retry::means_worker_may_be_dead(status.code());
                 if let Some(entry) = entry {
                     entry.in_flight = entry.in_flight.saturating_sub(1);
                     entry.failed_attempts += 1;
@@ -519,33 +523,31 @@ impl Actor {
 
     fn retry_or_fail(&mut self, mut job: Job, worker_id: &str, status: tonic::Status) {
         let error = PoolError::from_status(&status);
-        let next = worker_client::after_failure(status.code(), job.internal_errors);
+        let tries = Tries { attempts: job.attempts, internal_errors: job.internal_errors, streamed: job.streamed };
         if status.code() == tonic::Code::Internal {
             job.internal_errors += 1;
         }
         if job.reply.is_closed() {
             return;
         }
-        if next == AfterFailure::Final || job.streamed {
-            let _ = job.reply.send(Err(error));
-            return;
+        match retry::decide(status.code(), error.clone(), tries, self.config.max_attempts) {
+            Decision::Fail(final_error) => {
+                if job.attempts >= self.config.max_attempts {
+                    warn!(request_id = %job.request.request_id, attempts = job.attempts, %error, "prompt failed on every attempt");
+                }
+                let _ = job.reply.send(Err(final_error));
+            }
+            Decision::Requeue { alone } => {
+                debug!(request_id = %job.request.request_id, %worker_id, %error, alone, "attempt failed; requeueing");
+                job.run_alone |= alone;
+                job.last_error = Some(error);
+                if self.registry.live_count() == 0 && self.registry.is_empty() && self.config.no_worker_wait.is_zero() {
+                    let _ = job.reply.send(Err(no_workers_left(job.last_error.as_ref())));
+                    return;
+                }
+                self.queue.push_front(job);
+            }
         }
-        if job.attempts >= self.config.max_attempts {
-            warn!(request_id = %job.request.request_id, attempts = job.attempts, %error, "prompt failed on every attempt");
-            let _ =
-                job.reply.send(Err(PoolError::Unavailable(format!("prompt failed after {} attempts; last error: {error}", job.attempts))));
-            return;
-        }
-        debug!(request_id = %job.request.request_id, %worker_id, %error, ?next, "attempt failed; requeueing");
-        if next == AfterFailure::RetryAlone {
-            job.run_alone = true;
-        }
-        job.last_error = Some(error);
-        if self.registry.live_count() == 0 && self.registry.is_empty() && self.config.no_worker_wait.is_zero() {
-            let _ = job.reply.send(Err(no_workers_left(job.last_error.as_ref())));
-            return;
-        }
-        self.queue.push_front(job);
     }
 
     fn expire(&mut self) {
@@ -568,7 +570,7 @@ impl Actor {
     /// accepted or from when the pool lost its last live worker, whichever is later), then fails with a
     /// clear reason.
     fn fail_prompts_waiting_too_long_for_a_worker(&mut self, now: Instant) {
-        // Without a wait, the empty pool refuses and fails prompts itself (admit, fail_queue_if_no_workers).
+        // Without a wait, the empty pool refuses and fails prompts itself (enqueue, fail_queue_if_no_workers).
         if self.registry.live_count() > 0 || self.config.no_worker_wait.is_zero() {
             self.workerless_since = None;
             return;

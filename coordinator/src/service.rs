@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use modelpool::PoolError;
 use modelpool::proto::{self, ProtocolVersion, coordinator_server::Coordinator};
+use modelpool::{PoolError, PredictRequest};
 use tonic::{Request, Response, Status};
 
 use crate::access::Access;
@@ -76,7 +76,7 @@ impl Coordinator for CoordinatorService {
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let started = Instant::now();
         self.access.client(&request).inspect_err(|e| self.metrics.record(Err(e), started))?;
-        let admitted = self.admission.admit(request.into_inner(), "", started)?;
+        let admitted = self.admission.admit(PredictRequest::try_from(request.into_inner()), "", started)?;
         let result = self.scheduler.predict(admitted).await;
         self.metrics.record(result.as_ref(), started);
         Ok(Response::new(result?.into()))
@@ -97,7 +97,7 @@ impl Coordinator for CoordinatorService {
         let mut valid = Vec::new();
         let mut positions = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
-            match self.admission.admit(request, &format!("requests[{index}]"), started) {
+            match self.admission.admit(PredictRequest::try_from(request), &format!("requests[{index}]"), started) {
                 Ok(admitted) => {
                     valid.push((admitted, index));
                     positions.push(index);

@@ -1,6 +1,5 @@
-//! How the scheduler talks to one worker: a channel per worker, one attempt (unary or streamed, bounded
-//! in time), and the rules that say what a failed attempt means: whether the worker may be dead, and
-//! whether the prompt is worth trying on another worker.
+//! How the scheduler talks to one worker: a channel per worker and one attempt (always a stream, bounded
+//! by its progress). What a failed attempt means is [`crate::retry`]'s.
 
 use std::time::Duration;
 
@@ -8,7 +7,6 @@ use modelpool::auth::{AuthChannel, Credentials};
 use modelpool::proto::{self, worker_client::WorkerClient};
 use modelpool::response::PredictResponse;
 use modelpool::{PoolError, PredictRequest};
-use tonic::Code;
 use tonic::transport::Channel;
 
 /// Where a streamed prompt's text goes as it is generated (whole UTF-8 characters per piece).
@@ -36,39 +34,6 @@ pub fn channel_for(credentials: &Credentials, address: &str) -> Result<Channel, 
 /// A client on `channel` whose calls carry the pool's token.
 pub fn client(channel: Channel, credentials: &Credentials) -> WorkerClient<AuthChannel> {
     WorkerClient::with_interceptor(channel, credentials.attach())
-}
-
-/// A transport-level failure: the worker may be dead, so it gets nothing until its next heartbeat. (A
-/// cancelled call is the caller's doing, not the worker's.)
-pub fn means_worker_may_be_dead(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::Unknown)
-}
-
-/// What a failed attempt leaves to do for its prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterFailure {
-    /// Another worker might not share the failure: the worker died, was overloaded or timed out.
-    RetryElsewhere,
-    /// Run it again with no other sequence beside it (`run_alone`): its batch failed, so the cause may
-    /// be a neighbour's (ABORTED); or it failed with an internal error, which gets one more attempt,
-    /// alone, so that it cannot take neighbours down with it.
-    RetryAlone,
-    /// Retrying cannot help: the request itself was refused (invalid, too long for the context), or it
-    /// failed with an internal error a second time. The prompt fails with this error.
-    Final,
-}
-
-/// The retry rule for a failed attempt with `code`, given how many internal errors the prompt met
-/// before this one.
-pub fn after_failure(code: Code, internal_errors_before: u32) -> AfterFailure {
-    match code {
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted => {
-            AfterFailure::RetryElsewhere
-        }
-        Code::Aborted => AfterFailure::RetryAlone,
-        Code::Internal if internal_errors_before == 0 => AfterFailure::RetryAlone,
-        _ => AfterFailure::Final,
-    }
 }
 
 /// How long an attempt may go without progress: to its first token (the worker's queue and the
@@ -141,19 +106,5 @@ pub async fn call(
                 return Err(tonic::Status::cancelled("the caller went away"));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_batch_is_retried_alone_and_an_internal_error_once() {
-        assert_eq!(after_failure(Code::Aborted, 0), AfterFailure::RetryAlone);
-        assert_eq!(after_failure(Code::Internal, 0), AfterFailure::RetryAlone);
-        assert_eq!(after_failure(Code::Internal, 1), AfterFailure::Final, "a second internal error is the prompt's own");
-        assert_eq!(after_failure(Code::Unavailable, 5), AfterFailure::RetryElsewhere);
-        assert_eq!(after_failure(Code::InvalidArgument, 0), AfterFailure::Final);
     }
 }

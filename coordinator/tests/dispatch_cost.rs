@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestPool, chat, fast_scheduler, http_get, metric};
-use coordinator::bench::local_pool::LocalCoordinator;
 use coordinator::{Config, SchedulerConfig};
+use lab::local_pool::LocalCoordinator;
 use modelpool::proto;
 
 /// The dispatch window (`scheduler::DISPATCH_WINDOW`): a change there must be a change here.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestPool, chat, fast_scheduler};
 use coordinator::SchedulerConfig;
-use coordinator::bench::local_pool::{LocalCoordinator, LocalPool};
+use lab::local_pool::{LocalCoordinator, LocalPool};
 use modelpool::proto::{self, WorkerState, predict_result::Outcome};
 use tonic::Code;
 
@@ -96,11 +96,11 @@ async fn a_frozen_worker_is_evicted_its_prompt_retried_and_it_rejoins_when_resum
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_rejoin_a_restarted_coordinator_and_clients_get_unavailable_meanwhile() {
-    let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
+    let model = tokio::task::spawn_blocking(model_input::model_cache::ensure_default_model).await.unwrap().unwrap();
     let coordinator = LocalCoordinator::start(fast_scheduler()).await.unwrap();
     let address = coordinator.url.trim_start_matches("http://").to_string();
-    let spec = coordinator::bench::local_pool::WorkerSpec {
-        binary: coordinator::bench::local_pool::find_worker_binary(None).unwrap(),
+    let spec = lab::local_pool::WorkerSpec {
+        binary: lab::local_pool::find_worker_binary(None).unwrap(),
         model,
         coordinator: coordinator.url.clone(),
         threads: 1,
@@ -193,7 +193,7 @@ async fn sigterm_drains_the_running_prompt_deregisters_and_exits_zero() {
 /// empty are answered; with nobody coming, a prompt fails after the wait, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prompts_wait_a_bounded_time_for_a_worker_to_join() {
-    use coordinator::bench::local_pool::WorkerProcess;
+    use lab::local_pool::WorkerProcess;
     let wait = Duration::from_secs(8);
     let scheduler = SchedulerConfig { no_worker_wait: wait, ..fast_scheduler() };
     let pool = TestPool::start(1, scheduler, &[]).await;

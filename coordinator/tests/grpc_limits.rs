@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{closed_within, host_of};
 use coordinator::Config;
-use coordinator::bench::local_pool::LocalCoordinator;
+use lab::local_pool::LocalCoordinator;
 use modelpool::proto::ListWorkersRequest;
 use tokio::net::TcpStream;
 

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{TestPool, fast_scheduler};
-use modelpool::prompt_format::PromptFormat;
+use model_input::prompt_format::PromptFormat;
 use modelpool::proto;
 use modelpool::{ChatMessage, Prompt, Role};
 
@@ -41,9 +41,9 @@ async fn markers_in_a_user_message_reach_the_model_as_text() {
     request.prompt = Prompt::Chat(messages.clone());
     let answer = pool.client.clone().predict(proto::PredictRequest::from(&request)).await.unwrap().into_inner();
 
-    let format = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap();
+    let format = PromptFormat::load(&model_input::model_cache::ensure_default_model().unwrap()).unwrap();
     let protected = format.encode(&Prompt::Chat(messages.clone())).unwrap();
-    let template_messages: Vec<_> = messages.iter().map(modelpool::chat_template::TemplateMessage::from).collect();
+    let template_messages: Vec<_> = messages.iter().map(model_input::chat_template::TemplateMessage::from).collect();
     let naive = format.tokenizer.encode(&format.render_chat(&template_messages).unwrap(), true);
     assert_ne!(protected.len(), naive.len(), "the markers tokenize differently as text");
     assert_eq!(answer.prompt_tokens as usize, protected.len(), "the worker read the user's markers as text");
@@ -80,7 +80,7 @@ async fn a_batch_prompt_that_cannot_fit_fails_alone_under_its_own_index() {
 /// healthy worker and none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_whose_engine_dies_leaves_the_pool_and_exits_non_zero() {
-    use coordinator::bench::local_pool::WorkerProcess;
+    use lab::local_pool::WorkerProcess;
     use std::time::{Duration, Instant};
     let mut pool = TestPool::start(1, fast_scheduler(), &[]).await;
     // The engine thread panics on the first job after its warm-up (fault injection, as a bug would).
@@ -122,7 +122,7 @@ async fn a_worker_whose_engine_dies_leaves_the_pool_and_exits_non_zero() {
 /// served, and the poison prompt, failing alone, fails with its own internal error after one more try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_prompt_fails_alone_and_its_batch_mates_are_served() {
-    use coordinator::bench::local_pool::WorkerProcess;
+    use lab::local_pool::WorkerProcess;
     use proto::predict_result::Outcome;
     use std::time::{Duration, Instant};
     let mut pool = TestPool::start(0, fast_scheduler(), &[]).await;
@@ -184,8 +184,8 @@ async fn a_generation_longer_than_any_timeout_succeeds_while_it_makes_progress()
 /// still on time) loses the prompt after the token-gap timeout, and it is retried elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_that_stops_generating_loses_its_prompt_after_the_token_gap_timeout() {
-    use coordinator::bench::local_pool::WorkerProcess;
     use coordinator::worker_client::ProgressTimeouts;
+    use lab::local_pool::WorkerProcess;
     use std::time::{Duration, Instant};
     let progress = ProgressTimeouts { first_token: Duration::from_secs(5), between_tokens: Duration::from_secs(2) };
     let mut pool = TestPool::start(1, coordinator::SchedulerConfig { progress, ..fast_scheduler() }, &[]).await;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{TestPki, TestPool, fast_scheduler, host_of};
 use coordinator::Config;
-use coordinator::bench::local_pool::LocalCoordinator;
 use coordinator::http_server::HttpLimits;
+use lab::local_pool::LocalCoordinator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

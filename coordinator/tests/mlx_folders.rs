@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "../../tests/support/mlx_fixtures.rs"]
-mod mlx_fixtures;
-use mlx_fixtures::fixtures;
+use test_support::mlx_fixtures::fixtures;
 
 fn run_bench(folder: &Path, engine: &str, json: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_coordinator"))

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestPool, fast_scheduler, host_of, http_get, metric};
-use coordinator::bench::local_pool::LocalCoordinator;
 use coordinator::{Config, SchedulerConfig};
+use lab::local_pool::LocalCoordinator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -52,7 +52,7 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     // A worker started with another secret never joins.
     let mut impostor_spec = pool.spec.clone();
     impostor_spec.extra_args = vec!["--token".into(), "another-secret-0123456789".into()];
-    let impostor = coordinator::bench::local_pool::WorkerProcess::spawn(&impostor_spec).unwrap();
+    let impostor = lab::local_pool::WorkerProcess::spawn(&impostor_spec).unwrap();
     // It loads in well under a second and then tries to register every second.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let workers = pool.list().await;
@@ -101,7 +101,7 @@ async fn every_link_can_run_over_tls() {
 /// the pool token only lets workers join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
-    use coordinator::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
+    use lab::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
     const KEY: &str = "application-key-0123456789";
     let keys = std::env::temp_dir().join(format!("modelpool-keys-{}", std::process::id()));
     std::fs::write(&keys, format!("# applications\n{KEY}\n\nsecond-application-key-9876543210\n")).unwrap();
@@ -117,7 +117,7 @@ async fn api_keys_open_the_client_api_and_only_the_pool_token_joins() {
     let mut app = bench_client::connect(&coordinator.url, &as_app).unwrap();
     let spec = WorkerSpec {
         binary: find_worker_binary(None).unwrap(),
-        model: modelpool::model_cache::ensure_default_model().unwrap(),
+        model: model_input::model_cache::ensure_default_model().unwrap(),
         coordinator: coordinator.url.clone(),
         threads: 1,
         slots: 1,

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/../.."
 hosts=${1:?usage: run.sh HOSTS_FILE --advertise http://THIS_HOST:50050 [coordinator multihost flags]}
 shift
 scripts/setup.sh
-cargo build --release -p worker -p coordinator
-exec "${CARGO_TARGET_DIR:-target}/release/coordinator" multihost --hosts "$hosts" "$@"
+cargo build --release -p worker -p coordinator -p lab
+exec "${CARGO_TARGET_DIR:-target}/release/lab" multihost --hosts "$hosts" "$@"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/setup.sh
-cargo build --release -p worker -p coordinator
+cargo build --release -p worker -p coordinator -p lab
 prefix=mpsim
 net=${MODELPOOL_SIM_NET:-10.231.0}
 here=scripts/multihost
@@ -16,7 +16,7 @@ $here/netns.sh up $prefix 3
 $here/netns.sh delay $prefix 3 150 || echo "simulate: no tc netem here; host 3's link is not slowed" >&2
 hosts=$(mktemp)
 $here/netns.sh hosts $prefix 3 > "$hosts"
-ip netns exec ${prefix}c "${CARGO_TARGET_DIR:-target}/release/coordinator" multihost --hosts "$hosts" --listen "$net.1:50050" \
+ip netns exec ${prefix}c "${CARGO_TARGET_DIR:-target}/release/lab" multihost --hosts "$hosts" --listen "$net.1:50050" \
   --prompts-per-worker 12 --max-tokens 48 \
   --fault-at 3 --fault "$here/netns.sh cut $prefix 2" --heal-at 10 --heal "$here/netns.sh heal $prefix 2" \
   --heartbeat-timeout-ms 2000 --token-gap-timeout-secs 5 "$@"

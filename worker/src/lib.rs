@@ -34,7 +34,7 @@ use state::SharedState;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("model: {0}")]
-    Model(#[from] modelpool::model_cache::ModelCacheError),
+    Model(#[from] model_input::model_cache::ModelCacheError),
     #[error("engine: {0}")]
     Engine(#[from] PoolError),
     #[error("gRPC transport: {0}")]
@@ -51,6 +51,8 @@ const SERVICE_NAME: &str = "modelpool.v1.Worker";
 /// finishes what is in flight (at most `config.drain_timeout`), deregisters and returns.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
     let bound = listener.local_addr()?;
+    // Injected faults (drills only) are read and announced now, not on the engine thread.
+    engine::fault::faults();
     let scheme = if config.server_tls.is_some() { "https" } else { "http" };
     let address = advertised_address(config.advertise.as_deref(), scheme, bound);
     let state = SharedState::new(address.clone());
@@ -158,7 +160,7 @@ async fn engine_death(state: &SharedState) {
 
 async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
     let explicit = config.model.clone();
-    let model_path = tokio::task::spawn_blocking(move || modelpool::model_cache::resolve_model(explicit.as_deref()))
+    let model_path = tokio::task::spawn_blocking(move || model_input::model_cache::resolve_model(explicit.as_deref()))
         .await
         .map_err(|e| PoolError::Internal(e.to_string()))??;
     let engine: Arc<dyn Engine> = match config.engine {

@@ -59,19 +59,21 @@ impl WorkerService {
     }
 }
 
+/// The wire's answer for a finished generation: the worker's one conversion of an answer to proto.
 fn response(request_id: String, completion: Completion) -> proto::PredictResponse {
-    proto::PredictResponse {
+    modelpool::response::PredictResponse {
         request_id,
         text: completion.text,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
         cached_tokens: completion.cached_tokens,
         copied_tokens: completion.copied_tokens,
-        finish_reason: completion.finish_reason as i32,
+        finish_reason: Some(completion.finish_reason),
         timings: Some(completion.timings),
         worker_id: String::new(),
         attempts: 1,
     }
+    .into()
 }
 
 /// How a stream's caller wants its text: piece by piece, or gathered per interval (see

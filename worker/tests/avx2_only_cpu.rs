@@ -58,7 +58,7 @@ impl Drop for Emulated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_an_avx2_only_cpu_the_worker_picks_haswell_kernels_and_answers() {
     let Some(qemu) = emulator() else { return };
-    let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
+    let model = tokio::task::spawn_blocking(model_input::model_cache::ensure_default_model).await.unwrap().unwrap();
     let mut child = Command::new(&qemu)
         .args(["-cpu", CPU_MODEL])
         .arg(worker_binary())
@@ -107,7 +107,7 @@ async fn on_an_avx2_only_cpu_the_worker_picks_haswell_kernels_and_answers() {
 #[test]
 fn on_an_avx2_only_cpu_an_avx512_module_fails_its_probe_and_haswell_passes() {
     let Some(qemu) = emulator() else { return };
-    let model = modelpool::model_cache::ensure_default_model().unwrap();
+    let model = model_input::model_cache::ensure_default_model().unwrap();
     let modules = cpu_variant::discover(&cpu_variant::module_dirs());
     let module = |name: &str| modules.iter().find(|m| m.name == name).map(|m| m.path.clone()).expect(name);
     let dir = std::env::temp_dir().join(format!("modelpool-avx2-{}", std::process::id()));

@@ -39,7 +39,7 @@ async fn a_named_module_is_probed_used_and_reported() {
 
 #[test]
 fn a_module_whose_probe_crashes_is_skipped_for_the_next_best() {
-    let model = modelpool::model_cache::ensure_default_model().unwrap();
+    let model = model_input::model_cache::ensure_default_model().unwrap();
     let modules = modules();
     let supported: Vec<_> = modules.iter().filter(|m| m.score > 0).collect();
     assert!(supported.len() >= 2, "an x86-64 CPU runs at least x64 and sse42: {modules:?}");
@@ -66,7 +66,7 @@ fn a_module_whose_probe_crashes_is_skipped_for_the_next_best() {
 
 #[test]
 fn a_module_that_does_not_load_fails_its_probe_with_the_reason() {
-    let model = modelpool::model_cache::ensure_default_model().unwrap();
+    let model = model_input::model_cache::ensure_default_model().unwrap();
     let dir = std::env::temp_dir().join(format!("modelpool-bad-module-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bogus = dir.join("libggml-cpu-bogus.so");

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestWorker, alone_then_together, invariant_config};
-use modelpool::prompt_format::PromptFormat;
+use model_input::prompt_format::PromptFormat;
 use worker::engine::EngineKind;
 
 /// The bench's built-in prompts (extraction tasks and questions), the first eight.
@@ -21,7 +21,7 @@ fn request(messages: &[modelpool::ChatMessage], max_tokens: u32) -> modelpool::p
 fn llama_logits(model: &llama_cpp_2::model::LlamaModel, tokens: &[i32], flash_attention: bool) -> Vec<f32> {
     use llama_cpp_2::llama_batch::LlamaBatch;
     use llama_cpp_2::token::LlamaToken;
-    let backend = worker::engine::llama::default_backend(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap();
+    let backend = worker::engine::llama::default_backend(&model_input::model_cache::ensure_default_model().unwrap()).unwrap();
     // The settings the llama.cpp engine serves with.
     let params = worker::engine::llama::base_context_params(flash_attention).with_n_threads(1);
     let mut context = model.new_context(backend, params).unwrap();
@@ -47,7 +47,7 @@ fn ranked(logits: &[f32]) -> Vec<usize> {
 
 #[test]
 fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
-    let path = modelpool::model_cache::ensure_default_model().unwrap();
+    let path = model_input::model_cache::ensure_default_model().unwrap();
     let format = PromptFormat::load(&path).unwrap();
     let backend = worker::engine::llama::default_backend(&path).unwrap();
     let llama = llama_cpp_2::model::LlamaModel::load_from_file(backend, &path, &Default::default()).unwrap();
@@ -101,7 +101,7 @@ async fn served_mlx_text_is_llama_cpp_text_for_most_tokens() {
     let mut mlx_config = invariant_config(1).await;
     mlx_config.engine = EngineKind::Mlx;
     let mlx = TestWorker::start(mlx_config).await;
-    let tokenizer = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap().tokenizer;
+    let tokenizer = PromptFormat::load(&model_input::model_cache::ensure_default_model().unwrap()).unwrap().tokenizer;
     let mut agreeing = Vec::new();
     for prompt in builtin_prompts().iter().take(4) {
         let a = llama.client.clone().predict(request(prompt, 16)).await.unwrap().into_inner();
@@ -123,7 +123,7 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
     use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
     use modelpool::{ChatMessage, Role};
 
-    let path = modelpool::model_cache::ensure_default_model().unwrap();
+    let path = model_input::model_cache::ensure_default_model().unwrap();
     let backend = worker::engine::llama::default_backend(&path).unwrap();
     let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default().with_vocab_only(true)).unwrap();
     let messages = [
@@ -142,7 +142,7 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
     // The GGUF's Jinja template, rendered by minijinja, writes what llama.cpp's built-in ChatML writes for
     // a conversation that has its own system message.
     let format = PromptFormat::load(&path).unwrap();
-    let ours: Vec<modelpool::chat_template::TemplateMessage<'_>> = messages.iter().map(Into::into).collect();
+    let ours: Vec<model_input::chat_template::TemplateMessage<'_>> = messages.iter().map(Into::into).collect();
     assert_eq!(format.render_chat(&ours).unwrap(), theirs);
 }
 
@@ -150,7 +150,7 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
 /// at once: the causal mask of a chunk is aligned after what the cache holds.
 #[test]
 fn chunked_prefill_and_batched_decode_match_one_sequence_at_once() {
-    let path = modelpool::model_cache::ensure_default_model().unwrap();
+    let path = model_input::model_cache::ensure_default_model().unwrap();
     let format = PromptFormat::load(&path).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
     let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();

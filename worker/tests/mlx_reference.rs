@@ -5,8 +5,8 @@
 //! must give exactly the same: ids for hard strings, rendered chats, and the first 32 greedy tokens of
 //! eight prompts in every folder.
 
-use modelpool::chat_template::TemplateMessage;
-use modelpool::prompt_format::PromptFormat;
+use model_input::chat_template::TemplateMessage;
+use model_input::prompt_format::PromptFormat;
 use modelpool::{ChatMessage, PredictRequest, Prompt, Role, SamplingParams};
 use serde_json::Value;
 use worker::engine::Completion;
@@ -15,9 +15,7 @@ use worker::engine::mlx::MlxConfig;
 use worker::engine::queue::generate_blocking;
 use worker::engine::served::ServedEngine;
 
-#[path = "../../tests/support/mlx_fixtures.rs"]
-mod mlx_fixtures;
-use mlx_fixtures::fixtures;
+use test_support::mlx_fixtures::fixtures;
 
 fn reference(dir: &std::path::Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
@@ -42,7 +40,7 @@ fn token_ids_are_the_tokenizers_packages_on_hard_strings() {
     let reference = reference(&dir);
     let format = PromptFormat::load(&dir.join("smollm2-135m-q4")).unwrap();
     // The GGUF's tokenizer, built here from its vocabulary, must be the same tokenizer.
-    let gguf = PromptFormat::load(&modelpool::model_cache::ensure_default_model().unwrap()).unwrap();
+    let gguf = PromptFormat::load(&model_input::model_cache::ensure_default_model().unwrap()).unwrap();
     for row in reference["tokenizer"].as_array().unwrap() {
         let text = row["text"].as_str().unwrap();
         let shown: String = text.chars().take(40).collect();

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{TestWorker, invariant_config};
-use modelpool::gguf::{GgufFile, Value};
+use model_input::gguf::{GgufFile, Value};
 use modelpool::proto;
 use modelpool::{PredictRequest, Prompt, SamplingParams};
 use worker::engine::llama::SlidingWindowCache;
@@ -223,7 +223,7 @@ async fn worker(model: &Path, cache: SlidingWindowCache, prefix_cache: bool) -> 
 async fn a_prefix_is_reused_only_while_the_sliding_windows_cache_still_holds_it() {
     let dir = std::env::temp_dir().join(format!("modelpool-sliding-window-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let default_model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
+    let default_model = tokio::task::spawn_blocking(model_input::model_cache::ensure_default_model).await.unwrap().unwrap();
     let model = write_sliding_window_model(&default_model, &dir);
 
     // A long request (its prompt runs about 1,000 tokens past the shared prefix, more than the window's

@@ -3,8 +3,8 @@
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use modelpool::gguf::GgufFile;
-use modelpool::tokenizer::Tokenizer;
+use model_input::gguf::GgufFile;
+use model_input::tokenizer::Tokenizer;
 
 const HARD_STRINGS: &[&str] = &[
     "Hello world",
@@ -32,7 +32,7 @@ const HARD_STRINGS: &[&str] = &[
 
 #[test]
 fn gguf_tokenizer_agrees_with_llama_cpp_on_hard_strings() {
-    let path = modelpool::model_cache::ensure_default_model().unwrap();
+    let path = model_input::model_cache::ensure_default_model().unwrap();
     let ours = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     let backend = worker::engine::llama::default_backend(&path).unwrap();
     let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default().with_vocab_only(true)).unwrap();

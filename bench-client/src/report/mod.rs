@@ -160,8 +160,8 @@ impl Report {
 
     /// Adds the roofline: the model's traffic per token from its GGUF, the bandwidth measured now, and
     /// each configuration's median output tokens/s against its ceiling.
-    pub fn attach_roofline(&mut self, model: &std::path::Path) -> Result<(), modelpool::gguf::GgufError> {
-        self.model_sha256 = modelpool::model_cache::sha256_file(model).ok();
+    pub fn attach_roofline(&mut self, model: &std::path::Path) -> Result<(), model_input::gguf::GgufError> {
+        self.model_sha256 = model_input::model_cache::sha256_file(model).ok();
         let traffic = ModelTraffic::from_gguf(model)?;
         let bandwidth = measure_bandwidth(self.machine.cores.max(1), 256);
         let ok: Vec<&RequestRecord> = self.runs.iter().flat_map(|r| &r.records).filter(|r| r.ok).collect();

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use coordinator::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use coordinator::{Config, SchedulerConfig};
+use lab::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use modelpool::auth::AuthChannel;
 use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::proto::{self, ListWorkersRequest};
@@ -29,7 +29,7 @@ pub fn fast_scheduler() -> SchedulerConfig {
 
 impl TestPool {
     pub async fn start(workers: usize, scheduler: impl Into<Config>, extra_args: &[&str]) -> Self {
-        let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().expect("default model");
+        let model = tokio::task::spawn_blocking(model_input::model_cache::ensure_default_model).await.unwrap().expect("default model");
         let coordinator = LocalCoordinator::start(scheduler).await.unwrap();
         let spec = WorkerSpec {
             binary: find_worker_binary(None).expect("worker binary built alongside the tests"),
@@ -66,17 +66,12 @@ pub fn chat(text: &str, max_tokens: u32) -> proto::PredictRequest {
     proto::PredictRequest::from(&modelpool::PredictRequest::user(text, max_tokens))
 }
 
-#[path = "../../../tests/support/http_get.rs"]
-mod http_get;
 #[allow(unused_imports)]
-pub use http_get::http_get;
-
-#[path = "../../../tests/support/closed_within.rs"]
-mod closed_within;
+pub use test_support::http_get::http_get;
 
 // Used by the connection-limit tests only; the other test binaries include this module too.
 #[allow(unused_imports)]
-pub use closed_within::closed_within;
+pub use test_support::closed_within::closed_within;
 
 /// The value of one sample line (`name{labels} value`) in Prometheus text.
 /// `HOST:PORT` of a URL such as `http://127.0.0.1:8000/`, for raw TCP clients.

@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
+use model_input::tokenizer::Tokenizer;
 use modelpool::PoolError;
 use modelpool::response_format::ResponseFormat;
-use modelpool::tokenizer::Tokenizer;
 use toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 
 /// Makes a [`Constraint`] per request; one per engine.

@@ -17,7 +17,6 @@ pub mod slot;
 
 use std::time::{Duration, Instant};
 
-use modelpool::proto;
 use modelpool::{PoolError, PredictRequest, SamplingParams};
 use tokio::sync::mpsc;
 
@@ -89,8 +88,8 @@ pub struct Completion {
     pub cached_tokens: u32,
     /// Of the reused tokens, those copied from another slot's cache.
     pub copied_tokens: u32,
-    pub finish_reason: proto::FinishReason,
-    pub timings: proto::Timings,
+    pub finish_reason: modelpool::response::FinishReason,
+    pub timings: modelpool::response::Timings,
 }
 
 /// Static facts about a loaded engine.

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use model_input::prompt_format::PromptFormat;
 use modelpool::context_fit::ContextFit;
-use modelpool::prompt_format::PromptFormat;
 use modelpool::{PoolError, PredictRequest};
 
 use super::constraint::Constraints;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use modelpool::proto::{FinishReason, Timings};
+use modelpool::response::{FinishReason, Timings};
 use modelpool::text::{StopMatcher, Utf8Stream};
 
 use crate::engine::constraint::Constraint;

@@ -10,15 +10,11 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use worker::Config;
 
-#[path = "../../../tests/support/http_get.rs"]
-mod http_get;
-
-#[path = "../../../tests/support/closed_within.rs"]
-mod closed_within;
+use test_support::http_get;
 
 // Used by the connection-limit tests only; the other test binaries include this module too.
 #[allow(unused_imports)]
-pub use closed_within::closed_within;
+pub use test_support::closed_within::closed_within;
 
 pub struct TestWorker {
     /// `http://127.0.0.1:PORT`: gRPC, and GET /metrics over HTTP/1.1.
@@ -33,7 +29,7 @@ pub struct TestWorker {
 
 /// One thread per worker: tests run side by side on a 2-core machine.
 pub async fn config(slots: u32) -> Config {
-    let model = tokio::task::spawn_blocking(modelpool::model_cache::ensure_default_model).await.unwrap().unwrap();
+    let model = tokio::task::spawn_blocking(model_input::model_cache::ensure_default_model).await.unwrap().unwrap();
     Config { model: Some(model), threads: 1, threads_batch: 1, slots, engine: worker::engine::EngineKind::Llama, ..Config::default() }
 }
 

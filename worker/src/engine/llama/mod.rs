@@ -15,9 +15,9 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use model_input::gguf::GgufFile;
+use model_input::prompt_format::PromptFormat;
 use modelpool::PoolError;
-use modelpool::gguf::GgufFile;
-use modelpool::prompt_format::PromptFormat;
 
 use super::batch_loop::{BatchLoop, LoopSettings, PassShape, StepBudget};
 use super::queue::JobQueue;

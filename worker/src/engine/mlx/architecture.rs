@@ -1,7 +1,7 @@
 //! The hyper-parameters of a Llama-family decoder (Llama, Mistral, Qwen2, Qwen3), from an mlx-lm folder's
 //! `config.json` or a GGUF's metadata, read as mlx-lm reads them (its defaults where a key is absent).
 
-use modelpool::gguf::GgufFile;
+use model_input::gguf::GgufFile;
 use serde_json::Value;
 
 use super::MlxResult;

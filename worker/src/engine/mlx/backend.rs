@@ -7,8 +7,8 @@
 //! is one forward for all decode tokens plus one per prompt chunk, built lazily and evaluated at once.
 
 use mlx_rs::Array;
+use model_input::tokenizer::Tokenizer;
 use modelpool::SamplingParams;
-use modelpool::tokenizer::Tokenizer;
 use toktrie::SimpleVob;
 
 use super::model::{KvCache, MlxLlama};

@@ -1,7 +1,7 @@
 //! The MLX engine (through mlx-rs): an mlx-lm model folder ([`weights`], [`architecture`]) or a GGUF,
 //! its weights kept as stored (quantized ones quantized) in MLX's own memory (so, unlike llama.cpp's
 //! memory map, not shared between worker processes), the Llama-family forward pass of [`model`], and the
-//! model's own tokenizer and chat template ([`modelpool::prompt_format`]). CPU on Linux (MLX's CPU
+//! model's own tokenizer and chat template ([`model_input::prompt_format`]). CPU on Linux (MLX's CPU
 //! backend), GPU on macOS (Metal).
 //!
 //! One dedicated thread owns the model and runs the continuous-batching loop
@@ -17,8 +17,8 @@ pub mod weights;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use model_input::prompt_format::PromptFormat;
 use modelpool::PoolError;
-use modelpool::prompt_format::PromptFormat;
 
 use super::batch_loop::{BatchLoop, LoopSettings, PassShape, StepBudget};
 use super::queue::JobQueue;
@@ -100,7 +100,7 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
         engine: EngineKind::Mlx,
         model_name,
         model_path: config.model_path.display().to_string(),
-        model_size_bytes: modelpool::model_folder::model_bytes(&config.model_path),
+        model_size_bytes: model_input::model_folder::model_bytes(&config.model_path),
         context_size: config.context_per_slot * config.slots,
         context_per_slot: config.context_per_slot,
         slots: config.slots,

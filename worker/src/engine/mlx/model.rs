@@ -11,8 +11,8 @@ use std::path::Path;
 use mlx_rs::fast::ScaledDotProductAttentionMask;
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
-use modelpool::gguf::GgufFile;
-use modelpool::model_folder::{is_folder, read_json};
+use model_input::gguf::GgufFile;
+use model_input::model_folder::{is_folder, read_json};
 
 use super::MlxResult;
 use super::architecture::{Architecture, RopeScaling};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use mlx_rs::Array;
 use mlx_rs::io::GgufFile as MlxGguf;
-use modelpool::gguf::GgufFile;
+use model_input::gguf::GgufFile;
 use serde_json::Value;
 
 use super::MlxResult;

@@ -1,4 +1,4 @@
-//! A plain HTTP/1.1 GET for tests of both daemons (included by path from their `tests/common`).
+//! A plain HTTP/1.1 GET for tests of both daemons.
 
 /// A plain HTTP/1.1 GET (no client library): the status code and the body.
 pub async fn http_get(url: &str) -> (u16, String) {

@@ -1,5 +1,4 @@
-//! Whether a server closed a TCP connection, for tests of both daemons' connection limits (included by
-//! path from their `tests/common`).
+//! Whether a server closed a TCP connection, for tests of both daemons' connection limits.
 
 /// Whether the server closed `stream` within `limit` (end of stream or a reset); what it sent before
 /// (an HTTP/2 server speaks first: its SETTINGS) is read and dropped.

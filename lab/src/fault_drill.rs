@@ -13,12 +13,12 @@ use modelpool::proto::{self, ListWorkersRequest, WorkerState};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::Config;
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::http_server::HttpLimits;
-use crate::scheduler::SchedulerConfig;
-use crate::worker_client::ProgressTimeouts;
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec};
+use crate::{STARTUP_TIMEOUT, STOP_GRACE};
+use coordinator::Config;
+use coordinator::http_server::HttpLimits;
+use coordinator::scheduler::SchedulerConfig;
+use coordinator::worker_client::ProgressTimeouts;
 
 #[derive(Debug, clap::Args)]
 pub struct FaultDrillArgs {
@@ -29,7 +29,7 @@ pub struct FaultDrillArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
-    pub files: crate::bench::WorkerFiles,
+    pub files: crate::WorkerFiles,
 }
 
 /// How long one prompt may take before the drill calls it lost.

@@ -16,8 +16,8 @@ use modelpool::PredictRequest;
 use modelpool::memory::{ProcessMemory, mib};
 use tokio::process::{Child, Command};
 
-use crate::bench::local_pool::{LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
+use crate::local_pool::{LocalPool, WorkerSpec};
+use crate::{STARTUP_TIMEOUT, STOP_GRACE};
 
 #[derive(Debug, clap::Args)]
 pub struct OverloadBenchArgs {
@@ -41,7 +41,7 @@ pub struct OverloadBenchArgs {
     #[arg(long, default_value_t = 16)]
     pub max_tokens: u32,
     #[command(flatten)]
-    pub files: crate::bench::WorkerFiles,
+    pub files: crate::WorkerFiles,
 }
 
 fn request(i: usize, max_tokens: u32) -> PredictRequest {

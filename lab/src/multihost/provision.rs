@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tokio::process::Command;
 
-use crate::bench::local_pool::shell_quote;
+use crate::local_pool::shell_quote;
 
 /// One ssh host: its target (`user@host`) and the ssh client configuration to use, if any.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ async fn run(program: &str, args: &[String]) -> anyhow::Result<String> {
 /// The MLX library directory the worker binary was linked against (from the mlx-cpu wheel), whose
 /// layout libmlx needs kept: `mlx/lib/libmlx.so` next to `mlx_cpu.libs/`.
 fn wheel_dir() -> anyhow::Result<PathBuf> {
-    let dir = modelpool::model_cache::cache_dir()?.join("mlx-cpu-0.32.2");
+    let dir = model_input::model_cache::cache_dir()?.join("mlx-cpu-0.32.2");
     anyhow::ensure!(dir.join("mlx/lib/libmlx.so").is_file(), "no MLX library under {}; build the worker here first", dir.display());
     Ok(dir)
 }
@@ -92,7 +92,7 @@ fn wheel_dir() -> anyhow::Result<PathBuf> {
 /// SHA-256 of a local file, on a blocking thread (a model is read whole).
 async fn local_sha256(path: &Path) -> anyhow::Result<String> {
     let path = path.to_path_buf();
-    Ok(tokio::task::spawn_blocking(move || modelpool::model_cache::sha256_file(&path)).await??)
+    Ok(tokio::task::spawn_blocking(move || model_input::model_cache::sha256_file(&path)).await??)
 }
 
 /// What every ssh host gets, with the checksums its copies are compared against: computed once per

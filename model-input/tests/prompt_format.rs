@@ -1,11 +1,11 @@
 //! A conversation becomes the ids the model's chat template and tokenizer give, with special tokens only
 //! where the template writes them (the default model's GGUF).
 
-use modelpool::prompt_format::PromptFormat;
+use model_input::prompt_format::PromptFormat;
 use modelpool::{ChatMessage, Prompt, Role};
 
 fn format() -> PromptFormat {
-    let path = modelpool::model_cache::ensure_default_model().unwrap();
+    let path = model_input::model_cache::ensure_default_model().unwrap();
     PromptFormat::load(&path).unwrap()
 }
 
@@ -13,8 +13,8 @@ fn messages(pairs: &[(Role, &str)]) -> Vec<ChatMessage> {
     pairs.iter().map(|(role, text)| ChatMessage::new(*role, *text)).collect()
 }
 
-fn template_messages(messages: &[ChatMessage]) -> Vec<modelpool::chat_template::TemplateMessage<'_>> {
-    messages.iter().map(modelpool::chat_template::TemplateMessage::from).collect()
+fn template_messages(messages: &[ChatMessage]) -> Vec<model_input::chat_template::TemplateMessage<'_>> {
+    messages.iter().map(model_input::chat_template::TemplateMessage::from).collect()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::chat_template::{ChatTemplate, TemplateError, TemplateMessage};
 use crate::gguf::GgufFile;
 use crate::model_folder::{FolderError, FolderText, is_folder};
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::{PoolError, Prompt};
+use modelpool::{PoolError, Prompt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptFormatError {

@@ -18,13 +18,13 @@ use bench_client::openai_client::OpenAiClient;
 use bench_client::runner::Target;
 use serde_json::{Value, json};
 
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
-use crate::bench::server_bench::{
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
+use crate::server_bench::{
     LlamaServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, np_name, pool_build,
     pool_worker_args, print_result, round_of,
 };
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
-use crate::scheduler::SchedulerConfig;
+use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
+use coordinator::scheduler::SchedulerConfig;
 
 /// Set (to "PREFIX NET") in the run inside the namespaces.
 const INSIDE: &str = "MODELPOOL_SERVER_BENCH_NETNS";

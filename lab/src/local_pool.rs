@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::Config;
+use coordinator::Config;
 
 /// A coordinator served by this process on 127.0.0.1:0, for run-bench, engine-bench and tests.
 pub struct LocalCoordinator {
@@ -40,7 +40,7 @@ impl LocalCoordinator {
         let scheme = if config.server_tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}", listener.local_addr()?);
         let credentials = config.credentials.clone();
-        let task = tokio::spawn(crate::serve(config, listener, Some(http), async {
+        let task = tokio::spawn(coordinator::serve(config, listener, Some(http), async {
             let _ = stopped.await;
         }));
         let client = bench_client::connect(&url, &credentials).map_err(std::io::Error::other)?;
@@ -178,7 +178,7 @@ impl WorkerProcess {
             .env_remove("MODELPOOL_TLS_CA")
             .stdin(if matches!(token, Handover::StdinLine(_)) { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::null())
-            .stderr(crate::bench::log_file::worker_stderr())
+            .stderr(crate::log_file::worker_stderr())
             .kill_on_drop(true);
         if let Handover::Environment(token) = token {
             command.env("MODELPOOL_TOKEN", token);

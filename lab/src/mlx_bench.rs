@@ -14,9 +14,9 @@ use bench_client::runner::run_closed_loop;
 use modelpool::{ChatMessage, PredictRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE};
-use crate::scheduler::SchedulerConfig;
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
+use crate::{STARTUP_TIMEOUT, STOP_GRACE};
+use coordinator::scheduler::SchedulerConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct MlxBenchArgs {
@@ -48,7 +48,7 @@ pub struct MlxBenchArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub worker_flag: Vec<String>,
     #[command(flatten)]
-    pub files: crate::bench::WorkerFiles,
+    pub files: crate::WorkerFiles,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -14,9 +14,9 @@ use bench_client::report::Spread;
 use bench_client::runner::run_closed_loop;
 use modelpool::PredictRequest;
 
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name, note_cpu_module};
-use crate::scheduler::SchedulerConfig;
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
+use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name, note_cpu_module};
+use coordinator::scheduler::SchedulerConfig;
 
 /// A llama.cpp build and the figure it reached.
 type BuildFigure = (PathBuf, f64);
@@ -46,7 +46,7 @@ pub struct EngineBenchArgs {
     #[arg(long, env = "MODELPOOL_LLAMA_BATCHED_BENCH")]
     pub llama_batched_bench: Option<PathBuf>,
     #[command(flatten)]
-    pub files: crate::bench::WorkerFiles,
+    pub files: crate::WorkerFiles,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -20,9 +20,9 @@ use modelpool::PredictRequest;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
-use crate::scheduler::SchedulerConfig;
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
+use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
+use coordinator::scheduler::SchedulerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServerWorkload {
@@ -126,7 +126,7 @@ pub struct ServerBenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
-    pub files: crate::bench::WorkerFiles,
+    pub files: crate::WorkerFiles,
 }
 
 /// The flags every pool worker gets besides its shape.
@@ -343,7 +343,7 @@ fn load_for(workload: ServerWorkload, args: &ServerBenchArgs, model: &Path, roun
             )));
         }
         ServerWorkload::Synthetic => {
-            let format = modelpool::prompt_format::PromptFormat::load(model)?;
+            let format = model_input::prompt_format::PromptFormat::load(model)?;
             workload::synthetic(&format.tokenizer, 128, args.max_tokens, args.prompts)?
         }
         ServerWorkload::Repeats => workload::builtin_workload(args.prompts, args.max_tokens),

@@ -32,8 +32,8 @@ pub struct TemplateMessage<'a> {
     pub content: &'a str,
 }
 
-impl<'a> From<&'a crate::ChatMessage> for TemplateMessage<'a> {
-    fn from(message: &'a crate::ChatMessage) -> Self {
+impl<'a> From<&'a modelpool::ChatMessage> for TemplateMessage<'a> {
+    fn from(message: &'a modelpool::ChatMessage) -> Self {
         Self { role: message.role.as_str(), content: &message.content }
     }
 }

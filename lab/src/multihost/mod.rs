@@ -27,8 +27,8 @@ use tokio::process::Command;
 mod hosts;
 mod provision;
 
-use crate::bench::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec};
-use crate::scheduler::SchedulerConfig;
+use crate::local_pool::{LocalCoordinator, WorkerProcess, WorkerSpec};
+use coordinator::scheduler::SchedulerConfig;
 use hosts::host_of;
 pub use hosts::{HostLine, Target, parse_hosts};
 
@@ -80,7 +80,7 @@ pub struct MultihostArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
-    pub files: crate::bench::WorkerFiles,
+    pub files: crate::WorkerFiles,
 }
 
 /// A membership change seen by sampling ListWorkers.
@@ -141,7 +141,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
     let scheduler = SchedulerConfig {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
-        progress: crate::worker_client::ProgressTimeouts {
+        progress: coordinator::worker_client::ProgressTimeouts {
             first_token: Duration::from_secs(args.first_token_timeout_secs),
             between_tokens: Duration::from_secs(args.token_gap_timeout_secs.max(2)),
         },
@@ -153,7 +153,7 @@ pub async fn run_multihost(args: MultihostArgs) -> anyhow::Result<MultihostRepor
         Ok(secret) if !secret.is_empty() => (secret, "MODELPOOL_TOKEN".to_string()),
         _ => (modelpool::auth::random_secret().context("reading /dev/urandom for a pool token")?, "generated for this run".to_string()),
     };
-    let mut config: crate::Config = scheduler.into();
+    let mut config: coordinator::Config = scheduler.into();
     config.credentials = modelpool::auth::Credentials { token: modelpool::auth::Token::new(Some(secret.clone()))?, ..Default::default() };
     let coordinator = LocalCoordinator::start_on(config, &args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     eprintln!("== coordinator on {} (workers use {advertise}); pool token: {pool_token}", args.listen);

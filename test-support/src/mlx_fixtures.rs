@@ -1,5 +1,5 @@
-//! Where the MLX reference fixtures are, for the test crates that need them (included by path from
-//! `worker/tests/mlx_reference.rs` and `coordinator/tests/mlx_folders.rs`, so it is written once).
+//! Where the MLX reference fixtures are, for the test crates that need them
+//! (`worker/tests/mlx_reference.rs`, `coordinator/tests/mlx_folders.rs`).
 
 use std::path::PathBuf;
 

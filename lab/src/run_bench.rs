@@ -16,9 +16,9 @@ use modelpool::proto::coordinator_client::CoordinatorClient;
 use modelpool::{EngineKind, PredictRequest};
 use tracing::info;
 
-use crate::bench::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
-use crate::bench::{STARTUP_TIMEOUT, STOP_GRACE, WorkerFiles};
-use crate::scheduler::SchedulerConfig;
+use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
+use crate::{STARTUP_TIMEOUT, STOP_GRACE, WorkerFiles};
+use coordinator::scheduler::SchedulerConfig;
 
 /// Named groups of configurations for run-bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -214,12 +214,12 @@ impl TryFrom<RunBenchArgs> for RunBenchConfig {
 /// Runs every configuration; stops early (workers stopped) when `interrupt` resolves.
 pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = ()>) -> anyhow::Result<Report> {
     let (worker_bin, model) = config.files.resolve().await?;
-    if modelpool::model_folder::is_folder(&model) && config.configurations.iter().any(|c| c.engine == EngineKind::Llama) {
+    if model_input::model_folder::is_folder(&model) && config.configurations.iter().any(|c| c.engine == EngineKind::Llama) {
         anyhow::bail!("{} is an mlx-lm model folder: llama.cpp needs a GGUF file; run it with --engine mlx", model.display());
     }
     let mut config = config;
     if let Some((input, output, count)) = config.synthetic {
-        let format = modelpool::prompt_format::PromptFormat::load(&model)?;
+        let format = model_input::prompt_format::PromptFormat::load(&model)?;
         config.prompts = workload::synthetic(&format.tokenizer, input, output, count)?;
         config.max_tokens = output;
     }
@@ -276,9 +276,9 @@ pub async fn run_bench(config: RunBenchConfig, interrupt: impl Future<Output = (
     let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut report = Report::new("coordinator run-bench", model_name, config.max_tokens, config.report.slo(), runs);
     report.skipped = skipped;
-    report.worker_binary_sha256 = modelpool::model_cache::sha256_file(&worker_bin).ok();
+    report.worker_binary_sha256 = model_input::model_cache::sha256_file(&worker_bin).ok();
     // The roofline reads a GGUF's tensor table; a folder's safetensors are not read for it.
-    if !modelpool::model_folder::is_folder(&model)
+    if !model_input::model_folder::is_folder(&model)
         && let Err(e) = report.attach_roofline(&model)
     {
         tracing::warn!(error = %e, "no roofline: the model's GGUF metadata could not be read");
@@ -385,7 +385,7 @@ const WORKER_OVERHEAD: u64 = 48 << 20;
 /// Whether a configuration fits in the memory available now; the reason when it does not. llama.cpp
 /// workers share one memory-mapped copy of the weights; MLX workers each hold their own.
 pub fn fit_check(model: &std::path::Path, configuration: &Configuration) -> Option<String> {
-    let weights = modelpool::model_folder::model_bytes(model);
+    let weights = model_input::model_folder::model_bytes(model);
     let kv_per_token = bench_client::roofline::ModelTraffic::from_gguf(model).map(|t| t.kv_bytes_per_context_token).unwrap_or(0);
     let private = kv_per_token * u64::from(modelpool::DEFAULT_CONTEXT_PER_SLOT) * u64::from(configuration.slots) + WORKER_OVERHEAD;
     let workers = configuration.workers as u64;
@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_configuration_that_would_swap_is_refused_with_the_numbers() {
-        let model = modelpool::model_cache::ensure_default_model().unwrap();
+        let model = model_input::model_cache::ensure_default_model().unwrap();
         let shape = |engine, workers| Configuration { name: "x".into(), engine, rate: None, workers, slots: 1, concurrency: workers };
         assert_eq!(fit_check(&model, &shape(EngineKind::Llama, 1)), None);
         let reason = fit_check(&model, &shape(EngineKind::Mlx, 100_000)).expect("100k private copies cannot fit");
