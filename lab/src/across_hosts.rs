@@ -254,7 +254,14 @@ async fn run_inside(args: &ServerBenchArgs, count: usize, prefix: &str, net: &st
         "clients": args.clients,
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "llama_server": {
+        "peer": {
+            "name": "llama-server",
+            "describe": format!(
+                "{count} llama-servers ({}) -np {} each, behind {} in the client",
+                llama_build_name(server_binary),
+                np_name(0),
+                args.balancer.name()
+            ),
             "binary": server_binary.display().to_string(),
             "build": llama_build_name(server_binary),
             "np": format!("{} on each of {count} hosts, behind {} in the client", np_name(0), args.balancer.name()),

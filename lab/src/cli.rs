@@ -87,9 +87,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             crate::mlx_bench::run_mlx_bench(args).await?;
         }
         Command::ServerBench(args) => {
-            match args.hosts {
-                Some(hosts) => crate::across_hosts::run_across_hosts(args, hosts).await?,
-                None => crate::server_bench::run_server_bench(args).await?,
+            match (args.engine, args.hosts) {
+                (modelpool::EngineKind::Mlx, _) => crate::mlx_lm_server::run_mlx_server_bench(args).await?,
+                (_, Some(hosts)) => crate::across_hosts::run_across_hosts(args, hosts).await?,
+                (_, None) => crate::server_bench::run_server_bench(args).await?,
             };
         }
         Command::Multihost(args) => {

@@ -11,8 +11,10 @@ pub mod llama_build;
 pub mod local_pool;
 pub mod log_file;
 pub mod mlx_bench;
+pub mod mlx_lm_server;
 pub mod multihost;
 pub mod overload_bench;
+pub mod peak_memory;
 pub mod run_bench;
 pub mod server_bench;
 

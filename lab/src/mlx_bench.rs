@@ -15,6 +15,7 @@ use modelpool::{ChatMessage, PredictRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
+use crate::peak_memory::peak_rss_mib;
 use crate::{STARTUP_TIMEOUT, STOP_GRACE};
 use coordinator::scheduler::SchedulerConfig;
 
@@ -161,18 +162,6 @@ impl MlxLm {
     fn pid(&self) -> Option<u32> {
         self.child.id()
     }
-}
-
-/// Peak resident memory of a process (VmHWM), MiB; 0 when it cannot be read.
-fn peak_rss_mib(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 pub async fn run_mlx_bench(args: MlxBenchArgs) -> anyhow::Result<MlxBenchResult> {

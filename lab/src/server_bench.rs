@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
+use crate::peak_memory::peak_rss_mib;
 use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use coordinator::scheduler::SchedulerConfig;
 
@@ -55,11 +56,24 @@ impl ServerWorkload {
 
 #[derive(Debug, clap::Args)]
 pub struct ServerBenchArgs {
+    /// The engine the pool's workers run, and so the peer: `llama` against llama-server, `mlx` (with
+    /// --model DIR, an mlx-lm folder) against Python mlx-lm's own server, `mlx_lm.server`.
+    #[arg(long, value_enum, default_value_t = modelpool::EngineKind::Llama)]
+    pub engine: modelpool::EngineKind,
     /// The llama-server binary (scripts/server-bench.sh builds it from the pinned llama.cpp source).
     /// Repeat for several builds (scripts/server-bench.sh passes the portable and the native one): each
-    /// is checked to start and answer here, and the fastest that does is compared with.
-    #[arg(long, env = "MODELPOOL_LLAMA_SERVER", value_delimiter = ',', required = true)]
+    /// is checked to start and answer here, and the fastest that does is compared with. Needed with
+    /// --engine llama.
+    #[arg(long, env = "MODELPOOL_LLAMA_SERVER", value_delimiter = ',')]
     pub llama_server: Vec<PathBuf>,
+    /// --engine mlx: the Python that has mlx-lm (scripts/server-bench.sh --engine mlx passes the pinned
+    /// venv of scripts/mlx-fixture.sh).
+    #[arg(long, env = "MODELPOOL_MLX_PYTHON")]
+    pub mlx_python: Option<PathBuf>,
+    /// --engine mlx: more flags for mlx_lm.server, as one string (its defaults otherwise, as its users
+    /// run it).
+    #[arg(long, allow_hyphen_values = true)]
+    pub mlx_lm_server_args: Option<String>,
     /// Cores both sides get: llama-server's threads, the pool's threads over all its workers.
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
@@ -284,39 +298,54 @@ impl LlamaServer {
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// A pool of `workers` x `slots` behind an in-process coordinator with its HTTP API.
-struct Pool {
-    coordinator: LocalCoordinator,
-    workers: LocalPool,
+pub(crate) struct Pool {
+    pub(crate) coordinator: LocalCoordinator,
+    pub(crate) workers: LocalPool,
+}
+
+/// What every pool of a comparison is started with; only its shape changes.
+#[derive(Clone)]
+pub(crate) struct PoolSetup {
+    pub(crate) worker_bin: PathBuf,
+    pub(crate) model: PathBuf,
+    /// Over all its workers.
+    pub(crate) threads: u32,
+    /// Given to every worker as they are (engine, context, prompt store, --worker-args).
+    pub(crate) worker_args: Vec<String>,
+    pub(crate) scheduler: SchedulerConfig,
 }
 
 impl Pool {
-    /// `worker_args` go to every worker as they are (context, prompt store, --worker-args).
-    async fn start(
-        worker_bin: &Path,
-        model: &Path,
-        (workers, slots): (usize, u32),
-        threads: u32,
-        worker_args: Vec<String>,
-    ) -> anyhow::Result<Self> {
-        let coordinator = LocalCoordinator::start(SchedulerConfig::default()).await?;
+    pub(crate) async fn start(setup: &PoolSetup, (workers, slots): (usize, u32)) -> anyhow::Result<Self> {
+        let coordinator = LocalCoordinator::start(setup.scheduler.clone()).await?;
         let spec = WorkerSpec {
-            binary: worker_bin.to_path_buf(),
-            model: model.to_path_buf(),
+            binary: setup.worker_bin.clone(),
+            model: setup.model.clone(),
             coordinator: coordinator.url.clone(),
-            threads: (threads / workers as u32).max(1),
+            threads: (setup.threads / workers as u32).max(1),
             slots,
-            extra_args: worker_args,
+            extra_args: setup.worker_args.clone(),
         };
         let workers = LocalPool::start(&spec, workers, &coordinator.client, STARTUP_TIMEOUT).await.map_err(anyhow::Error::msg)?;
         Ok(Self { coordinator, workers })
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.workers.stop(STOP_GRACE).await;
         self.coordinator.stop().await;
+    }
+
+    /// The workers' peak resident memory, summed, MiB (the coordinator runs inside this process and
+    /// is not counted; it holds queues, not models).
+    pub(crate) fn peak_rss_mib(&self) -> f64 {
+        self.workers.workers.iter().map(|w| peak_rss_mib(Some(w.pid))).sum()
     }
 }
 
@@ -396,7 +425,7 @@ pub(crate) async fn compare_rounds(
     let ratio = Spread::of(&ratios);
     Ok(json!({
         "pool": side_summary(&pool_rounds, &pool_records),
-        "llama_server": side_summary(&server_rounds, &server_records),
+        "peer": side_summary(&server_rounds, &server_records),
         "ratio_prompts_per_s": {"median": ratio.median, "min": ratio.min, "max": ratio.max},
     }))
 }
@@ -419,12 +448,50 @@ pub(crate) async fn measure_target(target: Target, load: &RoundLoad, clients: us
     }
 }
 
+/// Each pool shape on the sweep's prompts; the fastest shape and its prompts/s. `target` makes the
+/// client for the pool's HTTP URL.
+pub(crate) async fn sweep_pool_shapes(
+    shapes: &[(usize, u32)],
+    setup: &PoolSetup,
+    args: &ServerBenchArgs,
+    sweep_prompts: &RoundLoad,
+    target: impl Fn(&str) -> Target,
+) -> anyhow::Result<((usize, u32), f64)> {
+    let mut best_shape = (shapes[0], 0.0);
+    for &shape in shapes {
+        let pool = Pool::start(setup, shape).await?;
+        let (records, wall) = measure_target(target(&pool.coordinator.http_url), sweep_prompts, args.clients, args.max_tokens).await;
+        pool.stop().await;
+        let round = round_of(&records, wall);
+        eprintln!("== sweep: pool {}x{}: {:.2} prompts/s", shape.0, shape.1, round.prompts_per_s);
+        if round.prompts_per_s > best_shape.1 {
+            best_shape = (shape, round.prompts_per_s);
+        }
+    }
+    Ok(best_shape)
+}
+
+/// Pool shapes from their `WORKERSxSLOTS` names.
+pub(crate) fn pool_shapes(args: &ServerBenchArgs) -> anyhow::Result<Vec<(usize, u32)>> {
+    args.pool_shapes.iter().map(|s| parse_shape(s)).collect()
+}
+
+/// Adds each side's peak resident memory (MiB) to a workload's summary.
+pub(crate) fn add_peak_memory(summary: &mut Value, pool_mib: f64, peer_mib: f64) {
+    summary["pool"]["peak_rss_mib"] = json!(pool_mib);
+    summary["peer"]["peak_rss_mib"] = json!(peer_mib);
+}
+
 pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        !args.llama_server.is_empty(),
+        "--llama-server: give the llama-server binary to compare with (scripts/server-bench.sh builds it)"
+    );
     for binary in &args.llama_server {
         anyhow::ensure!(binary.is_file(), "--llama-server {} does not exist", binary.display());
     }
     anyhow::ensure!(args.rounds >= 1 && args.prompts >= 1 && args.clients >= 1, "--rounds, --prompts and --clients must be at least 1");
-    let shapes = args.pool_shapes.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let shapes = pool_shapes(&args)?;
     let (worker_bin, model) = args.files.resolve().await?;
 
     // The sweep: short chats, one round each, none of them sent again later; the best prompts/s wins
@@ -455,17 +522,14 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         }
     }
     let (server_binary, np, server_sweep) = best_server.ok_or_else(|| anyhow::anyhow!("no llama-server build runs on this machine"))?;
-    let mut best_shape = (shapes[0], 0.0);
-    for &shape in &shapes {
-        let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
-        let (records, wall) = measure(&pool.coordinator.http_url, &sweep_prompts, args.clients, args.max_tokens).await;
-        pool.stop().await;
-        let round = round_of(&records, wall);
-        eprintln!("== sweep: pool {}x{}: {:.2} prompts/s", shape.0, shape.1, round.prompts_per_s);
-        if round.prompts_per_s > best_shape.1 {
-            best_shape = (shape, round.prompts_per_s);
-        }
-    }
+    let setup = PoolSetup {
+        worker_bin: worker_bin.clone(),
+        model: model.clone(),
+        threads: args.threads,
+        worker_args: pool_worker_args(&args),
+        scheduler: SchedulerConfig::default(),
+    };
+    let best_shape = sweep_pool_shapes(&shapes, &setup, &args, &sweep_prompts, openai).await?;
     let shape = best_shape.0;
     eprintln!(
         "== llama-server ({}) -np {} -t {} against the pool {}x{} ({} thread(s) per worker)",
@@ -482,10 +546,11 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     for &workload in &args.workloads {
         // Fresh servers per workload: one workload's cached prefixes do not help the next.
         let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await?;
-        let pool = Pool::start(&worker_bin, &model, shape, args.threads, pool_worker_args(&args)).await?;
+        let pool = Pool::start(&setup, shape).await?;
         add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let pool_url = pool.coordinator.http_url.clone();
-        let summary = compare_rounds(workload, &args, &model, "llama-server", || openai(&pool_url), || openai(&server.url)).await?;
+        let mut summary = compare_rounds(workload, &args, &model, "llama-server", || openai(&pool_url), || openai(&server.url)).await?;
+        add_peak_memory(&mut summary, pool.peak_rss_mib(), peak_rss_mib(server.pid()));
         pool.stop().await;
         server.stop().await;
         workloads.insert(workload.name().into(), summary);
@@ -498,7 +563,9 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         "clients": args.clients,
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "llama_server": {
+        "peer": {
+            "name": "llama-server",
+            "describe": format!("llama-server ({}) -np {}", llama_build_name(server_binary), np_name(np)),
             "binary": server_binary.display().to_string(),
             "build": llama_build_name(server_binary),
             "np": np_name(np),
@@ -518,36 +585,48 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
 }
 
 pub(crate) fn print_result(result: &Value) {
+    let peer = result["peer"]["name"].as_str().unwrap_or("peer");
     println!("\nmachine: {}", result["machine"].as_str().unwrap_or(""));
     println!(
-        "pool {}x{} ({} MiB prompt store per worker; {}) vs llama-server ({}) -np {}, {} threads each, {} clients, max_tokens {}, {} rounds",
+        "pool {}x{} ({} MiB prompt store per worker; {}) vs {}, {} threads each, {} clients, max_tokens {}, {} rounds",
         result["pool"]["workers"],
         result["pool"]["slots"],
         result["pool"]["prompt_cache_mib"],
         result["pool_build"].as_str().unwrap_or(""),
-        result["llama_server"]["build"].as_str().unwrap_or(""),
-        result["llama_server"]["np"].as_str().unwrap_or(""),
+        result["peer"]["describe"].as_str().unwrap_or(peer),
         result["threads"],
         result["clients"],
         result["max_tokens"],
         result["rounds"]
     );
     // Settings measured against each other are named on the report, not only in the command line.
-    for (side, flags) in [("pool workers", &result["pool"]["worker_args"]), ("llama-server", &result["llama_server"]["extra_args"])] {
+    for (side, flags) in [("pool workers", &result["pool"]["worker_args"]), (peer, &result["peer"]["extra_args"])] {
         if let Some(flags) = flags.as_str().filter(|f| !f.is_empty()) {
             println!("{side} also got: {flags}");
         }
     }
     println!(
-        "{:<14} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}",
-        "workload", "server", "prompt/s", "out tok/s", "ttft p50", "ttft p95", "e2e p50", "e2e p95", "cached", "computed", "failed"
+        "{:<14} {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>8} {:>6}",
+        "workload",
+        "server",
+        "prompt/s",
+        "out tok/s",
+        "ttft p50",
+        "ttft p95",
+        "e2e p50",
+        "e2e p95",
+        "cached",
+        "computed",
+        "peak MiB",
+        "failed"
     );
     let Some(workloads) = result["workloads"].as_object() else { return };
     for (name, w) in workloads {
-        for (side, label) in [("pool", "pool"), ("llama_server", "llama-server")] {
+        for (side, label) in [("pool", "pool"), ("peer", peer)] {
             let s = &w[side];
+            let peak = s["peak_rss_mib"].as_f64().map_or_else(|| "-".to_string(), |m| format!("{m:.0}"));
             println!(
-                "{:<14} {:<13} {:>9.3} {:>9.1} {:>8.0}ms {:>8.0}ms {:>8.2}s {:>8.2}s {:>6.0}% {:>9.0} {:>6}",
+                "{:<14} {:<14} {:>9.3} {:>9.1} {:>8.0}ms {:>8.0}ms {:>8.2}s {:>8.2}s {:>6.0}% {:>9.0} {:>8} {:>6}",
                 name,
                 label,
                 s["prompts_per_s"]["median"].as_f64().unwrap_or(0.0),
@@ -558,20 +637,25 @@ pub(crate) fn print_result(result: &Value) {
                 s["e2e_ms"]["p95"].as_f64().unwrap_or(0.0) / 1000.0,
                 s["prompt_cached_share"].as_f64().unwrap_or(0.0) * 100.0,
                 s["prompt_tokens_computed_per_request"].as_f64().unwrap_or(0.0),
+                peak,
                 s["failed"],
             );
             if let Some(error) = s["first_error"].as_str() {
-                println!("{:<14} {:<13} first error: {error}", "", "");
+                println!("{:<14} {:<14} first error: {error}", "", "");
             }
         }
         let r = &w["ratio_prompts_per_s"];
         println!(
-            "{:<14} pool ÷ llama-server prompts/s: {:.2} (range {:.2}-{:.2})",
+            "{:<14} pool ÷ {peer} prompts/s: {:.2} (range {:.2}-{:.2})",
             name,
             r["median"].as_f64().unwrap_or(0.0),
             r["min"].as_f64().unwrap_or(0.0),
             r["max"].as_f64().unwrap_or(0.0)
         );
+        let (pool_mib, peer_mib) = (w["pool"]["peak_rss_mib"].as_f64().unwrap_or(0.0), w["peer"]["peak_rss_mib"].as_f64().unwrap_or(0.0));
+        if pool_mib > 0.0 && peer_mib > 0.0 {
+            println!("{:<14} pool ÷ {peer} peak memory: {:.2}", name, pool_mib / peer_mib);
+        }
     }
 }
 

@@ -14,3 +14,15 @@ pub fn fixtures() -> PathBuf {
     assert!(output.status.success(), "scripts/mlx-fixture.sh failed:\n{}", String::from_utf8_lossy(&output.stderr));
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
+
+/// The Python of the fixtures' venv (pinned mlx-lm, whose `mlx_lm.server` is the MLX peer):
+/// $MODELPOOL_MLX_PYTHON, else what scripts/mlx-fixture.sh --python prints (building the venv if need be).
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("MODELPOOL_MLX_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlx-fixture.sh");
+    let output = std::process::Command::new(&script).arg("--python").output().expect("running scripts/mlx-fixture.sh --python");
+    assert!(output.status.success(), "scripts/mlx-fixture.sh --python failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}

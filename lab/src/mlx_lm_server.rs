@@ -1,0 +1,175 @@
+//! The MLX peer: Python mlx-lm's own OpenAI-compatible server, as its users run it
+//! (`python -m mlx_lm.server --model DIR`, its defaults: continuous batching, its LRU prompt cache),
+//! and `server-bench --engine mlx`, which measures the pool's MLX workers against it on the same
+//! folder, the same prompts and the same machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use bench_client::openai_client::OpenAiClient;
+use bench_client::runner::Target;
+use coordinator::SchedulerConfig;
+use coordinator::worker_client::ProgressTimeouts;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::STARTUP_TIMEOUT;
+use crate::peak_memory::peak_rss_mib;
+use crate::server_bench::{
+    Pool, PoolSetup, RoundLoad, ServerBenchArgs, add_kernels, add_peak_memory, compare_rounds, pool_build, pool_shapes, pool_worker_args,
+    print_result, sweep_pool_shapes,
+};
+
+/// The model name mlx_lm.server gives the folder it was started with; any other name makes it try to
+/// load that model (from the Hugging Face hub). The pool answers to any name.
+pub const MLX_LM_MODEL: &str = "default_model";
+
+/// mlx_lm.server on a free port of 127.0.0.1, killed when dropped.
+pub struct MlxLmServer {
+    child: Child,
+    pub url: String,
+}
+
+impl MlxLmServer {
+    /// Starts `python -m mlx_lm.server` on `model` (an mlx-lm folder) and waits for its `/health`.
+    /// Offline: the hub is never asked (HF_HUB_OFFLINE).
+    pub async fn start(python: &Path, model: &Path, extra: &[String]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(python)
+            .args(["-m", "mlx_lm.server", "--model"])
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .env("HF_HUB_OFFLINE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(crate::log_file::worker_stderr())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} -m mlx_lm.server", python.display()))?;
+        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let address = self.url.trim_start_matches("http://").to_string();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("mlx_lm.server exited while starting: {status} (its stderr is in the run's log)");
+            }
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+                let mut response = Vec::new();
+                if stream.write_all(request.as_bytes()).await.is_ok()
+                    && stream.read_to_end(&mut response).await.is_ok()
+                    && response.starts_with(b"HTTP/1.")
+                    && response.windows(4).take(16).any(|w| w == b" 200")
+                {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "mlx_lm.server did not become ready within {STARTUP_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The version of mlx-lm `python` has.
+pub fn mlx_lm_version(python: &Path) -> String {
+    std::process::Command::new(python)
+        .args(["-c", "import importlib.metadata as m; print(m.version('mlx-lm'))"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The pool's coordinator for MLX on a CPU: one engine step (a slot's prompt chunk beside the others'
+/// tokens) can take longer than the default 30 s without a new token, which would fail a prompt that is
+/// only slow; mlx_lm.server has no such timeout, so the pool gets 10 minutes between tokens here.
+fn slow_engine_scheduler() -> SchedulerConfig {
+    let progress = ProgressTimeouts { first_token: Duration::from_secs(3600), between_tokens: Duration::from_secs(600) };
+    SchedulerConfig { progress, ..SchedulerConfig::default() }
+}
+
+/// An OpenAI client for `url` that names the model as mlx_lm.server knows it.
+fn client(url: &str) -> Target {
+    Target::OpenAi(OpenAiClient::new(url, None, Some(MLX_LM_MODEL.into())).expect("an http:// URL"))
+}
+
+/// `server-bench --engine mlx`: the pool's MLX workers against mlx_lm.server. The pool's shape is
+/// swept as against llama-server; mlx_lm.server runs with its defaults. Fresh servers per workload,
+/// rounds in alternating order, each side's peak memory beside its throughput.
+pub async fn run_mlx_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
+    let python: PathBuf = args
+        .mlx_python
+        .clone()
+        .context("--engine mlx needs --mlx-python, the Python with mlx-lm (scripts/server-bench.sh --engine mlx passes it)")?;
+    let folder = args.files.model.clone().context("--engine mlx needs --model DIR, an mlx-lm model folder")?;
+    anyhow::ensure!(folder.is_dir(), "--model {}: --engine mlx compares on an mlx-lm folder", folder.display());
+    anyhow::ensure!(args.rounds >= 1 && args.prompts >= 1 && args.clients >= 1, "--rounds, --prompts and --clients must be at least 1");
+    let shapes = pool_shapes(&args)?;
+    let (worker_bin, model) = args.files.resolve().await?;
+    let peer_args: Vec<String> = args.mlx_lm_server_args.iter().flat_map(|a| a.split_whitespace().map(String::from)).collect();
+    let mut worker_args = vec!["--engine".to_string(), "mlx".to_string()];
+    worker_args.extend(pool_worker_args(&args));
+    let version = mlx_lm_version(&python);
+
+    let sweep_prompts = RoundLoad::Prompts(bench_client::fresh::chats(args.seed.wrapping_add(1), 0, args.prompts.min(16), args.max_tokens));
+    let setup = PoolSetup { worker_bin, model: model.clone(), threads: args.threads, worker_args, scheduler: slow_engine_scheduler() };
+    let best_shape = sweep_pool_shapes(&shapes, &setup, &args, &sweep_prompts, client).await?;
+    let shape = best_shape.0;
+    eprintln!("== mlx_lm.server (mlx-lm {version}, its defaults) against the pool {}x{} of MLX workers", shape.0, shape.1);
+
+    let mut workloads = serde_json::Map::new();
+    let mut kernels: Vec<String> = Vec::new();
+    for &workload in &args.workloads {
+        let server = MlxLmServer::start(&python, &model, &peer_args).await?;
+        let pool = Pool::start(&setup, shape).await?;
+        add_kernels(&mut kernels, &pool.workers.cpu_kernels);
+        let pool_url = pool.coordinator.http_url.clone();
+        let mut summary = compare_rounds(workload, &args, &model, "mlx_lm.server", || client(&pool_url), || client(&server.url)).await?;
+        add_peak_memory(&mut summary, pool.peak_rss_mib(), peak_rss_mib(server.pid()));
+        pool.stop().await;
+        server.stop().await;
+        workloads.insert(workload.name().into(), summary);
+    }
+    let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
+    let result = json!({
+        "machine": machine.describe(),
+        "model": model.display().to_string(),
+        "engine": "mlx",
+        "threads": args.threads,
+        "clients": args.clients,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "peer": {
+            "name": "mlx_lm.server",
+            "describe": format!("mlx_lm.server (mlx-lm {version}, its defaults)"),
+            "version": version,
+            "extra_args": args.mlx_lm_server_args.clone().unwrap_or_default(),
+        },
+        "pool_build": pool_build(&kernels),
+        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
+        "workloads": workloads,
+    });
+    print_result(&result);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(result)
+}
