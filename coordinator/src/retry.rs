@@ -56,13 +56,20 @@ pub enum Decision {
     Fail(PoolError),
 }
 
-/// The decision for a prompt after `tries` whose last attempt failed with `code` and `error`:
-/// a final failure or a streamed prompt fails with its own error; one out of attempts fails saying so;
-/// otherwise it goes back to the queue.
+/// The decision for a prompt after `tries` whose last attempt failed with `code` and `error`: a final
+/// failure fails with its own error; a streamed prompt whose text was partly sent fails saying its
+/// answer is incomplete; one out of attempts fails saying so; otherwise it goes back to the queue.
 pub fn decide(code: Code, error: PoolError, tries: Tries, max_attempts: u32) -> Decision {
     let next = after_failure(code, tries.internal_errors);
-    if next == AfterFailure::Final || tries.streamed {
+    if next == AfterFailure::Final {
         return Decision::Fail(error);
+    }
+    if tries.streamed {
+        // Part of the answer has reached the caller: another worker would send it again from the
+        // start. The caller is told plainly that its answer is incomplete and why.
+        return Decision::Fail(PoolError::Unavailable(format!(
+            "the answer is incomplete: its worker failed after part of it was sent ({error}); send the request again"
+        )));
     }
     if tries.attempts >= max_attempts {
         return Decision::Fail(PoolError::Unavailable(format!("prompt failed after {} attempts; last error: {error}", tries.attempts)));
@@ -93,7 +100,10 @@ mod tests {
             panic!("the third failure of three is final")
         };
         assert!(out_of_attempts.to_string().contains("after 3 attempts; last error: unavailable: worker gone"), "{out_of_attempts}");
-        assert_eq!(decide(Code::Unavailable, error(), Tries { streamed: true, ..tries }, 3), Decision::Fail(error()));
+        let Decision::Fail(cut_short) = decide(Code::Unknown, error(), Tries { streamed: true, ..tries }, 3) else {
+            panic!("a streamed answer is never sent twice")
+        };
+        assert!(matches!(&cut_short, PoolError::Unavailable(m) if m.contains("incomplete")), "{cut_short:?}");
         let refused = PoolError::invalid("prompt", "too long");
         assert_eq!(decide(Code::InvalidArgument, refused.clone(), tries, 3), Decision::Fail(refused));
     }

@@ -93,6 +93,21 @@ async fn a_worker_that_hangs_up_mid_answer_has_its_prompt_run_again_elsewhere() 
 }
 
 #[tokio::test]
+async fn a_streamed_answer_cut_short_by_its_worker_fails_plainly_and_is_never_sent_twice() {
+    let scheduler = Scheduler::start(config(), Credentials::default());
+    let dying = FakeWorker::start(|_| Reply::HangUp);
+    let healthy = FakeWorker::start(|_| Reply::text("whole"));
+    join(&scheduler, &dying, 1).await;
+    let (mut pieces, answer) = scheduler.predict_stream(prompt("hello")).await.unwrap();
+    assert_eq!(pieces.recv().await.as_deref(), Some("partial"), "the first piece reached the caller");
+    join(&scheduler, &healthy, 1).await;
+    let error = answer.await.unwrap().unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(error.to_string().contains("the answer is incomplete"), "{error}");
+    assert_eq!(healthy.calls(), 0, "another worker would send the first piece again");
+}
+
+#[tokio::test]
 async fn a_prompt_failing_on_every_worker_ends_with_a_clear_error_after_its_attempts() {
     let scheduler = Scheduler::start(SchedulerConfig { max_attempts: 3, ..config() }, Credentials::default());
     let workers: Vec<FakeWorker> =

@@ -52,9 +52,10 @@ async fn only_token_holders_join_the_pool_or_call_it() {
     // A worker started with another secret never joins.
     let mut impostor_spec = pool.spec.clone();
     impostor_spec.extra_args = vec!["--token".into(), "another-secret-0123456789".into()];
-    let impostor = lab::local_pool::WorkerProcess::spawn(&impostor_spec).unwrap();
+    let mut impostor = lab::local_pool::WorkerProcess::spawn(&impostor_spec).unwrap();
     // It loads in well under a second and then tries to register every second.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(impostor.try_exit_status(), None, "the impostor is still running and trying: its absence below is the refusal's doing");
     let workers = pool.list().await;
     assert_eq!(workers.len(), 1, "only the token holder is registered");
     assert!(workers.iter().all(|w| w.info.as_ref().unwrap().pid != impostor.pid));

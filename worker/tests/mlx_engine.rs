@@ -93,7 +93,7 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn served_mlx_text_is_llama_cpp_text_for_most_tokens() {
+async fn served_mlx_text_starts_as_llama_cpps_and_the_agreement_is_reported() {
     // llama.cpp with float32 attention, the arithmetic closest to MLX's (see the logits test).
     let mut llama_config = invariant_config(1).await;
     llama_config.flash_attention = false;
