@@ -6,7 +6,7 @@
 # both), then the Python tests (the official openai client against a real pool) in .venv. The MLX
 # reference fixtures (pinned Python mlx-lm in a venv, model folders and mlx-lm's answers) are built
 # first, cached. Last, the Helm chart is rendered and validated offline (scripts/k8s-check.sh, pinned
-# tools, cached).
+# tools, cached) and, as root, the container image is built and run (scripts/image-check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -26,3 +26,13 @@ fi
 cargo test --release --workspace "$@"
 scripts/python-tests.sh
 scripts/k8s-check.sh
+# The container image built and run (a pool of containers, a worker killed under load, Compose): as root,
+# where it can run a container engine; CI runs as root, so there it always runs (and fails if it cannot).
+if [ "$(id -u)" = 0 ]; then
+  scripts/image-check.sh
+elif [ -n "${CI:-}" ]; then
+  echo "test.sh: scripts/image-check.sh needs root, and CI must run it" >&2
+  exit 1
+else
+  echo "test.sh: scripts/image-check.sh not run (needs root: it runs a container engine)" >&2
+fi

@@ -22,7 +22,9 @@ pub struct Args {
     #[arg(long, env = "MODELPOOL_WORKER_BIND", default_value = "127.0.0.1")]
     pub bind: String,
     /// Address the coordinator and clients should use: HOST (the bound port is added), HOST:PORT (the
-    /// scheme follows --tls-cert) or a URL such as http://10.0.0.5:50051. Defaults to the bound address.
+    /// scheme follows --tls-cert) or a URL such as http://10.0.0.5:50051. Defaults to the bound address,
+    /// or, bound to every interface (0.0.0.0, ::), to this machine's host name and the bound port (a
+    /// container's name on its network: Compose's workers need no flag).
     #[arg(long, env = "MODELPOOL_WORKER_ADVERTISE")]
     pub advertise: Option<String>,
     /// The model: a GGUF file (both engines), or an mlx-lm model folder (config.json, *.safetensors,

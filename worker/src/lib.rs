@@ -222,8 +222,19 @@ fn advertised_address(advertise: Option<&str>, scheme: &str, bound: std::net::So
             format!("{scheme}://{host_port}")
         }
         Some(host) => format!("{scheme}://{host}:{}", bound.port()),
+        // Nobody can dial 0.0.0.0: the host's name is the best guess (in a container, its name on the
+        // container network).
+        None if bound.ip().is_unspecified() => match host_name() {
+            Some(host) => format!("{scheme}://{host}:{}", bound.port()),
+            None => format!("{scheme}://{bound}"),
+        },
         None => format!("{scheme}://{bound}"),
     }
+}
+
+/// This machine's host name, as the kernel has it.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|name| name.trim().to_string()).filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]
@@ -237,5 +248,8 @@ mod tests {
         assert_eq!(advertised_address(Some("gpu1"), "https", bound), "https://gpu1:41234");
         assert_eq!(advertised_address(Some("gpu1:50051"), "http", bound), "http://gpu1:50051");
         assert_eq!(advertised_address(Some("http://lb:80"), "https", bound), "http://lb:80");
+        let everywhere = "0.0.0.0:50051".parse().unwrap();
+        let host = super::host_name().expect("a host name");
+        assert_eq!(advertised_address(None, "http", everywhere), format!("http://{host}:50051"), "never 0.0.0.0");
     }
 }

@@ -5,6 +5,9 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use worker::{Args, Config};
 
+/// `worker --print-model-path [FILE]`; see `main`.
+const PRINT_MODEL_PATH_FLAG: &str = "--print-model-path";
+
 fn main() -> anyhow::Result<()> {
     // A probe of one llama.cpp CPU module runs before anything else starts (see --cpu-variant).
     use worker::engine::llama::cpu_variant;
@@ -17,6 +20,13 @@ fn main() -> anyhow::Result<()> {
         for file in cpu_variant::runtime_files() {
             println!("{}", file.display());
         }
+        return Ok(());
+    }
+    // The model a worker would load (`--model`, else the default model, fetched into the cache if it is
+    // not there yet): scripts that mount it into containers ask for its path.
+    if raw_args.get(1).is_some_and(|flag| flag == PRINT_MODEL_PATH_FLAG) {
+        let explicit = raw_args.get(2).map(std::path::PathBuf::from);
+        println!("{}", model_input::model_cache::resolve_model(explicit.as_deref())?.display());
         return Ok(());
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
