@@ -70,6 +70,14 @@ except Exception as e:
 PY
 }
 
+# Says how many of a bench-client report's COUNT prompts were answered, and fails unless all were.
+all_answered() {
+  local ok failed
+  read -r ok failed < <(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summaries'][0]; print(s['ok'], s['failed'])" "$1")
+  say "$3: $ok of $2 answered, $failed failed"
+  [ "$ok" = "$2" ] && [ "$failed" = 0 ] || { cat "$work/bench.log" >&2; exit 1; }
+}
+
 # --- 2. The base image: Debian 12 and the packages the runtime stage needs, from this host's sources.
 packages=ca-certificates,python3,python3-pip,libgomp1,libopenblas0-pthread
 base_key=$(echo "bookworm $packages" | sha256sum | cut -c1-12)
@@ -156,9 +164,7 @@ done
 "$bin/bench-client" --openai "http://$api/v1" --api-key "$token" --workload chats --num-prompts 8 \
   --scenario parallel --concurrency 4 --repeats 1 --max-tokens 16 --json "$work/api.json" >"$work/bench.log" 2>&1 ||
   { cat "$work/bench.log" >&2; say "bench-client through the API failed"; exit 1; }
-read -r ok failed < <(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summaries'][0]; print(s['ok'], s['failed'])" "$work/api.json")
-say "through the containers' HTTP API: $ok of 8 answered, $failed failed"
-[ "$ok" = 8 ] && [ "$failed" = 0 ] || exit 1
+all_answered "$work/api.json" 8 "through the containers' HTTP API"
 
 # Prompts through the coordinator while worker 0 is killed and started again: none may be lost. Over
 # gRPC, whose prompts reach the client whole, so that a prompt cut short on the killed worker is run
@@ -174,9 +180,7 @@ sleep 1
 docker start "$name-worker0" >/dev/null
 wait "$bench_pid" || { cat "$work/bench.log" >&2; say "bench-client failed"; exit 1; }
 bench_pid=""
-read -r ok failed < <(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summaries'][0]; print(s['ok'], s['failed'])" "$report")
-say "through the containers, worker 0 killed and restarted under load: $ok of 40 answered, $failed failed"
-[ "$ok" = 40 ] && [ "$failed" = 0 ] || { cat "$work/bench.log" >&2; exit 1; }
+all_answered "$report" 40 "through the containers, worker 0 killed and restarted under load"
 wait_workers 2
 say "worker 0 is back in the pool"
 
@@ -198,8 +202,6 @@ wait_workers 2
 "$bin/bench-client" --openai "http://$api/v1" --api-key "$token" --workload chats --num-prompts 8 \
   --scenario parallel --concurrency 4 --repeats 1 --max-tokens 16 --json "$work/compose.json" >"$work/bench.log" 2>&1 ||
   { cat "$work/bench.log" >&2; say "bench-client through compose failed"; exit 1; }
-read -r ok failed < <(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summaries'][0]; print(s['ok'], s['failed'])" "$work/compose.json")
-say "through deploy/compose.yaml: $ok of 8 answered, $failed failed"
-[ "$ok" = 8 ] && [ "$failed" = 0 ] || exit 1
+all_answered "$work/compose.json" 8 "through deploy/compose.yaml"
 "${compose[@]}" down -t 5 >/dev/null 2>&1
 echo "image-check: passed"

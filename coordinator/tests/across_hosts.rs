@@ -39,13 +39,15 @@ fn two_simulated_hosts_report_the_pool_and_two_balanced_llama_servers() {
     assert_eq!(report["cpus_per_host"].as_array().map(Vec::len), Some(2), "{report}");
     for (workload, requests) in [("dspy", 4), ("multi-turn", 4)] {
         let w = &report["workloads"][workload];
-        for side in ["pool", "llama_server"] {
+        // The peer's side: the llama-servers behind the balancer.
+        for side in ["pool", "peer"] {
             assert_eq!(w[side]["ok"], requests, "{workload} {side}: {w}");
             assert_eq!(w[side]["failed"], 0, "{workload} {side}: {w}");
             assert!(w[side]["prompts_per_s"]["median"].as_f64().unwrap() > 0.0, "{workload} {side}: {w}");
         }
         assert!(w["ratio_prompts_per_s"]["median"].as_f64().unwrap() > 0.0, "{w}");
     }
+    assert_eq!(report["peer"]["name"], "llama-server", "{report}");
     assert!(stdout.contains("simulated hosts") && stdout.contains("llama-server"), "{stdout}");
     // The namespaces are gone.
     let left = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -15,11 +15,10 @@ use coordinator::worker_client::ProgressTimeouts;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::STARTUP_TIMEOUT;
 use crate::peak_memory::peak_rss_mib;
 use crate::server_bench::{
     Pool, PoolSetup, RoundLoad, ServerBenchArgs, add_kernels, add_peak_memory, compare_rounds, pool_build, pool_shapes, pool_worker_args,
-    print_result, sweep_pool_shapes,
+    print_result, sweep_pool_shapes, wait_healthy,
 };
 
 /// The model name mlx_lm.server gives the folder it was started with; any other name makes it try to
@@ -50,32 +49,9 @@ impl MlxLmServer {
             .spawn()
             .with_context(|| format!("starting {} -m mlx_lm.server", python.display()))?;
         let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
-        server.wait_ready().await?;
+        // Its stderr is in the run's log.
+        wait_healthy(&mut server.child, &server.url, "mlx_lm.server").await?;
         Ok(server)
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-        let address = self.url.trim_start_matches("http://").to_string();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("mlx_lm.server exited while starting: {status} (its stderr is in the run's log)");
-            }
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-                let mut response = Vec::new();
-                if stream.write_all(request.as_bytes()).await.is_ok()
-                    && stream.read_to_end(&mut response).await.is_ok()
-                    && response.starts_with(b"HTTP/1.")
-                    && response.windows(4).take(16).any(|w| w == b" 200")
-                {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "mlx_lm.server did not become ready within {STARTUP_TIMEOUT:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     pub fn pid(&self) -> Option<u32> {

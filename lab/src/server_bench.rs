@@ -267,32 +267,9 @@ impl LlamaServer {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut server = Self { child, url: format!("http://{host}:{port}") };
-        server.wait_ready().await?;
+        // A build with kernels this CPU lacks dies at its warm-up (SIGILL): said at once.
+        wait_healthy(&mut server.child, &server.url, "llama-server").await?;
         Ok(server)
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-        let address = self.url.trim_start_matches("http://").to_string();
-        loop {
-            // A build with kernels this CPU lacks dies at its warm-up (SIGILL): say so at once.
-            if let Some(status) = self.child.try_wait()? {
-                anyhow::bail!("llama-server exited while starting: {status}");
-            }
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-                let mut response = Vec::new();
-                if stream.write_all(request.as_bytes()).await.is_ok()
-                    && stream.read_to_end(&mut response).await.is_ok()
-                    && response.starts_with(b"HTTP/1.1 200")
-                {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "llama-server did not become ready within {STARTUP_TIMEOUT:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     pub(crate) async fn stop(mut self) {
@@ -301,6 +278,33 @@ impl LlamaServer {
 
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+}
+
+/// Waits until a peer server `child` started answers `GET /health` at `url` with 200, within
+/// [`STARTUP_TIMEOUT`]; fails at once if it exits meanwhile.
+pub(crate) async fn wait_healthy(child: &mut Child, url: &str, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let address = url.trim_start_matches("http://").to_string();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{name} exited while starting: {status}");
+        }
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+            let mut response = Vec::new();
+            // The status line: HTTP/1.1 (llama-server) or HTTP/1.0 (Python's http.server).
+            if stream.write_all(request.as_bytes()).await.is_ok()
+                && stream.read_to_end(&mut response).await.is_ok()
+                && response.starts_with(b"HTTP/1.")
+                && response.get(8..13) == Some(b" 200 ".as_slice())
+            {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{name} did not become ready within {STARTUP_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
