@@ -54,6 +54,8 @@ pub enum Decision {
     Requeue { alone: bool },
     /// The caller gets this error.
     Fail(PoolError),
+    /// The caller gets this error, which says the prompt failed on every attempt it was allowed.
+    OutOfAttempts(PoolError),
 }
 
 /// The decision for a prompt after `tries` whose last attempt failed with `code` and `error`: a final
@@ -72,7 +74,10 @@ pub fn decide(code: Code, error: PoolError, tries: Tries, max_attempts: u32) -> 
         )));
     }
     if tries.attempts >= max_attempts {
-        return Decision::Fail(PoolError::Unavailable(format!("prompt failed after {} attempts; last error: {error}", tries.attempts)));
+        return Decision::OutOfAttempts(PoolError::Unavailable(format!(
+            "prompt failed after {} attempts; last error: {error}",
+            tries.attempts
+        )));
     }
     Decision::Requeue { alone: next == AfterFailure::RetryAlone }
 }
@@ -96,7 +101,7 @@ mod tests {
         let tries = Tries { attempts: 1, ..Tries::default() };
         assert_eq!(decide(Code::Unavailable, error(), tries, 3), Decision::Requeue { alone: false });
         assert_eq!(decide(Code::Aborted, error(), tries, 3), Decision::Requeue { alone: true });
-        let Decision::Fail(out_of_attempts) = decide(Code::Unavailable, error(), Tries { attempts: 3, ..tries }, 3) else {
+        let Decision::OutOfAttempts(out_of_attempts) = decide(Code::Unavailable, error(), Tries { attempts: 3, ..tries }, 3) else {
             panic!("the third failure of three is final")
         };
         assert!(out_of_attempts.to_string().contains("after 3 attempts; last error: unavailable: worker gone"), "{out_of_attempts}");

@@ -532,9 +532,10 @@ impl Actor {
         }
         match retry::decide(status.code(), error.clone(), tries, self.config.max_attempts) {
             Decision::Fail(final_error) => {
-                if job.attempts >= self.config.max_attempts {
-                    warn!(request_id = %job.request.request_id, attempts = job.attempts, %error, "prompt failed on every attempt");
-                }
+                let _ = job.reply.send(Err(final_error));
+            }
+            Decision::OutOfAttempts(final_error) => {
+                warn!(request_id = %job.request.request_id, attempts = job.attempts, %error, "prompt failed on every attempt");
                 let _ = job.reply.send(Err(final_error));
             }
             Decision::Requeue { alone } => {

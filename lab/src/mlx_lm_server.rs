@@ -15,10 +15,9 @@ use coordinator::worker_client::ProgressTimeouts;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::peak_memory::peak_rss_mib;
 use crate::server_bench::{
-    Pool, PoolSetup, RoundLoad, ServerBenchArgs, add_kernels, add_peak_memory, compare_rounds, pool_build, pool_shapes, pool_worker_args,
-    print_result, sweep_pool_shapes, wait_healthy,
+    PeerServer, PoolSetup, RoundLoad, ServerBenchArgs, compare_workloads, pool_build, pool_shapes, pool_worker_args, print_result,
+    sweep_pool_shapes, wait_healthy,
 };
 
 /// The model name mlx_lm.server gives the folder it was started with; any other name makes it try to
@@ -60,6 +59,20 @@ impl MlxLmServer {
 
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+impl PeerServer for MlxLmServer {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn pid(&self) -> Option<u32> {
+        MlxLmServer::pid(self)
+    }
+
+    async fn stop(self) {
+        MlxLmServer::stop(self).await
     }
 }
 
@@ -111,19 +124,8 @@ pub async fn run_mlx_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value
     let shape = best_shape.0;
     eprintln!("== mlx_lm.server (mlx-lm {version}, its defaults) against the pool {}x{} of MLX workers", shape.0, shape.1);
 
-    let mut workloads = serde_json::Map::new();
-    let mut kernels: Vec<String> = Vec::new();
-    for &workload in &args.workloads {
-        let server = MlxLmServer::start(&python, &model, &peer_args).await?;
-        let pool = Pool::start(&setup, shape).await?;
-        add_kernels(&mut kernels, &pool.workers.cpu_kernels);
-        let pool_url = pool.coordinator.http_url.clone();
-        let mut summary = compare_rounds(workload, &args, &model, "mlx_lm.server", || client(&pool_url), || client(&server.url)).await?;
-        add_peak_memory(&mut summary, pool.peak_rss_mib(), peak_rss_mib(server.pid()));
-        pool.stop().await;
-        server.stop().await;
-        workloads.insert(workload.name().into(), summary);
-    }
+    let start_peer = || MlxLmServer::start(&python, &model, &peer_args);
+    let (workloads, kernels) = compare_workloads(&args, &setup, shape, "mlx_lm.server", start_peer, client).await?;
     let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
     let result = json!({
         "machine": machine.describe(),

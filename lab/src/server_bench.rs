@@ -391,6 +391,54 @@ fn openai(url: &str) -> Target {
     Target::OpenAi(OpenAiClient::new(url, None, Some("bench".into())).expect("an http:// URL"))
 }
 
+/// A peer server a comparison runs against: where it answers, its process, and how it ends.
+pub(crate) trait PeerServer {
+    fn url(&self) -> &str;
+    fn pid(&self) -> Option<u32>;
+    async fn stop(self);
+}
+
+impl PeerServer for LlamaServer {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn pid(&self) -> Option<u32> {
+        LlamaServer::pid(self)
+    }
+
+    async fn stop(self) {
+        LlamaServer::stop(self).await
+    }
+}
+
+/// Every workload of `args` on a fresh peer (`start_peer`) and a fresh pool of `shape` (one workload's
+/// cached prefixes do not help the next), compared round by round, each side's peak memory added.
+/// Returns the workloads' part of the report and the kernels the pools computed with.
+pub(crate) async fn compare_workloads<P: PeerServer, F: std::future::Future<Output = anyhow::Result<P>>>(
+    args: &ServerBenchArgs,
+    setup: &PoolSetup,
+    shape: (usize, u32),
+    peer_name: &str,
+    start_peer: impl Fn() -> F,
+    client: impl Fn(&str) -> Target,
+) -> anyhow::Result<(serde_json::Map<String, Value>, Vec<String>)> {
+    let mut workloads = serde_json::Map::new();
+    let mut kernels: Vec<String> = Vec::new();
+    for &workload in &args.workloads {
+        let server = start_peer().await?;
+        let pool = Pool::start(setup, shape).await?;
+        add_kernels(&mut kernels, &pool.workers.cpu_kernels);
+        let pool_url = pool.coordinator.http_url.clone();
+        let mut summary = compare_rounds(workload, args, &setup.model, peer_name, || client(&pool_url), || client(server.url())).await?;
+        add_peak_memory(&mut summary, pool.peak_rss_mib(), peak_rss_mib(server.pid()));
+        pool.stop().await;
+        server.stop().await;
+        workloads.insert(workload.name().into(), summary);
+    }
+    Ok((workloads, kernels))
+}
+
 /// Every round of one workload against both sides, in alternating order so that drift on the machine
 /// hits both alike; each round's load is new to both. Returns the workload's part of the report.
 pub(crate) async fn compare_rounds(
@@ -545,20 +593,9 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
         (args.threads / shape.0 as u32).max(1)
     );
 
-    let mut workloads = serde_json::Map::new();
-    let mut kernels: Vec<String> = Vec::new();
-    for &workload in &args.workloads {
-        // Fresh servers per workload: one workload's cached prefixes do not help the next.
-        let server = LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await?;
-        let pool = Pool::start(&setup, shape).await?;
-        add_kernels(&mut kernels, &pool.workers.cpu_kernels);
-        let pool_url = pool.coordinator.http_url.clone();
-        let mut summary = compare_rounds(workload, &args, &model, "llama-server", || openai(&pool_url), || openai(&server.url)).await?;
-        add_peak_memory(&mut summary, pool.peak_rss_mib(), peak_rss_mib(server.pid()));
-        pool.stop().await;
-        server.stop().await;
-        workloads.insert(workload.name().into(), summary);
-    }
+    let server_args = llama_server_args(&args);
+    let start_peer = || LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot, &server_args);
+    let (workloads, kernels) = compare_workloads(&args, &setup, shape, "llama-server", start_peer, openai).await?;
     let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
     let result = json!({
         "machine": machine.describe(),
