@@ -37,7 +37,8 @@ pub struct Args {
     /// mlx: MLX, weights in its own memory.
     #[arg(long, value_enum, default_value_t = EngineKind::platform_default())]
     pub engine: EngineKind,
-    /// Threads for decoding. Default: all cores. In a pool of N workers on one machine, use cores / N.
+    /// Threads for decoding (MLX: the threads of OpenBLAS, behind its float32 products). Default: all
+    /// cores. In a pool of N workers on one machine, use cores / N.
     #[arg(long, env = "MODELPOOL_THREADS")]
     pub threads: Option<u32>,
     /// Threads for prompt processing (prefill). Default: same as --threads.
@@ -102,9 +103,11 @@ pub struct Args {
     /// 1,300-token preamble: 29 MiB).
     #[arg(long, env = "MODELPOOL_PROMPT_CACHE_MIB", default_value_t = modelpool::DEFAULT_PROMPT_CACHE_MIB)]
     pub prompt_cache_mib: u32,
-    /// MLX: dequantize quantized weights to float32 once at load, so that MLX's CPU matrix products go
-    /// through BLAS (4-8x the weights' memory). Fast only with an optimized BLAS: the mlx-cpu wheel
-    /// bundles the reference one; preload OpenBLAS (LD_PRELOAD=libopenblas.so.0) to use it.
+    /// MLX: dequantize quantized weights to float32 once at load, so that every MLX CPU matrix product
+    /// goes through BLAS (4-8x the weights' memory). The default passes already do so for products of
+    /// three rows or more, dequantizing each weight for its product alone (the weights stay quantized);
+    /// this adds single-row products. Fast only with OpenBLAS, which the worker links where the build
+    /// found it (Info's cpu_kernels names the BLAS in use); the mlx-cpu wheel bundles the reference one.
     #[arg(long)]
     pub mlx_dense: bool,
     /// Requests that may wait for a slot; beyond that, RESOURCE_EXHAUSTED at once.

@@ -198,6 +198,7 @@ async fn load_engine(config: &Config) -> Result<Arc<dyn Engine>, WorkerError> {
                 shape: config.shape,
                 dense: config.mlx_dense,
                 batch_tokens: config.batch_tokens,
+                threads: config.threads,
             };
             Arc::new(tokio::task::spawn_blocking(move || engine::mlx::load(mlx)).await.map_err(|e| PoolError::Internal(e.to_string()))??)
         }

@@ -5,6 +5,7 @@ mod common;
 use common::{TestWorker, alone_then_together, invariant_config};
 use model_input::prompt_format::PromptFormat;
 use worker::engine::EngineKind;
+use worker::engine::mlx::model::{MlxLlama, QuantizedProducts};
 
 /// The bench's built-in prompts (extraction tasks and questions), the first eight.
 fn builtin_prompts() -> Vec<Vec<modelpool::ChatMessage>> {
@@ -52,7 +53,7 @@ fn mlx_logits_match_llama_cpp_on_the_builtin_prompts() {
     let backend = worker::engine::llama::default_backend(&path).unwrap();
     let llama = llama_cpp_2::model::LlamaModel::load_from_file(backend, &path, &Default::default()).unwrap();
     mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
-    let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();
+    let mlx = MlxLlama::load(&path).unwrap();
 
     let mut margins = Vec::new();
     let mut worst = 0.0f32;
@@ -146,23 +147,31 @@ async fn the_chat_template_is_the_one_llama_cpp_applies() {
     assert_eq!(format.render_chat(&ours).unwrap(), theirs);
 }
 
+/// The default model loaded by MLX on the CPU (its products through the quantized kernel), and the
+/// built-in prompts' token ids.
+fn default_model_in_mlx() -> (MlxLlama, Vec<Vec<i32>>) {
+    let path = model_input::model_cache::ensure_default_model().unwrap();
+    let format = PromptFormat::load(&path).unwrap();
+    mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
+    let prompts = builtin_prompts()
+        .into_iter()
+        .map(|messages| format.encode(&modelpool::Prompt::Chat(messages)).unwrap().into_iter().map(|t| t as i32).collect())
+        .collect();
+    (MlxLlama::load(&path).unwrap(), prompts)
+}
+
+/// A forward pass's logits, evaluated.
+fn logits(a: mlx_rs::Array) -> Vec<f32> {
+    a.eval().unwrap();
+    a.as_slice::<f32>().to_vec()
+}
+
 /// A prompt fed in chunks (with other sequences decoding in between) must end in the same state as fed
 /// at once: the causal mask of a chunk is aligned after what the cache holds.
 #[test]
 fn chunked_prefill_and_batched_decode_match_one_sequence_at_once() {
-    let path = model_input::model_cache::ensure_default_model().unwrap();
-    let format = PromptFormat::load(&path).unwrap();
-    mlx_rs::Device::set_default(&mlx_rs::Device::cpu());
-    let mlx = worker::engine::mlx::model::MlxLlama::load(&path).unwrap();
-    let prompts = builtin_prompts();
-    let tokens = |i: usize| -> Vec<i32> {
-        format.encode(&modelpool::Prompt::Chat(prompts[i].clone())).unwrap().into_iter().map(|t| t as i32).collect()
-    };
-    let logits = |a: mlx_rs::Array| {
-        a.eval().unwrap();
-        a.as_slice::<f32>().to_vec()
-    };
-    let (a, b) = (tokens(0), tokens(1));
+    let (mlx, prompts) = default_model_in_mlx();
+    let (a, b) = (prompts[0].clone(), prompts[1].clone());
 
     let mut whole = mlx.new_cache();
     let at_once = logits(mlx.forward(&a, a.len() as i32, &mut [&mut whole]).unwrap());
@@ -209,5 +218,57 @@ async fn an_mlx_worker_with_three_slots_serves_them_together_with_the_text_of_ea
     for (a, t) in alone.iter().zip(&together) {
         assert_eq!(a.text, t.text, "batched greedy output equals the output alone");
     }
+    mlx.stop().await;
+}
+
+/// The default (mixed) passes compute a quantized product of several rows densely, through the BLAS MLX
+/// calls, which must be OpenBLAS: the worker links it (worker/build.rs), because the mlx-cpu wheel's own
+/// is the reference BLAS (about 40x slower here). The logits stay the quantized kernel's up to rounding,
+/// for a prompt alone and for a prompt and another sequence's decode token in one pass.
+#[test]
+fn dense_products_through_openblas_give_the_quantized_kernels_logits() {
+    let blas = worker::engine::mlx::blas::in_use();
+    assert!(blas.is_fast(), "MLX's cblas_sgemm should be OpenBLAS's (scripts/setup.sh installs libopenblas0-pthread): {blas:?}");
+    let (mut mlx, prompts) = default_model_in_mlx();
+    let (a, b) = (prompts[2].clone(), prompts[3].clone());
+
+    // The quantized kernel: `a` alone; `b`, then its next token.
+    let mut cache = mlx.new_cache();
+    let a_kernel = logits(mlx.forward(&a, a.len() as i32, &mut [&mut cache]).unwrap());
+    let mut b_cache = mlx.new_cache();
+    let next_b = argmax(&logits(mlx.forward(&b, b.len() as i32, &mut [&mut b_cache]).unwrap()));
+    let b_kernel = logits(mlx.forward(&[next_b], 1, &mut [&mut b_cache]).unwrap());
+
+    // Dense products: `b` prefilled, then `a`'s whole prompt and `b`'s next token in one pass.
+    mlx.products = QuantizedProducts::DequantizedFrom { rows: 2 };
+    let mut b_cache = mlx.new_cache();
+    let b_prompt = logits(mlx.forward(&b, b.len() as i32, &mut [&mut b_cache]).unwrap());
+    assert_eq!(argmax(&b_prompt), next_b);
+    let mut a_cache = mlx.new_cache();
+    let next = [next_b];
+    let both = logits(mlx.forward_runs(&mut [(&a[..], &mut a_cache), (&next[..], &mut b_cache)]).unwrap());
+    let vocab = a_kernel.len();
+    assert_eq!(both.len(), 2 * vocab);
+    assert_eq!((a_cache.len, b_cache.len), (a.len() as i32, b.len() as i32 + 1));
+    for (row, kernel) in [&a_kernel, &b_kernel].into_iter().enumerate() {
+        let dense = &both[row * vocab..(row + 1) * vocab];
+        let worst = kernel.iter().zip(dense).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        println!("row {row}: dense products differ from the quantized kernel's by at most {worst}");
+        assert!(worst < 1e-3, "row {row}: dense products differ from the quantized kernel's by {worst}");
+        // Rounded differently, so the dense path really ran.
+        assert!(worst > 0.0, "row {row}: bit-identical logits: were the products dense?");
+        assert_eq!(ranked(kernel)[..5], ranked(dense)[..5], "row {row}: the top five tokens");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_default_mlx_worker_names_its_blas_and_answers_with_dense_products() {
+    let mut mlx_config = common::config(2).await;
+    mlx_config.engine = EngineKind::Mlx;
+    let mlx = TestWorker::start(mlx_config).await;
+    let info = mlx.client.clone().info(modelpool::proto::InfoRequest {}).await.unwrap().into_inner();
+    assert!(info.cpu_kernels.contains("float32 products on OpenBLAS"), "{}", info.cpu_kernels);
+    let answer = mlx.client.clone().predict(common::chat("Which city is the capital of France?", 12)).await.unwrap().into_inner();
+    assert!(answer.text.contains("Paris"), "{answer:?}");
     mlx.stop().await;
 }

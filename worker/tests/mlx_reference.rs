@@ -110,6 +110,7 @@ fn greedy_tokens_are_mlx_lms_in_every_fixture_folder() {
             // mlx-lm prefills in chunks of PREFILL_CHUNK, as the batch-invariant passes do.
             shape: PassShape::BatchInvariant,
             batch_tokens: 32,
+            threads: 2,
         })
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut agreeing = 0;

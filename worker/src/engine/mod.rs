@@ -115,8 +115,12 @@ pub struct EngineInfo {
 }
 
 /// What MLX computes with: its own kernels (no run-time choice to report).
-pub fn mlx_kernels() -> &'static str {
-    if cfg!(target_os = "macos") { "MLX (Metal GPU)" } else { "MLX CPU (the mlx-cpu wheel's build)" }
+pub fn mlx_kernels(blas: &mlx::blas::Blas) -> String {
+    if cfg!(target_os = "macos") {
+        "MLX (Metal GPU)".into()
+    } else {
+        format!("MLX CPU (the mlx-cpu wheel's build), float32 products on {}", blas.describe())
+    }
 }
 
 /// What an engine is doing now: the worker's load as it reports it to the pool.

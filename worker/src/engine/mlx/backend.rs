@@ -3,10 +3,9 @@
 //! sharing a cache's arrays (MLX arrays are immutable, so sharing is free), which is also how a
 //! sequence is saved to the prompt store and restored; the reuse rule of the batch-invariant passes.
 //!
-//! The model's forward takes the same number of new tokens from every sequence it is given, so a pass
-//! is one forward for all decode tokens plus one per prompt chunk, built lazily and evaluated at once.
+//! A pass is one model forward over every run (decode tokens and prompt chunks of any length), built
+//! lazily and evaluated at once.
 
-use mlx_rs::Array;
 use model_input::tokenizer::Tokenizer;
 use modelpool::SamplingParams;
 use toktrie::SimpleVob;
@@ -70,39 +69,27 @@ impl Backend for MlxBackend<'_> {
     }
 
     fn forward(&mut self, runs: &[Run]) -> Result<(), String> {
-        // Decode tokens (one per sequence) share one forward, in sequence order (the order in which
-        // their caches are handed to it); each longer run has one of its own.
-        let mut decoding: Vec<&Run> = runs.iter().filter(|r| r.tokens.len() == 1).collect();
-        decoding.sort_by_key(|r| r.seq);
-        let mut outputs: Vec<(Array, Vec<&Run>)> = Vec::new();
-        if !decoding.is_empty() {
-            let seqs: Vec<usize> = decoding.iter().map(|r| r.seq).collect();
-            let tokens: Vec<i32> = decoding.iter().map(|r| r.tokens[0]).collect();
-            let mut caches: Vec<&mut KvCache> =
-                self.caches.iter_mut().enumerate().filter(|(seq, _)| seqs.contains(seq)).map(|(_, cache)| cache).collect();
-            outputs.push((self.model.forward(&tokens, 1, &mut caches).map_err(mlx_error)?, decoding));
+        // One model pass for every run: the decode tokens and the prompt chunks share the weight
+        // products, each run attends over its own cache.
+        let mut caches: Vec<Option<&mut KvCache>> = self.caches.iter_mut().map(Some).collect();
+        let mut model_runs = Vec::with_capacity(runs.len());
+        for run in runs {
+            let cache = caches.get_mut(run.seq).and_then(Option::take).ok_or_else(|| format!("two runs for sequence {}", run.seq))?;
+            model_runs.push((run.tokens, cache));
         }
-        for run in runs.iter().filter(|r| r.tokens.len() > 1) {
-            let cache = &mut self.caches[run.seq];
-            outputs.push((self.model.forward(run.tokens, run.tokens.len() as i32, &mut [cache]).map_err(mlx_error)?, vec![run]));
-        }
+        let logits = self.model.forward_runs(&mut model_runs).map_err(mlx_error)?;
         // One evaluation for the whole pass (and with it the caches' new keys and values).
-        mlx_rs::transforms::eval(outputs.iter().map(|(logits, _)| logits)).map_err(|e| mlx_error(e.to_string()))?;
+        logits.eval().map_err(|e| mlx_error(e.to_string()))?;
+        let values = logits.as_slice::<f32>();
+        let vocab = values.len() / runs.len();
+        self.vocab = vocab;
         // Rows in the order of `runs`, for the runs that asked for logits.
-        let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
-        for (logits, members) in &outputs {
-            let values = logits.as_slice::<f32>();
-            let vocab = values.len() / members.len();
-            self.vocab = vocab;
-            for (i, run) in members.iter().enumerate() {
-                if run.logits {
-                    let order = runs.iter().position(|r| r.seq == run.seq).expect("a run of this pass");
-                    rows.push((order, values[i * vocab..(i + 1) * vocab].to_vec()));
-                }
-            }
-        }
-        rows.sort_by_key(|(order, _)| *order);
-        self.logits = rows.into_iter().flat_map(|(_, row)| row).collect();
+        self.logits = runs
+            .iter()
+            .enumerate()
+            .filter(|(_, run)| run.logits)
+            .flat_map(|(i, _)| values[i * vocab..(i + 1) * vocab].iter().copied())
+            .collect();
         Ok(())
     }
 

@@ -10,6 +10,7 @@
 
 pub mod architecture;
 mod backend;
+pub mod blas;
 pub use backend::PREFILL_CHUNK;
 pub mod model;
 pub mod weights;
@@ -24,7 +25,7 @@ use super::batch_loop::{BatchLoop, LoopSettings, PassShape, StepBudget};
 use super::queue::JobQueue;
 use super::served::ServedEngine;
 use super::{EngineInfo, EngineKind};
-use model::MlxLlama;
+use model::{MlxLlama, QuantizedProducts};
 
 /// What the MLX modules return: errors are messages naming what failed (mlx-rs's exceptions carry
 /// nothing else this engine uses).
@@ -46,6 +47,23 @@ pub struct MlxConfig {
     pub shape: PassShape,
     /// Mixed passes: prompt tokens per step at most.
     pub batch_tokens: u32,
+    /// Threads of the BLAS behind MLX's float32 products (OpenBLAS; MLX's own CPU kernels use one).
+    pub threads: u32,
+}
+
+/// Rows from which a quantized product is computed densely in the default (mixed) passes when an
+/// optimized BLAS is in use. Measured with OpenBLAS here (1536×576, 4-bit): one row 0.8 ms quantized
+/// against 1.7 dequantized, two about even, three 2.4 against 1.7.
+const DEQUANTIZE_FROM_ROWS: i32 = 3;
+
+/// How the layers' quantized products are computed: densely for passes of several rows where an
+/// optimized BLAS makes that pay and the passes need not be batch-invariant; MLX's quantized kernel
+/// (mlx-lm's arithmetic) otherwise.
+fn quantized_products(shape: PassShape, blas: &blas::Blas) -> QuantizedProducts {
+    match shape {
+        PassShape::Mixed if blas.is_fast() => QuantizedProducts::DequantizedFrom { rows: DEQUANTIZE_FROM_ROWS },
+        _ => QuantizedProducts::Kernel,
+    }
 }
 
 /// The device MLX computes on: Metal on macOS, the CPU backend elsewhere (MLX has no GPU there).
@@ -71,6 +89,10 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
     let shape = config.shape;
     let batch_tokens = config.batch_tokens as usize;
     let prompt_store_bytes = config.prompt_store_bytes as usize;
+    let blas = blas::in_use();
+    blas::set_threads(config.threads);
+    let products = quantized_products(shape, blas);
+    tracing::info!(blas = %blas.describe(), ?products, threads = config.threads, "MLX CPU products");
     let thread_alive = queue.engine_thread();
     std::thread::Builder::new()
         .name("mlx-engine".into())
@@ -78,7 +100,8 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
             let _alive = thread_alive;
             mlx_rs::Device::set_default(&device());
             match MlxLlama::load_with(&path, dense) {
-                Ok(model) => {
+                Ok(mut model) => {
+                    model.products = products;
                     let _ = started_tx.send(Ok(model.kv_bytes_per_token()));
                     let passes = backend::MlxBackend::new(&model, &thread_format.tokenizer, slots);
                     let tokens = match shape {
@@ -105,11 +128,11 @@ pub fn load(config: MlxConfig) -> Result<ServedEngine, PoolError> {
         context_per_slot: config.context_per_slot,
         slots: config.slots,
         queue_capacity: config.queue_capacity,
-        threads: 1,
-        threads_batch: 1,
+        threads: config.threads,
+        threads_batch: config.threads,
         prompt_store_capacity_bytes: config.prompt_store_bytes,
         prompt_store_tokens: config.prompt_store_bytes / kv_bytes_per_token.max(1) as u64,
-        cpu_kernels: super::mlx_kernels().to_string(),
+        cpu_kernels: super::mlx_kernels(blas),
         max_token_bytes: 0, // ServedEngine::start reads it from the tokenizer
     };
     ServedEngine::start(info, format, queue)
