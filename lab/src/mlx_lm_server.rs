@@ -87,9 +87,10 @@ pub fn mlx_lm_version(python: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The pool's coordinator for MLX on a CPU: one engine step (a slot's prompt chunk beside the others'
-/// tokens) can take longer than the default 30 s without a new token, which would fail a prompt that is
-/// only slow; mlx_lm.server has no such timeout, so the pool gets 10 minutes between tokens here.
+/// The pool's coordinator for MLX on a CPU: where the worker has no OpenBLAS, every product takes MLX's
+/// quantized kernel and one engine step (a slot's prompt tokens beside the others' tokens) can take
+/// longer than the default 30 s without a new token, which would fail a prompt that is only slow;
+/// mlx_lm.server has no such timeout, so the pool gets 10 minutes between tokens here.
 fn slow_engine_scheduler() -> SchedulerConfig {
     let progress = ProgressTimeouts { first_token: Duration::from_secs(3600), between_tokens: Duration::from_secs(600) };
     SchedulerConfig { progress, ..SchedulerConfig::default() }

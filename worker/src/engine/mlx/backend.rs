@@ -17,9 +17,10 @@ use crate::engine::prefix_cache::ReusePolicy;
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::argmax;
 
-/// Prompt tokens prefilled per step. MLX's CPU backend prefills at about 14 tokens/s here, so a chunk
-/// stalls the decoding slots for about two seconds; a whole long prompt at once would stall them far
-/// longer.
+/// Prompt tokens per pass of the batch-invariant shape (the default passes take `--batch-tokens`).
+/// There every product uses MLX's quantized kernel, which prefills at about 14 tokens/s on this CPU, so
+/// a chunk stalls the decoding slots for about two seconds; a whole long prompt at once would stall them
+/// far longer. mlx-lm prefills in steps of the same size in the reference test.
 pub const PREFILL_CHUNK: usize = 32;
 
 /// This engine's [`ReusePolicy`]: batch-invariant prompts are prefilled as
