@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
 use crate::server_bench::{
-    LlamaServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, np_name, pool_build,
+    PeerServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, np_name, pool_build,
     pool_worker_args, print_result, round_of,
 };
 use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
@@ -114,10 +114,11 @@ async fn start_servers(
     threads: u32,
     ctx_per_slot: u32,
     extra: &[String],
-) -> anyhow::Result<Vec<LlamaServer>> {
+) -> anyhow::Result<Vec<PeerServer>> {
     let mut servers = Vec::new();
     for host in hosts {
-        match LlamaServer::start_with(&host.launcher, &host.address, SERVER_PORT, binary, model, 0, threads, ctx_per_slot, extra).await {
+        match PeerServer::llama_server_at(&host.launcher, &host.address, SERVER_PORT, binary, model, 0, threads, ctx_per_slot, extra).await
+        {
             Ok(server) => servers.push(server),
             Err(error) => {
                 for server in servers {
@@ -130,13 +131,13 @@ async fn start_servers(
     Ok(servers)
 }
 
-async fn stop_servers(servers: Vec<LlamaServer>) {
+async fn stop_servers(servers: Vec<PeerServer>) {
     for server in servers {
         server.stop().await;
     }
 }
 
-fn balanced(servers: &[LlamaServer], policy: bench_client::balancer::Policy) -> Target {
+fn balanced(servers: &[PeerServer], policy: bench_client::balancer::Policy) -> Target {
     let endpoints = servers.iter().map(|s| OpenAiClient::new(&s.url, None, Some("bench".into())).expect("an http:// URL")).collect();
     Target::Balanced(Balancer::new(endpoints, policy).expect("at least one server"))
 }

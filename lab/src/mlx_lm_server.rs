@@ -13,27 +13,22 @@ use bench_client::runner::Target;
 use coordinator::SchedulerConfig;
 use coordinator::worker_client::ProgressTimeouts;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::server_bench::{
     PeerServer, PoolSetup, RoundLoad, ServerBenchArgs, compare_workloads, pool_build, pool_shapes, pool_worker_args, print_result,
-    sweep_pool_shapes, wait_healthy,
+    sweep_pool_shapes,
 };
 
 /// The model name mlx_lm.server gives the folder it was started with; any other name makes it try to
 /// load that model (from the Hugging Face hub). The pool answers to any name.
 pub const MLX_LM_MODEL: &str = "default_model";
 
-/// mlx_lm.server on a free port of 127.0.0.1, killed when dropped.
-pub struct MlxLmServer {
-    child: Child,
-    pub url: String,
-}
-
-impl MlxLmServer {
+/// mlx_lm.server on a free port of 127.0.0.1.
+impl PeerServer {
     /// Starts `python -m mlx_lm.server` on `model` (an mlx-lm folder) and waits for its `/health`.
     /// Offline: the hub is never asked (HF_HUB_OFFLINE).
-    pub async fn start(python: &Path, model: &Path, extra: &[String]) -> anyhow::Result<Self> {
+    pub async fn mlx_lm_server(python: &Path, model: &Path, extra: &[String]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(python)
             .args(["-m", "mlx_lm.server", "--model"])
@@ -47,32 +42,8 @@ impl MlxLmServer {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} -m mlx_lm.server", python.display()))?;
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
         // Its stderr is in the run's log.
-        wait_healthy(&mut server.child, &server.url, "mlx_lm.server").await?;
-        Ok(server)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-impl PeerServer for MlxLmServer {
-    fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn pid(&self) -> Option<u32> {
-        MlxLmServer::pid(self)
-    }
-
-    async fn stop(self) {
-        MlxLmServer::stop(self).await
+        Self::started(child, format!("http://127.0.0.1:{port}"), "mlx_lm.server").await
     }
 }
 
@@ -125,7 +96,7 @@ pub async fn run_mlx_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value
     let shape = best_shape.0;
     eprintln!("== mlx_lm.server (mlx-lm {version}, its defaults) against the pool {}x{} of MLX workers", shape.0, shape.1);
 
-    let start_peer = || MlxLmServer::start(&python, &model, &peer_args);
+    let start_peer = || PeerServer::mlx_lm_server(&python, &model, &peer_args);
     let (workloads, kernels) = compare_workloads(&args, &setup, shape, "mlx_lm.server", start_peer, client).await?;
     let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
     let result = json!({

@@ -215,24 +215,62 @@ pub(crate) fn np_name(np: u32) -> String {
     if np == 0 { format!("auto ({AUTO_SLOTS}, unified KV)") } else { np.to_string() }
 }
 
-/// llama-server on a free port of 127.0.0.1 (or wherever [`LlamaServer::start_with`] puts it), killed
-/// when dropped.
-pub(crate) struct LlamaServer {
+/// A peer server a comparison runs against (llama-server, mlx_lm.server): its process, killed when
+/// dropped, and where it answers.
+pub struct PeerServer {
     child: Child,
-    pub(crate) url: String,
+    pub url: String,
 }
 
-impl LlamaServer {
+impl PeerServer {
+    /// A peer server just spawned as `child` (`name` in messages), once it answers `GET /health` at `url`
+    /// with 200, within [`STARTUP_TIMEOUT`]; fails at once if it exits meanwhile.
+    pub(crate) async fn started(mut child: Child, url: String, name: &str) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let address = url.trim_start_matches("http://").to_string();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{name} exited while starting: {status}");
+            }
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+                let mut response = Vec::new();
+                // The status line: HTTP/1.1 (llama-server) or HTTP/1.0 (Python's http.server).
+                if stream.write_all(request.as_bytes()).await.is_ok()
+                    && stream.read_to_end(&mut response).await.is_ok()
+                    && response.starts_with(b"HTTP/1.")
+                    && response.get(8..13) == Some(b" 200 ".as_slice())
+                {
+                    return Ok(Self { child, url });
+                }
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "{name} did not become ready within {STARTUP_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// llama-server on a free port of 127.0.0.1, or wherever [`PeerServer::llama_server_at`] puts it.
+impl PeerServer {
     /// `np` 0 leaves the slot count to llama-server (4 slots, one unified KV buffer), with the context
     /// of 4 slots.
-    async fn start(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32, extra: &[String]) -> anyhow::Result<Self> {
+    async fn llama_server(binary: &Path, model: &Path, np: u32, threads: u32, ctx_per_slot: u32, extra: &[String]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Self::start_with(&[], "127.0.0.1", port, binary, model, np, threads, ctx_per_slot, extra).await
+        Self::llama_server_at(&[], "127.0.0.1", port, binary, model, np, threads, ctx_per_slot, extra).await
     }
 
     /// Started through `launcher` (e.g. `ip netns exec NS taskset -c 0`), listening on `host:port`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn start_with(
+    pub(crate) async fn llama_server_at(
         launcher: &[String],
         host: &str,
         port: u16,
@@ -266,45 +304,8 @@ impl LlamaServer {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = Self { child, url: format!("http://{host}:{port}") };
         // A build with kernels this CPU lacks dies at its warm-up (SIGILL): said at once.
-        wait_healthy(&mut server.child, &server.url, "llama-server").await?;
-        Ok(server)
-    }
-
-    pub(crate) async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-}
-
-/// Waits until a peer server `child` started answers `GET /health` at `url` with 200, within
-/// [`STARTUP_TIMEOUT`]; fails at once if it exits meanwhile.
-pub(crate) async fn wait_healthy(child: &mut Child, url: &str, name: &str) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-    let address = url.trim_start_matches("http://").to_string();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("{name} exited while starting: {status}");
-        }
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(&address).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let request = format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-            let mut response = Vec::new();
-            // The status line: HTTP/1.1 (llama-server) or HTTP/1.0 (Python's http.server).
-            if stream.write_all(request.as_bytes()).await.is_ok()
-                && stream.read_to_end(&mut response).await.is_ok()
-                && response.starts_with(b"HTTP/1.")
-                && response.get(8..13) == Some(b" 200 ".as_slice())
-            {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{name} did not become ready within {STARTUP_TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Self::started(child, format!("http://{host}:{port}"), "llama-server").await
     }
 }
 
@@ -391,31 +392,10 @@ fn openai(url: &str) -> Target {
     Target::OpenAi(OpenAiClient::new(url, None, Some("bench".into())).expect("an http:// URL"))
 }
 
-/// A peer server a comparison runs against: where it answers, its process, and how it ends.
-pub(crate) trait PeerServer {
-    fn url(&self) -> &str;
-    fn pid(&self) -> Option<u32>;
-    async fn stop(self);
-}
-
-impl PeerServer for LlamaServer {
-    fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn pid(&self) -> Option<u32> {
-        LlamaServer::pid(self)
-    }
-
-    async fn stop(self) {
-        LlamaServer::stop(self).await
-    }
-}
-
 /// Every workload of `args` on a fresh peer (`start_peer`) and a fresh pool of `shape` (one workload's
 /// cached prefixes do not help the next), compared round by round, each side's peak memory added.
 /// Returns the workloads' part of the report and the kernels the pools computed with.
-pub(crate) async fn compare_workloads<P: PeerServer, F: std::future::Future<Output = anyhow::Result<P>>>(
+pub(crate) async fn compare_workloads<F: std::future::Future<Output = anyhow::Result<PeerServer>>>(
     args: &ServerBenchArgs,
     setup: &PoolSetup,
     shape: (usize, u32),
@@ -430,7 +410,7 @@ pub(crate) async fn compare_workloads<P: PeerServer, F: std::future::Future<Outp
         let pool = Pool::start(setup, shape).await?;
         add_kernels(&mut kernels, &pool.workers.cpu_kernels);
         let pool_url = pool.coordinator.http_url.clone();
-        let mut summary = compare_rounds(workload, args, &setup.model, peer_name, || client(&pool_url), || client(server.url())).await?;
+        let mut summary = compare_rounds(workload, args, &setup.model, peer_name, || client(&pool_url), || client(&server.url)).await?;
         add_peak_memory(&mut summary, pool.peak_rss_mib(), peak_rss_mib(server.pid()));
         pool.stop().await;
         server.stop().await;
@@ -554,16 +534,17 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let mut builds_not_run = Vec::new();
     for binary in &args.llama_server {
         for &np in &args.np {
-            let server = match LlamaServer::start(binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await {
-                Ok(server) => server,
-                Err(error) => {
-                    eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
-                    builds_not_run.push(
+            let server =
+                match PeerServer::llama_server(binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await {
+                    Ok(server) => server,
+                    Err(error) => {
+                        eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
+                        builds_not_run.push(
                         json!({"build": llama_build_name(binary), "binary": binary.display().to_string(), "error": format!("{error:#}")}),
                     );
-                    break;
-                }
-            };
+                        break;
+                    }
+                };
             let (records, wall) = measure(&server.url, &sweep_prompts, args.clients, args.max_tokens).await;
             server.stop().await;
             let round = round_of(&records, wall);
@@ -594,7 +575,7 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     );
 
     let server_args = llama_server_args(&args);
-    let start_peer = || LlamaServer::start(server_binary, &model, np, args.threads, args.ctx_per_slot, &server_args);
+    let start_peer = || PeerServer::llama_server(server_binary, &model, np, args.threads, args.ctx_per_slot, &server_args);
     let (workloads, kernels) = compare_workloads(&args, &setup, shape, "llama-server", start_peer, openai).await?;
     let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
     let result = json!({

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use coordinator::SchedulerConfig;
 use lab::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
-use lab::mlx_lm_server::{MLX_LM_MODEL, MlxLmServer};
+use lab::mlx_lm_server::MLX_LM_MODEL;
+use lab::server_bench::PeerServer;
 
 /// `bench-client` beside the worker binary this test runs with (the same target directory).
 fn bench_client() -> PathBuf {
@@ -41,7 +42,7 @@ async fn bench_client_counts_cached_tokens_of_mlx_lm_server_and_of_the_pool() {
     let dir = std::env::temp_dir().join(format!("modelpool-mlx-lm-server-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let server = MlxLmServer::start(&python, &folder, &[]).await.expect("mlx_lm.server starts on the fixture folder");
+    let server = PeerServer::mlx_lm_server(&python, &folder, &[]).await.expect("mlx_lm.server starts on the fixture folder");
     let theirs = tokio::task::spawn_blocking({
         let (url, report) = (server.url.clone(), dir.join("mlx_lm_server.json"));
         move || bench(&url, &report)
