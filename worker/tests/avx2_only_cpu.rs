@@ -5,7 +5,8 @@
 //! decoder raises SIGILL on any instruction that CPU lacks.
 //!
 //! Real processes under emulation: the worker itself, which must pick the `haswell` module and answer a
-//! chat; and probes, as the worker runs them, of an AVX-512 module (refused there: ggml will not load a
+//! chat; the worker on its MLX engine (the mlx-cpu wheel's libmlx and the system's OpenBLAS, which must
+//! pick its Haswell kernels), which must answer too; and probes, as the worker runs them, of an AVX-512 module (refused there: ggml will not load a
 //! module whose instructions the CPU's flags lack, so it never runs) and of the `haswell` one (passes).
 //! The worker's own probe child is not emulated (QEMU runs a program the guest starts natively), so
 //! the probes are run here under the emulator directly. A module that the flags admit but the CPU
@@ -55,14 +56,16 @@ impl Drop for Emulated {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_an_avx2_only_cpu_the_worker_picks_haswell_kernels_and_answers() {
-    let Some(qemu) = emulator() else { return };
+/// Starts the worker binary under the emulated CPU with `engine_args`, waits until its model is loaded
+/// and warmed up (a forward pass has run), and returns it with its `Info::cpu_kernels` and a client.
+async fn start_emulated_worker(qemu: &Path, engine_args: &[&str]) -> (Emulated, WorkerClient<tonic::transport::Channel>, String) {
     let model = tokio::task::spawn_blocking(model_input::model_cache::ensure_default_model).await.unwrap().unwrap();
-    let mut child = Command::new(&qemu)
+    let mut child = Command::new(qemu)
         .args(["-cpu", CPU_MODEL])
         .arg(worker_binary())
-        .args(["--port", "0", "--threads", "2", "--slots", "1", "--model"])
+        .args(["--port", "0", "--threads", "2", "--slots", "1"])
+        .args(engine_args)
+        .arg("--model")
         .arg(&model)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -83,17 +86,22 @@ async fn on_an_avx2_only_cpu_the_worker_picks_haswell_kernels_and_answers() {
     .expect("the emulated worker printed its address");
     let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
     let mut client = WorkerClient::new(channel);
-    // Loading and warming up under emulation takes some 25 s on 2 cores.
+    // Loading and warming up under emulation takes some 20-25 s on 2 cores (more while the other
+    // emulated worker of this file runs).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    let info = loop {
+    let kernels = loop {
         let info = client.info(InfoRequest {}).await.unwrap().into_inner();
         if !info.cpu_kernels.is_empty() {
-            break info;
+            break info.cpu_kernels;
         }
         assert!(tokio::time::Instant::now() < deadline, "the emulated worker did not load its model in 300 s");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(info.cpu_kernels.starts_with("haswell (probed"), "an AVX2-only CPU gets the haswell module: {}", info.cpu_kernels);
+    (worker, client, kernels)
+}
+
+/// A short chat through the emulated worker: real text, within its token limit.
+async fn answers_a_chat(client: &mut WorkerClient<tonic::transport::Channel>) {
     let reply = tokio::time::timeout(Duration::from_secs(300), client.predict(common::chat("Name three primary colors.", 6)))
         .await
         .expect("answered within 300 s under emulation")
@@ -101,6 +109,27 @@ async fn on_an_avx2_only_cpu_the_worker_picks_haswell_kernels_and_answers() {
         .into_inner();
     assert!(reply.text.chars().filter(|c| c.is_alphabetic()).count() >= 3, "{:?}", reply.text);
     assert!((1..=6).contains(&reply.completion_tokens), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_avx2_only_cpu_the_worker_picks_haswell_kernels_and_answers() {
+    let Some(qemu) = emulator() else { return };
+    let (worker, mut client, kernels) = start_emulated_worker(&qemu, &["--engine", "llama"]).await;
+    assert!(kernels.starts_with("haswell (probed"), "an AVX2-only CPU gets the haswell module: {kernels}");
+    answers_a_chat(&mut client).await;
+    drop(worker);
+}
+
+/// The MLX engine has no kernels of its own to choose: libmlx is the mlx-cpu wheel's build, and its
+/// float32 products go to the system's OpenBLAS, which picks its kernels from CPUID at load. Both must
+/// run on the emulated CPU without an instruction it lacks, and OpenBLAS must pick its Haswell ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_avx2_only_cpu_the_mlx_engine_runs_with_haswell_blas_kernels_and_answers() {
+    let Some(qemu) = emulator() else { return };
+    let (worker, mut client, kernels) = start_emulated_worker(&qemu, &["--engine", "mlx"]).await;
+    assert!(kernels.starts_with("MLX CPU"), "{kernels}");
+    assert!(kernels.contains("OpenBLAS") && kernels.contains("Haswell"), "OpenBLAS picks its Haswell kernels: {kernels}");
+    answers_a_chat(&mut client).await;
     drop(worker);
 }
 
