@@ -112,7 +112,7 @@ fn prompt_processing_request(round: usize, filler_words: usize) -> PredictReques
 /// The filler words that make the prompt-processing prompt exactly [`PROMPT_PROCESSING_TOKENS`] tokens
 /// for this worker's tokenizer, as llama-bench's pp512 is: one longer prompt would cost the worker a
 /// second, nearly empty pass that llama-bench never makes. Counted by the worker itself on a prompt of
-/// a round number no round uses (so nothing of it is reused); the rounds check the count.
+/// a round number no round uses (so nothing of it is reused); the report prints each round's count.
 async fn calibrate_prompt_processing(client: &CoordinatorClient<AuthChannel>) -> anyhow::Result<usize> {
     let (records, _) = run_closed_loop(client.clone(), &[prompt_processing_request(9_999, 0)], 1).await;
     let record = records
