@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::server_bench::{
-    PeerServer, PoolSetup, RoundLoad, ServerBenchArgs, compare_workloads, pool_build, pool_shapes, pool_worker_args, print_result,
-    sweep_pool_shapes,
+    PeerServer, PoolSetup, RoundLoad, ServerBenchArgs, compare_workloads, one_host_report, pool_shapes, pool_worker_args, sweep_pool_shapes,
 };
 
 /// The model name mlx_lm.server gives the folder it was started with; any other name makes it try to
@@ -98,28 +97,11 @@ pub async fn run_mlx_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value
 
     let start_peer = || PeerServer::mlx_lm_server(&python, &model, &peer_args);
     let (workloads, kernels) = compare_workloads(&args, &setup, shape, "mlx_lm.server", start_peer, client).await?;
-    let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
-    let result = json!({
-        "machine": machine.describe(),
-        "model": model.display().to_string(),
-        "engine": "mlx",
-        "threads": args.threads,
-        "clients": args.clients,
-        "max_tokens": args.max_tokens,
-        "rounds": args.rounds,
-        "peer": {
-            "name": "mlx_lm.server",
-            "describe": format!("mlx_lm.server (mlx-lm {version}, its defaults)"),
-            "version": version,
-            "extra_args": args.mlx_lm_server_args.clone().unwrap_or_default(),
-        },
-        "pool_build": pool_build(&kernels),
-        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
-        "workloads": workloads,
+    let peer = json!({
+        "name": "mlx_lm.server",
+        "describe": format!("mlx_lm.server (mlx-lm {version}, its defaults)"),
+        "version": version,
+        "extra_args": args.mlx_lm_server_args.clone().unwrap_or_default(),
     });
-    print_result(&result);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(result)
+    one_host_report(&args, &model, Some("mlx"), peer, best_shape, &kernels, workloads)
 }

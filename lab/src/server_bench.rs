@@ -577,28 +577,47 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let server_args = llama_server_args(&args);
     let start_peer = || PeerServer::llama_server(server_binary, &model, np, args.threads, args.ctx_per_slot, &server_args);
     let (workloads, kernels) = compare_workloads(&args, &setup, shape, "llama-server", start_peer, openai).await?;
-    let machine = bench_client::report::Machine::this().with_worker_kernels(&kernels);
-    let result = json!({
+    let peer = json!({
+        "name": "llama-server",
+        "describe": format!("llama-server ({}) -np {}", llama_build_name(server_binary), np_name(np)),
+        "binary": server_binary.display().to_string(),
+        "build": llama_build_name(server_binary),
+        "np": np_name(np),
+        "sweep_prompts_per_s": server_sweep,
+        "builds_not_run": builds_not_run,
+        "extra_args": args.llama_server_args.clone().unwrap_or_default(),
+    });
+    one_host_report(&args, &model, None, peer, best_shape, &kernels, workloads)
+}
+
+/// The report of a one-host comparison, whichever the peer: the run's settings, the peer as `peer`
+/// describes it, the pool's shape (and its sweep figure) and kernels, the workloads' rounds. Printed,
+/// and written as JSON where `--json` asks.
+pub(crate) fn one_host_report(
+    args: &ServerBenchArgs,
+    model: &Path,
+    engine: Option<&str>,
+    peer: Value,
+    (shape, shape_sweep): ((usize, u32), f64),
+    kernels: &[String],
+    workloads: serde_json::Map<String, Value>,
+) -> anyhow::Result<Value> {
+    let machine = bench_client::report::Machine::this().with_worker_kernels(kernels);
+    let mut result = json!({
         "machine": machine.describe(),
         "model": model.display().to_string(),
         "threads": args.threads,
         "clients": args.clients,
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "peer": {
-            "name": "llama-server",
-            "describe": format!("llama-server ({}) -np {}", llama_build_name(server_binary), np_name(np)),
-            "binary": server_binary.display().to_string(),
-            "build": llama_build_name(server_binary),
-            "np": np_name(np),
-            "sweep_prompts_per_s": server_sweep,
-            "builds_not_run": builds_not_run,
-            "extra_args": args.llama_server_args.clone().unwrap_or_default(),
-        },
-        "pool_build": pool_build(&kernels),
-        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": best_shape.1, "worker_args": args.worker_args.clone().unwrap_or_default()},
+        "peer": peer,
+        "pool_build": pool_build(kernels),
+        "pool": {"workers": shape.0, "slots": shape.1, "prompt_cache_mib": args.prompt_cache_mib.unwrap_or(modelpool::DEFAULT_PROMPT_CACHE_MIB), "sweep_prompts_per_s": shape_sweep, "worker_args": args.worker_args.clone().unwrap_or_default()},
         "workloads": workloads,
     });
+    if let Some(engine) = engine {
+        result["engine"] = json!(engine);
+    }
     print_result(&result);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", path.display()))?;
