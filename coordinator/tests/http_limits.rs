@@ -46,6 +46,22 @@ fn post(host: &str, path: &str, body: &str) -> String {
     format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
+/// Waits (90 s at most) until the pool's one worker has cancelled a prompt, and fails if it served
+/// one instead: the prompt of `client` must not run to its end.
+async fn until_cancelled_unserved(pool: &TestPool, client: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let load = pool.list().await[0].load.unwrap_or_default();
+        if load.cancelled >= 1 {
+            assert_eq!(load.served, 0, "cancelled, not finished");
+            return;
+        }
+        assert!(load.served == 0, "the prompt ran to its end for {client}");
+        assert!(Instant::now() < deadline, "the prompt is cancelled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A coordinator (no workers) whose HTTP API has these limits.
 async fn coordinator_with(limits: HttpLimits) -> LocalCoordinator {
     LocalCoordinator::start(Config { http_limits: limits, ..Config::default() }).await.unwrap()
@@ -176,17 +192,7 @@ async fn an_http2_stream_held_at_a_zero_window_is_dropped_and_its_prompt_cancell
     let response = response.await.expect("headers are not flow-controlled");
     assert_eq!(response.status(), 200);
     // The client never opens its window: not one byte of the stream can reach it.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let load = pool.list().await[0].load.unwrap_or_default();
-        if load.cancelled >= 1 {
-            assert_eq!(load.served, 0, "cancelled, not finished");
-            break;
-        }
-        assert!(load.served == 0, "the prompt ran to its end for a client that took no data");
-        assert!(Instant::now() < deadline, "the prompt is cancelled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_cancelled_unserved(&pool, "a client that took no data").await;
     drop(response);
     pool.shutdown().await;
 }
@@ -206,17 +212,7 @@ async fn a_streaming_client_that_stops_reading_is_dropped_and_its_prompt_cancell
     let body = chat_body("Count from one to one thousand in words.", 2000, true);
     stream.write_all(post(&host, "/v1/chat/completions", &body).as_bytes()).await.unwrap();
     // The client never reads. The worker's generation must end long before its 2000 tokens.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let load = pool.list().await[0].load.unwrap_or_default();
-        if load.cancelled >= 1 {
-            assert_eq!(load.served, 0, "cancelled, not finished");
-            break;
-        }
-        assert!(load.served == 0, "the prompt ran to its end for a client that had stopped reading");
-        assert!(Instant::now() < deadline, "the prompt is cancelled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_cancelled_unserved(&pool, "a client that had stopped reading").await;
     drop(stream);
     pool.shutdown().await;
 }
