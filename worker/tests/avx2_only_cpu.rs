@@ -6,8 +6,9 @@
 //!
 //! Real processes under emulation: the worker itself, which must pick the `haswell` module and answer a
 //! chat; the worker on its MLX engine (the mlx-cpu wheel's libmlx and the system's OpenBLAS, which must
-//! pick its Haswell kernels), which must answer too; and probes, as the worker runs them, of an AVX-512 module (refused there: ggml will not load a
-//! module whose instructions the CPU's flags lack, so it never runs) and of the `haswell` one (passes).
+//! pick its Haswell kernels), which must answer too; and probes, as the worker runs them, of an AVX-512
+//! module (refused there: ggml will not load a module whose instructions the CPU's flags lack, so it
+//! never runs) and of the `haswell` one (passes).
 //! The worker's own probe child is not emulated (QEMU runs a program the guest starts natively), so
 //! the probes are run here under the emulator directly. A module that the flags admit but the CPU
 //! cannot run (the native build that died of SIGILL on 2026-12-02) cannot be made under QEMU, whose
