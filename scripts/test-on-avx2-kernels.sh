@@ -18,7 +18,12 @@ target=${CARGO_TARGET_DIR:-target}
 
 # The modules an AVX2-only x86-64 CPU can have chosen for it (ggml's CPU variants up to Haswell).
 keep='^libggml-cpu-(x64|sse42|sandybridge|ivybridge|piledriver|haswell)\.so$'
-folder=$(dirname "$("$target/release/worker" --list-runtime-files | grep -m1 '/libggml-cpu-haswell\.so$')")
+haswell=$("$target/release/worker" --list-runtime-files | grep -m1 '/libggml-cpu-haswell\.so$' || true)
+if [ -z "$haswell" ]; then
+  echo "test-on-avx2-kernels: the worker has no haswell CPU module (an x86-64 Linux build loads them at start)" >&2
+  exit 1
+fi
+folder=$(dirname "$haswell")
 moved=$(mktemp -d)
 restore() {
   find "$moved" -name 'libggml-cpu-*.so' -exec mv -t "$folder" {} +
