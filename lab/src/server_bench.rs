@@ -534,17 +534,16 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let mut builds_not_run = Vec::new();
     for binary in &args.llama_server {
         for &np in &args.np {
-            let server =
-                match PeerServer::llama_server(binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await {
-                    Ok(server) => server,
-                    Err(error) => {
-                        eprintln!("== sweep: llama-server ({}) does not run here: {error:#}", llama_build_name(binary));
-                        builds_not_run.push(
-                        json!({"build": llama_build_name(binary), "binary": binary.display().to_string(), "error": format!("{error:#}")}),
-                    );
-                        break;
-                    }
-                };
+            let started = PeerServer::llama_server(binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await;
+            let server = match started {
+                Ok(server) => server,
+                Err(error) => {
+                    let build = llama_build_name(binary);
+                    eprintln!("== sweep: llama-server ({build}) does not run here: {error:#}");
+                    builds_not_run.push(json!({"build": build, "binary": binary.display().to_string(), "error": format!("{error:#}")}));
+                    break;
+                }
+            };
             let (records, wall) = measure(&server.url, &sweep_prompts, args.clients, args.max_tokens).await;
             server.stop().await;
             let round = round_of(&records, wall);
