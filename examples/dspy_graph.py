@@ -53,11 +53,20 @@ def build_program():
     return program
 
 
-def configure(pool, max_tokens=160):
+# ChatAdapter asks the model to end its reply with this marker (its parser still reads the fields after it).
+COMPLETED_MARKER = "[[ ## completed ## ]]"
+
+
+def configure(pool, max_tokens=160, stop_at_completed=False):
     # Greedy and uncached, so every run really goes through the pool. max_tokens None leaves DSPy's own
     # default (4000), which the pool serves as llama-server does: generation stops where the context ends.
-    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
-    lm = dspy.LM("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, **limit)
+    options = {} if max_tokens is None else {"max_tokens": max_tokens}
+    # A small model often writes the marker and goes on, repeating its fields until max_tokens: a stop
+    # sequence (the app's choice, sent with every call, honoured by any OpenAI server) ends the reply
+    # there, at the price of a field the model writes only after a marker it put too early.
+    if stop_at_completed:
+        options["stop"] = [COMPLETED_MARKER]
+    lm = dspy.LM("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, **options)
     dspy.configure(lm=lm, adapter=dspy.ChatAdapter())
 
 
@@ -81,6 +90,9 @@ def triples(relations):
 
 
 def render(paragraph, prediction):
+    if prediction is None:
+        # program.batch gives None where DSPy could not parse the reply (it logs the reply and why).
+        return f"paragraph: {paragraph}\n  (DSPy could not parse the model's reply)"
     lines = [f"paragraph: {paragraph}", f"  entities: {prediction.entities}"]
     found = triples(prediction.relations)
     for subject, relation, obj in found:
@@ -95,8 +107,11 @@ def main():
     parser.add_argument("--pool", default="http://127.0.0.1:8000/v1", help="the coordinator's OpenAI-compatible API")
     parser.add_argument("--threads", type=int, default=4, help="paragraphs in flight at once")
     parser.add_argument("--max-tokens", type=int, default=160, help="per call; 0 leaves DSPy's default (4000)")
+    parser.add_argument(
+        "--stop-at-completed", action="store_true", help=f"send {COMPLETED_MARKER!r} as a stop sequence with every call"
+    )
     args = parser.parse_args()
-    configure(args.pool, args.max_tokens or None)
+    configure(args.pool, args.max_tokens or None, args.stop_at_completed)
     program = build_program()
     examples = [dspy.Example(paragraph=p).with_inputs("paragraph") for p in PARAGRAPHS]
     started = time.monotonic()
