@@ -14,6 +14,7 @@ import concurrent.futures
 import time
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
 from dspy_graph import COMPLETED_MARKER, PARAGRAPHS, build_program
 from dspy_parse_failures import MORE_PARAGRAPHS
@@ -21,7 +22,9 @@ from dspy_parse_failures import MORE_PARAGRAPHS
 
 def run(pool, stop, paragraphs, threads, max_tokens):
     options = {"stop": [COMPLETED_MARKER]} if stop else {}
-    lm = dspy.LM("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, max_tokens=max_tokens, **options)
+    lm = dspy.LM(
+        "openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, max_tokens=max_tokens, **options
+    )
     program = build_program()
 
     def extract(paragraph):
@@ -29,7 +32,7 @@ def run(pool, stop, paragraphs, threads, max_tokens):
             try:
                 program(paragraph=paragraph)
                 return False
-            except Exception:
+            except AdapterParseError:  # both ChatAdapter and its JSONAdapter retry failed; anything else stops the run
                 return True
 
     started = time.monotonic()
@@ -53,7 +56,8 @@ def main():
     for round_number in range(1, args.rounds + 1):
         for stop in (False, True):
             seconds, tokens, failures = run(args.pool, stop, paragraphs, args.threads, args.max_tokens)
-            print(f"{round_number:>5} {'yes' if stop else 'no':>14} {seconds:>8.1f} {tokens:>7} {failures:>10}", flush=True)
+            row = f"{round_number:>5} {'yes' if stop else 'no':>14} {seconds:>8.1f} {tokens:>7} {failures:>10}"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
