@@ -57,17 +57,21 @@ def build_program():
 COMPLETED_MARKER = "[[ ## completed ## ]]"
 
 
-def configure(pool, max_tokens=160, stop_at_completed=False):
-    # Greedy and uncached, so every run really goes through the pool. max_tokens None leaves DSPy's own
-    # default (4000), which the pool serves as llama-server does: generation stops where the context ends.
+def pool_lm(pool, max_tokens=160, stop_at_completed=False):
+    """The app's LM on the pool. Greedy and uncached, so every run really goes through the pool.
+    max_tokens None leaves DSPy's own default (4000), which the pool serves as llama-server does:
+    generation stops where the context ends."""
     options = {} if max_tokens is None else {"max_tokens": max_tokens}
     # A small model often writes the marker and goes on, repeating its fields until max_tokens: a stop
     # sequence (the app's choice, sent with every call, honoured by any OpenAI server) ends the reply
     # there, at the price of a field the model writes only after a marker it put too early.
     if stop_at_completed:
         options["stop"] = [COMPLETED_MARKER]
-    lm = dspy.LM("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, **options)
-    dspy.configure(lm=lm, adapter=dspy.ChatAdapter())
+    return dspy.LM("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, **options)
+
+
+def configure(pool, max_tokens=160, stop_at_completed=False):
+    dspy.configure(lm=pool_lm(pool, max_tokens, stop_at_completed), adapter=dspy.ChatAdapter())
 
 
 def triples(relations):

@@ -16,15 +16,12 @@ import time
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from dspy_graph import COMPLETED_MARKER, PARAGRAPHS, build_program
+from dspy_graph import PARAGRAPHS, build_program, pool_lm
 from dspy_parse_failures import MORE_PARAGRAPHS
 
 
 def run(pool, stop, paragraphs, threads, max_tokens):
-    options = {"stop": [COMPLETED_MARKER]} if stop else {}
-    lm = dspy.LM(
-        "openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, max_tokens=max_tokens, **options
-    )
+    lm = pool_lm(pool, max_tokens, stop_at_completed=stop)
     program = build_program()
 
     def extract(paragraph):
