@@ -233,6 +233,15 @@ impl SamplingParams {
 /// The gRPC door: the message's fields moved into the domain request (absent ones take the
 /// defaults), then [`PredictRequest::validate`]. The wire's `run_alone` is the scheduler's retry tool,
 /// not something a client may ask, and is dropped here.
+/// Whether a wire request asks for JSON matching a schema: converting it compiles the schema, which takes
+/// up to tens of milliseconds (see [`crate::response_format`]), so the daemons convert such a request
+/// off their async runtime.
+pub fn carries_schema(request: &proto::PredictRequest) -> bool {
+    use proto::response_format::Format;
+    let format = request.sampling.as_ref().and_then(|s| s.response_format.as_ref()).and_then(|f| f.format.as_ref());
+    matches!(format, Some(Format::JsonSchema(_)))
+}
+
 impl TryFrom<proto::PredictRequest> for PredictRequest {
     type Error = PoolError;
 

@@ -2,13 +2,19 @@
 //! JSON object, or JSON matching a JSON Schema; the worker constrains decoding to it (see the worker's
 //! `engine::constraint`) with llguidance, the library llama.cpp and mistral.rs use.
 //!
-//! A schema is checked here, where a request is validated, by compiling it with llguidance's JSON Schema
-//! compiler (no tokenizer needed): one it cannot compile is refused with its reason before the prompt
-//! is queued, so a client never gets a 200 and a stream that fails later.
+//! A schema is checked here, where a request is validated: llguidance compiles it into a parser over a
+//! vocabulary of the 256 single bytes (no model tokenizer needed) and asks which bytes may start the
+//! output. One it cannot compile, or one no JSON value can match (`{"$ref": "#"}` refers only to
+//! itself), is refused with its reason before the prompt is queued, so a client never gets a 200 and a
+//! stream that fails later. Any text a model's tokens can spell is a string of bytes, so a schema some
+//! byte can start is one the model's vocabulary can start too.
 
-use llguidance::JsonCompileOptions;
-use llguidance::api::ParserLimits;
+use std::sync::{Arc, OnceLock};
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
+use toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
 
 /// The most bytes of JSON Schema text one request may carry.
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
@@ -68,19 +74,40 @@ impl ResponseFormat {
     }
 }
 
-/// Compiles `schema` with llguidance's JSON Schema compiler, as the worker will, without a tokenizer.
+/// Compiles `schema` as the worker will, over single bytes, and checks that some output can start.
 fn compile_check(schema: &Value) -> Result<(), String> {
-    let builder = llguidance::GrammarBuilder::new(None, ParserLimits::default());
+    let factory = byte_parser_factory()?;
     // A panic inside the compiler on an odd schema must be a refusal, not a crashed daemon.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut schema = schema.clone();
-        let options = match schema.as_object_mut().and_then(|o| o.remove("x-guidance")) {
-            Some(options) => serde_json::from_value::<JsonCompileOptions>(options).map_err(|e| format!("x-guidance: {e}"))?,
-            None => JsonCompileOptions::default(),
-        };
-        options.json_to_llg(builder, schema).map(|_| ()).map_err(|e| format!("{e:#}"))
+        let parser = factory.create_parser(TopLevelGrammar::from_json_schema(schema.clone())).map_err(|e| format!("{e:#}"))?;
+        let mut matcher = Matcher::new(Ok(parser));
+        if let Some(error) = matcher.get_error() {
+            return Err(error);
+        }
+        match matcher.compute_mask() {
+            Ok(allowed) if !allowed.is_zero() => Ok(()),
+            _ => Err("no JSON value matches this schema".to_string()),
+        }
     }));
     outcome.unwrap_or_else(|_| Err("the schema compiler failed on this schema".into()))
+}
+
+/// llguidance's parser factory over a vocabulary of the 256 bytes and one end token, made once.
+fn byte_parser_factory() -> Result<&'static Arc<ParserFactory>, String> {
+    static FACTORY: OnceLock<Result<Arc<ParserFactory>, String>> = OnceLock::new();
+    FACTORY
+        .get_or_init(|| {
+            const END: u32 = 256;
+            // The end token's bytes start with 0xFF, llguidance's mark of a special token.
+            let words: Vec<Vec<u8>> = (0..=255u8).map(|byte| vec![byte]).chain([b"\xFF[END]".to_vec()]).collect();
+            let trie = TokTrie::from(&TokRxInfo::new(END + 1, END), &words);
+            let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+            let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("{e:#}"))?;
+            factory.quiet();
+            Ok(Arc::new(factory))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 #[cfg(test)]
@@ -104,6 +131,22 @@ mod tests {
         assert!(dangling_ref.contains("missing"), "{dangling_ref}");
         assert!(ResponseFormat::json_schema(json!("a string")).unwrap_err().contains("JSON Schema"));
         assert!(ResponseFormat::json_schema(json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn schemas_no_value_can_match_are_refused() {
+        for schema in [
+            json!({"$ref": "#/definitions/a", "definitions": {"a": {"$ref": "#/definitions/a"}}}),
+            json!({"$ref": "#"}),
+            json!(false),
+            json!({"type": "integer", "minimum": 10, "maximum": 1}),
+        ] {
+            let error = ResponseFormat::json_schema(schema.clone()).expect_err(&schema.to_string());
+            assert!(!error.is_empty(), "{schema}");
+        }
+        // A recursive schema with a way out is fine.
+        let tree = json!({"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}});
+        ResponseFormat::json_schema(tree).unwrap();
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! about max_tokens when the coordinator is (`--strict-max-tokens`), or its refusal is counted and named
 //! for its place in a batch.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use modelpool::{PoolError, PredictRequest};
+use tokio::sync::Semaphore;
 
 use crate::metrics::CoordinatorMetrics;
 
@@ -49,6 +50,23 @@ impl Admission {
     pub fn refused(&self, error: &PoolError, started: Instant) {
         self.metrics.record(Err(error), started);
     }
+}
+
+/// Runs a door's conversion of one request (`convert`, which validates it): in place, or, when the
+/// request carries a JSON Schema (`compiles`), on the blocking pool, at most one per core at a time.
+/// Compiling a schema of the allowed 64 KiB takes up to about 50 ms on the development VM; on a runtime
+/// thread that would hold up heartbeats, health probes and every other request's I/O.
+pub async fn converted<T: Send + 'static>(
+    compiles: bool,
+    convert: impl FnOnce() -> Result<T, PoolError> + Send + 'static,
+) -> Result<T, PoolError> {
+    if !compiles {
+        return convert();
+    }
+    static COMPILING: OnceLock<Semaphore> = OnceLock::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _permit = COMPILING.get_or_init(|| Semaphore::new(cores)).acquire().await.map_err(|e| PoolError::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(convert).await.map_err(|e| PoolError::Internal(format!("request conversion: {e}")))?
 }
 
 /// Puts `requests[i].` in front of a field name, so a refusal inside a batch says which prompt.

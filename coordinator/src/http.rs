@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::Access;
-use crate::admission::Admission;
+use crate::admission::{Admission, converted};
 use crate::http_server::BodyTimedOut;
 use crate::metrics::CoordinatorMetrics;
 use crate::model_names::ModelNames;
@@ -40,6 +40,11 @@ pub struct HttpState {
     pub model_names: ModelNames,
 }
 
+/// The most bytes one request body may have: a prompt's 1 MiB of text (`limits::MAX_PROMPT_BYTES`) with
+/// room for JSON's escapes and a schema. Bodies are read whole before parsing, so this times the
+/// connection limit bounds what requests being read can hold.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
 pub fn router(state: Arc<HttpState>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
@@ -47,7 +52,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/status.json", get(status))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_client_key));
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_client_key))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
         .merge(protected)
         // The page holds no data (it asks for /status.json, behind the keys): a browser may load it.
@@ -104,6 +110,15 @@ fn body_error(rejection: &BytesRejection) -> ApiError {
         }
         source = error.source();
     }
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError {
+            status: 413,
+            message: format!("request body over the limit of {MAX_BODY_BYTES} bytes"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+        };
+    }
     ApiError { status: rejection.status().as_u16(), message: rejection.body_text(), kind: "invalid_request_error", param: None, code: None }
 }
 
@@ -125,7 +140,8 @@ async fn chat_completions(State(state): State<Arc<HttpState>>, body: Result<Byte
     };
     let (model, stream, include_usage) = (request.model.clone(), request.sampling.stream, request.sampling.include_usage());
     // Consumed: while the prompt waits, the coordinator holds its text once (in the queued request).
-    let request = request.into_request();
+    let compiles = request.sampling.response_format.as_ref().is_some_and(|format| !format.is_null());
+    let request = converted(compiles, move || request.into_request()).await;
     complete(state, Kind::Chat, model, request, stream, include_usage).await
 }
 
@@ -136,7 +152,8 @@ async fn completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, By
     };
     let (model, stream, include_usage) = (request.model.clone(), request.sampling.stream, request.sampling.include_usage());
     // Consumed: while the prompt waits, the coordinator holds its text once (in the queued request).
-    let request = request.into_request();
+    let compiles = request.sampling.response_format.as_ref().is_some_and(|format| !format.is_null());
+    let request = converted(compiles, move || request.into_request()).await;
     complete(state, Kind::Text, model, request, stream, include_usage).await
 }
 

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use modelpool::proto::{self, ProtocolVersion, coordinator_server::Coordinator};
+use modelpool::request::carries_schema;
 use modelpool::{PoolError, PredictRequest};
 use tonic::{Request, Response, Status};
 
 use crate::access::Access;
-use crate::admission::Admission;
+use crate::admission::{Admission, converted};
 use crate::metrics::CoordinatorMetrics;
 use crate::scheduler::{Scheduler, stopped};
 
@@ -76,7 +77,9 @@ impl Coordinator for CoordinatorService {
     async fn predict(&self, request: Request<proto::PredictRequest>) -> Result<Response<proto::PredictResponse>, Status> {
         let started = Instant::now();
         self.access.client(&request).inspect_err(|e| self.metrics.record(Err(e), started))?;
-        let admitted = self.admission.admit(PredictRequest::try_from(request.into_inner()), "", started)?;
+        let request = request.into_inner();
+        let converted = converted(carries_schema(&request), move || PredictRequest::try_from(request)).await;
+        let admitted = self.admission.admit(converted, "", started)?;
         let result = self.scheduler.predict(admitted).await;
         self.metrics.record(result.as_ref(), started);
         Ok(Response::new(result?.into()))
@@ -97,7 +100,8 @@ impl Coordinator for CoordinatorService {
         let mut valid = Vec::new();
         let mut positions = Vec::new();
         for (index, request) in requests.into_iter().enumerate() {
-            match self.admission.admit(PredictRequest::try_from(request), &format!("requests[{index}]"), started) {
+            let converted = converted(carries_schema(&request), move || PredictRequest::try_from(request)).await;
+            match self.admission.admit(converted, &format!("requests[{index}]"), started) {
                 Ok(admitted) => {
                     valid.push((admitted, index));
                     positions.push(index);

@@ -114,6 +114,35 @@ async fn connections_over_the_limit_get_503_while_every_one_is_busy() {
     coordinator.stop().await;
 }
 
+/// A body over the size limit was a 413 whose message ("length limit exceeded") named neither the limit
+/// nor a code a client could act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_size_limit_is_413_naming_the_limit() {
+    let coordinator = coordinator_with(HttpLimits::default()).await;
+    let host = host_of(&coordinator.http_url);
+    let body = chat_body(&"a".repeat(coordinator::http::MAX_BODY_BYTES), 1, false);
+    let mut stream = TcpStream::connect(&host).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let request = post(&host, "/v1/chat/completions", &body);
+    // The server may answer and close before it has read the whole body.
+    let (_, answer) = tokio::join!(writer.write_all(request.as_bytes()), async {
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // Until the JSON error's last brace (or the server closes, or 20 s pass).
+        while !received.ends_with(b"}") {
+            match tokio::time::timeout(Duration::from_secs(20), reader.read(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buffer[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
+    assert!(answer.contains(&coordinator::http::MAX_BODY_BYTES.to_string()), "{answer}");
+    coordinator.stop().await;
+}
+
 /// Sockets that send nothing held their places forever (the header
 /// deadline only started with a first byte), so 600 of them answered every probe of /health with 503.
 /// Now at the limit a new connection takes the place of the one idle the longest.

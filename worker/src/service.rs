@@ -33,15 +33,17 @@ impl WorkerService {
         let arrived = Instant::now();
         let engine = self.state.engine_for_new_request()?;
         let alone = request.run_alone;
-        let request = PredictRequest::try_from(request)?;
-        let poisoned = crate::engine::fault::is_poisoned(&request);
         let prepare_engine = Arc::clone(&engine);
+        // Off the runtime: converting validates (a JSON Schema is compiled once there) and preparing
+        // tokenizes and compiles the schema against the model's vocabulary.
         let (prompt, request) = tokio::task::spawn_blocking(move || {
+            let request = PredictRequest::try_from(request)?;
             let prompt = prepare_engine.prepare(&request);
-            (prompt, request)
+            Ok::<_, PoolError>((prompt, request))
         })
         .await
-        .map_err(|e| PoolError::Internal(format!("prepare task: {e}")))?;
+        .map_err(|e| PoolError::Internal(format!("prepare task: {e}")))??;
+        let poisoned = crate::engine::fault::is_poisoned(&request);
         let prompt = prompt?;
         debug!(request_id = %request.request_id, prompt_tokens = prompt.tokens.len(), "queued");
         let (events, rx) = mpsc::unbounded_channel();
