@@ -123,14 +123,7 @@ fn body_error(rejection: &BytesRejection) -> ApiError {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| body_error(&rejection))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError {
-        status: 400,
-        message: format!("invalid JSON body: {e}"),
-        kind: "invalid_request_error",
-        param: None,
-        code: None,
-    })
+    crate::request_body::parse(&body.map_err(|rejection| body_error(&rejection))?)
 }
 
 async fn chat_completions(State(state): State<Arc<HttpState>>, body: Result<Bytes, BytesRejection>) -> Response {

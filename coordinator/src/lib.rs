@@ -18,6 +18,7 @@ pub mod model_names;
 pub mod openai;
 pub mod prefix_index;
 pub mod registry;
+pub mod request_body;
 pub mod retry;
 pub mod routing;
 pub mod scheduler;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 /// A single stop string or a list of them.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "must be a string or a list of strings")]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
@@ -19,7 +19,7 @@ pub enum Stop {
 
 /// Message content: a string, or a list of parts of which the text parts are joined.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "must be a string or a list of content parts")]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
@@ -95,7 +95,7 @@ pub struct ChatCompletionRequest {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "must be a string or a list of strings")]
 pub enum PromptInput {
     One(String),
     Many(Vec<String>),
