@@ -230,9 +230,6 @@ impl SamplingParams {
     }
 }
 
-/// The gRPC door: the message's fields moved into the domain request (absent ones take the
-/// defaults), then [`PredictRequest::validate`]. The wire's `run_alone` is the scheduler's retry tool,
-/// not something a client may ask, and is dropped here.
 /// Whether a wire request asks for JSON matching a schema: converting it compiles the schema, which takes
 /// up to tens of milliseconds (see [`crate::response_format`]), so the daemons convert such a request
 /// off their async runtime.
@@ -242,6 +239,9 @@ pub fn carries_schema(request: &proto::PredictRequest) -> bool {
     matches!(format, Some(Format::JsonSchema(_)))
 }
 
+/// The gRPC door: the message's fields moved into the domain request (absent ones take the
+/// defaults), then [`PredictRequest::validate`]. The wire's `run_alone` is the scheduler's retry tool,
+/// not something a client may ask, and is dropped here.
 impl TryFrom<proto::PredictRequest> for PredictRequest {
     type Error = PoolError;
 

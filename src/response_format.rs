@@ -6,8 +6,8 @@
 //! vocabulary of the 256 single bytes (no model tokenizer needed) and asks which bytes may start the
 //! output. One it cannot compile, or one no JSON value can match (`{"$ref": "#"}` refers only to
 //! itself), is refused with its reason before the prompt is queued, so a client never gets a 200 and a
-//! stream that fails later. Any text a model's tokens can spell is a string of bytes, so a schema some
-//! byte can start is one the model's vocabulary can start too.
+//! stream that fails later. Every token's text starts with some byte, so a schema no byte can start is
+//! one no model's token can start either: the check refuses nothing a model could answer.
 
 use std::sync::{Arc, OnceLock};
 
