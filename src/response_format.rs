@@ -100,14 +100,23 @@ fn byte_parser_factory() -> Result<&'static Arc<ParserFactory>, String> {
             const END: u32 = 256;
             // The end token's bytes start with 0xFF, llguidance's mark of a special token.
             let words: Vec<Vec<u8>> = (0..=255u8).map(|byte| vec![byte]).chain([b"\xFF[END]".to_vec()]).collect();
-            let trie = TokTrie::from(&TokRxInfo::new(END + 1, END), &words);
-            let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
-            let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("{e:#}"))?;
-            factory.quiet();
-            Ok(Arc::new(factory))
+            parser_factory(&words, &[END])
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// llguidance's parser factory over a vocabulary: each token's bytes by id (a special token's marked
+/// with a leading 0xFF, llguidance's convention, so no grammar can spell it) and the ids that end a
+/// generation (at least one).
+pub fn parser_factory(words: &[Vec<u8>], end_tokens: &[u32]) -> Result<Arc<ParserFactory>, String> {
+    let first_end = *end_tokens.first().ok_or("no end-of-generation token")?;
+    let trie = TokTrie::from(&TokRxInfo::new(words.len() as u32, first_end), words).with_eos_tokens(end_tokens);
+    let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+    let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("{e:#}"))?;
+    // Its messages would go to stderr; errors reach the request instead.
+    factory.quiet();
+    Ok(Arc::new(factory))
 }
 
 #[cfg(test)]

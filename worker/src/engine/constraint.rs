@@ -14,7 +14,7 @@ use llguidance::{Matcher, ParserFactory};
 use model_input::tokenizer::Tokenizer;
 use modelpool::PoolError;
 use modelpool::response_format::ResponseFormat;
-use toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
+use toktrie::SimpleVob;
 
 /// Makes a [`Constraint`] per request; one per engine.
 #[derive(Default)]
@@ -42,20 +42,16 @@ impl Constraints {
 /// llguidance's view of the vocabulary: every token's bytes (special tokens marked with a leading 0xFF,
 /// llguidance's convention, so no grammar can spell them) and the tokens that end a generation.
 fn parser_factory(tokenizer: &Tokenizer) -> Result<Arc<ParserFactory>, String> {
-    let vocab = tokenizer.vocab_size() as u32;
-    let eos = tokenizer.eos.first().copied().ok_or("the tokenizer names no end-of-generation token")?;
-    let words: Vec<Vec<u8>> = (0..vocab)
+    if tokenizer.eos.is_empty() {
+        return Err("the tokenizer names no end-of-generation token".into());
+    }
+    let words: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
         .map(|id| match tokenizer.is_special(id) {
             true => [&[0xFF][..], &tokenizer.token_bytes(id, true)].concat(),
             false => tokenizer.token_bytes(id, false),
         })
         .collect();
-    let trie = TokTrie::from(&TokRxInfo::new(vocab, eos), &words).with_eos_tokens(&tokenizer.eos);
-    let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
-    let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("{e:#}"))?;
-    // Its messages would go to stderr; errors reach the request instead.
-    factory.quiet();
-    Ok(Arc::new(factory))
+    modelpool::response_format::parser_factory(&words, &tokenizer.eos)
 }
 
 /// One sequence's grammar state.
