@@ -8,9 +8,17 @@ pool's OpenAI API:
   - JSONAdapter told the model takes schemas: `{"type": "json_schema", ...}` built from the signature.
 Each with the pool's constrained decoding and without it ("unconstrained": response_format removed
 before the request leaves, as a server that ignores it would treat it). A call that still cannot be
-parsed raises; the table counts them.
+parsed raises; the table counts them. Of the replies parsed it also counts the well-formed triples
+(`subject | relation | object`, de-duplicated as dspy_graph.py reads them) and of those the grounded
+ones, whose subject and object both occur in the paragraph (case aside): a rough check that a setting
+which removes failures does not do it by making the extraction worse.
 
     examples/.venv/bin/python examples/dspy_parse_failures.py [--pool http://127.0.0.1:8000/v1] [--threads 4]
+        [--frequency-penalty 0.5]
+
+--frequency-penalty sends OpenAI's frequency_penalty with every call (through dspy.LM's keyword
+arguments, which litellm forwards): a token's logit drops by that much per time the reply already has it,
+which is aimed at the repetition loops the table's failures come from.
 """
 
 import argparse
@@ -19,7 +27,7 @@ import time
 
 import dspy
 
-from dspy_graph import DEMOS, PARAGRAPHS, ExtractGraph
+from dspy_graph import DEMOS, PARAGRAPHS, ExtractGraph, triples
 
 MORE_PARAGRAPHS = [
     "Isaac Newton studied at Trinity College in Cambridge. He wrote the Principia in 1687.",
@@ -53,23 +61,29 @@ class SchemaLM(dspy.LM):
         return True
 
 
-def run(pool, lm_class, adapter, paragraphs, threads, max_tokens):
-    lm = lm_class("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, max_tokens=max_tokens)
+def run(pool, lm_class, adapter, paragraphs, threads, max_tokens, frequency_penalty):
+    penalty = {"frequency_penalty": frequency_penalty} if frequency_penalty else {}
+    lm = lm_class("openai/smollm2", api_base=pool, api_key="unused", temperature=0.0, cache=False, max_tokens=max_tokens, **penalty)
     program = dspy.Predict(ExtractGraph)
     program.demos = list(DEMOS)
 
     def call(paragraph):
         with dspy.context(lm=lm, adapter=adapter):
             try:
-                program(paragraph=paragraph)
-                return None
+                found = triples(program(paragraph=paragraph).relations)
             except Exception as error:  # DSPy raises AdapterParseError (or a subclass) when it cannot parse
-                return type(error).__name__
+                return type(error).__name__, 0, 0
+        text = paragraph.lower()
+        grounded = [t for t in found if t[2] and t[0].lower() in text and t[2].lower() in text]
+        return None, len(found), len(grounded)
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(threads) as pool_threads:
         outcomes = list(pool_threads.map(call, paragraphs))
-    return [o for o in outcomes if o is not None], time.monotonic() - started
+    failures = [kind for kind, _, _ in outcomes if kind is not None]
+    found = sum(n for _, n, _ in outcomes)
+    grounded = sum(g for _, _, g in outcomes)
+    return failures, found, grounded, time.monotonic() - started
 
 
 def main():
@@ -77,6 +91,7 @@ def main():
     parser.add_argument("--pool", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's frequency_penalty on every call; 0: not sent")
     args = parser.parse_args()
     paragraphs = PARAGRAPHS + MORE_PARAGRAPHS
     configurations = [
@@ -87,12 +102,15 @@ def main():
         ("JSONAdapter (json_schema)", dspy.JSONAdapter, "unconstrained", type("U", (UnconstrainedLM, SchemaLM), {})),
         ("JSONAdapter (json_schema)", dspy.JSONAdapter, "constrained", SchemaLM),
     ]
-    print(f"{len(paragraphs)} paragraphs per row, greedy, max_tokens {args.max_tokens}, {args.threads} threads")
-    print(f"{'adapter':28} {'decoding':14} {'parse failures':>15} {'seconds':>8}")
+    penalty = f", frequency_penalty {args.frequency_penalty}" if args.frequency_penalty else ""
+    print(f"{len(paragraphs)} paragraphs per row, greedy, max_tokens {args.max_tokens}{penalty}, {args.threads} threads")
+    print(f"{'adapter':28} {'decoding':14} {'parse failures':>15} {'triples':>8} {'grounded':>9} {'seconds':>8}")
     for name, adapter_class, decoding, lm_class in configurations:
-        failures, seconds = run(args.pool, lm_class, adapter_class(), paragraphs, args.threads, args.max_tokens)
+        failures, found, grounded, seconds = run(
+            args.pool, lm_class, adapter_class(), paragraphs, args.threads, args.max_tokens, args.frequency_penalty
+        )
         kinds = f"  ({', '.join(sorted(set(failures)))})" if failures else ""
-        print(f"{name:28} {decoding:14} {len(failures):>7} of {len(paragraphs):<5} {seconds:>8.1f}{kinds}")
+        print(f"{name:28} {decoding:14} {len(failures):>7} of {len(paragraphs):<5} {found:>8} {grounded:>9} {seconds:>8.1f}{kinds}")
 
 
 if __name__ == "__main__":

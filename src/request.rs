@@ -19,6 +19,12 @@ pub mod limits {
     /// Bytes of prompt text (raw prompt, or all chat contents together).
     pub const MAX_PROMPT_BYTES: usize = 1 << 20;
     pub const MAX_TOP_K: u32 = 1000;
+    /// Largest frequency and presence penalty, either sign (OpenAI's range).
+    pub const MAX_PENALTY: f32 = 2.0;
+    /// Largest logit bias, either sign (OpenAI's range: -100 bans a token, 100 forces it).
+    pub const MAX_LOGIT_BIAS: f32 = 100.0;
+    /// Tokens one request may bias: each costs a little on every sampled token.
+    pub const MAX_LOGIT_BIAS_TOKENS: usize = 1024;
     pub const MAX_REQUEST_ID_BYTES: usize = 128;
     /// Slots one worker may have (its `--slots`), and so claim at registration.
     pub const MAX_SLOTS_PER_WORKER: u32 = 64;
@@ -103,6 +109,13 @@ pub struct SamplingParams {
     pub strict_max_tokens: bool,
     /// What the text must be (structured outputs); decoding is constrained to it.
     pub response_format: ResponseFormat,
+    /// Subtracted from a token's logit per time it was generated in this reply (OpenAI's).
+    pub frequency_penalty: f32,
+    /// Subtracted from a token's logit once it was generated in this reply (OpenAI's).
+    pub presence_penalty: f32,
+    /// Added to these tokens' logits before sampling (OpenAI's logit_bias), by token id, ascending and
+    /// each id once. Whether an id is in the model's vocabulary only the worker knows and checks.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -117,6 +130,9 @@ impl Default for SamplingParams {
             ignore_eos: false,
             strict_max_tokens: false,
             response_format: ResponseFormat::Text,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -125,6 +141,23 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+
+    /// Whether anything is added to the logits before sampling (penalties or a logit bias).
+    pub fn shapes_logits(&self) -> bool {
+        self.frequency_penalty != 0.0 || self.presence_penalty != 0.0 || !self.logit_bias.is_empty()
+    }
+}
+
+/// A logit bias given as pairs in any order, as one list by token id with each id once (the wire's map
+/// has no order; OpenAI's JSON object can repeat a key, and the last one counts, as JSON parsers do).
+pub fn logit_bias_by_token(pairs: impl IntoIterator<Item = (u32, f32)>) -> Vec<(u32, f32)> {
+    let mut by_token: Vec<(u32, f32)> = pairs.into_iter().collect();
+    // Stable: among equal ids the last given stays last, and dedup keeps the first of a run.
+    by_token.sort_by_key(|&(token, _)| token);
+    by_token.reverse();
+    by_token.dedup_by_key(|&mut (token, _)| token);
+    by_token.reverse();
+    by_token
 }
 
 /// A request that passed validation.
@@ -215,6 +248,23 @@ impl SamplingParams {
         if self.top_k > limits::MAX_TOP_K {
             return Err(PoolError::invalid("sampling.top_k", format!("{}, limit {}", self.top_k, limits::MAX_TOP_K)));
         }
+        for (field, penalty) in
+            [("sampling.frequency_penalty", self.frequency_penalty), ("sampling.presence_penalty", self.presence_penalty)]
+        {
+            if !(-limits::MAX_PENALTY..=limits::MAX_PENALTY).contains(&penalty) {
+                return Err(PoolError::invalid(field, format!("{penalty} is outside [-{0}, {0}]", limits::MAX_PENALTY)));
+            }
+        }
+        if self.logit_bias.len() > limits::MAX_LOGIT_BIAS_TOKENS {
+            let count = self.logit_bias.len();
+            return Err(PoolError::invalid("sampling.logit_bias", format!("{count} tokens, limit {}", limits::MAX_LOGIT_BIAS_TOKENS)));
+        }
+        for &(token, bias) in &self.logit_bias {
+            if !(-limits::MAX_LOGIT_BIAS..=limits::MAX_LOGIT_BIAS).contains(&bias) {
+                let limit = limits::MAX_LOGIT_BIAS;
+                return Err(PoolError::invalid(format!("sampling.logit_bias.{token}"), format!("{bias} is outside [-{limit}, {limit}]")));
+            }
+        }
         if self.stop.len() > limits::MAX_STOP_STRINGS {
             return Err(PoolError::invalid("sampling.stop", format!("{} strings, limit {}", self.stop.len(), limits::MAX_STOP_STRINGS)));
         }
@@ -284,6 +334,16 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
         ignore_eos: params.ignore_eos.unwrap_or(defaults.ignore_eos),
         strict_max_tokens: params.strict_max_tokens.unwrap_or(defaults.strict_max_tokens),
         response_format: response_format(params.response_format)?,
+        frequency_penalty: params.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+        presence_penalty: params.presence_penalty.unwrap_or(defaults.presence_penalty),
+        logit_bias: {
+            // Counted before it is sorted, as the other lists are.
+            if params.logit_bias.len() > limits::MAX_LOGIT_BIAS_TOKENS {
+                let count = params.logit_bias.len();
+                return Err(PoolError::invalid("sampling.logit_bias", format!("{count} tokens, limit {}", limits::MAX_LOGIT_BIAS_TOKENS)));
+            }
+            logit_bias_by_token(params.logit_bias)
+        },
     })
 }
 
@@ -347,6 +407,9 @@ impl From<&PredictRequest> for proto::PredictRequest {
                 ignore_eos: Some(s.ignore_eos),
                 strict_max_tokens: Some(s.strict_max_tokens),
                 response_format: (&s.response_format).into(),
+                frequency_penalty: Some(s.frequency_penalty),
+                presence_penalty: Some(s.presence_penalty),
+                logit_bias: s.logit_bias.iter().copied().collect(),
             }),
         }
     }
@@ -375,6 +438,30 @@ mod tests {
         request.sampling.ignore_eos = true;
         let back = PredictRequest::try_from(proto::PredictRequest::from(&request)).unwrap();
         assert_eq!(back, request);
+    }
+
+    #[test]
+    fn penalties_and_a_logit_bias_are_bounded_and_the_bias_is_kept_by_token_id() {
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().frequency_penalty = Some(2.5);
+        assert!(refusal(wire).contains("sampling.frequency_penalty"));
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().presence_penalty = Some(f32::NAN);
+        assert!(refusal(wire).contains("sampling.presence_penalty"));
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().logit_bias = [(7, 100.5)].into();
+        assert!(refusal(wire).contains("sampling.logit_bias.7"));
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().logit_bias = (0..=limits::MAX_LOGIT_BIAS_TOKENS as u32).map(|t| (t, 1.0)).collect();
+        assert!(refusal(wire).contains("sampling.logit_bias"));
+
+        let mut wire = chat("hi");
+        wire.sampling.as_mut().unwrap().logit_bias = [(9, -1.0), (2, 100.0), (40000, -100.0)].into();
+        let request = PredictRequest::try_from(wire).unwrap();
+        assert_eq!(request.sampling.logit_bias, vec![(2, 100.0), (9, -1.0), (40000, -100.0)]);
+        assert_eq!(PredictRequest::try_from(proto::PredictRequest::from(&request)).unwrap(), request);
+        // Given twice (JSON objects may repeat a key), the last one counts.
+        assert_eq!(logit_bias_by_token([(5, 1.0), (3, 0.0), (5, 2.0)]), vec![(3, 0.0), (5, 2.0)]);
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn check(result: Result<PredictRequest, PoolError>) -> Result<(), TestCaseError>
             prop_assert!((0.0..=modelpool::request::limits::MAX_TEMPERATURE).contains(&request.sampling.temperature));
             prop_assert!(request.sampling.top_p > 0.0 && request.sampling.top_p <= 1.0);
             prop_assert!(request.sampling.stop.len() <= modelpool::request::limits::MAX_STOP_STRINGS);
+            let penalty = -modelpool::request::limits::MAX_PENALTY..=modelpool::request::limits::MAX_PENALTY;
+            prop_assert!(penalty.contains(&request.sampling.frequency_penalty) && penalty.contains(&request.sampling.presence_penalty));
+            let bias = &request.sampling.logit_bias;
+            prop_assert!(bias.windows(2).all(|w| w[0].0 < w[1].0), "ids ascending, each once: {:?}", bias);
+            prop_assert!(bias.iter().all(|(_, b)| b.abs() <= modelpool::request::limits::MAX_LOGIT_BIAS));
         }
         Err(PoolError::InvalidArgument { field, reason }) => {
             prop_assert!(!field.is_empty() && !reason.is_empty());
@@ -39,9 +44,28 @@ fn any_sampling() -> impl Strategy<Value = proto::SamplingParams> {
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any_response_format()),
+        (
+            proptest::option::of(any_float()),
+            proptest::option::of(any_float()),
+            proptest::collection::hash_map(prop_oneof![0u32..64, any::<u32>()], prop_oneof![any_float(), -150.0f32..150.0], 0..8),
+        ),
     )
-        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens, response_format)| {
-            proto::SamplingParams { max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens, response_format }
+        .prop_map(|(max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, strict_max_tokens, response_format, shaping)| {
+            let (frequency_penalty, presence_penalty, logit_bias) = shaping;
+            proto::SamplingParams {
+                max_tokens,
+                temperature,
+                top_p,
+                top_k,
+                seed,
+                stop,
+                ignore_eos,
+                strict_max_tokens,
+                response_format,
+                frequency_penalty,
+                presence_penalty,
+                logit_bias,
+            }
         })
 }
 

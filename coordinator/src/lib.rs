@@ -24,6 +24,7 @@ pub mod routing;
 pub mod scheduler;
 pub mod service;
 pub mod status_page;
+pub mod unserved_fields;
 pub mod worker_client;
 
 use std::future::Future;

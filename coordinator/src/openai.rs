@@ -6,8 +6,12 @@ use modelpool::request::SCHEMA_FIELD;
 use modelpool::response::{FinishReason, PredictResponse};
 use modelpool::response_format::ResponseFormat;
 use modelpool::{ChatMessage, PoolError, PredictRequest, Prompt, Role, SamplingParams};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::unserved_fields::Unsupported;
 
 /// A single stop string or a list of them.
 #[derive(Debug, Deserialize)]
@@ -83,6 +87,17 @@ pub struct Sampling {
     /// Structured outputs: `{"type": "text" | "json_object" | "json_schema", ...}` ([`response_format`]).
     #[serde(default)]
     pub response_format: Option<Value>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// Token ids (as the JSON object's keys) and what to add to their logits.
+    #[serde(default)]
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// What OpenAI's API offers and the pool does not serve, kept only to refuse a request that asks
+    /// for it ([`Sampling::refuse_unsupported`]) rather than answer as if it had not asked.
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +137,23 @@ impl Sampling {
         {
             return Err(PoolError::invalid("n", format!("{n}; the pool returns one choice per request")));
         }
+        if let Some(refusal) = self.unsupported.refusal() {
+            return Err(refusal);
+        }
+        let logit_bias = match &self.logit_bias {
+            None => Vec::new(),
+            Some(map) => {
+                if map.len() > modelpool::request::limits::MAX_LOGIT_BIAS_TOKENS {
+                    let limit = modelpool::request::limits::MAX_LOGIT_BIAS_TOKENS;
+                    return Err(PoolError::invalid("logit_bias", format!("{} tokens, limit {limit}", map.len())));
+                }
+                let pairs = map.iter().map(|(key, &bias)| match key.parse::<u32>() {
+                    Ok(token) => Ok((token, bias)),
+                    Err(_) => Err(PoolError::invalid("logit_bias", format!("key {key:?} is not a token id (a number as a string)"))),
+                });
+                modelpool::request::logit_bias_by_token(pairs.collect::<Result<Vec<_>, _>>()?)
+            }
+        };
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
@@ -139,6 +171,9 @@ impl Sampling {
             // The coordinator's --strict-max-tokens decides it for API requests ([`crate::admission`]).
             strict_max_tokens: false,
             response_format: response_format(self.response_format.as_ref())?,
+            frequency_penalty: self.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(defaults.presence_penalty),
+            logit_bias,
         })
     }
 
@@ -398,6 +433,23 @@ mod tests {
         assert!(envelope.chunk(Some("hi"), true, None, false).get("usage").is_none());
         assert!(envelope.chunk(None, false, Some(&response), true)["usage"].is_null());
         assert_eq!(envelope.usage_chunk(&response)["usage"]["total_tokens"], 105);
+    }
+
+    #[test]
+    fn penalties_and_a_logit_bias_become_the_pools_and_a_key_that_is_no_token_id_is_named() {
+        let request: CompletionRequest = serde_json::from_value(json!({
+            "prompt": "a", "frequency_penalty": 0.5, "presence_penalty": -1.0, "logit_bias": {"28": -100, "5": 2.5}
+        }))
+        .unwrap();
+        let sampling = request.into_request().unwrap().sampling;
+        assert_eq!((sampling.frequency_penalty, sampling.presence_penalty), (0.5, -1.0));
+        assert_eq!(sampling.logit_bias, vec![(5, 2.5), (28, -100.0)], "by token id");
+        let bad: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "logit_bias": {"comma": 1}})).unwrap();
+        assert_eq!(ApiError::from_pool(&bad.into_request().unwrap_err()).param.as_deref(), Some("logit_bias"));
+        let far: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "presence_penalty": 2.5})).unwrap();
+        assert_eq!(ApiError::from_pool(&far.into_request().unwrap_err()).param.as_deref(), Some("presence_penalty"));
+        let asks: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "logprobs": 1})).unwrap();
+        assert_eq!(ApiError::from_pool(&asks.into_request().unwrap_err()).param.as_deref(), Some("logprobs"));
     }
 
     #[test]

@@ -75,8 +75,14 @@ FIELDS = {
     "model": lambda rnd: rnd.choice(["x", "", 5, None]),
     "ignore_eos": lambda rnd: rnd.choice([True, "no", 3]),
     "response_format": odd_response_format,
-    "logit_bias": lambda rnd: rnd.choice([{"1": 100}, 5]),
+    "logit_bias": lambda rnd: rnd.choice([{"1": 100}, {"28": -100, "29": 5.5}, {"x": 1}, {"1": 101}, {"99999999": 1},
+                                          {str(i): 1 for i in range(2000)}, {"1": "a"}, 5]),
+    "frequency_penalty": lambda rnd: rnd.choice([0, 1.5, -2, 2.5, "x", None]),
+    "presence_penalty": lambda rnd: rnd.choice([0, 2, -0.5, -3, 1e39]),
+    "logprobs": lambda rnd: rnd.choice([False, True, 3, None]),
     "tools": odd_value,
+    "tool_choice": lambda rnd: rnd.choice(["none", "auto", 5]),
+    "best_of": lambda rnd: rnd.choice([1, 2, None]),
 }
 
 

@@ -175,3 +175,30 @@ def test_json_object_output_is_an_object_and_a_bad_schema_is_a_400_naming_it(cli
         ask(client, "Hi.", response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strnig"}}})
     assert refused.value.body["param"] == "response_format.json_schema.schema"
     assert "strnig" in refused.value.body["message"]
+
+
+def test_logit_bias_and_penalties_as_the_client_sends_them(client):
+    # Token 28 is "," in the default model's vocabulary: +100 makes it every token, greedy or sampled.
+    for temperature in (0.0, 0.9):
+        forced = ask(client, "Name a color.", max_tokens=5, temperature=temperature, logit_bias={"28": 100}, seed=1)
+        assert forced.choices[0].message.content == ",,,,,"
+    looping = "Continue this list forever: apple, banana, cherry, apple, banana, cherry, apple,"
+    plain = ask(client, looping, max_tokens=60).choices[0].message.content
+    penalised = ask(client, looping, max_tokens=60, frequency_penalty=2.0).choices[0].message.content
+    assert penalised.count("apple") < plain.count("apple"), (plain, penalised)
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(client, "Hi.", logit_bias={"99999999": 5})
+    assert refused.value.body["param"] == "logit_bias"
+
+
+def test_what_the_pool_does_not_serve_is_refused_naming_it_not_ignored(client):
+    for extra, param in [
+        ({"logprobs": True}, "logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(client, "Hi.", **extra)
+        assert refused.value.body["param"] == param
+        assert "not supported" in refused.value.body["message"]
+    # The "off" values clients send are served.
+    assert ask(client, "Hi.", max_tokens=2, logprobs=False, tools=[]).choices[0].message.content

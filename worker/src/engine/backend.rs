@@ -5,8 +5,8 @@
 //! abandoned jobs, failures, finishing, load counters) is the loop's and is written once.
 
 use modelpool::SamplingParams;
-use toktrie::SimpleVob;
 
+use super::logit_shaping::Shaping;
 use super::prefix_cache::ReusePolicy;
 
 /// New tokens of one sequence in a forward pass, at positions `position..position + tokens.len()`.
@@ -37,9 +37,9 @@ pub trait Backend {
     /// to their sequences' caches. On error the sequences' caches are in an unknown state.
     fn forward(&mut self, runs: &[Run]) -> Result<(), String>;
 
-    /// The token for logits row `row` of the last pass: the sampler's draw, or the arg-max without one;
-    /// only among the `allowed` tokens when given (constrained decoding, [`super::constraint`]).
-    fn sample(&mut self, sampler: Option<&mut Self::Sampler>, row: usize, allowed: Option<&SimpleVob>) -> i32;
+    /// The token for logits row `row` of the last pass, the row shaped first (a request's logit bias and
+    /// penalties, its grammar's mask): the sampler's draw, or the arg-max without one.
+    fn sample(&mut self, sampler: Option<&mut Self::Sampler>, row: usize, shaping: Shaping) -> i32;
 
     /// Writes the bytes of `token` into `bytes` (cleared first) and says whether it ends a generation.
     fn token_text(&self, token: i32, bytes: &mut Vec<u8>) -> bool;

@@ -21,6 +21,7 @@ use std::sync::mpsc::Receiver;
 use modelpool::PoolError;
 
 use super::backend::{Backend, Run};
+use super::logit_shaping::{LogitBias, Shaping};
 use super::prefix_cache::{Displaced, MIN_USEFUL_PREFIX, PrefixCache, ReusePolicy, Wait, chunk_end, reuse_all};
 use super::prompt_store::PromptStore;
 use super::queue::{Intake, LoadCounters, NextJob, forward_failed};
@@ -331,7 +332,8 @@ impl<'c, B: Backend> BatchLoop<'c, B> {
                     continue;
                 }
             };
-            let token = self.backend.sample(slot.sampler.as_mut(), row, allowed.as_ref());
+            let bias = slot.logit_bias.as_ref().map_or(&[][..], LogitBias::current);
+            let token = self.backend.sample(slot.sampler.as_mut(), row, Shaping { bias, allowed: allowed.as_ref() });
             row += 1;
             if let Some(Err(error)) = slot.constraint.as_mut().map(|c| c.accept(token)) {
                 broken.push((member.seq, error));

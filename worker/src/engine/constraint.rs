@@ -93,11 +93,6 @@ pub fn allows(allowed: &SimpleVob, id: usize) -> bool {
     id < allowed.len() && allowed.is_allowed(id as u32)
 }
 
-/// `logits` with every token `allowed` does not allow taken out (negative infinity).
-pub fn masked(logits: &[f32], allowed: &SimpleVob) -> Vec<f32> {
-    logits.iter().enumerate().map(|(id, &logit)| if allows(allowed, id) { logit } else { f32::NEG_INFINITY }).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,7 +102,8 @@ mod tests {
         let mut allowed = SimpleVob::alloc(4);
         allowed.allow_token(1);
         allowed.allow_token(3);
-        let out = masked(&[5.0, 1.0, 9.0, 2.0, 7.0], &allowed);
+        let shaping = crate::engine::logit_shaping::Shaping { bias: &[], allowed: Some(&allowed) };
+        let out = shaping.apply(&[5.0, 1.0, 9.0, 2.0, 7.0]);
         assert_eq!(out[1], 1.0);
         assert_eq!(out[3], 2.0);
         assert!(out[0].is_infinite() && out[2].is_infinite() && out[4].is_infinite());

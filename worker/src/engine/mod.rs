@@ -7,6 +7,7 @@ pub mod batch_loop;
 pub mod constraint;
 pub mod fault;
 pub mod llama;
+pub mod logit_shaping;
 pub mod mlx;
 pub mod prefix_cache;
 pub mod prompt_store;

@@ -9,6 +9,7 @@ use modelpool::context_fit::ContextFit;
 use modelpool::{PoolError, PredictRequest};
 
 use super::constraint::Constraints;
+use super::logit_shaping::check_vocabulary;
 use super::queue::{JobQueue, warm_up};
 use super::{Engine, EngineInfo, Job, PreparedPrompt, WorkerLoad, generation_limit};
 
@@ -47,6 +48,7 @@ impl Engine for ServedEngine {
         self.queue.refuse_if_full()?;
         let tokens: Vec<i32> = self.format.encode(&request.prompt)?.into_iter().map(|t| t as i32).collect();
         let max_tokens = generation_limit(tokens.len(), &request.sampling, self.info.context_per_slot)?;
+        check_vocabulary(&request.sampling, self.format.tokenizer.vocab_size())?;
         let constraint = self.constraints.for_format(&request.sampling.response_format, &self.format.tokenizer)?;
         Ok(PreparedPrompt { tokens, max_tokens, constraint })
     }

@@ -8,6 +8,7 @@ use modelpool::response::{FinishReason, Timings};
 use modelpool::text::{StopMatcher, Utf8Stream};
 
 use crate::engine::constraint::Constraint;
+use crate::engine::logit_shaping::LogitBias;
 use crate::engine::{Completion, Delivery, Job, JobEvent, PROGRESS_EVERY, fault};
 
 pub struct Slot<S> {
@@ -27,6 +28,8 @@ pub struct Slot<S> {
     pub sampler: Option<S>,
     /// The grammar its text must follow (structured outputs), taken from the job's prompt.
     pub constraint: Option<Constraint>,
+    /// What its request adds to the logits (logit bias, penalties); None when nothing.
+    pub logit_bias: Option<LogitBias>,
     utf8: Utf8Stream,
     stop: StopMatcher,
     text: String,
@@ -57,6 +60,7 @@ impl<S> Slot<S> {
     pub fn new(seq: usize, mut job: Job, sampler: Option<S>) -> Self {
         let stop = StopMatcher::new(&job.sampling.stop);
         let constraint = job.prompt.constraint.take();
+        let logit_bias = LogitBias::for_params(&job.sampling);
         Self {
             seq,
             job,
@@ -66,6 +70,7 @@ impl<S> Slot<S> {
             waiting_for: None,
             sampler,
             constraint,
+            logit_bias,
             utf8: Utf8Stream::default(),
             stop,
             text: String::new(),
@@ -117,6 +122,9 @@ impl<S> Slot<S> {
         self.generated += 1;
         fault::stall_once_at_second_token(self.generated);
         self.token_ids.push(token as u32);
+        if let Some(bias) = &mut self.logit_bias {
+            bias.accept(token);
+        }
         let piece = self.utf8.push(bytes);
         let step = self.stop.push(&piece);
         self.emit(step.emit);

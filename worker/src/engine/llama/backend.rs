@@ -20,11 +20,10 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use modelpool::SamplingParams;
-use toktrie::SimpleVob;
 
 use super::sampler::sampler_for;
 use crate::engine::backend::{Backend, Run};
-use crate::engine::constraint::{allows, masked};
+use crate::engine::logit_shaping::Shaping;
 use crate::engine::prefix_cache::ReusePolicy;
 use crate::engine::slot::argmax;
 
@@ -129,27 +128,29 @@ impl Backend for LlamaBackend<'_> {
         self.context.decode(&mut self.batch).map_err(|e| format!("llama.cpp decode: {e}"))
     }
 
-    fn sample(&mut self, sampler: Option<&mut LlamaSampler>, row: usize, allowed: Option<&SimpleVob>) -> i32 {
+    fn sample(&mut self, sampler: Option<&mut LlamaSampler>, row: usize, shaping: Shaping) -> i32 {
         let index = self.rows[row];
-        match (sampler, allowed) {
-            (Some(sampler), None) => sampler.sample(&self.context, index).0,
-            (None, None) => argmax(self.context.get_logits_ith(index)),
-            (None, Some(allowed)) => argmax(&masked(self.context.get_logits_ith(index), allowed)),
-            // The request's sampler chain over the allowed tokens only.
-            (Some(sampler), Some(allowed)) => {
-                let logits = self.context.get_logits_ith(index);
-                let candidates = logits
-                    .iter()
-                    .enumerate()
-                    .filter(|&(id, _)| allows(allowed, id))
-                    .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0));
-                let mut candidates = LlamaTokenDataArray::from_iter(candidates, false);
-                candidates.apply_sampler(sampler);
-                let token = candidates.selected_token().unwrap_or_else(|| LlamaToken(argmax(&masked(logits, allowed))));
-                sampler.accept(token);
-                token.0
-            }
+        if shaping.is_none() {
+            return match sampler {
+                Some(sampler) => sampler.sample(&self.context, index).0,
+                None => argmax(self.context.get_logits_ith(index)),
+            };
         }
+        let logits = shaping.apply(self.context.get_logits_ith(index));
+        let Some(sampler) = sampler else {
+            return argmax(&logits);
+        };
+        // The request's sampler chain over the shaped logits, the tokens taken out left out.
+        let candidates = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, logit)| logit.is_finite())
+            .map(|(id, &logit)| LlamaTokenData::new(LlamaToken(id as i32), logit, 0.0));
+        let mut candidates = LlamaTokenDataArray::from_iter(candidates, false);
+        candidates.apply_sampler(sampler);
+        let token = candidates.selected_token().unwrap_or_else(|| LlamaToken(argmax(&logits)));
+        sampler.accept(token);
+        token.0
     }
 
     fn token_text(&self, token: i32, bytes: &mut Vec<u8>) -> bool {

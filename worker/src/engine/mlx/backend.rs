@@ -8,11 +8,10 @@
 
 use model_input::tokenizer::Tokenizer;
 use modelpool::SamplingParams;
-use toktrie::SimpleVob;
 
 use super::model::{KvCache, MlxLlama};
 use crate::engine::backend::{Backend, Run};
-use crate::engine::constraint::masked;
+use crate::engine::logit_shaping::Shaping;
 use crate::engine::prefix_cache::ReusePolicy;
 use crate::engine::sampling::SeededSampler;
 use crate::engine::slot::argmax;
@@ -94,14 +93,13 @@ impl Backend for MlxBackend<'_> {
         Ok(())
     }
 
-    fn sample(&mut self, sampler: Option<&mut SeededSampler>, row: usize, allowed: Option<&SimpleVob>) -> i32 {
-        let masked_row;
-        let logits = match allowed {
-            Some(allowed) => {
-                masked_row = masked(self.row(row), allowed);
-                &masked_row[..]
-            }
-            None => self.row(row),
+    fn sample(&mut self, sampler: Option<&mut SeededSampler>, row: usize, shaping: Shaping) -> i32 {
+        let shaped_row;
+        let logits = if shaping.is_none() {
+            self.row(row)
+        } else {
+            shaped_row = shaping.apply(self.row(row));
+            &shaped_row[..]
         };
         match sampler {
             // The sampler leaves out tokens whose logit is not finite.
