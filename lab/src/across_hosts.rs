@@ -19,9 +19,10 @@ use bench_client::runner::Target;
 use serde_json::{Value, json};
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
+use crate::peer_server::{PeerServer, np_name};
 use crate::server_bench::{
-    PeerServer, RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, np_name, pool_build,
-    pool_worker_args, print_result, round_of,
+    RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, pool_build, pool_worker_args, print_result,
+    round_of,
 };
 use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use coordinator::scheduler::SchedulerConfig;

@@ -15,6 +15,7 @@ pub mod mlx_lm_server;
 pub mod multihost;
 pub mod overload_bench;
 pub mod peak_memory;
+pub mod peer_server;
 pub mod run_bench;
 pub mod server_bench;
 

@@ -15,8 +15,9 @@ use coordinator::worker_client::ProgressTimeouts;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+use crate::peer_server::PeerServer;
 use crate::server_bench::{
-    PeerServer, PoolSetup, RoundLoad, ServerBenchArgs, compare_workloads, one_host_report, pool_shapes, pool_worker_args, sweep_pool_shapes,
+    PoolSetup, RoundLoad, ServerBenchArgs, compare_workloads, one_host_report, pool_shapes, pool_worker_args, sweep_pool_shapes,
 };
 
 /// The model name mlx_lm.server gives the folder it was started with; any other name makes it try to

@@ -9,7 +9,7 @@ use std::time::Duration;
 use coordinator::SchedulerConfig;
 use lab::local_pool::{LocalCoordinator, LocalPool, WorkerSpec, find_worker_binary};
 use lab::mlx_lm_server::MLX_LM_MODEL;
-use lab::server_bench::PeerServer;
+use lab::peer_server::PeerServer;
 
 /// `bench-client` beside the worker binary this test runs with (the same target directory).
 fn bench_client() -> PathBuf {
