@@ -19,7 +19,7 @@ use bench_client::runner::Target;
 use serde_json::{Value, json};
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerProcess, WorkerSpec, wait_for_workers};
-use crate::peer_server::{PeerServer, np_name};
+use crate::peer_server::{LlamaServerSpec, PeerServer, np_name};
 use crate::server_bench::{
     RoundLoad, ServerBenchArgs, add_kernels, compare_rounds, llama_server_args, measure_target, pool_build, pool_worker_args, print_result,
     round_of,
@@ -118,8 +118,8 @@ async fn start_servers(
 ) -> anyhow::Result<Vec<PeerServer>> {
     let mut servers = Vec::new();
     for host in hosts {
-        match PeerServer::llama_server_at(&host.launcher, &host.address, SERVER_PORT, binary, model, 0, threads, ctx_per_slot, extra).await
-        {
+        let spec = LlamaServerSpec { binary, model, np: 0, threads, ctx_per_slot, extra };
+        match PeerServer::llama_server_at(&host.launcher, &host.address, SERVER_PORT, &spec).await {
             Ok(server) => servers.push(server),
             Err(error) => {
                 for server in servers {

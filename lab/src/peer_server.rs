@@ -62,35 +62,30 @@ impl PeerServer {
     }
 }
 
+/// What a llama-server runs: its binary, the model and its flags.
+pub(crate) struct LlamaServerSpec<'a> {
+    pub binary: &'a Path,
+    pub model: &'a Path,
+    /// `-np`; 0 leaves the slot count to llama-server (4 slots, one unified KV buffer), with the context
+    /// of 4 slots.
+    pub np: u32,
+    /// `-t` and `-tb`.
+    pub threads: u32,
+    pub ctx_per_slot: u32,
+    /// Given as they are, after the flags above.
+    pub extra: &'a [String],
+}
+
 /// llama-server on a free port of 127.0.0.1, or wherever [`PeerServer::llama_server_at`] puts it.
 impl PeerServer {
-    /// `np` 0 leaves the slot count to llama-server (4 slots, one unified KV buffer), with the context
-    /// of 4 slots.
-    pub(crate) async fn llama_server(
-        binary: &Path,
-        model: &Path,
-        np: u32,
-        threads: u32,
-        ctx_per_slot: u32,
-        extra: &[String],
-    ) -> anyhow::Result<Self> {
+    pub(crate) async fn llama_server(spec: &LlamaServerSpec<'_>) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Self::llama_server_at(&[], "127.0.0.1", port, binary, model, np, threads, ctx_per_slot, extra).await
+        Self::llama_server_at(&[], "127.0.0.1", port, spec).await
     }
 
     /// Started through `launcher` (e.g. `ip netns exec NS taskset -c 0`), listening on `host:port`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn llama_server_at(
-        launcher: &[String],
-        host: &str,
-        port: u16,
-        binary: &Path,
-        model: &Path,
-        np: u32,
-        threads: u32,
-        ctx_per_slot: u32,
-        extra: &[String],
-    ) -> anyhow::Result<Self> {
+    pub(crate) async fn llama_server_at(launcher: &[String], host: &str, port: u16, spec: &LlamaServerSpec<'_>) -> anyhow::Result<Self> {
+        let LlamaServerSpec { binary, model, np, threads, ctx_per_slot, extra } = *spec;
         let mut command = match launcher.split_first() {
             Some((program, words)) => {
                 let mut command = Command::new(program);

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::local_pool::{LocalCoordinator, LocalPool, WorkerSpec};
 use crate::peak_memory::peak_rss_mib;
-use crate::peer_server::{PeerServer, np_name};
+use crate::peer_server::{LlamaServerSpec, PeerServer, np_name};
 use crate::{STARTUP_TIMEOUT, STOP_GRACE, llama_build_name};
 use coordinator::scheduler::SchedulerConfig;
 
@@ -431,7 +431,9 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     let mut builds_not_run = Vec::new();
     for binary in &args.llama_server {
         for &np in &args.np {
-            let started = PeerServer::llama_server(binary, &model, np, args.threads, args.ctx_per_slot, &llama_server_args(&args)).await;
+            let extra = llama_server_args(&args);
+            let spec = LlamaServerSpec { binary, model: &model, np, threads: args.threads, ctx_per_slot: args.ctx_per_slot, extra: &extra };
+            let started = PeerServer::llama_server(&spec).await;
             let server = match started {
                 Ok(server) => server,
                 Err(error) => {
@@ -471,7 +473,15 @@ pub async fn run_server_bench(args: ServerBenchArgs) -> anyhow::Result<Value> {
     );
 
     let server_args = llama_server_args(&args);
-    let start_peer = || PeerServer::llama_server(server_binary, &model, np, args.threads, args.ctx_per_slot, &server_args);
+    let spec = LlamaServerSpec {
+        binary: server_binary,
+        model: &model,
+        np,
+        threads: args.threads,
+        ctx_per_slot: args.ctx_per_slot,
+        extra: &server_args,
+    };
+    let start_peer = || PeerServer::llama_server(&spec);
     let (workloads, kernels) = compare_workloads(&args, &setup, shape, "llama-server", start_peer, openai).await?;
     let peer = json!({
         "name": "llama-server",
