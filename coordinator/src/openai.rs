@@ -2,12 +2,12 @@
 //! pool's own requests (the domain [`PredictRequest`], checked by the same [`PredictRequest::validate`]
 //! as the gRPC door's), responses, stream chunks and errors turned back. No I/O here; see `http`.
 
+use std::collections::BTreeMap;
+
 use modelpool::request::SCHEMA_FIELD;
 use modelpool::response::{FinishReason, PredictResponse};
 use modelpool::response_format::ResponseFormat;
 use modelpool::{ChatMessage, PoolError, PredictRequest, Prompt, Role, SamplingParams};
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -95,7 +95,7 @@ pub struct Sampling {
     #[serde(default)]
     pub logit_bias: Option<BTreeMap<String, f32>>,
     /// What OpenAI's API offers and the pool does not serve, kept only to refuse a request that asks
-    /// for it ([`Sampling::refuse_unsupported`]) rather than answer as if it had not asked.
+    /// for it ([`Unsupported::refusal`]) rather than answer as if it had not asked.
     #[serde(flatten)]
     pub unsupported: Unsupported,
 }
@@ -142,11 +142,8 @@ impl Sampling {
         }
         let logit_bias = match &self.logit_bias {
             None => Vec::new(),
+            // Its size is checked with the rest of the request (`PredictRequest::validate`).
             Some(map) => {
-                if map.len() > modelpool::request::limits::MAX_LOGIT_BIAS_TOKENS {
-                    let limit = modelpool::request::limits::MAX_LOGIT_BIAS_TOKENS;
-                    return Err(PoolError::invalid("logit_bias", format!("{} tokens, limit {limit}", map.len())));
-                }
                 let pairs = map.iter().map(|(key, &bias)| match key.parse::<u32>() {
                     Ok(token) => Ok((token, bias)),
                     Err(_) => Err(PoolError::invalid("logit_bias", format!("key {key:?} is not a token id (a number as a string)"))),
@@ -446,6 +443,11 @@ mod tests {
         assert_eq!(sampling.logit_bias, vec![(5, 2.5), (28, -100.0)], "by token id");
         let bad: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "logit_bias": {"comma": 1}})).unwrap();
         assert_eq!(ApiError::from_pool(&bad.into_request().unwrap_err()).param.as_deref(), Some("logit_bias"));
+        let many: serde_json::Map<String, Value> = (0..1025).map(|token| (token.to_string(), json!(1))).collect();
+        let many: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "logit_bias": many})).unwrap();
+        let refused = ApiError::from_pool(&many.into_request().unwrap_err());
+        assert_eq!(refused.param.as_deref(), Some("logit_bias"));
+        assert!(refused.message.contains("1025 tokens, limit 1024"), "{}", refused.message);
         let far: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "presence_penalty": 2.5})).unwrap();
         assert_eq!(ApiError::from_pool(&far.into_request().unwrap_err()).param.as_deref(), Some("presence_penalty"));
         let asks: CompletionRequest = serde_json::from_value(json!({"prompt": "a", "logprobs": 1})).unwrap();
