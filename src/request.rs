@@ -160,6 +160,13 @@ pub fn logit_bias_by_token(pairs: impl IntoIterator<Item = (u32, f32)>) -> Vec<(
     by_token
 }
 
+fn check_logit_bias_count(count: usize) -> Result<(), PoolError> {
+    if count > limits::MAX_LOGIT_BIAS_TOKENS {
+        return Err(PoolError::invalid("sampling.logit_bias", format!("{count} tokens, limit {}", limits::MAX_LOGIT_BIAS_TOKENS)));
+    }
+    Ok(())
+}
+
 /// A request that passed validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictRequest {
@@ -255,10 +262,7 @@ impl SamplingParams {
                 return Err(PoolError::invalid(field, format!("{penalty} is outside [-{0}, {0}]", limits::MAX_PENALTY)));
             }
         }
-        if self.logit_bias.len() > limits::MAX_LOGIT_BIAS_TOKENS {
-            let count = self.logit_bias.len();
-            return Err(PoolError::invalid("sampling.logit_bias", format!("{count} tokens, limit {}", limits::MAX_LOGIT_BIAS_TOKENS)));
-        }
+        check_logit_bias_count(self.logit_bias.len())?;
         for &(token, bias) in &self.logit_bias {
             if !(-limits::MAX_LOGIT_BIAS..=limits::MAX_LOGIT_BIAS).contains(&bias) {
                 let limit = limits::MAX_LOGIT_BIAS;
@@ -338,10 +342,7 @@ fn sampling_params(params: proto::SamplingParams) -> Result<SamplingParams, Pool
         presence_penalty: params.presence_penalty.unwrap_or(defaults.presence_penalty),
         logit_bias: {
             // Counted before it is sorted, as the other lists are.
-            if params.logit_bias.len() > limits::MAX_LOGIT_BIAS_TOKENS {
-                let count = params.logit_bias.len();
-                return Err(PoolError::invalid("sampling.logit_bias", format!("{count} tokens, limit {}", limits::MAX_LOGIT_BIAS_TOKENS)));
-            }
+            check_logit_bias_count(params.logit_bias.len())?;
             logit_bias_by_token(params.logit_bias)
         },
     })

@@ -16,23 +16,24 @@ use super::constraint::allows;
 /// instructions.
 #[derive(Debug, Clone)]
 pub struct LogitBias {
-    fixed: Vec<(i32, f32)>,
     frequency_penalty: f32,
     presence_penalty: f32,
     /// How many times each token was generated, when a penalty is set.
     counts: HashMap<i32, u32>,
-    /// The additions for the next token: `fixed`, then one entry per generated token when penalised.
+    /// The additions for the next token: the request's logit bias (its first `fixed` entries), then one
+    /// entry per generated token when penalised.
     current: Vec<(i32, f32)>,
+    fixed: usize,
 }
 
 impl LogitBias {
     /// None when the request adds nothing to the logits.
     pub fn for_params(params: &SamplingParams) -> Option<Self> {
         params.shapes_logits().then(|| {
-            let fixed: Vec<(i32, f32)> = params.logit_bias.iter().map(|&(token, bias)| (token as i32, bias)).collect();
+            let current: Vec<(i32, f32)> = params.logit_bias.iter().map(|&(token, bias)| (token as i32, bias)).collect();
             Self {
-                current: fixed.clone(),
-                fixed,
+                fixed: current.len(),
+                current,
                 frequency_penalty: params.frequency_penalty,
                 presence_penalty: params.presence_penalty,
                 counts: HashMap::new(),
@@ -46,7 +47,7 @@ impl LogitBias {
             return;
         }
         *self.counts.entry(token).or_default() += 1;
-        self.current.truncate(self.fixed.len());
+        self.current.truncate(self.fixed);
         let (frequency, presence) = (self.frequency_penalty, self.presence_penalty);
         self.current.extend(self.counts.iter().map(|(&token, &count)| (token, -(count as f32 * frequency + presence))));
     }
